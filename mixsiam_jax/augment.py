@@ -3,7 +3,9 @@
 Everything here is pure JAX and runs inside the jitted train step, so the mixed
 view never travels from the host. Images are NHWC float arrays.
 """
-from typing import Tuple
+import functools
+import math
+from typing import Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -124,3 +126,232 @@ def choose_views(rng: jax.Array, x1: jax.Array, x2: jax.Array) -> jax.Array:
   pick_first = jax.random.bernoulli(rng, 0.5, (x1.shape[0],))
   pick_first = pick_first.reshape((-1,) + (1,) * (x1.ndim - 1))
   return jnp.where(pick_first, x1, x2)
+
+
+# ---------------------------------------------------------------------------
+# Photometric augmentations (SimSiam/MoCo v2 recipe), pure JAX, per sample.
+#
+# Semantics follow torchvision's ColorJitter / RandomGrayscale on float images
+# in [0, 1] (torchvision.transforms.functional on tensors):
+#   brightness: x * f,                         f ~ U[max(0, 1 - b), 1 + b]
+#   contrast:   f x + (1 - f) mean(gray(x)),    f ~ U[max(0, 1 - c), 1 + c]
+#   saturation: f x + (1 - f) gray(x),          f ~ U[max(0, 1 - s), 1 + s]
+#   hue:        H <- (H + f) mod 1 in HSV,      f ~ U[-h, h]
+# in a random order per sample (torch.randperm(4)), each result clipped to
+# [0, 1]; the whole jitter applied with probability p (RandomApply). Grayscale
+# uses the ITU-R 601 luma weights of torchvision's tensor path and of
+# tf.image.rgb_to_grayscale (0.2989, 0.587, 0.114), so host and device agree.
+# Gaussian blur: the official SimSiam code calls PIL's
+# ImageFilter.GaussianBlur(radius=sigma) with sigma ~ U[0.1, 2.0]; we apply a
+# true separable Gaussian with standard deviation sigma, truncated at
+# ceil(3 * sigma_max) pixels (13 taps for sigma_max = 2), with edge-replicating
+# borders like PIL. The same algorithm in TensorFlow lives in
+# input_pipeline.host_photometric_augment.
+# ---------------------------------------------------------------------------
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+
+
+def blur_kernel_radius(sigma_max: float) -> int:
+  """Half-width of the Gaussian blur kernel: covers 3 sigma of the largest sigma."""
+  return max(1, int(math.ceil(3.0 * sigma_max)))
+
+
+def _grayscale(img: jax.Array) -> jax.Array:
+  """Luma [..., H, W, 1] of an RGB image (ITU-R 601 weights)."""
+  w = jnp.asarray(GRAY_WEIGHTS, img.dtype)
+  return jnp.sum(img * w, axis=-1, keepdims=True)
+
+
+def _rgb_to_hsv(img: jax.Array) -> jax.Array:
+  """RGB in [0, 1] -> HSV in [0, 1]^3 (torchvision's _rgb2hsv)."""
+  r, g, b = img[..., 0], img[..., 1], img[..., 2]
+  maxc = jnp.max(img, axis=-1)
+  minc = jnp.min(img, axis=-1)
+  eqc = maxc == minc
+  cr = maxc - minc
+  ones = jnp.ones_like(maxc)
+  s = cr / jnp.where(eqc, ones, maxc)
+  cr_divisor = jnp.where(eqc, ones, cr)
+  rc = (maxc - r) / cr_divisor
+  gc = (maxc - g) / cr_divisor
+  bc = (maxc - b) / cr_divisor
+  hr = jnp.where(maxc == r, bc - gc, 0.0)
+  hg = jnp.where((maxc == g) & (maxc != r), 2.0 + rc - bc, 0.0)
+  hb = jnp.where((maxc != g) & (maxc != r), 4.0 + gc - rc, 0.0)
+  h = jnp.mod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+  return jnp.stack([h, s, maxc], axis=-1)
+
+
+def _hsv_to_rgb(img: jax.Array) -> jax.Array:
+  """HSV in [0, 1]^3 -> RGB in [0, 1] (torchvision's _hsv2rgb)."""
+  h, s, v = img[..., 0], img[..., 1], img[..., 2]
+  i = jnp.floor(h * 6.0)
+  f = h * 6.0 - i
+  i = i.astype(jnp.int32) % 6
+  p = jnp.clip(v * (1.0 - s), 0.0, 1.0)
+  q = jnp.clip(v * (1.0 - s * f), 0.0, 1.0)
+  t = jnp.clip(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
+  r = jnp.choose(i, [v, q, p, p, t, v], mode="clip")
+  g = jnp.choose(i, [t, v, v, q, p, p], mode="clip")
+  b = jnp.choose(i, [p, p, t, v, v, q], mode="clip")
+  return jnp.stack([r, g, b], axis=-1)
+
+
+def _blend(img1: jax.Array, img2: jax.Array, factor: jax.Array) -> jax.Array:
+  return jnp.clip(factor * img1 + (1.0 - factor) * img2, 0.0, 1.0)
+
+
+def adjust_brightness(img: jax.Array, factor: jax.Array) -> jax.Array:
+  """torchvision adjust_brightness: multiply by ``factor`` and clip to [0, 1]."""
+  return jnp.clip(img * factor, 0.0, 1.0)
+
+
+def adjust_contrast(img: jax.Array, factor: jax.Array) -> jax.Array:
+  """torchvision adjust_contrast: blend with the mean of the grayscale image."""
+  mean = jnp.mean(_grayscale(img), axis=(-3, -2, -1), keepdims=True)
+  return _blend(img, mean, factor)
+
+
+def adjust_saturation(img: jax.Array, factor: jax.Array) -> jax.Array:
+  """torchvision adjust_saturation: blend with the grayscale image."""
+  return _blend(img, _grayscale(img), factor)
+
+
+def adjust_hue(img: jax.Array, delta: jax.Array) -> jax.Array:
+  """torchvision adjust_hue: rotate the hue by ``delta`` (fraction of a turn)."""
+  hsv = _rgb_to_hsv(img)
+  hsv = hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + delta, 1.0))
+  return jnp.clip(_hsv_to_rgb(hsv), 0.0, 1.0)
+
+
+def gaussian_blur(img: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
+  """Separable Gaussian blur of one image [H, W, C] with edge replication.
+
+  Args:
+    img: float image [H, W, C].
+    sigma: scalar standard deviation in pixels.
+    radius: static kernel half-width (see ``blur_kernel_radius``).
+
+  Returns:
+    The blurred image, same shape, clipped to [0, 1].
+  """
+  offsets = jnp.arange(-radius, radius + 1, dtype=img.dtype)
+  kernel = jnp.exp(-0.5 * jnp.square(offsets / sigma))
+  kernel = kernel / jnp.sum(kernel)
+  height, width = img.shape[0], img.shape[1]
+  # Edge replication (as PIL does) via clipped gather indices.
+  rows = jnp.clip(jnp.arange(-radius, height + radius), 0, height - 1)
+  cols = jnp.clip(jnp.arange(-radius, width + radius), 0, width - 1)
+  padded = img[rows]
+  out = sum(kernel[k] * padded[k:k + height] for k in range(2 * radius + 1))
+  padded = out[:, cols]
+  out = sum(kernel[k] * padded[:, k:k + width] for k in range(2 * radius + 1))
+  return jnp.clip(out, 0.0, 1.0)
+
+
+def _jitter_ranges(color_jitter: Sequence[float]) -> Tuple[Tuple[float, float], ...]:
+  """(low, high) of the four factors, torchvision's ColorJitter conventions."""
+  b, c, s, h = (float(v) for v in color_jitter)
+  if min(b, c, s, h) < 0 or h > 0.5:
+    raise ValueError(f"color_jitter={tuple(color_jitter)}: strengths must be >= 0 and hue <= 0.5.")
+  return ((max(0.0, 1 - b), 1 + b), (max(0.0, 1 - c), 1 + c),
+          (max(0.0, 1 - s), 1 + s), (-h, h))
+
+
+def _color_jitter_one(rng: jax.Array, img: jax.Array,
+                      color_jitter: Sequence[float]) -> jax.Array:
+  """ColorJitter on one image: four ops in a random order, random factors."""
+  ranges = _jitter_ranges(color_jitter)
+  rng_order, rng_factors = jax.random.split(rng)
+  lows = jnp.asarray([r[0] for r in ranges], img.dtype)
+  highs = jnp.asarray([r[1] for r in ranges], img.dtype)
+  factors = jax.random.uniform(rng_factors, (4,), img.dtype, lows, highs)
+  order = jax.random.permutation(rng_order, 4)
+  ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+  # Strength 0 means "op absent" in torchvision; skip it statically.
+  branches = [
+      (lambda x, f, op=op: op(x, f)) if color_jitter[i] > 0 else (lambda x, f: x)
+      for i, op in enumerate(ops)
+  ]
+  for k in range(4):
+    op_index = order[k]
+    img = jax.lax.switch(op_index, branches, img, factors[op_index])
+  return img
+
+
+def _photometric_one(rng: jax.Array, img: jax.Array, color_jitter, color_jitter_prob,
+                     grayscale_prob, blur_prob, blur_sigma) -> jax.Array:
+  """The SimSiam photometric chain on one float image [H, W, 3] in [0, 1]."""
+  rng_cj, rng_cj_apply, rng_gray, rng_blur, rng_sigma = jax.random.split(rng, 5)
+  if color_jitter_prob > 0 and any(v > 0 for v in color_jitter):
+    jittered = _color_jitter_one(rng_cj, img, color_jitter)
+    img = jnp.where(jax.random.bernoulli(rng_cj_apply, color_jitter_prob), jittered, img)
+  if grayscale_prob > 0:
+    gray = jnp.broadcast_to(_grayscale(img), img.shape)
+    img = jnp.where(jax.random.bernoulli(rng_gray, grayscale_prob), gray, img)
+  if blur_prob > 0:
+    sigma = jax.random.uniform(rng_sigma, (), img.dtype, blur_sigma[0], blur_sigma[1])
+    blurred = gaussian_blur(img, sigma, blur_kernel_radius(blur_sigma[1]))
+    img = jnp.where(jax.random.bernoulli(rng_blur, blur_prob), blurred, img)
+  return img
+
+
+def check_photometric_options(color_jitter, color_jitter_prob, grayscale_prob, blur_prob,
+                              blur_sigma) -> None:
+  """Raises ValueError naming the bad value if a photometric option is invalid."""
+  if len(tuple(color_jitter)) != 4:
+    raise ValueError(f"color_jitter={color_jitter!r} must be 4 numbers (b, c, s, h).")
+  _jitter_ranges(color_jitter)
+  for name, p in (("color_jitter_prob", color_jitter_prob), ("grayscale_prob", grayscale_prob),
+                  ("blur_prob", blur_prob)):
+    if not 0.0 <= p <= 1.0:
+      raise ValueError(f"{name}={p} must lie in [0, 1].")
+  if len(tuple(blur_sigma)) != 2 or not 0 < blur_sigma[0] <= blur_sigma[1]:
+    raise ValueError(f"blur_sigma={blur_sigma!r} must be (low, high) with 0 < low <= high.")
+
+
+@functools.partial(jax.jit, static_argnames=("color_jitter", "color_jitter_prob",
+                                             "grayscale_prob", "blur_prob", "blur_sigma"))
+def _device_photometric_augment(rng, images, *, color_jitter, color_jitter_prob,
+                                grayscale_prob, blur_prob, blur_sigma):
+  if images.dtype == jnp.uint8:
+    images = images.astype(jnp.float32) / 255.0
+  images = images.astype(jnp.float32)
+  rngs = jax.random.split(rng, images.shape[0])
+  fn = functools.partial(_photometric_one, color_jitter=color_jitter,
+                         color_jitter_prob=color_jitter_prob, grayscale_prob=grayscale_prob,
+                         blur_prob=blur_prob, blur_sigma=blur_sigma)
+  return jax.vmap(fn)(rngs, images)
+
+
+def device_photometric_augment(rng: jax.Array, images: jax.Array, *,
+                               color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8,
+                               grayscale_prob=0.2, blur_prob=0.0,
+                               blur_sigma=(0.1, 2.0)) -> jax.Array:
+  """SimSiam's colour jitter, grayscale and blur, independently per sample.
+
+  Pure JAX; call it inside the jitted train step (options are static) or on its
+  own (it is jitted). Works on a batch sharded along axis 0.
+
+  Args:
+    rng: PRNG key; each sample gets its own key split from it.
+    images: uint8 (divided by 255) or float in [0, 1], shape [N, H, W, 3].
+    color_jitter: (brightness, contrast, saturation, hue) strengths.
+    color_jitter_prob: probability of applying the colour jitter.
+    grayscale_prob: probability of converting to (3-channel) grayscale.
+    blur_prob: probability of Gaussian blur (0 for the CIFAR recipe).
+    blur_sigma: (low, high) of the uniform blur sigma, in pixels.
+
+  Returns:
+    float32 [N, H, W, 3] in [0, 1].
+  """
+  color_jitter = tuple(float(v) for v in color_jitter)
+  blur_sigma = tuple(float(v) for v in blur_sigma)
+  check_photometric_options(color_jitter, color_jitter_prob, grayscale_prob, blur_prob,
+                            blur_sigma)
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f"images must be [N, H, W, 3], got shape {images.shape}.")
+  return _device_photometric_augment(
+      rng, images, color_jitter=color_jitter, color_jitter_prob=float(color_jitter_prob),
+      grayscale_prob=float(grayscale_prob), blur_prob=float(blur_prob), blur_sigma=blur_sigma)

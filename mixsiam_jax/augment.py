@@ -274,9 +274,14 @@ def _color_jitter_one(rng: jax.Array, img: jax.Array,
       (lambda x, f, op=op: op(x, f)) if color_jitter[i] > 0 else (lambda x, f: x)
       for i, op in enumerate(ops)
   ]
+  # All four ops then a select, not lax.switch: under vmap a switch becomes a
+  # select anyway, and switch trips over explicit-sharding meshes.
   for k in range(4):
     op_index = order[k]
-    img = jax.lax.switch(op_index, branches, img, factors[op_index])
+    outs = [branch(img, factors[i]) for i, branch in enumerate(branches)]
+    img = outs[0]
+    for i in range(1, 4):
+      img = jnp.where(op_index == i, outs[i], img)
   return img
 
 
@@ -311,6 +316,26 @@ def check_photometric_options(color_jitter, color_jitter_prob, grayscale_prob, b
     raise ValueError(f"blur_sigma={blur_sigma!r} must be (low, high) with 0 < low <= high.")
 
 
+def _match_batch_sharding(rngs: jax.Array, images: jax.Array) -> jax.Array:
+  """Shards the per-sample keys like the batch axis of ``images``.
+
+  Under explicit-axis meshes vmap requires the mapped axes of all inputs to be
+  sharded alike; with auto sharding this is a no-op.
+  """
+  try:
+    sharding = jax.typeof(images).sharding
+    spec = sharding.spec
+  except (AttributeError, TypeError):
+    return rngs
+  if spec and spec[0] is not None:
+    # Reshard the raw key data (resharding typed key arrays trips over the key dim).
+    data = jax.random.key_data(rngs)
+    data = jax.sharding.reshard(
+        data, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(spec[0])))
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(rngs))
+  return rngs
+
+
 @functools.partial(jax.jit, static_argnames=("color_jitter", "color_jitter_prob",
                                              "grayscale_prob", "blur_prob", "blur_sigma"))
 def _device_photometric_augment(rng, images, *, color_jitter, color_jitter_prob,
@@ -318,7 +343,7 @@ def _device_photometric_augment(rng, images, *, color_jitter, color_jitter_prob,
   if images.dtype == jnp.uint8:
     images = images.astype(jnp.float32) / 255.0
   images = images.astype(jnp.float32)
-  rngs = jax.random.split(rng, images.shape[0])
+  rngs = _match_batch_sharding(jax.random.split(rng, images.shape[0]), images)
   fn = functools.partial(_photometric_one, color_jitter=color_jitter,
                          color_jitter_prob=color_jitter_prob, grayscale_prob=grayscale_prob,
                          blur_prob=blur_prob, blur_sigma=blur_sigma)

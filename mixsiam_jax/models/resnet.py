@@ -1,0 +1,142 @@
+"""ResNet-18/34/50/101/152 (torchvision v1.5 layout) with a width knob and two stems.
+
+The 'imagenet' stem is torchvision's 7x7/2 convolution and 3x3/2 max-pool; the
+'cifar' stem is the 3x3/1 convolution without max-pool used for 32x32 inputs.
+Padding is explicit and symmetric as in PyTorch, so imported torchvision weights
+give the same features. The output is the globally average-pooled feature
+vector (no classifier).
+"""
+from functools import partial
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mixsiam_jax.models.init import conv_kernel_init
+from mixsiam_jax.models.norm import ViewBatchNorm
+
+# depth -> (block kind, blocks per stage)
+RESNET_STAGES = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+STEMS = ("imagenet", "cifar")
+
+
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
+                 kernel_init=conv_kernel_init, name=name)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions with an identity or 1x1 projection shortcut."""
+  features: int
+  stride: int
+  dtype: Any = jnp.float32
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool, num_views: int):
+    bn = partial(ViewBatchNorm, dtype=self.dtype)
+    y = _conv(self.features, 3, self.stride, self.dtype, "conv1")(x)
+    y = nn.relu(bn(name="bn1")(y, train, num_views))
+    y = _conv(self.features, 3, 1, self.dtype, "conv2")(y)
+    # Zero-init of the last scale makes each block start as the identity.
+    y = bn(name="bn2", scale_init=nn.initializers.zeros)(y, train, num_views)
+    return nn.relu(y + _shortcut(self, x, self.features, train, num_views))
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (strided, as in torchvision v1.5) -> 1x1 x4 with a shortcut."""
+  features: int
+  stride: int
+  dtype: Any = jnp.float32
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, train: bool, num_views: int):
+    bn = partial(ViewBatchNorm, dtype=self.dtype)
+    y = _conv(self.features, 1, 1, self.dtype, "conv1")(x)
+    y = nn.relu(bn(name="bn1")(y, train, num_views))
+    y = _conv(self.features, 3, self.stride, self.dtype, "conv2")(y)
+    y = nn.relu(bn(name="bn2")(y, train, num_views))
+    y = _conv(self.features * 4, 1, 1, self.dtype, "conv3")(y)
+    y = bn(name="bn3", scale_init=nn.initializers.zeros)(y, train, num_views)
+    return nn.relu(y + _shortcut(self, x, self.features * 4, train, num_views))
+
+
+def _shortcut(block: nn.Module, x, out_features: int, train: bool, num_views: int):
+  """torchvision's downsample branch: 1x1 strided conv + BN when shapes change."""
+  if block.stride == 1 and x.shape[-1] == out_features:
+    return x
+  y = nn.Conv(out_features, (1, 1), strides=(block.stride, block.stride), padding="VALID",
+              use_bias=False, dtype=block.dtype, kernel_init=conv_kernel_init,
+              name="downsample_conv", parent=block)(x)
+  return ViewBatchNorm(dtype=block.dtype, name="downsample_bn", parent=block)(y, train, num_views)
+
+
+def check_resnet_options(depth: int, width: int, stem: str) -> None:
+  """Raises ValueError naming the bad value if the ResNet options are invalid."""
+  if depth not in RESNET_STAGES:
+    raise ValueError(f"model.depth={depth} is not supported; choose one of {sorted(RESNET_STAGES)}.")
+  if not (isinstance(width, int) and width > 0):
+    raise ValueError(f"model.width={width!r} must be a positive integer (64 = standard ResNet).")
+  if stem not in STEMS:
+    raise ValueError(f"model.stem={stem!r} must be one of {STEMS}.")
+
+
+class ResNet(nn.Module):
+  """ResNet backbone returning globally average-pooled features.
+
+  Attributes:
+    depth: 18, 34, 50, 101 or 152.
+    width: channels of the first stage (64 = standard); stages use width x (1, 2, 4, 8).
+    stem: 'imagenet' or 'cifar'.
+    dtype: compute dtype (parameters stay float32).
+  """
+  depth: int = 50
+  width: int = 64
+  stem: str = "imagenet"
+  dtype: Any = jnp.float32
+
+  @property
+  def feature_dim(self) -> int:
+    """Length of the pooled feature vector."""
+    kind, _ = RESNET_STAGES[self.depth]
+    return self.width * 8 * (4 if kind == "bottleneck" else 1)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool, num_views: int = 1) -> jax.Array:
+    """Computes pooled features.
+
+    Args:
+      x: images [N, H, W, 3] (NHWC), normalised.
+      train: batch statistics (True) or running statistics (False) in BatchNorm.
+      num_views: views interleaved batch-major along N (see ViewBatchNorm).
+
+    Returns:
+      Features [N, feature_dim] in float32.
+    """
+    check_resnet_options(self.depth, self.width, self.stem)
+    kind, stages = RESNET_STAGES[self.depth]
+    block_cls = BasicBlock if kind == "basic" else Bottleneck
+    x = x.astype(self.dtype)
+    if self.stem == "imagenet":
+      x = _conv(self.width, 7, 2, self.dtype, "conv1")(x)
+    else:
+      x = _conv(self.width, 3, 1, self.dtype, "conv1")(x)
+    x = nn.relu(ViewBatchNorm(dtype=self.dtype, name="bn1")(x, train, num_views))
+    if self.stem == "imagenet":
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage, num_blocks in enumerate(stages):
+      for block in range(num_blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = block_cls(self.width * 2**stage, stride, self.dtype,
+                      name=f"layer{stage + 1}_{block}")(x, train, num_views)
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

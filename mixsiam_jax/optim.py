@@ -1,0 +1,115 @@
+"""Optimisers and schedules (optax), with the official SimSiam conventions.
+
+- Learning rate = base_lr x global_batch / 256, cosine-decayed to 0 per step,
+  with an optional linear warm-up.
+- SGD adds weight_decay x param to the gradient before momentum, on every
+  parameter (BN included), exactly as torch.optim.SGD(weight_decay=...) does.
+- The predictor may keep the initial learning rate (official --fix-pred-lr).
+- LARS (linear probe) follows the official code: weight decay and the trust
+  ratio apply only to parameters with more than one dimension.
+"""
+from typing import Any, Callable, Union
+
+import jax
+import optax
+
+OPTIMIZERS = ("sgd", "lars")
+
+
+def scaled_learning_rate(base_lr: float, global_batch_size: int) -> float:
+  """The linear scaling rule lr = base_lr x batch / 256."""
+  return base_lr * global_batch_size / 256.0
+
+
+def cosine_schedule(peak_lr: float, total_steps: int, warmup_steps: int = 0) -> optax.Schedule:
+  """Per-step cosine decay from ``peak_lr`` to 0 over ``total_steps``.
+
+  Args:
+    peak_lr: learning rate after warm-up.
+    total_steps: length of the whole schedule, warm-up included.
+    warmup_steps: linear warm-up from 0 (0: none).
+
+  Returns:
+    An optax schedule step -> learning rate.
+  """
+  if total_steps <= 0:
+    raise ValueError(f"total_steps={total_steps} must be positive.")
+  if not 0 <= warmup_steps < total_steps:
+    raise ValueError(f"warmup_steps={warmup_steps} must lie in [0, total_steps={total_steps}).")
+  if warmup_steps == 0:
+    return optax.cosine_decay_schedule(peak_lr, total_steps)
+  return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, total_steps, end_value=0.0)
+
+
+def _sgd(learning_rate: Union[float, optax.Schedule], momentum: float,
+         weight_decay: float) -> optax.GradientTransformation:
+  """torch.optim.SGD: g += wd * p; buf = momentum * buf + g; p -= lr * buf."""
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.sgd(learning_rate, momentum=momentum))
+
+
+def _predictor_label(params: Any) -> Any:
+  """Labels the top-level 'predictor' subtree 'predictor' and everything else 'default'."""
+  return {k: jax.tree.map(lambda _: "predictor" if k == "predictor" else "default", v)
+          for k, v in params.items()}
+
+
+def create_pretrain_optimizer(*, schedule: optax.Schedule, peak_lr: float, momentum: float = 0.9,
+                              weight_decay: float = 1e-4,
+                              fix_predictor_lr: bool = True) -> optax.GradientTransformation:
+  """SGD for pretraining, optionally holding the predictor at ``peak_lr``.
+
+  Args:
+    schedule: learning-rate schedule of the encoder (see cosine_schedule).
+    peak_lr: the predictor's constant learning rate when fix_predictor_lr.
+    momentum: SGD momentum.
+    weight_decay: L2 coefficient added to the gradient of every parameter.
+    fix_predictor_lr: keep the predictor's learning rate constant.
+
+  Returns:
+    An optax GradientTransformation over the network's params
+    ({'backbone', 'projector', 'predictor'}).
+  """
+  if not fix_predictor_lr:
+    return _sgd(schedule, momentum, weight_decay)
+  return optax.multi_transform(
+      {"default": _sgd(schedule, momentum, weight_decay),
+       "predictor": _sgd(peak_lr, momentum, weight_decay)},
+      _predictor_label)
+
+
+def _is_matrix(params: Any) -> Any:
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def create_lars(*, schedule: Union[float, optax.Schedule], momentum: float = 0.9,
+                weight_decay: float = 0.0,
+                trust_coefficient: float = 0.001) -> optax.GradientTransformation:
+  """LARS as in the official SimSiam linear-probe code.
+
+  Args:
+    schedule: learning rate or schedule.
+    momentum: heavy-ball momentum.
+    weight_decay: applied to parameters with ndim > 1 only.
+    trust_coefficient: LARS eta.
+
+  Returns:
+    An optax GradientTransformation.
+  """
+  # Composed rather than optax.lars, which scales by the learning rate before the
+  # momentum; the official code keeps the learning rate outside the momentum buffer.
+  return optax.chain(
+      optax.masked(optax.add_decayed_weights(weight_decay), _is_matrix),
+      optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=0.0),
+                   _is_matrix),
+      optax.trace(decay=momentum),
+      optax.scale_by_learning_rate(schedule))
+
+
+def create_optimizer(name: str, **kwargs) -> optax.GradientTransformation:
+  """Dispatches to create_pretrain_optimizer ('sgd') or create_lars ('lars')."""
+  if name == "sgd":
+    return create_pretrain_optimizer(**kwargs)
+  if name == "lars":
+    return create_lars(**kwargs)
+  raise ValueError(f"optim.name={name!r} must be one of {OPTIMIZERS}.")

@@ -1,0 +1,92 @@
+"""Device mesh, batch placement and multi-process helpers.
+
+One mesh axis, 'data': parameters are replicated, batches are sharded along
+their first axis over every device of every process. Under jax.jit this makes
+means over the batch (losses, BatchNorm statistics) global for free.
+"""
+import collections
+import itertools
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def create_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A 1-D data-parallel mesh over ``devices`` (default: all devices of all processes)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding that keeps a full copy on every device."""
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Sharding that splits the leading (batch) axis over the data axis."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_global_batch(global_batch_size: int, mesh: Mesh) -> int:
+  """Checks that the global batch splits evenly over devices and processes.
+
+  Args:
+    global_batch_size: examples per step, over all processes.
+    mesh: the data-parallel mesh.
+
+  Returns:
+    The number of examples each process loads per step.
+
+  Raises:
+    ValueError: naming the batch size and the device count.
+  """
+  num_devices = mesh.devices.size
+  if global_batch_size <= 0 or global_batch_size % num_devices:
+    raise ValueError(
+        f"batch_size={global_batch_size} must be a positive multiple of the number of devices "
+        f"({num_devices}); set --config.batch_size to e.g. "
+        f"{max(1, -(-global_batch_size // num_devices)) * num_devices}.")
+  return global_batch_size // jax.process_count()
+
+
+def global_batch(local_batch: Any, mesh: Mesh) -> Any:
+  """Assembles global arrays, sharded on the batch axis, from each process's slice.
+
+  Args:
+    local_batch: pytree of host arrays [B_local, ...], this process's part of the batch.
+    mesh: the data-parallel mesh.
+
+  Returns:
+    The same pytree of jax.Arrays with global shape [B_local * process_count, ...].
+  """
+  sharding = batch_sharded(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def prefetch_to_mesh(batches: Iterable[Any], mesh: Mesh, size: int = 2) -> Iterator[Any]:
+  """Places host batches on the mesh ``size`` steps ahead of their use.
+
+  The copy of the next batches to the devices is asynchronous, so it overlaps
+  the running step; this generator never blocks on device computation.
+
+  Args:
+    batches: iterable of per-process host batches (pytrees of arrays).
+    mesh: the data-parallel mesh.
+    size: number of batches kept in flight (>= 1).
+
+  Yields:
+    Global sharded batches, in order.
+  """
+  queue = collections.deque()
+  iterator = iter(batches)
+  for batch in itertools.islice(iterator, max(size, 1)):
+    queue.append(global_batch(batch, mesh))
+  while queue:
+    yield queue.popleft()
+    for batch in itertools.islice(iterator, 1):
+      queue.append(global_batch(batch, mesh))

@@ -1,0 +1,155 @@
+"""Training state and the pure MixSiam train step.
+
+The step is one pure function ``(state, batch, rng) -> (state, metrics)``; it is
+jitted with explicit shardings over a 1-D data mesh (parameters replicated,
+batch sharded) and donates the old state. Randomness comes from
+``fold_in(rng, state.step)``, so a step's augmentations depend only on the seed
+and the step number.
+"""
+import functools
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh
+
+from mixsiam_jax import augment, losses, sharding
+
+Batch = Dict[str, jax.Array]
+Metrics = Dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus the BatchNorm running statistics."""
+  batch_stats: Any = None
+
+
+def create_train_state(rng: jax.Array, network: nn.Module, tx: optax.GradientTransformation, *,
+                       image_size: int, mesh: Mesh) -> TrainState:
+  """Initialises parameters, BN statistics and optimiser state, replicated on ``mesh``.
+
+  Initialisation runs under jit with replicated outputs, so it also works when
+  the mesh spans several processes.
+
+  Args:
+    rng: PRNG key for the parameters.
+    network: the MixSiamNetwork.
+    tx: the optimiser.
+    image_size: side of the square input images.
+    mesh: the data-parallel mesh.
+
+  Returns:
+    A TrainState at step 0.
+  """
+  def init(rng):
+    dummy = jnp.zeros((1, 2, image_size, image_size, 3), jnp.float32)
+    variables = network.init(rng, dummy, train=True)
+    return TrainState.create(apply_fn=network.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables["batch_stats"])
+
+  lowered = jax.jit(init, out_shardings=sharding.replicated(mesh)).lower(rng)
+  # Initialisation runs once; on CPU, XLA's optimiser spends tens of seconds on the
+  # dozens of unrolled random-number kernels for nothing, so skip it there.
+  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+  return lowered.compile(compiler_options=options)(rng)
+
+
+def _collapse_std(z: jax.Array) -> jax.Array:
+  """Std over the batch of the l2-normalised z, averaged over channels (SimSiam Fig. 2).
+
+  About 1/sqrt(D) for well-spread outputs, 0 for a collapsed encoder.
+  """
+  return jnp.mean(jnp.std(losses.l2_normalize(z), axis=0))
+
+
+def make_train_step(*, schedule: optax.Schedule, lam: float, aggregation: str = "max",
+                    mixture: bool = True, mix_mode: str = "fixed", mix_lambda: float = 0.5,
+                    mix_alpha: float = 1.0, mix_prob: float = 1.0,
+                    photometric: Optional[Dict[str, Any]] = None
+                    ) -> Callable[[TrainState, Batch, jax.Array], Tuple[TrainState, Metrics]]:
+  """Builds the pure MixSiam train step for the given method options.
+
+  Args:
+    schedule: the encoder's learning-rate schedule (reported as 'lr').
+    lam: weight of L_siam; 1 is SimSiam and skips the mixed forward pass.
+    aggregation: 'max' | 'mean' | 'none', the target of the mixed branch.
+    mixture: False replaces x_m by a randomly chosen original view (ablation).
+    mix_mode, mix_lambda, mix_alpha, mix_prob: see augment.mix_views.
+    photometric: keyword arguments of augment.device_photometric_augment to run
+      colour jitter, grayscale and blur on the device; None if the host did it.
+
+  Returns:
+    ``step(state, batch, rng) -> (state, metrics)`` where batch['views'] is
+    [B, 2, H, W, 3] (uint8 in [0, 255] or float in [0, 1]) and rng is the run's
+    base key.
+
+  Raises:
+    ValueError: naming an invalid option, before anything is traced.
+  """
+  losses.check_method_options(lam, mix_lambda, aggregation)
+  augment.check_mix_options(mix_mode, mix_lambda, mix_alpha, mix_prob)
+  use_mixed_view = lam < 1.0
+
+  def prepare_views(rng: jax.Array, raw: jax.Array) -> jax.Array:
+    batch_size = raw.shape[0]
+    flat = raw.reshape((batch_size * 2,) + raw.shape[2:])
+    if photometric is not None:
+      images = augment.device_photometric_augment(rng, flat, **photometric)
+    elif raw.dtype == jnp.uint8:
+      images = flat.astype(jnp.float32) / 255.0
+    else:
+      images = flat.astype(jnp.float32)
+    return augment.normalize(images).reshape(raw.shape)
+
+  def step(state: TrainState, batch: Batch, rng: jax.Array) -> Tuple[TrainState, Metrics]:
+    rng = jax.random.fold_in(rng, state.step)
+    rng_photo, rng_mix, rng_target = jax.random.split(rng, 3)
+    views = prepare_views(rng_photo, batch["views"])
+    if use_mixed_view:
+      x1, x2 = views[:, 0], views[:, 1]
+      if mixture:
+        x_m, _ = augment.mix_views(rng_mix, x1, x2, mode=mix_mode, mix_lambda=mix_lambda,
+                                   alpha=mix_alpha, prob=mix_prob)
+      else:
+        x_m = augment.choose_views(rng_mix, x1, x2)
+      views = jnp.concatenate([views, x_m[:, None]], axis=1)
+
+    def loss_fn(params):
+      out, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, views,
+                                    train=True, mutable=["batch_stats"])
+      loss, aux = losses.mixsiam_loss(out["p"], out["z"], lam=lam, aggregation=aggregation,
+                                      rng=rng_target)
+      return loss, (aux, updates["batch_stats"], out["z"])
+
+    (loss, (aux, batch_stats, z)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    metrics = {
+        "loss": loss,
+        **aux,
+        "z_std": _collapse_std(z[:, 0]),
+        "lr": schedule(state.step),
+        "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(new_state.params),
+    }
+    return new_state, metrics
+
+  return step
+
+
+def jit_train_step(step: Callable, mesh: Mesh) -> Callable:
+  """Jits ``step`` with explicit shardings on ``mesh`` and donates the incoming state.
+
+  Args:
+    step: a function from make_train_step.
+    mesh: the data-parallel mesh.
+
+  Returns:
+    The compiled step; its batch must be sharded on the batch axis (see
+    sharding.global_batch), its state and rng replicated.
+  """
+  rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+                 donate_argnums=(0,))

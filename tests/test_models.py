@@ -1,0 +1,138 @@
+"""ResNet family, heads and per-view BatchNorm."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixsiam_jax import models
+from mixsiam_jax.models import ResNet, ViewBatchNorm
+
+
+def jit_init(module, shape, **kwargs):
+  """Initialises under jit: eager Flax dispatches op by op and is slow on CPU."""
+  return jax.jit(lambda rng: module.init(rng, jnp.zeros(shape), train=True, **kwargs))(
+      jax.random.key(0))
+
+
+def count_params(module, shape):
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(shape), train=True))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+
+
+@pytest.mark.parametrize("depth,expected", [(18, 11_176_512), (50, 23_508_032)])
+def test_param_counts_match_torchvision(depth, expected):
+  # torchvision resnet18/resnet50 without the fc layer.
+  assert count_params(ResNet(depth, 64, "imagenet"), (1, 224, 224, 3)) == expected
+
+
+@pytest.mark.parametrize("depth,expected", [(34, 21_284_672), (101, 42_500_160), (152, 58_143_808)])
+def test_param_counts_of_deeper_resnets_match_torchvision(depth, expected):
+  assert count_params(ResNet(depth, 64, "imagenet"), (1, 64, 64, 3)) == expected
+
+
+def test_cifar_stem_and_width():
+  net = ResNet(18, 16, "cifar")
+  variables = jit_init(net, (2, 32, 32, 3))
+  assert variables["params"]["conv1"]["kernel"].shape == (3, 3, 3, 16)
+  assert net.feature_dim == 128
+  feats = jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, jnp.ones((2, 32, 32, 3)))
+  assert feats.shape == (2, 128)
+  assert ResNet(50, 32, "imagenet").feature_dim == 1024
+  # The ImageNet stem downsamples by 4 before layer1; the CIFAR stem does not.
+  def layer1_input_shape(stem, size):
+    net = ResNet(18, 8, stem)
+    v = jit_init(net, (1, size, size, 3))
+    _, state = jax.eval_shape(lambda v: net.apply(
+        v, jnp.zeros((1, size, size, 3)), train=False, capture_intermediates=True,
+        mutable=["intermediates"]), v)
+    return state["intermediates"]["layer1_0"]["__call__"][0].shape
+  assert layer1_input_shape("cifar", 32) == (1, 32, 32, 8)
+  assert layer1_input_shape("imagenet", 64) == (1, 16, 16, 8)
+
+
+def test_last_bn_of_every_block_starts_at_zero():
+  params = jit_init(ResNet(50, 8, "imagenet"), (1, 32, 32, 3))["params"]
+  blocks = [k for k in params if k.startswith("layer")]
+  assert len(blocks) == 16
+  for name in blocks:
+    assert np.all(params[name]["bn3"]["scale"] == 0), name
+    assert np.all(params[name]["bn1"]["scale"] == 1), name
+
+
+def test_unknown_depth_is_refused():
+  with pytest.raises(ValueError, match="model.depth=20"):
+    models.create_network(depth=20, width=64, stem="cifar", projector_layers=2,
+                          projector_hidden_dim=8, projector_dim=8, predictor_hidden_dim=4)
+  with pytest.raises(ValueError, match="model.stem='vit'"):
+    models.create_network(depth=18, width=64, stem="vit", projector_layers=2,
+                          projector_hidden_dim=8, projector_dim=8, predictor_hidden_dim=4)
+
+
+def test_heads_shapes_and_affine_free_last_bn():
+  proj = models.Projector(hidden_dim=32, out_dim=24, num_layers=3)
+  v = proj.init(jax.random.key(0), jnp.zeros((4, 16)), train=True)
+  assert set(v["params"]) == {"fc1", "bn1", "fc2", "bn2", "fc3"}  # bn3 has no parameters
+  assert "bn3" in v["batch_stats"]
+  z = proj.apply(v, jax.random.normal(jax.random.key(1), (8, 16)), train=True,
+                 mutable=["batch_stats"])[0]
+  # The affine-free output BN gives zero-mean, unit-variance columns.
+  np.testing.assert_allclose(z.mean(0), 0, atol=1e-5)
+  np.testing.assert_allclose(z.var(0), 1, atol=1e-3)
+  assert len(models.Projector(32, 24, 2).init(jax.random.key(0), jnp.zeros((4, 16)),
+                                               train=True)["params"]) == 3
+  pred = models.Predictor(hidden_dim=6, out_dim=24)
+  pv = pred.init(jax.random.key(0), jnp.zeros((4, 24)), train=True)["params"]
+  assert pv["fc1"]["kernel"].shape == (24, 6) and "bias" not in pv["fc1"]
+  assert pv["fc2"]["kernel"].shape == (6, 24) and pv["fc2"]["bias"].shape == (24,)
+
+
+def test_view_batchnorm_matches_numpy_per_view():
+  rs = np.random.RandomState(0)
+  batch, views, feats = 5, 3, 4
+  x = rs.randn(batch, views, feats) * np.arange(1, views + 1)[None, :, None] + np.arange(views)[None, :, None]
+  bn = ViewBatchNorm()
+  variables = bn.init(jax.random.key(0), jnp.zeros((views, feats)), train=True, num_views=views)
+  y, new = bn.apply(variables, jnp.asarray(x.reshape(-1, feats), jnp.float32), train=True,
+                    num_views=views, mutable=["batch_stats"])
+  y = np.asarray(y).reshape(batch, views, feats)
+  mean, var = x.mean(0), x.var(0)
+  np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), atol=1e-5)
+  # torch semantics: unbiased variance; views update the running stats in order.
+  rm, rv = np.zeros(feats), np.ones(feats)
+  for v in range(views):
+    rm = 0.9 * rm + 0.1 * mean[v]
+    rv = 0.9 * rv + 0.1 * x[:, v].var(0, ddof=1)
+  np.testing.assert_allclose(new["batch_stats"]["mean"], rm, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new["batch_stats"]["var"], rv, rtol=1e-5, atol=1e-6)
+  # Inference uses the running statistics.
+  out = bn.apply({**variables, "batch_stats": new["batch_stats"]}, jnp.asarray(x[:, 0], jnp.float32), train=False)
+  np.testing.assert_allclose(out, (x[:, 0] - rm) / np.sqrt(rv + 1e-5), atol=1e-5)
+
+
+def test_one_pass_over_views_equals_one_encoder_call_per_view():
+  """What the official code does (one call per view, state threaded) equals our single pass."""
+  net = models.create_network(depth=18, width=4, stem="cifar", projector_layers=2,
+                              projector_hidden_dim=16, projector_dim=16, predictor_hidden_dim=8)
+  views = jax.random.normal(jax.random.key(0), (6, 3, 8, 8, 3))
+  variables = jit_init(net, views.shape)
+  apply = jax.jit(lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats"]))
+  joint, joint_state = apply(variables, views)
+  stats = variables["batch_stats"]
+  for v in range(3):
+    single, new = apply({"params": variables["params"], "batch_stats": stats}, views[:, v:v + 1])
+    stats = new["batch_stats"]
+    for key in ("features", "z", "p"):
+      np.testing.assert_allclose(joint[key][:, v], single[key][:, 0], rtol=1e-4, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               joint_state["batch_stats"], stats)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs():
+  net = models.create_network(depth=18, width=4, stem="cifar", projector_layers=2,
+                              projector_hidden_dim=16, projector_dim=16, predictor_hidden_dim=8,
+                              dtype="bfloat16")
+  views = jax.random.normal(jax.random.key(0), (4, 2, 8, 8, 3))
+  variables = jit_init(net, views.shape)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+  out, _ = jax.jit(lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats"]))(variables, views)
+  assert out["z"].dtype == jnp.float32 and out["p"].dtype == jnp.float32

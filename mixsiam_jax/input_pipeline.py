@@ -507,6 +507,7 @@ def crop_flip_views(seed: tf.Tensor, image: tf.Tensor, image_size: int, crop_sca
   Returns:
     float32 [num_views, image_size, image_size, 3] in [0, 255].
   """
+  image = tf.convert_to_tensor(image)
   seeds = tf.random.experimental.stateless_split(seed, 2)
   shape = tf.shape(image)
   windows = random_resized_crop_window(seeds[0], shape[0], shape[1], crop_scale, num=num_views)

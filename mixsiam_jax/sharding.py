@@ -87,6 +87,8 @@ def prefetch_to_mesh(batches: Iterable[Any], mesh: Mesh, size: int = 2) -> Itera
   for batch in itertools.islice(iterator, max(size, 1)):
     queue.append(global_batch(batch, mesh))
   while queue:
-    yield queue.popleft()
+    ready = queue.popleft()
+    # Refill before handing out, so `size` batches are in flight while the step runs.
     for batch in itertools.islice(iterator, 1):
       queue.append(global_batch(batch, mesh))
+    yield ready

@@ -1,0 +1,137 @@
+"""The sharded MixSiam train step."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixsiam_jax import models, optim, sharding, train
+
+IMAGE = 8
+BATCH = 16
+PHOTOMETRIC = dict(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.2,
+                   blur_prob=0.5, blur_sigma=(0.1, 2.0))
+
+
+def tiny_network():
+  return models.create_network(depth=18, width=4, stem="cifar", projector_layers=2,
+                               projector_hidden_dim=32, projector_dim=32, predictor_hidden_dim=8)
+
+
+def make(mesh, lam=0.5, photometric=PHOTOMETRIC, **method):
+  sched = optim.cosine_schedule(0.05, 10)
+  tx = optim.create_pretrain_optimizer(schedule=sched, peak_lr=0.05, weight_decay=1e-4)
+  state = train.create_train_state(jax.random.key(0), tiny_network(), tx, image_size=IMAGE,
+                                   mesh=mesh)
+  step = train.make_train_step(schedule=sched, lam=lam, photometric=photometric, **method)
+  return state, step
+
+
+def host_batch(seed=0):
+  rs = np.random.RandomState(seed)
+  return {"views": rs.randint(0, 256, (BATCH, 2, IMAGE, IMAGE, 3)).astype(np.uint8)}
+
+
+def run(mesh, steps=2, **kwargs):
+  state, step = make(mesh, **kwargs)
+  jitted = train.jit_train_step(step, mesh)
+  history = []
+  for i in range(steps):
+    state, metrics = jitted(state, sharding.global_batch(host_batch(i), mesh), jax.random.key(7))
+    history.append(jax.device_get(metrics))
+  return jax.device_get(state), history
+
+
+@pytest.mark.slow
+def test_eight_devices_equal_one_device():
+  assert jax.device_count() == 8
+  state8, hist8 = run(sharding.create_mesh())
+  state1, hist1 = run(sharding.create_mesh(jax.devices()[:1]))
+  assert int(state8.step) == int(state1.step) == 2
+  # Only the order of cross-device sums differs: float32 round-off.
+  for tree in ("params", "batch_stats", "opt_state"):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
+                 getattr(state8, tree), getattr(state1, tree))
+  for m8, m1 in zip(hist8, hist1):
+    for key in m8:
+      np.testing.assert_allclose(m8[key], m1[key], rtol=1e-4, atol=1e-6, err_msg=key)
+  # The step really moved the parameters and the BN statistics.
+  fresh, _ = make(sharding.create_mesh(jax.devices()[:1]))
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                       state1.batch_stats, jax.device_get(fresh.batch_stats))
+  assert max(jax.tree.leaves(moved)) > 1e-3
+
+
+def test_metrics_are_reported_and_consistent():
+  _, hist = run(sharding.create_mesh(), steps=1, lam=0.3)
+  m = hist[0]
+  assert set(m) == {"loss", "loss_siam", "loss_mix", "cos_pm_zf", "z_std", "lr", "grad_norm",
+                    "param_norm"}
+  np.testing.assert_allclose(m["loss"], 0.3 * m["loss_siam"] + 0.7 * m["loss_mix"], rtol=1e-5)
+  np.testing.assert_allclose(m["cos_pm_zf"], -m["loss_mix"], rtol=1e-6)
+  assert m["lr"] == pytest.approx(0.05)
+  assert -1 <= m["loss_siam"] <= 1 and m["grad_norm"] > 0 and m["param_norm"] > 0
+  assert 0 < m["z_std"] <= 1 / np.sqrt(32) * 1.5
+
+
+def test_simsiam_skips_the_mixed_forward_pass():
+  mesh = sharding.create_mesh()
+  for lam, expected_views in ((1.0, 2), (0.5, 3)):
+    state, step = make(mesh, lam=lam, photometric=None)
+    seen = []
+    apply_fn = state.apply_fn
+
+    def spy(variables, views, **kwargs):
+      seen.append(views.shape[1])
+      return apply_fn(variables, views, **kwargs)
+
+    jax.eval_shape(step, state.replace(apply_fn=spy), sharding.global_batch(host_batch(), mesh),
+                   jax.random.key(0))
+    assert seen == [expected_views], (lam, seen)
+
+
+def test_step_is_deterministic_and_folds_the_step_into_the_rng():
+  mesh = sharding.create_mesh()
+  state, step = make(mesh)
+  jitted = jax.jit(step)  # no donation: the same state is used twice
+  batch = sharding.global_batch(host_batch(), mesh)
+  a, ma = jitted(state, batch, jax.random.key(3))
+  b, mb = jitted(state, batch, jax.random.key(3))
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), (a.params, ma), (b.params, mb))
+  # Same batch and key at another step: different augmentations, different loss.
+  c, mc = jitted(state.replace(step=state.step + 1), batch, jax.random.key(3))
+  assert float(mc["loss"]) != float(ma["loss"])
+
+
+def test_state_is_donated():
+  mesh = sharding.create_mesh()
+  state, step = make(mesh, photometric=None)
+  leaf = jax.tree.leaves(state.params)[0]
+  train.jit_train_step(step, mesh)(state, sharding.global_batch(host_batch(), mesh),
+                                   jax.random.key(0))
+  assert leaf.is_deleted()
+
+
+def test_collapse_monitor():
+  d = 64
+  healthy = jax.random.normal(jax.random.key(0), (4096, d))
+  assert float(train._collapse_std(healthy)) == pytest.approx(1 / np.sqrt(d), rel=0.05)
+  collapsed = jnp.tile(healthy[:1], (4096, 1))
+  assert float(train._collapse_std(collapsed)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(lam=2.0), "method.lam=2.0"),
+    (dict(lam=0.5, mix_lambda=1.5), "method.mix_lambda=1.5"),
+    (dict(lam=0.5, aggregation="sum"), "method.aggregation='sum'"),
+    (dict(lam=0.5, mix_mode="warp"), "mix mode 'warp'"),
+])
+def test_bad_method_options_fail_before_tracing(kwargs, needle):
+  with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
+    train.make_train_step(schedule=optim.cosine_schedule(0.1, 10), **kwargs)
+
+
+def test_global_batch_must_split_over_devices():
+  mesh = sharding.create_mesh()
+  with pytest.raises(ValueError, match=r"batch_size=12 .* number of devices \(8\).* 16"):
+    sharding.check_global_batch(12, mesh)
+  assert sharding.check_global_batch(16, mesh) == 16

@@ -11,7 +11,22 @@ Sources (``dataset`` strings):
     folder of images (label -1, pretraining only). JPEG, PNG, BMP and GIF
     (first frame); grayscale, CMYK, RGBA and palette images become RGB. Files
     are listed once; they are read lazily and in parallel, never all loaded.
-    ``split`` is ignored for folders.
+    ``split`` slices every class separately (see "Folder splits").
+
+Folder splits. For ``folder:`` data sets the split string selects a slice of
+each class's file list (files in listing order: sorted, recursively), so a
+held-out part keeps the class balance of the folder:
+  * ``''``, ``train``, ``all`` (any bare name; the name is ignored, there is
+    only one folder): every file.
+  * ``[A:B]`` or ``NAME[A:B]`` (NAME ignored), Python slice semantics within
+    each class: ``[:4500]`` the first 4500 files of every class, ``[4500:]``
+    the rest, ``[-500:]`` the last 500, ``[10:20]``; a class with fewer files
+    gets what the slice leaves of it.
+  * Percentages ``[:90%]``, ``[90%:]``, ``[10%:20%]`` (decimals allowed, both
+    bounds in %): a bound of p% of a class of n files is ``round(p * n / 100)``
+    (Python's round, halves to even), exactly TFDS's default 'closest' rounding,
+    so ``[:p%]`` and ``[p%:]`` are complementary, disjoint and cover each class.
+A flat (unlabelled) folder is one class. Anything else raises DatasetError.
 
 Determinism and resume. The training stream is a pure function of
 (seed, position, data): per-process position ``q`` (example ``q`` of this
@@ -52,6 +67,7 @@ that shift.
 import dataclasses
 import functools
 import os
+import re
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -181,8 +197,87 @@ def _list_folder(path: str) -> Tuple[Tuple[str, ...], Tuple[int, ...], Tuple[str
   return tuple(paths), tuple(labels), tuple(classes), tuple(others)
 
 
-def _folder_source(path: str, skip_bad_images: bool) -> _Source:
+FOLDER_SPLIT_SYNTAX = (
+    "'' / 'train' / 'all' (the whole folder) or a per-class slice '[A:B]' or 'NAME[A:B]' "
+    "(NAME ignored) with A, B integers or percentages, e.g. '[:4500]', '[4500:]', '[-500:]', "
+    "'[:90%]', '[90%:]', '[10:20]', 'train[:90%]'")
+_FOLDER_SPLIT_RE = re.compile(r"^(?P<name>[\w-]*)\s*(?:\[(?P<from>[^\[\]:]*):(?P<to>[^\[\]:]*)\])?$")
+_FOLDER_BOUND_RE = re.compile(r"^(?P<val>[+-]?\d+(?:\.\d*)?)(?P<pct>%?)$")
+
+
+def parse_folder_split(split: str) -> Tuple[Optional[float], Optional[float], bool]:
+  """Parses a folder split string (see "Folder splits" above).
+
+  Args:
+    split: e.g. '', 'train', '[:4500]', 'train[90%:]'.
+
+  Returns:
+    (start, stop, percent): slice bounds (None = open), in percent if
+    ``percent`` else in files.
+
+  Raises:
+    DatasetError: naming ``split`` and the accepted syntax.
+  """
+  def bad(why):
+    return DatasetError(f"Invalid split {split!r} for a folder: dataset ({why}). "
+                        f"Accepted: {FOLDER_SPLIT_SYNTAX}.")
+
+  match = _FOLDER_SPLIT_RE.match((split or "").strip())
+  if not match:
+    raise bad("not NAME or [A:B]")
+  if match.group("from") is None:
+    return None, None, False
+  bounds, units = [], set()
+  for text in (match.group("from").strip(), match.group("to").strip()):
+    if not text:
+      bounds.append(None)
+      continue
+    b = _FOLDER_BOUND_RE.match(text)
+    if not b:
+      raise bad(f"bound {text!r} is not an integer or a percentage")
+    percent = bool(b.group("pct"))
+    units.add(percent)
+    if percent:
+      value = float(b.group("val"))
+      if abs(value) > 100:
+        raise bad(f"bound {text!r} is outside [-100%, 100%]")
+    elif "." in b.group("val"):
+      raise bad(f"bound {text!r}: file counts must be integers")
+    else:
+      value = int(b.group("val"))
+    bounds.append(value)
+  if len(units) > 1:
+    raise bad("both bounds must be counts or both percentages")
+  return bounds[0], bounds[1], units == {True}
+
+
+def _split_indices(labels: Sequence[int], split: str) -> np.ndarray:
+  """Indices (ascending) of the examples that ``split`` selects, class by class."""
+  start, stop, percent = parse_folder_split(split)
+  labels = np.asarray(labels)
+  if start is None and stop is None:
+    return np.arange(len(labels))
+  selected = []
+  for label in np.unique(labels):
+    ids = np.flatnonzero(labels == label)  # Listing order within the class.
+    n = len(ids)
+    to_abs = (lambda b: None if b is None else int(round(b * n / 100.0))) if percent else (
+        lambda b: b)
+    selected.append(ids[slice(to_abs(start), to_abs(stop))])
+  return np.sort(np.concatenate(selected))
+
+
+def _folder_source(path: str, split: str, skip_bad_images: bool) -> _Source:
+  parse_folder_split(split)  # Bad split strings fail before the folder is listed.
   paths, labels, classes, others = _list_folder(os.path.abspath(os.path.expanduser(path)))
+  keep = _split_indices(labels, split)
+  if not keep.size:
+    raise DatasetError(f"Split {split!r} selects no image of folder {path!r} "
+                       f"({len(paths)} images in {max(len(classes), 1)} class(es)); "
+                       f"accepted: {FOLDER_SPLIT_SYNTAX}.")
+  if keep.size < len(paths):
+    paths = tuple(paths[i] for i in keep)
+    labels = tuple(labels[i] for i in keep)
   for other in others:
     _report_bad(other, "not an image file (extension)", skip_bad_images)
   # A lookup table instead of a graph constant: a million paths stay out of the
@@ -283,7 +378,7 @@ def _open_source(dataset: str, split: str, *, skip_bad_images: bool = True,
                  **tfds_kwargs) -> _Source:
   kind, rest = _parse_dataset(dataset)
   if kind == "folder":
-    return _folder_source(rest, skip_bad_images)
+    return _folder_source(rest, split, skip_bad_images)
   return _tfds_source(rest, split, **tfds_kwargs)
 
 
@@ -292,7 +387,7 @@ def get_dataset_info(dataset: str, split: str, **tfds_kwargs) -> DatasetInfo:
 
   Args:
     dataset: 'tfds:NAME' or 'folder:PATH'.
-    split: TFDS split string (ignored for folders).
+    split: TFDS split string, or a folder split (per-class slice, see above).
     **tfds_kwargs: data_dir, image_key, label_key for TFDS.
 
   Returns:
@@ -611,7 +706,7 @@ def create_pretrain_dataset(dataset: str, split: str, *, global_batch_size: int,
 
   Args:
     dataset: 'tfds:NAME' or 'folder:PATH'.
-    split: TFDS split string (ignored for folders).
+    split: TFDS split string, or a folder split (per-class slice, see above).
     global_batch_size: batch over all processes (divisible by process_count).
     image_size: side of the square crops.
     seed: data seed; batches are a pure function of (seed, step, data).
@@ -776,36 +871,3 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
   options = tf.data.Options()
   options.deterministic = True
   return ds.batch(local_batch, drop_remainder=True).with_options(options).prefetch(2)
-
-
-# --------------------------------------------------------------------------
-# Host -> device.
-# --------------------------------------------------------------------------
-def device_batches(ds: tf.data.Dataset, sharding, prefetch: int = 2):
-  """Yields global jax.Arrays built from this process's batches, ``prefetch`` ahead.
-
-  Args:
-    ds: a per-process dataset from this module.
-    sharding: a jax.sharding.Sharding for the global batch (batch on axis 0).
-    prefetch: number of batches transferred ahead of the consumer.
-
-  Yields:
-    dicts of global jax.Arrays (jax.make_array_from_process_local_data).
-  """
-  import collections  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  queue = collections.deque()
-  it = ds.as_numpy_iterator()
-
-  def put():
-    batch = next(it, None)
-    if batch is not None:
-      queue.append(jax.tree.map(
-          lambda x: jax.make_array_from_process_local_data(sharding, x), batch))
-
-  for _ in range(max(1, prefetch)):
-    put()
-  while queue:
-    out = queue.popleft()
-    put()
-    yield out

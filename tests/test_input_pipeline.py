@@ -2,6 +2,7 @@
 import io
 import os
 from pathlib import Path
+import re
 import shutil
 import tarfile
 import time
@@ -169,6 +170,97 @@ def test_eval_dataset_padding_and_order(cifar_folder):
   assert next(ds.as_numpy_iterator())["image"].shape == (10, 24, 24, 3)
 
 
+# -------------------------------------------------------------- folder splits
+def _eval_images(name, split, batch=100):
+  ds = ip.create_eval_dataset(name, split, global_batch_size=batch, image_size=32,
+                              process_index=0, process_count=1)
+  batches = list(ds.as_numpy_iterator())
+  mask = np.concatenate([b["mask"] for b in batches])
+  return (np.concatenate([b["image"] for b in batches])[mask],
+          np.concatenate([b["label"] for b in batches])[mask])
+
+
+@pytest.mark.parametrize("head,tail,n_head", [("[:20]", "[20:]", 20),
+                                              ("train[:90%]", "train[90%:]", 27),
+                                              ("[:-5]", "[-5:]", 25)])
+def test_folder_split_complementary_slices_partition_every_class(cifar_folder, head, tail,
+                                                                 n_head):
+  name = f"folder:{cifar_folder}"
+  assert ip.get_dataset_info(name, head) == ip.DatasetInfo(10 * n_head, 10)
+  assert ip.get_dataset_info(name, tail) == ip.DatasetInfo(10 * (PER_CLASS - n_head), 10)
+  full, full_labels = _eval_images(name, "all")
+  first, first_labels = _eval_images(name, head)
+  rest, rest_labels = _eval_images(name, tail)
+  # Per-class counts are exact, and the labels keep the whole folder's numbering.
+  np.testing.assert_array_equal(np.bincount(first_labels, minlength=10), [n_head] * 10)
+  np.testing.assert_array_equal(np.bincount(rest_labels, minlength=10),
+                                [PER_CLASS - n_head] * 10)
+  # The slices are the first n_head / the remaining files of each class, in order:
+  # disjoint, and together exactly the folder.
+  in_head = np.arange(10 * PER_CLASS) % PER_CLASS < n_head
+  np.testing.assert_array_equal(first, full[in_head])
+  np.testing.assert_array_equal(rest, full[~in_head])
+  np.testing.assert_array_equal(first_labels, full_labels[in_head])
+
+
+def test_folder_split_in_pretraining_reads_only_its_slice(cifar_folder):
+  name = f"folder:{cifar_folder}"
+  held_out, _ = _eval_images(name, "[25:]")
+  ds = ip.create_pretrain_dataset(name, "[25:]", global_batch_size=10, image_size=32, seed=0,
+                                  crop_scale=(1.0, 1.0), process_index=0, process_count=1)
+  batches = _take(ds, 5)  # One epoch of the 50 held-out files.
+  labels = np.concatenate([b["label"] for b in batches])
+  np.testing.assert_array_equal(np.bincount(labels, minlength=10), [5] * 10)
+  assert sorted(np.concatenate([b["index"] for b in batches]).tolist()) == list(range(50))
+  # Full-image crops (only flips differ): every view is a held-out image or its mirror.
+  views = np.concatenate([b["views"][:, 0] for b in batches]).astype(np.int16)
+  candidates = np.concatenate([held_out, held_out[:, :, ::-1]]).astype(np.int16)
+  for v in views:
+    assert np.abs(candidates - v).reshape(len(candidates), -1).max(axis=1).min() <= 1
+
+
+def test_folder_split_percent_rounding(tmp_path, cifar_folder):
+  src = sorted((cifar_folder / "cat").iterdir())
+  sizes = {"a": 5, "b": 3, "c": 7, "d": 1}
+  for cls, n in sizes.items():
+    (tmp_path / cls).mkdir()
+    for f in src[:n]:
+      shutil.copy(f, tmp_path / cls / f.name)
+  labels = ip._list_folder(str(tmp_path))[1]
+  # round(p * n / 100), halves to even (TFDS 'closest'): 50% of 5, 3, 7, 1 -> 2, 2, 4, 0.
+  for split, counts in (("[:50%]", [2, 2, 4, 0]), ("[50%:]", [3, 1, 3, 1]),
+                        ("[:33%]", [2, 1, 2, 0]), ("[33%:]", [3, 2, 5, 1]),
+                        ("[10%:90%]", [4, 3, 5, 1]), ("[:4]", [4, 3, 4, 1]),
+                        ("[2:4]", [2, 1, 2, 0]), ("", [5, 3, 7, 1])):
+    picked = ip._split_indices(labels, split)
+    np.testing.assert_array_equal(np.bincount(np.asarray(labels)[picked], minlength=4), counts,
+                                  err_msg=split)
+    assert ip.get_dataset_info(f"folder:{tmp_path}", split).num_examples == sum(counts)
+  for p in ("13%", "50%", "67.5%"):
+    a, b = ip._split_indices(labels, f"[:{p}]"), ip._split_indices(labels, f"[{p}:]")
+    assert not set(a) & set(b) and sorted(set(a) | set(b)) == list(range(16))
+
+
+@pytest.mark.parametrize("split", ["[10]", "test[:10", "train+test", "[a:5]", "[10:50%]",
+                                   "[:4.5]", "[:150%]", "[::2]", "tr ain"])
+def test_folder_split_errors_name_the_value_and_syntax(cifar_folder, split):
+  name = f"folder:{cifar_folder}"
+  needle = re.escape(repr(split)) + r".*Accepted: .*\[:90%\]"
+  with pytest.raises(ip.DatasetError, match=needle):
+    ip.get_dataset_info(name, split)
+  with pytest.raises(ip.DatasetError, match=needle):
+    ip.create_pretrain_dataset(name, split, global_batch_size=8, image_size=16, seed=0,
+                               process_index=0, process_count=1)
+  with pytest.raises(ip.DatasetError, match=needle):
+    ip.create_eval_dataset(name, split, global_batch_size=8, image_size=16, process_index=0,
+                           process_count=1)
+
+
+def test_folder_split_selecting_nothing_is_an_error(cifar_folder):
+  with pytest.raises(ip.DatasetError, match=r"'\[30:\]' selects no image"):
+    ip.get_dataset_info(f"folder:{cifar_folder}", "[30:]")
+
+
 @pytest.fixture
 def messy_folder(tmp_path, cifar_folder):
   """Two classes with good files of every kind plus bad ones."""
@@ -279,11 +371,11 @@ def test_tfds_errors_are_clear_and_fast(tmp_path):
   assert time.time() - start < 10
 
 
-def test_device_batches_builds_global_arrays(cifar_folder):
+def test_prefetch_to_mesh_builds_global_arrays(cifar_folder):
   import jax  # pylint: disable=g-import-not-at-top
-  mesh = jax.make_mesh((8,), ("data",))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  from mixsiam_jax import sharding  # pylint: disable=g-import-not-at-top
+  mesh = sharding.create_mesh()
   ds = _pretrain(f"folder:{cifar_folder}", global_batch_size=16)
-  batch = next(ip.device_batches(ds, sharding))
-  assert batch["views"].shape == (16, 2, 16, 16, 3)
-  assert batch["views"].sharding.is_equivalent_to(sharding, 5)
+  batch = next(sharding.prefetch_to_mesh(ds.as_numpy_iterator(), mesh, 2))
+  assert isinstance(batch["views"], jax.Array) and batch["views"].shape == (16, 2, 16, 16, 3)
+  assert batch["views"].sharding.is_equivalent_to(sharding.batch_sharded(mesh), 5)

@@ -114,8 +114,22 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.seed = 0
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
-  # kNN monitor period in steps (0: only at the end).
+  # Checkpoints kept: the newest `keep_checkpoints`, plus every multiple of
+  # `keep_checkpoints_every_steps` (0: none).
+  config.keep_checkpoints = 3
+  config.keep_checkpoints_every_steps = 0
+  # Write checkpoints in the background while training goes on.
+  config.async_checkpointing = True
+  # Steps to trace with the profiler (TensorBoard's profile tab); 0: off.
+  config.profile_steps = 0
+  # kNN monitor period in steps (0: only at the end); needs eval_dataset.
   config.eval_every_steps = 5000
+  # Global batch for feature extraction (kNN, probes).
+  config.eval_batch_size = 512
+  config.knn = ml_collections.ConfigDict()
+  # Neighbours and softmax temperature of the weighted kNN vote (InstDist / SimSiam-family monitors).
+  config.knn.k = 200
+  config.knn.temperature = 0.1
   # Linear-probe / kNN programs: the pretraining workdir to restore.
   config.pretrained = ""
 
@@ -131,6 +145,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.log_every_steps = 2
     config.checkpoint_every_steps = 3
     config.eval_every_steps = 0
+    config.eval_batch_size = 64
+    config.knn.k = 20
   elif variant:
     raise ValueError(f"Unknown variant {variant!r} of configs/cifar10.py; use '' or 'tiny'.")
   return config

@@ -65,6 +65,50 @@ def _collapse_std(z: jax.Array) -> jax.Array:
   return jnp.mean(jnp.std(losses.l2_normalize(z), axis=0))
 
 
+def make_view_fn(*, lam: float, aggregation: str = "max", mixture: bool = True,
+                 mix_mode: str = "fixed", mix_lambda: float = 0.5, mix_alpha: float = 1.0,
+                 mix_prob: float = 1.0, photometric: Optional[Dict[str, Any]] = None
+                 ) -> Callable[[Batch, jax.Array, jax.Array], jax.Array]:
+  """Builds the on-device view preparation shared by the train step and previews.
+
+  Args:
+    lam, aggregation, mixture, mix_mode, mix_lambda, mix_alpha, mix_prob,
+      photometric: as in make_train_step (aggregation is unused here).
+
+  Returns:
+    ``views(batch, rng, step) -> [B, V, H, W, 3]`` normalised float32 views:
+    (x1, x2) when lam == 1, else (x1, x2, x_m). ``rng`` is the run's base key;
+    the randomness is fold_in(rng, step), exactly as in the train step.
+  """
+  del aggregation
+  losses.check_method_options(lam, mix_lambda, "max")
+  augment.check_mix_options(mix_mode, mix_lambda, mix_alpha, mix_prob)
+
+  def views_fn(batch: Batch, rng: jax.Array, step: jax.Array) -> jax.Array:
+    rng_photo, rng_mix, _ = jax.random.split(jax.random.fold_in(rng, step), 3)
+    raw = batch["views"]
+    batch_size = raw.shape[0]
+    flat = raw.reshape((batch_size * 2,) + raw.shape[2:])
+    if photometric is not None:
+      images = augment.device_photometric_augment(rng_photo, flat, **photometric)
+    elif raw.dtype == jnp.uint8:
+      images = flat.astype(jnp.float32) / 255.0
+    else:
+      images = flat.astype(jnp.float32)
+    views = augment.normalize(images).reshape(raw.shape)
+    if lam == 1.0:  # SimSiam: no third view, no third forward pass.
+      return views
+    x1, x2 = views[:, 0], views[:, 1]
+    if mixture:
+      x_m, _ = augment.mix_views(rng_mix, x1, x2, mode=mix_mode, mix_lambda=mix_lambda,
+                                 alpha=mix_alpha, prob=mix_prob)
+    else:
+      x_m = augment.choose_views(rng_mix, x1, x2)
+    return jnp.concatenate([views, x_m[:, None]], axis=1)
+
+  return views_fn
+
+
 def make_train_step(*, schedule: optax.Schedule, lam: float, aggregation: str = "max",
                     mixture: bool = True, mix_mode: str = "fixed", mix_lambda: float = 0.5,
                     mix_alpha: float = 1.0, mix_prob: float = 1.0,
@@ -90,32 +134,12 @@ def make_train_step(*, schedule: optax.Schedule, lam: float, aggregation: str = 
     ValueError: naming an invalid option, before anything is traced.
   """
   losses.check_method_options(lam, mix_lambda, aggregation)
-  augment.check_mix_options(mix_mode, mix_lambda, mix_alpha, mix_prob)
-  use_mixed_view = lam < 1.0
-
-  def prepare_views(rng: jax.Array, raw: jax.Array) -> jax.Array:
-    batch_size = raw.shape[0]
-    flat = raw.reshape((batch_size * 2,) + raw.shape[2:])
-    if photometric is not None:
-      images = augment.device_photometric_augment(rng, flat, **photometric)
-    elif raw.dtype == jnp.uint8:
-      images = flat.astype(jnp.float32) / 255.0
-    else:
-      images = flat.astype(jnp.float32)
-    return augment.normalize(images).reshape(raw.shape)
+  views_fn = make_view_fn(lam=lam, mixture=mixture, mix_mode=mix_mode, mix_lambda=mix_lambda,
+                          mix_alpha=mix_alpha, mix_prob=mix_prob, photometric=photometric)
 
   def step(state: TrainState, batch: Batch, rng: jax.Array) -> Tuple[TrainState, Metrics]:
-    rng = jax.random.fold_in(rng, state.step)
-    rng_photo, rng_mix, rng_target = jax.random.split(rng, 3)
-    views = prepare_views(rng_photo, batch["views"])
-    if use_mixed_view:
-      x1, x2 = views[:, 0], views[:, 1]
-      if mixture:
-        x_m, _ = augment.mix_views(rng_mix, x1, x2, mode=mix_mode, mix_lambda=mix_lambda,
-                                   alpha=mix_alpha, prob=mix_prob)
-      else:
-        x_m = augment.choose_views(rng_mix, x1, x2)
-      views = jnp.concatenate([views, x_m[:, None]], axis=1)
+    views = views_fn(batch, rng, state.step)
+    rng_target = jax.random.split(jax.random.fold_in(rng, state.step), 3)[2]
 
     def loss_fn(params):
       out, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, views,

@@ -1,29 +1,54 @@
-r"""Images/s of the two-view training pipeline: ours (tf.data) vs official SimSiam (torchvision).
+r"""Examples/s of the two-view training pipeline: ours (tf.data + JAX) vs official SimSiam (torchvision).
+
+CIFAR-sized (the shared JPEGs, 32 px, no blur):
 
   tar -xzf ../shared/data/cifar10_train_jpeg.tar.gz -C /tmp/cifar10
   python benchmarks/input_pipeline_bench.py --folder=/tmp/cifar10/train --image_size=32 \
       --torch_python=/tmp/torchvenv/bin/python
 
-Ours: create_pretrain_dataset (host crop+flip; photometric on the device, the
-default, and on the host). Official: torchvision ImageFolder + the SimSiam
-TwoCropsTransform (RandomResizedCrop, RandomApply(ColorJitter) p=0.8,
-RandomGrayscale 0.2, [GaussianBlur p=0.5 for ImageNet], flip, ToTensor,
-Normalize), DataLoader with one worker per core. Same files, same cores; the
-torch half runs in a separate interpreter (torch is not a project dependency)
-and is skipped with a message when it is missing. Not a test.
+ImageNet-sized (real photographs at 400-500 px cropped to 224, blur p=0.5): the
+colour sample photographs that scikit-image ships, randomly cropped, flipped and
+rescaled (longer side 400-500 px) into --num_files JPEGs spread over
+--num_classes class folders in a temporary folder (removed afterwards):
+
+  /tmp/torchvenv/bin/pip install scikit-image   # only for the sample files
+  python benchmarks/input_pipeline_bench.py --imagenet --torch_python=/tmp/torchvenv/bin/python
+
+Rows printed (examples/s; one example = two views):
+  * torchvision: ImageFolder + the SimSiam TwoCropsTransform (RandomResizedCrop,
+    RandomApply(ColorJitter) p=0.8, RandomGrayscale 0.2, [GaussianBlur p=0.5 for
+    ImageNet], flip, ToTensor, Normalize), DataLoader with one worker per core.
+    It runs in a separate interpreter (torch is not a project dependency) and is
+    skipped with a message when missing.
+  * ours, host part only: create_pretrain_dataset with crop+flip on the host,
+    what the host pays when the photometric ops run on an accelerator.
+  * ours, crop+flip on host + photometric on device: the same, and every batch
+    also goes through augment.device_photometric_augment, jitted, on this same
+    CPU (no accelerator here, so the host's cores do both halves).
+  * ours, all on host: colour jitter, grayscale and blur in tf.data too.
+Then (unless --step=False) how many examples/s the jitted MixSiam train step
+(train.make_train_step, fwd+bwd+update, three views, photometric ops inside)
+consumes on this CPU: CIFAR ResNet-18 width 64, batch 128, 32 px by default,
+median of --step_reps steps after compilation, and whether each pipeline keeps
+up. Same files, same cores. Not a test.
 """
 import argparse
+import gc
 import json
+import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 TORCH_SCRIPT = r'''
 import json, os, sys, time, random
 import torch, torchvision.transforms as T, torchvision.datasets as D
 from PIL import ImageFilter
-folder, size, n, blur, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+folder, size, n, blur, workers, batch = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
+                                         float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
 torch.set_num_threads(1)
 class GaussianBlur:  # moco.loader.GaussianBlur, as in the official SimSiam code.
     def __init__(self, sigma=(0.1, 2.0)): self.sigma = sigma
@@ -36,7 +61,7 @@ aug = [T.RandomResizedCrop(size, scale=(0.2, 1.)),
 if blur > 0: aug.append(T.RandomApply([GaussianBlur([.1, 2.])], p=blur))
 aug += [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
 ds = D.ImageFolder(folder, TwoCrops(T.Compose(aug)))
-loader = torch.utils.data.DataLoader(ds, batch_size=256, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=True)
+loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=True)
 it = iter(loader); next(it)
 t = time.time(); seen = 0
 while seen < n:
@@ -46,52 +71,228 @@ while seen < n:
 print(json.dumps({"images_per_s": seen / (time.time() - t)}))
 '''
 
+# Colour photographs among scikit-image's bundled sample files (skimage/data).
+SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
+                 "motorcycle_left.png", "motorcycle_right.png", "hubble_deep_field.jpg",
+                 "retina.jpg", "ihc.png")
+PHOTOMETRIC = dict(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.2,
+                   blur_sigma=(0.1, 2.0))
 
-def bench_ours(folder, size, n, host, blur):
-  """Examples/s (each two views) of our pipeline on the folder."""
-  from mixsiam_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+
+def find_sample_dir(pythons):
+  """scikit-image's data folder, from the first interpreter that has scikit-image."""
+  for python in pythons:
+    if not python or not os.path.exists(python):
+      continue
+    res = subprocess.run(
+        [python, "-c", "import os, skimage; print(os.path.join(os.path.dirname("
+         "skimage.__file__), 'data'))"], capture_output=True, text=True, check=False)
+    if res.returncode == 0:
+      return res.stdout.strip().splitlines()[-1]
+  return None
+
+
+def _write_one(args):
+  """Writes one JPEG: a random crop (60-100% area), flip and rescale of a sample photo."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  k, source, path, seed = args
+  rng = np.random.default_rng([seed, k])
+  with Image.open(source) as im:
+    im = im.convert("RGB")
+    w, h = im.size
+    area = rng.uniform(0.6, 1.0) * w * h
+    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))) * w / h
+    cw = int(min(w, round(np.sqrt(area * aspect))))
+    ch = int(min(h, round(np.sqrt(area / aspect))))
+    left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    im = im.crop((left, top, left + cw, top + ch))
+    if rng.random() < 0.5:
+      im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    scale = rng.uniform(400, 500) / max(cw, ch)
+    im = im.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.BICUBIC)
+    im.save(path, "JPEG", quality=90)
+  return os.path.getsize(path)
+
+
+def write_imagenet_like(sample_dir, out_dir, num_files, num_classes, seed=0):
+  """Writes num_files JPEGs (longer side 400-500 px) into out_dir/class_XX/."""
+  sources = [os.path.join(sample_dir, f) for f in SAMPLE_PHOTOS
+             if os.path.exists(os.path.join(sample_dir, f))]
+  if not sources:
+    raise SystemExit(f"none of {SAMPLE_PHOTOS} found in {sample_dir}")
+  for c in range(num_classes):
+    os.makedirs(os.path.join(out_dir, f"class_{c:02d}"), exist_ok=True)
+  jobs = [(k, sources[k % len(sources)],
+           os.path.join(out_dir, f"class_{k % num_classes:02d}", f"{k:05d}.jpg"), seed)
+          for k in range(num_files)]
+  with multiprocessing.Pool(os.cpu_count()) as pool:
+    sizes = pool.map(_write_one, jobs, chunksize=32)
+  return len(sources), sum(sizes)
+
+
+def bench_ours(folder, size, n, mode, blur, batch_size, warmup=3):
+  """Examples/s (each two views) of our pipeline; mode: 'host_crop', 'device', 'host_all'."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import augment, input_pipeline  # pylint: disable=g-import-not-at-top
   ds = input_pipeline.create_pretrain_dataset(
-      f"folder:{folder}", "train", global_batch_size=256, image_size=size, seed=0,
-      photometric_on_host=host, blur_prob=blur, process_index=0, process_count=1)
+      f"folder:{folder}", "train", global_batch_size=batch_size, image_size=size, seed=0,
+      photometric_on_host=mode == "host_all", blur_prob=blur, process_index=0, process_count=1,
+      **PHOTOMETRIC)
+  photometric = dict(PHOTOMETRIC, blur_prob=blur)
+
+  def device_part(i, views):  # [B, 2, S, S, 3] uint8 -> dispatched (async) jax.Array.
+    flat = views.reshape((-1,) + views.shape[2:])
+    return augment.device_photometric_augment(jax.random.fold_in(jax.random.key(0), i), flat,
+                                              **photometric)
+
   it = ds.as_numpy_iterator()
-  for _ in range(3):
-    next(it)
-  start, seen = time.time(), 0
+  for i in range(warmup):  # Fills tf.data's buffers and compiles the device part.
+    batch = next(it)
+    if mode == "device":
+      device_part(i, batch["views"]).block_until_ready()
+  start, seen, pending = time.time(), 0, None
+  i = warmup
   while seen < n:
-    seen += next(it)["views"].shape[0]
-  return seen / (time.time() - start)
+    views = next(it)["views"]  # The host part of the next batch overlaps the device part.
+    if pending is not None:
+      pending.block_until_ready()
+    if mode == "device":
+      pending = device_part(i, views)
+    seen += views.shape[0]
+    i += 1
+  if pending is not None:
+    pending.block_until_ready()
+  rate = seen / (time.time() - start)
+  del it, ds
+  gc.collect()
+  return rate
 
 
-def bench_torch(python, folder, size, n, blur):
+def bench_torch(python, folder, size, n, blur, batch_size):
   if not python or not os.path.exists(python):
-    return None, f"torch half skipped: no interpreter at {python!r} (see the module docstring)"
-  cmd = [python, "-c", TORCH_SCRIPT, folder, str(size), str(n), str(blur), str(os.cpu_count())]
+    return None, f"skipped: no interpreter at {python!r} (see the module docstring)"
+  cmd = [python, "-c", TORCH_SCRIPT, folder, str(size), str(n), str(blur), str(os.cpu_count()),
+         str(batch_size)]
   res = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if res.returncode:
-    return None, f"torch half failed: {res.stderr.strip().splitlines()[-1:]}"
+    return None, f"failed: {res.stderr.strip().splitlines()[-1:]}"
   return json.loads(res.stdout.strip().splitlines()[-1])["images_per_s"], ""
+
+
+def bench_train_step(depth, width, batch_size, image_size, reps, blur):
+  """Examples/s the jitted MixSiam train step consumes on this machine (median of reps)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import models, optim, sharding, train  # pylint: disable=g-import-not-at-top
+  stem = "cifar" if image_size <= 64 else "imagenet"
+  network = models.create_network(depth=depth, width=width, stem=stem,
+                                  projector_layers=2 if stem == "cifar" else 3,
+                                  projector_hidden_dim=2048, projector_dim=2048,
+                                  predictor_hidden_dim=512)
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  schedule = optim.cosine_schedule(0.03 * batch_size / 256, 1000)
+  tx = optim.create_pretrain_optimizer(schedule=schedule, peak_lr=0.03 * batch_size / 256,
+                                       weight_decay=5e-4)
+  state = train.create_train_state(jax.random.key(0), network, tx, image_size=image_size,
+                                   mesh=mesh)
+  step = train.jit_train_step(
+      train.make_train_step(schedule=schedule, lam=0.5, photometric=dict(PHOTOMETRIC,
+                                                                         blur_prob=blur)), mesh)
+  rs = np.random.RandomState(0)
+  batch = sharding.global_batch(
+      {"views": rs.randint(0, 256, (batch_size, 2, image_size, image_size, 3)).astype(np.uint8)},
+      mesh)
+  rng = jax.random.key(1)
+  start = time.time()
+  state, metrics = step(state, batch, rng)
+  jax.block_until_ready((state, metrics))
+  compile_s = time.time() - start
+  times = []
+  for _ in range(reps):
+    start = time.time()
+    state, metrics = step(state, batch, rng)
+    jax.block_until_ready((state, metrics))
+    times.append(time.time() - start)
+  return batch_size / float(np.median(times)), float(np.median(times)), compile_s
 
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--folder", required=True)
-  parser.add_argument("--image_size", type=int, default=32)
-  parser.add_argument("--num", type=int, default=10000)
-  parser.add_argument("--blur_prob", type=float, default=0.0)
+  parser.add_argument("--folder", help="PATH/<class>/<image> (CIFAR-sized run).")
+  parser.add_argument("--imagenet", action="store_true",
+                      help="ImageNet-sized run on scikit-image sample photos (ignores --folder).")
+  parser.add_argument("--sample_dir", default="",
+                      help="scikit-image's data folder (default: found via this or --torch_python).")
+  parser.add_argument("--num_files", type=int, default=3000)
+  parser.add_argument("--num_classes", type=int, default=10)
+  parser.add_argument("--image_size", type=int, default=0, help="Default 32, 224 with --imagenet.")
+  parser.add_argument("--num", type=int, default=0,
+                      help="Examples timed per pipeline (default 10000, 1536 with --imagenet).")
+  parser.add_argument("--batch_size", type=int, default=0, help="Default 256, 128 with --imagenet.")
+  parser.add_argument("--blur_prob", type=float, default=-1,
+                      help="Default 0 (CIFAR recipe), 0.5 with --imagenet.")
   parser.add_argument("--torch_python", default="/tmp/torchvenv/bin/python")
+  parser.add_argument("--step", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+  parser.add_argument("--step_depth", type=int, default=18)
+  parser.add_argument("--step_width", type=int, default=64)
+  parser.add_argument("--step_batch", type=int, default=128)
+  parser.add_argument("--step_image", type=int, default=32)
+  parser.add_argument("--step_reps", type=int, default=5)
   args = parser.parse_args()
+  imagenet = args.imagenet
+  size = args.image_size or (224 if imagenet else 32)
+  num = args.num or (1536 if imagenet else 10000)
+  batch = args.batch_size or (128 if imagenet else 256)
+  blur = args.blur_prob if args.blur_prob >= 0 else (0.5 if imagenet else 0.0)
   cores = os.cpu_count()
-  torch_ips, msg = bench_torch(args.torch_python, args.folder, args.image_size, args.num,
-                               args.blur_prob)
-  print(f"{cores} cores, {args.folder}, image_size {args.image_size}, blur_prob {args.blur_prob}"
-        " (examples/s; each example = two views)")
-  print(f"  torchvision (official SimSiam, {cores} workers): "
-        + (f"{torch_ips:9.0f}" if torch_ips else msg))
-  for host in (False, True):
-    ours = bench_ours(args.folder, args.image_size, args.num, host, args.blur_prob)
-    what = "crop+flip on host, photometric on device" if not host else "all on host"
-    ratio = f"  ratio {ours / torch_ips:5.2f}x" if torch_ips else ""
-    print(f"  ours ({what}): {ours:9.0f}{ratio}")
+  tmp = None
+  try:
+    if imagenet:
+      sample_dir = args.sample_dir or find_sample_dir([sys.executable, args.torch_python])
+      if not sample_dir:
+        raise SystemExit("scikit-image not found; `pip install scikit-image` into --torch_python's "
+                         "venv (or pass --sample_dir=.../skimage/data)")
+      tmp = tempfile.mkdtemp(prefix="imagenet_like_")
+      start = time.time()
+      n_src, total = write_imagenet_like(sample_dir, tmp, args.num_files, args.num_classes)
+      folder = tmp
+      print(f"wrote {args.num_files} JPEGs ({total / args.num_files / 1024:.0f} KiB mean, longer "
+            f"side 400-500 px) from {n_src} scikit-image photos into {args.num_classes} classes "
+            f"in {time.time() - start:.0f} s")
+    elif args.folder:
+      folder = args.folder
+    else:
+      raise SystemExit("--folder is required without --imagenet")
+
+    torch_ips, msg = bench_torch(args.torch_python, folder, size, num, blur, batch)
+    print(f"{cores} cores, {folder}, image_size {size}, blur_prob {blur}, batch {batch}, "
+          f"{num} examples timed (examples/s; each example = two views)")
+    print(f"  {'torchvision (official SimSiam, %d workers)' % cores:58s}"
+          + (f"{torch_ips:8.0f}" if torch_ips else msg))
+    rates = {}
+    for mode, what in (("host_crop", "ours: crop+flip on host (host part only)"),
+                       ("device", "ours: crop+flip host + photometric jitted on this CPU"),
+                       ("host_all", "ours: all on host")):
+      rates[mode] = bench_ours(folder, size, num, mode, blur, batch)
+      ratio = f"   ratio {rates[mode] / torch_ips:5.2f}x" if torch_ips else ""
+      print(f"  {what:58s}{rates[mode]:8.0f}{ratio}")
+  finally:
+    if tmp:
+      shutil.rmtree(tmp, ignore_errors=True)
+
+  if args.step:
+    ips, sec, compile_s = bench_train_step(args.step_depth, args.step_width, args.step_batch,
+                                           args.step_image, args.step_reps, 0.0)
+    print(f"train step (ResNet-{args.step_depth} width {args.step_width}, batch "
+          f"{args.step_batch}, {args.step_image} px, 3 views, fwd+bwd+update, photometric "
+          f"inside): {sec:.2f} s/step median of {args.step_reps} (compile {compile_s:.0f} s) "
+          f"= {ips:.1f} examples/s")
+    for mode, rate in rates.items():
+      verdict = "faster" if rate > ips else "SLOWER"
+      print(f"  pipeline '{mode}' {rate:.0f}/s is {verdict} than the step ({rate / ips:.1f}x)")
+    if imagenet and args.step_image != size:
+      print(f"  (the step is the {args.step_image}-px one; a {size}-px step is far slower still)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import math
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -133,19 +133,21 @@ def _preview_images(views: jax.Array, count: int = 4) -> np.ndarray:
   return x.reshape((-1,) + x.shape[2:])
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: Optional[Sequence[jax.Device]] = None) -> Dict[str, float]:
   """Pretrains MixSiam as configured, resuming from ``workdir`` if it holds a run.
 
   Args:
     config: a pretraining config (see configs/cifar10.py).
     workdir: directory for checkpoints, logs, metrics.jsonl and config.json.
+    devices: devices of the data mesh (default: all devices of all processes).
 
   Returns:
     The last logged metrics (empty if the run had already finished).
   """
   check_config(config)
   workdir = workdir_lib.prepare_workdir(workdir)
-  mesh = sharding.create_mesh()
+  mesh = sharding.create_mesh(devices)
   sharding.check_global_batch(config.batch_size, mesh)
   info = input_pipeline.get_dataset_info(config.dataset, config.train_split)
   num_steps = total_steps(config, info.num_examples)
@@ -176,6 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     manager.close()
     return {}
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  step_rng = sharding.replicated_key(step_rng, mesh)
   state = train.create_train_state(init_rng, network, tx, image_size=config.image_size, mesh=mesh)
   if start_step:
     tree, _ = checkpoint.restore(manager, start_step, checkpoint.state_tree(state, step_rng))
@@ -211,7 +214,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     if config.profile_steps:
       hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_steps,
                                             first_profile=start_step + 10))
-  preview = jax.jit(train.make_view_fn(photometric=photometric, **method_kwargs(config)))
+  rep = sharding.replicated(mesh)
+  preview = jax.jit(train.make_view_fn(photometric=photometric, **method_kwargs(config)),
+                    in_shardings=(sharding.batch_sharded(mesh), rep, rep), out_shardings=rep)
 
   logging.info("Training %d steps from step %d: %d devices, %d processes, global batch %d.",
                num_steps, start_step, jax.device_count(), jax.process_count(), config.batch_size)

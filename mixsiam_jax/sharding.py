@@ -92,3 +92,15 @@ def prefetch_to_mesh(batches: Iterable[Any], mesh: Mesh, size: int = 2) -> Itera
     for batch in itertools.islice(iterator, 1):
       queue.append(global_batch(batch, mesh))
     yield ready
+
+
+def replicated_key(key: jax.Array, mesh: Mesh) -> jax.Array:
+  """A copy of PRNG ``key`` replicated on every device of ``mesh`` (all processes).
+
+  The key goes through host memory, so this works whether or not the mesh spans
+  several processes, as long as every process passes the same key.
+  """
+  data = np.asarray(jax.random.key_data(key))
+  impl = jax.random.key_impl(key)
+  return jax.jit(lambda d: jax.random.wrap_key_data(d, impl=impl),
+                 out_shardings=replicated(mesh))(data)

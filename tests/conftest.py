@@ -16,3 +16,29 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import jax  # noqa: E402,F401  (must come after XLA_FLAGS)
+
+import os.path  # noqa: E402
+import pathlib  # noqa: E402
+import tarfile  # noqa: E402
+
+import pytest  # noqa: E402
+
+# CI runs in a fresh clone with shared/ beside the repository.
+CIFAR_ARCHIVE = pathlib.Path(__file__).resolve().parents[2] / "shared/data/cifar10_train_jpeg.tar.gz"
+
+
+def extract_cifar(root: pathlib.Path, per_class: int, start: int = 0) -> pathlib.Path:
+  """Unpacks images start..start+per_class-1 of every class; returns root/'train'."""
+  if not CIFAR_ARCHIVE.exists():
+    pytest.skip(f"CIFAR-10 JPEG archive not found at {CIFAR_ARCHIVE} (expected shared/ beside the repo)")
+  wanted = {f"{i:04d}.jpg" for i in range(start, start + per_class)}
+  with tarfile.open(CIFAR_ARCHIVE) as tar:
+    members = [m for m in tar.getmembers() if m.isfile() and os.path.basename(m.name) in wanted]
+    tar.extractall(root, members=members, filter="data")
+  return root / "train"
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg_folder(tmp_path_factory):
+  """A PATH/<class>/<jpg> folder of 20 real CIFAR-10 JPEGs per class (200 files)."""
+  return extract_cifar(tmp_path_factory.mktemp("cifar_jpeg"), per_class=20)

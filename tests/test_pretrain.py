@@ -1,0 +1,156 @@
+"""End-to-end pretraining runs of the tiny config: files, resume, devices, bad input."""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import cifar10
+from mixsiam_jax import pretrain, workdir as workdir_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LOSS_KEYS = ("loss", "loss_siam", "loss_mix", "z_std", "grad_norm", "lr")
+
+
+def tiny_config(dataset):
+  config = cifar10.get_config("tiny")
+  config.dataset = dataset
+  config.eval_dataset = ""
+  config.async_checkpointing = False
+  return config
+
+
+def curves(workdir):
+  return {row["step"]: {k: row[k] for k in LOSS_KEYS}
+          for row in workdir_lib.read_metrics(str(workdir)) if "loss" in row}
+
+
+@pytest.mark.slow
+def test_tiny_run_on_folder_writes_everything_and_resumes_exactly(cifar_jpeg_folder, tmp_path):
+  config = tiny_config(f"folder:{cifar_jpeg_folder}")
+  config.log_every_steps = 1  # logged values are then single steps, not window means
+  workdir = tmp_path / "run"
+  pretrain.train_and_evaluate(config, str(workdir))
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+  assert json.loads((workdir / "config.json").read_text())["model"]["width"] == 8
+  straight = curves(workdir)
+  assert sorted(straight) == [1, 2, 3, 4, 5, 6]
+  assert all(np.isfinite(v) for row in straight.values() for v in row.values())
+
+  # Preempted after step 3: the rerun resumes there and reproduces the same numbers.
+  resumed_dir = tmp_path / "resumed"
+  shutil.copytree(workdir, resumed_dir)
+  shutil.rmtree(resumed_dir / "checkpoints" / "6")
+  pretrain.train_and_evaluate(config, str(resumed_dir))
+  assert sorted(os.listdir(resumed_dir / "checkpoints")) == ["3", "6"]
+  assert curves(resumed_dir) == straight
+
+  # A finished run exits at once without touching anything.
+  before = (workdir / "metrics.jsonl").read_bytes()
+  start = time.time()
+  assert pretrain.train_and_evaluate(config, str(workdir)) == {}
+  assert time.time() - start < 30
+  assert (workdir / "metrics.jsonl").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_tiny_run_on_mock_tfds_and_device_counts_agree(tmp_path):
+  config = tiny_config("tfds:cifar10")
+  config.num_train_steps = 4
+  with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
+    pretrain.train_and_evaluate(config, str(tmp_path / "eight"))
+    pretrain.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
+  eight, one = curves(tmp_path / "eight"), curves(tmp_path / "one")
+  assert sorted(eight) == [2, 4]
+  for step in eight:
+    for key in LOSS_KEYS:
+      # Same global batch; only the order of cross-device sums differs.
+      np.testing.assert_allclose(eight[step][key], one[step][key], rtol=1e-4, atol=1e-5,
+                                 err_msg=f"{key} at step {step}")
+
+
+def test_incompatible_workdir_is_refused_untouched(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  config = tiny_config("folder:/nonexistent")
+  old = json.loads(config.to_json_best_effort())
+  (workdir / "config.json").write_text(json.dumps(old))
+  (workdir / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+  snapshot = {p.name: p.read_bytes() for p in workdir.iterdir()}
+  changed = tiny_config("folder:/nonexistent")
+  changed.model.width = 16
+  changed.method.aggregation = "mean"
+  changed.log_every_steps = 1  # safe on its own
+  with pytest.raises(workdir_lib.WorkdirError) as err:
+    workdir_lib.check_resume_config(old, json.loads(changed.to_json_best_effort()))
+  message = str(err.value)
+  assert "model.width: 8 in the workdir, 16 now" in message
+  assert "method.aggregation: 'max' in the workdir, 'mean' now" in message
+  assert "log_every_steps" not in message
+  assert {p.name: p.read_bytes() for p in workdir.iterdir()} == snapshot
+
+
+def test_safe_changes_are_recorded(tmp_path):
+  config = json.loads(tiny_config("folder:/x").to_json_best_effort())
+  workdir_lib.save_config(str(tmp_path), config, step=0)
+  config["log_every_steps"] = 7
+  workdir_lib.save_config(str(tmp_path), config, step=3)
+  record = json.loads((tmp_path / "config_changes.jsonl").read_text())
+  assert record == {"step": 3, "changes": [{"field": "log_every_steps", "old": 2, "new": 7}]}
+  assert json.loads((tmp_path / "config.json").read_text())["log_every_steps"] == 2
+
+
+def test_unwritable_workdir_is_refused(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  with pytest.raises(workdir_lib.WorkdirError, match="a_file is a file"):
+    workdir_lib.prepare_workdir(str(blocker))
+  with pytest.raises(workdir_lib.WorkdirError, match="is not writable"):
+    workdir_lib.prepare_workdir(str(blocker / "sub"))
+
+
+def run_main(*args, env=None, timeout=120):
+  return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+def test_default_command_without_data_fails_fast_naming_both_fixes(tmp_path):
+  start = time.time()
+  result = run_main("--config=configs/cifar10.py", f"--workdir={tmp_path / 'w'}",
+                    env={"TFDS_DATA_DIR": str(tmp_path / "no_tfds")})
+  assert result.returncode != 0
+  assert time.time() - start < 90  # imports dominate; no download attempt, no hang
+  assert "tfds build cifar10" in result.stderr and "folder:" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_misspelt_override_is_refused(tmp_path):
+  result = run_main("--config=configs/cifar10.py:tiny", f"--workdir={tmp_path / 'w'}",
+                    "--config.modle.depth=34")
+  assert result.returncode != 0
+  assert "modle" in result.stderr
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("model.depth", 20, "model.depth=20"),
+    ("method.lam", 1.5, "method.lam=1.5"),
+    ("method.aggregation", "min", "method.aggregation='min'"),
+    ("batch_size", 12, "batch_size=12"),
+])
+def test_bad_config_values_fail_before_compiling(tmp_path, field, value, needle):
+  config = tiny_config("folder:/nonexistent")
+  section, _, name = field.rpartition(".")
+  (config[section] if section else config)[name] = value
+  with pytest.raises(ValueError, match=needle.replace(".", r"\.").replace("(", r"\(")):
+    pretrain.train_and_evaluate(config, str(tmp_path / "w"))

@@ -254,3 +254,346 @@ def extract_features(embed_fn: Callable[[jax.Array], jax.Array],
   return np.concatenate(features), np.concatenate(labels)
 
 # ======================================================= end of kNN core
+
+
+# ======================================================= evaluation programs
+# Everything below reads a config (these are top-level programs, like
+# pretrain.train_and_evaluate) or builds on the kNN core above.
+import json  # noqa: E402  (kept with the programs they serve)
+import os  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
+import ml_collections  # noqa: E402
+import optax  # noqa: E402
+from absl import logging  # noqa: E402
+from flax.training import train_state  # noqa: E402
+
+from mixsiam_jax import checkpoint, input_pipeline, models, optim, sharding  # noqa: E402
+from mixsiam_jax import workdir as workdir_lib  # noqa: E402
+
+RESULTS_FILE = "results.json"
+
+
+def make_embed_fn(network: nn.Module, mesh: Mesh) -> Callable[[Dict[str, Any], jax.Array], jax.Array]:
+  """Jitted ``embed(variables, images) -> [B, F]``: pooled backbone features in inference mode.
+
+  Args:
+    network: a MixSiamNetwork.
+    mesh: the data mesh; variables replicated, images sharded on the batch axis.
+
+  Returns:
+    The compiled function (float32 features, no gradient).
+  """
+  rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+
+  def embed(variables, images):
+    feats = network.apply(variables, images, method=network.embed)
+    return jax.lax.stop_gradient(feats)
+
+  return jax.jit(embed, in_shardings=(rep, data), out_shardings=data)
+
+
+def dataset_features(embed: Callable[[jax.Array], jax.Array], mesh: Mesh, dataset: str,
+                     split: str, *, image_size: int, batch_size: int, transform: str
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+  """Features and labels of a whole split with the evaluation transform.
+
+  Args:
+    embed: images -> features (see make_embed_fn, with the variables bound).
+    mesh: the data mesh.
+    dataset, split: as in input_pipeline.create_eval_dataset.
+    image_size, batch_size, transform: evaluation transform options.
+
+  Returns:
+    (features [N, F], labels [N]) on the host.
+  """
+  sharding.check_global_batch(batch_size, mesh)
+  ds = input_pipeline.create_eval_dataset(dataset, split, global_batch_size=batch_size,
+                                          image_size=image_size, transform=transform)
+  batches = sharding.prefetch_to_mesh(ds.as_numpy_iterator(), mesh, 2)
+  return extract_features(embed, batches)
+
+
+def make_knn_monitor(*, network: nn.Module, mesh: Mesh, train_dataset: str, train_split: str,
+                     eval_dataset: str, eval_split: str, image_size: int, batch_size: int,
+                     transform: str, k: int = DEFAULT_K, temperature: float = DEFAULT_TEMPERATURE
+                     ) -> Callable[[Any], Dict[str, float]]:
+  """The kNN monitor of pretraining: bank = training split, queries = evaluation split.
+
+  Args:
+    network: the MixSiamNetwork being trained.
+    mesh: the data mesh.
+    train_dataset, train_split: the bank (evaluation transform, no augmentation).
+    eval_dataset, eval_split: the queries.
+    image_size, batch_size, transform: evaluation transform options.
+    k, temperature: kNN options.
+
+  Returns:
+    ``monitor(variables) -> {'knn_top1', 'knn_top5'}`` (percent) for the
+    network's variables {'params', 'batch_stats'}.
+  """
+  num_classes = input_pipeline.get_dataset_info(train_dataset, train_split).num_classes
+  if num_classes < 1:
+    raise ValueError(f"dataset={train_dataset} has no labels; the kNN monitor needs class "
+                     "folders (set --config.eval_dataset= to turn it off).")
+  embed_fn = make_embed_fn(network, mesh)
+
+  def monitor(variables) -> Dict[str, float]:
+    embed = functools.partial(embed_fn, variables)
+    options = dict(image_size=image_size, batch_size=batch_size, transform=transform)
+    bank, bank_labels = dataset_features(embed, mesh, train_dataset, train_split, **options)
+    queries, query_labels = dataset_features(embed, mesh, eval_dataset, eval_split, **options)
+    feats, labels, mask = shard_bank(bank, bank_labels, mesh)
+    acc = knn_accuracy(feats, labels, queries, query_labels, num_classes=num_classes,
+                       k=min(k, len(bank)), temperature=temperature, train_mask=mask, mesh=mesh)
+    return {"knn_top1": 100.0 * acc["top1"], "knn_top5": 100.0 * acc["top5"]}
+
+  return monitor
+
+
+class _Frozen:
+  """A restored encoder: variables replicated on the mesh, never updated."""
+
+  def __init__(self, pretrained: str, mesh: Mesh):
+    tree, meta, step = checkpoint.restore_replicated(pretrained, mesh)
+    if "model" not in meta:
+      raise checkpoint.CheckpointError(
+          f"pretrained={pretrained}: checkpoint step {step} has no model description in its "
+          "metadata; was it written by mixsiam_jax's pretraining?")
+    self.network = models.create_network(**meta["model"])
+    self.variables = {"params": tree["params"], "batch_stats": tree["batch_stats"]}
+    self.step, self.meta, self.pretrained = step, meta, pretrained
+    self.feature_dim = models.ResNet(meta["model"]["depth"], meta["model"]["width"]).feature_dim
+    self._fingerprint = _fingerprint(self.variables)
+
+  def check_unchanged(self) -> None:
+    """The official linear-probe sanity check: the backbone is bit-identical to the checkpoint."""
+    if _fingerprint(self.variables) != self._fingerprint:
+      raise RuntimeError("the frozen backbone changed during evaluation; this is a bug.")
+
+
+def _fingerprint(tree: Any) -> str:
+  import hashlib  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get(tree)):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
+def _write_results(workdir: str, writer: Any, step: int, results: Dict[str, Any]) -> None:
+  """Logs the numeric results at ``step`` and writes them all to results.json."""
+  writer.write_scalars(step, {k: v for k, v in results.items() if isinstance(v, (int, float))})
+  writer.flush()
+  if jax.process_index() == 0:
+    workdir_lib.atomic_write_text(os.path.join(workdir, RESULTS_FILE),
+                                  json.dumps(results, indent=2, sort_keys=True))
+
+
+def run_knn(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """The kNN program: restores ``config.pretrained`` and reports kNN top-1/top-5.
+
+  Args:
+    config: see configs/knn.py.
+    workdir: where results.json, metrics.jsonl and config.json go (the
+      pretraining workdir is only read).
+
+  Returns:
+    The results dict (also written to workdir/results.json).
+  """
+  workdir = workdir_lib.prepare_workdir(workdir)
+  mesh = sharding.create_mesh()
+  frozen = _Frozen(config.pretrained, mesh)
+  workdir_lib.save_config(workdir, json.loads(config.to_json_best_effort()), 0)
+  monitor = make_knn_monitor(
+      network=frozen.network, mesh=mesh, train_dataset=config.dataset,
+      train_split=config.train_split, eval_dataset=config.eval_dataset,
+      eval_split=config.eval_split, image_size=config.image_size,
+      batch_size=config.eval_batch_size, transform=config.data.eval_transform, k=config.knn.k,
+      temperature=config.knn.temperature)
+  results = monitor(frozen.variables)
+  frozen.check_unchanged()
+  results.update(pretrained=os.path.abspath(config.pretrained), pretrained_step=frozen.step,
+                 k=config.knn.k, temperature=config.knn.temperature)
+  writer = workdir_lib.create_writer(workdir, jax.process_index() == 0)
+  _write_results(workdir, writer, frozen.step, results)
+  writer.close()
+  logging.info("kNN of %s (step %d): top-1 %.2f%%, top-5 %.2f%%.", config.pretrained,
+               frozen.step, results["knn_top1"], results["knn_top5"])
+  return results
+
+
+# ----------------------------------------------------------------- linear probe
+class ProbeState(train_state.TrainState):
+  """The linear classifier's parameters and optimiser state."""
+
+
+def _linear_head(num_classes: int) -> nn.Dense:
+  # Official main_lincls.py: fc.weight ~ N(0, 0.01), fc.bias = 0.
+  return nn.Dense(num_classes, kernel_init=nn.initializers.normal(0.01),
+                  bias_init=nn.initializers.zeros)
+
+
+def make_probe_step(embed_fn: Optional[Callable], mesh: Mesh) -> Callable:
+  """``step(state, variables, batch) -> (state, metrics)`` for the linear classifier.
+
+  Args:
+    embed_fn: ``(variables, images) -> features`` to compute frozen features of
+      augmented images inside the step, or None when batches carry features.
+    mesh: the data mesh.
+
+  Returns:
+    The jitted step (probe state donated). batch is {'image' uint8 or
+    'features' float, 'label' int}.
+  """
+  rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+
+  def step(state, variables, batch):
+    if embed_fn is not None:
+      features = embed_fn(variables, augment.normalize(batch["image"].astype(jnp.float32) / 255.0))
+    else:
+      features = batch["features"]
+    features = jax.lax.stop_gradient(features)
+
+    def loss_fn(params):
+      logits = state.apply_fn({"params": params}, features)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return state.apply_gradients(grads=grads), {"probe_loss": loss, "probe_train_top1": accuracy}
+
+  return jax.jit(step, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
+                 donate_argnums=(0,))
+
+
+def _feature_batches(features: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
+                     start_step: int):
+  """Endless shuffled batches of precomputed features; order is a function of (seed, step)."""
+  n = len(features)
+  steps_per_epoch = n // batch_size
+  step = start_step
+  while True:
+    epoch, offset = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    idx = order[offset * batch_size:(offset + 1) * batch_size]
+    yield {"features": features[idx], "label": labels[idx].astype(np.int32)}
+    step += 1
+
+
+def _probe_accuracy(head_fn, probe_params, features, labels) -> Dict[str, float]:
+  logits = head_fn({"params": probe_params}, jnp.asarray(features))
+  _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
+  hits = np.asarray(top) == labels[:, None]
+  return {"probe_top1": 100.0 * float(hits[:, 0].mean()),
+          "probe_top5": 100.0 * float(hits.any(1).mean())}
+
+
+def run_linear_probe(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """The linear-probe program: a linear classifier on frozen, pooled backbone features.
+
+  Restores only params and BN statistics of the newest checkpoint of
+  ``config.pretrained`` (any device layout), keeps the backbone in inference
+  mode, trains the classifier with LARS (or SGD), checkpoints and resumes in
+  ``workdir``, and reports top-1/top-5 on the evaluation split.
+
+  Args:
+    config: see configs/linear_probe.py.
+    workdir: the probe's own directory (the pretraining workdir is only read).
+
+  Returns:
+    The results dict (also written to workdir/results.json).
+  """
+  workdir = workdir_lib.prepare_workdir(workdir)
+  mesh = sharding.create_mesh()
+  sharding.check_global_batch(config.batch_size, mesh)
+  frozen = _Frozen(config.pretrained, mesh)
+  config_dict = json.loads(config.to_json_best_effort())
+  old = workdir_lib.read_config(workdir)
+  if old is not None:
+    workdir_lib.check_resume_config(old, config_dict)
+  info = input_pipeline.get_dataset_info(config.dataset, config.train_split)
+  if info.num_classes < 1:
+    raise ValueError(f"dataset={config.dataset} has no labels; the linear probe needs class folders.")
+  steps_per_epoch = info.num_examples // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size={config.batch_size} is larger than the data set "
+                     f"({info.num_examples} examples).")
+  num_steps = (config.num_train_steps if config.num_train_steps > 0
+               else int(config.num_epochs * steps_per_epoch))
+  peak_lr = optim.scaled_learning_rate(config.optim.base_lr, config.batch_size)
+  schedule = optim.cosine_schedule(peak_lr, num_steps, int(config.optim.warmup_epochs * steps_per_epoch))
+  if config.optim.name == "lars":
+    tx = optim.create_lars(schedule=schedule, momentum=config.optim.momentum,
+                           weight_decay=config.optim.weight_decay)
+  elif config.optim.name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
+                     optax.sgd(schedule, momentum=config.optim.momentum))
+  else:
+    raise ValueError(f"optim.name={config.optim.name!r} must be 'lars' or 'sgd'.")
+  head = _linear_head(info.num_classes)
+  rep = sharding.replicated(mesh)
+  state = jax.jit(lambda r: ProbeState.create(
+      apply_fn=head.apply, params=head.init(r, jnp.zeros((1, frozen.feature_dim)))["params"],
+      tx=tx), out_shardings=rep)(jax.random.key(config.seed))
+
+  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir),
+                                      keep=config.keep_checkpoints, async_save=False)
+  start_step = manager.latest_step() or 0
+  target = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+  if start_step:
+    tree, _ = checkpoint.restore(manager, start_step, target)
+    state = state.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"])
+  workdir_lib.save_config(workdir, config_dict, start_step)
+  workdir_lib.truncate_metrics(workdir, start_step)
+
+  embed = make_embed_fn(frozen.network, mesh)
+  bound_embed = functools.partial(embed, frozen.variables)
+  eval_options = dict(image_size=config.image_size, batch_size=config.eval_batch_size,
+                      transform=config.data.eval_transform)
+  if config.probe.augment:
+    # Official protocol: RandomResizedCrop + flip, features recomputed every step.
+    data = input_pipeline.create_pretrain_dataset(
+        config.dataset, config.train_split, global_batch_size=config.batch_size,
+        image_size=config.image_size, seed=config.seed, crop_scale=tuple(config.data.crop_scale),
+        start_step=start_step, skip_bad_images=config.data.skip_bad_images)
+    batches = ({"image": b["views"][:, 0], "label": b["label"]} for b in data.as_numpy_iterator())
+    step_fn = make_probe_step(embed, mesh)
+  else:
+    # Fast variant: features of the un-augmented training images, computed once.
+    features, labels = dataset_features(bound_embed, mesh, config.dataset, config.train_split,
+                                        **eval_options)
+    batches = _feature_batches(features, labels, batch_size=config.batch_size, seed=config.seed,
+                               start_step=start_step)
+    step_fn = make_probe_step(None, mesh)
+  batches = sharding.prefetch_to_mesh(batches, mesh, 2)
+
+  writer = workdir_lib.create_writer(workdir, jax.process_index() == 0)
+  history = []
+  try:
+    for step in range(start_step + 1, num_steps + 1):
+      state, metrics = step_fn(state, frozen.variables, next(batches))
+      history.append(metrics)
+      if step % config.log_every_steps == 0 or step == num_steps:
+        host = jax.device_get(history)
+        history = []
+        writer.write_scalars(step, {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+                             | {"lr": float(schedule(step - 1))})
+      if step % config.checkpoint_every_steps == 0 or step == num_steps:
+        checkpoint.save(manager, step, {"step": state.step, "params": state.params,
+                                        "opt_state": state.opt_state},
+                        {"pretrained_step": frozen.step})
+    eval_features, eval_labels = dataset_features(bound_embed, mesh, config.eval_dataset,
+                                                  config.eval_split, **eval_options)
+    results = _probe_accuracy(head.apply, jax.device_get(state.params), eval_features,
+                              eval_labels)
+    frozen.check_unchanged()
+    results.update(pretrained=os.path.abspath(config.pretrained), pretrained_step=frozen.step,
+                   probe_steps=int(state.step))
+    _write_results(workdir, writer, max(int(state.step), 1), results)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+  logging.info("Linear probe of %s (step %d): top-1 %.2f%%, top-5 %.2f%%.", config.pretrained,
+               frozen.step, results["probe_top1"], results["probe_top5"])
+  return results

@@ -244,7 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           _check_finite(_mean_metrics([metrics]), step)
         if knn_monitor and ((config.eval_every_steps and step % config.eval_every_steps == 0)
                             or step == num_steps):
-          writer.write_scalars(step, knn_monitor(state))
+          writer.write_scalars(step, knn_monitor({"params": state.params,
+                                                  "batch_stats": state.batch_stats}))
         if save_now or stop.requested:
           checkpoint.save(manager, step, checkpoint.state_tree(state, step_rng), meta)
         if stop.requested:

@@ -42,3 +42,16 @@ def extract_cifar(root: pathlib.Path, per_class: int, start: int = 0) -> pathlib
 def cifar_jpeg_folder(tmp_path_factory):
   """A PATH/<class>/<jpg> folder of 20 real CIFAR-10 JPEGs per class (200 files)."""
   return extract_cifar(tmp_path_factory.mktemp("cifar_jpeg"), per_class=20)
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(cifar_jpeg_folder, tmp_path_factory):
+  """A finished 6-step pretraining run of configs/cifar10.py:tiny on the JPEG folder."""
+  from configs import cifar10  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import pretrain  # pylint: disable=g-import-not-at-top
+  config = cifar10.get_config("tiny")
+  config.dataset = config.eval_dataset = f"folder:{cifar_jpeg_folder}"
+  config.async_checkpointing = False
+  workdir = tmp_path_factory.mktemp("tiny_pretrained")
+  pretrain.train_and_evaluate(config, str(workdir))
+  return workdir

@@ -152,3 +152,93 @@ def test_extract_features_normalises_and_drops_padding():
   np.testing.assert_array_equal(labs, labels[:19])
   with pytest.raises(ValueError, match="no batches"):
     evaluate.extract_features(embed, iter([]))
+
+
+# ----------------------------------------------------------------- programs
+import json  # noqa: E402
+import shutil  # noqa: E402
+
+from configs import knn as knn_config  # noqa: E402
+from configs import linear_probe as probe_config  # noqa: E402
+from mixsiam_jax import checkpoint, workdir as workdir_lib  # noqa: E402
+
+
+def _snapshot(directory):
+  return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.read_bytes())
+          for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _eval_config(module, folder, pretrained, **overrides):
+  config = module.get_config()
+  config.pretrained = str(pretrained)
+  config.dataset = config.eval_dataset = f"folder:{folder}"
+  config.image_size = 16
+  config.eval_batch_size = 40
+  for key, value in overrides.items():
+    section, _, name = key.rpartition(".")
+    (config[section] if section else config)[name] = value
+  return config
+
+
+@pytest.mark.slow
+def test_pretraining_logged_the_knn_monitor(tiny_pretrained):
+  rows = workdir_lib.read_metrics(str(tiny_pretrained))
+  final = [r for r in rows if "knn_top1" in r]
+  assert [r["step"] for r in final] == [6]  # eval_every_steps=0: only at the end
+  assert 0.0 <= final[0]["knn_top1"] <= final[0]["knn_top5"] <= 100.0
+
+
+@pytest.mark.slow
+def test_knn_and_linear_probe_programs_leave_the_pretraining_run_untouched(
+    tiny_pretrained, cifar_jpeg_folder, tmp_path):
+  before = _snapshot(tiny_pretrained)
+  knn = evaluate.run_knn(_eval_config(knn_config, cifar_jpeg_folder, tiny_pretrained,
+                                      **{"knn.k": 10}), str(tmp_path / "knn"))
+  assert knn["pretrained_step"] == 6 and 0 <= knn["knn_top1"] <= knn["knn_top5"] <= 100
+  assert json.loads((tmp_path / "knn" / "results.json").read_text())["knn_top1"] == knn["knn_top1"]
+
+  config = _eval_config(probe_config, cifar_jpeg_folder, tiny_pretrained, batch_size=40,
+                        num_train_steps=6, log_every_steps=3, checkpoint_every_steps=3)
+  probe_dir = tmp_path / "probe"
+  probe = evaluate.run_linear_probe(config, str(probe_dir))
+  assert probe["probe_steps"] == 6 and 0 <= probe["probe_top1"] <= probe["probe_top5"] <= 100
+  assert sorted(p.name for p in (probe_dir / "checkpoints").iterdir()) == ["3", "6"]
+  rows = workdir_lib.read_metrics(str(probe_dir))
+  assert [r["step"] for r in rows] == [3, 6] and "probe_top1" in rows[-1]
+  # Resume: the finished probe restores its classifier and gives the same numbers.
+  assert evaluate.run_linear_probe(config, str(probe_dir))["probe_top1"] == probe["probe_top1"]
+  assert _snapshot(tiny_pretrained) == before
+
+
+@pytest.mark.slow
+def test_probe_restores_a_checkpoint_written_on_eight_devices_onto_one(tiny_pretrained):
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  tree, meta, step = checkpoint.restore_replicated(str(tiny_pretrained), mesh)
+  assert step == 6 and meta["model"]["width"] == 8
+  leaf = jax.tree.leaves(tree["params"])[0]
+  assert leaf.sharding.device_set == {jax.devices()[0]}
+
+
+def test_bad_pretrained_paths_are_named(tmp_path):
+  mesh = sharding.create_mesh()
+  with pytest.raises(checkpoint.CheckpointError, match="pretrained is empty"):
+    checkpoint.restore_replicated("", mesh)
+  with pytest.raises(checkpoint.CheckpointError, match=f"pretrained={tmp_path}/missing does not exist"):
+    checkpoint.restore_replicated(str(tmp_path / "missing"), mesh)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(checkpoint.CheckpointError, match="holds no checkpoints/ directory"):
+    checkpoint.restore_replicated(str(tmp_path / "empty"), mesh)
+  (tmp_path / "nockpt" / "checkpoints").mkdir(parents=True)
+  with pytest.raises(checkpoint.CheckpointError, match="holds no complete checkpoint"):
+    checkpoint.restore_replicated(str(tmp_path / "nockpt"), mesh)
+
+
+@pytest.mark.slow
+def test_truncated_checkpoint_is_reported_with_its_path(tiny_pretrained, tmp_path):
+  broken = tmp_path / "broken"
+  shutil.copytree(tiny_pretrained, broken)
+  for path in (broken / "checkpoints" / "6" / "state").rglob("*"):
+    if path.is_file() and path.stat().st_size > 100:
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint .*checkpoints/6"):
+    checkpoint.restore_replicated(str(broken), sharding.create_mesh())

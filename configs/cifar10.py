@@ -71,8 +71,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.projector_dim = 2048
   # Predictor bottleneck width (2048 -> 512 -> 2048).
   config.model.predictor_hidden_dim = 512
-  # Compute dtype: 'float32' or 'bfloat16' (params and BN statistics stay float32).
-  config.model.dtype = "float32"
+  # Compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), 'float32' or 'bfloat16';
+  # params, BN statistics and the loss stay float32.
+  config.model.dtype = "auto"
 
   # --- method ---------------------------------------------------------------
   config.method = ml_collections.ConfigDict()
@@ -130,6 +131,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Neighbours and softmax temperature of the weighted kNN vote (InstDist / SimSiam-family monitors).
   config.knn.k = 200
   config.knn.temperature = 0.1
+  # Online linear probe on stop-gradient features of view 1 (needs labels; reported
+  # as online_probe_top1 on training batches; never changes the encoder).
+  config.online_probe = True
   # Linear-probe / kNN programs: the pretraining workdir to restore.
   config.pretrained = ""
 

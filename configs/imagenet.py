@@ -31,8 +31,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.depth = 50
   config.model.stem = "imagenet"
   config.model.projector_layers = 3
-  # bfloat16 compute is the accelerator default; params and BN statistics stay float32.
-  config.model.dtype = "bfloat16"
   config.batch_size = 128
   config.num_epochs = 100
   config.optim.base_lr = 0.05

@@ -31,12 +31,18 @@ class TrainingError(RuntimeError):
 # ---------------------------------------------------------------------------
 # Config -> plain arguments. Everything is checked here, before anything compiles.
 # ---------------------------------------------------------------------------
-def network_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """The keyword arguments of models.create_network from ``config.model``."""
+def network_kwargs(config: ml_collections.ConfigDict, num_classes: int = 0) -> Dict[str, Any]:
+  """The keyword arguments of models.create_network from ``config.model``.
+
+  Args:
+    config: the pretraining config.
+    num_classes: classes of the online probe (used when config.online_probe).
+  """
   m = config.model
   return dict(depth=m.depth, width=m.width, stem=m.stem, projector_layers=m.projector_layers,
               projector_hidden_dim=m.projector_hidden_dim, projector_dim=m.projector_dim,
-              predictor_hidden_dim=m.predictor_hidden_dim, dtype=m.dtype)
+              predictor_hidden_dim=m.predictor_hidden_dim, dtype=m.dtype,
+              num_classes=num_classes if config.online_probe else 0)
 
 
 def photometric_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -157,7 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if old_config is not None:
     workdir_lib.check_resume_config(old_config, config_dict)
 
-  network = models.create_network(**network_kwargs(config))
+  model_kwargs = network_kwargs(config, max(info.num_classes, 0))
+  network = models.create_network(**model_kwargs)
   peak_lr = optim.scaled_learning_rate(config.optim.base_lr, config.batch_size)
   steps_per_epoch = max(1, info.num_examples // config.batch_size)
   schedule = optim.cosine_schedule(peak_lr, num_steps,
@@ -170,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       checkpoint.checkpoint_dir(workdir), keep=config.keep_checkpoints,
       keep_every_steps=config.keep_checkpoints_every_steps,
       async_save=config.async_checkpointing)
-  meta = {"model": network_kwargs(config), "image_size": config.image_size,
+  meta = {"model": model_kwargs, "image_size": config.image_size,
           "dataset": config.dataset, "train_split": config.train_split, "seed": config.seed}
   start_step = manager.latest_step() or 0
   if start_step >= num_steps:

@@ -65,6 +65,16 @@ def _collapse_std(z: jax.Array) -> jax.Array:
   return jnp.mean(jnp.std(losses.l2_normalize(z), axis=0))
 
 
+def _probe_loss(logits: jax.Array, labels: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """Cross-entropy and top-1 (percent) of the online probe; labels < 0 (unlabelled) are ignored."""
+  valid = labels >= 0
+  safe = jnp.where(valid, labels, 0)
+  count = jnp.maximum(valid.sum(), 1)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
+  hits = (jnp.argmax(logits, -1) == safe) & valid
+  return jnp.sum(jnp.where(valid, ce, 0.0)) / count, 100.0 * hits.sum() / count
+
+
 def make_view_fn(*, lam: float, aggregation: str = "max", mixture: bool = True,
                  mix_mode: str = "fixed", mix_lambda: float = 0.5, mix_alpha: float = 1.0,
                  mix_prob: float = 1.0, photometric: Optional[Dict[str, Any]] = None
@@ -146,12 +156,17 @@ def make_train_step(*, schedule: optax.Schedule, lam: float, aggregation: str = 
                                     train=True, mutable=["batch_stats"])
       loss, aux = losses.mixsiam_loss(out["p"], out["z"], lam=lam, aggregation=aggregation,
                                       rng=rng_target)
+      aux = {"loss": loss, **aux}
+      if "probe_logits" in out:
+        # The probe sees stop-gradient features: adding its loss leaves the encoder's gradient as is.
+        probe_loss, probe_top1 = _probe_loss(out["probe_logits"], batch["label"])
+        loss = loss + probe_loss
+        aux.update(online_probe_loss=probe_loss, online_probe_top1=probe_top1)
       return loss, (aux, updates["batch_stats"], out["z"])
 
-    (loss, (aux, batch_stats, z)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (aux, batch_stats, z)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     metrics = {
-        "loss": loss,
         **aux,
         "z_std": _collapse_std(z[:, 0]),
         "lr": schedule(state.step),

@@ -135,3 +135,29 @@ def test_global_batch_must_split_over_devices():
   with pytest.raises(ValueError, match=r"batch_size=12 .* number of devices \(8\).* 16"):
     sharding.check_global_batch(12, mesh)
   assert sharding.check_global_batch(16, mesh) == 16
+
+
+def test_online_probe_learns_without_touching_the_encoder():
+  mesh = sharding.create_mesh()
+  sched = optim.cosine_schedule(0.05, 10)
+  tx = optim.create_pretrain_optimizer(schedule=sched, peak_lr=0.05, weight_decay=1e-4)
+  kwargs = dict(depth=18, width=4, stem="cifar", projector_layers=2, projector_hidden_dim=32,
+                projector_dim=32, predictor_hidden_dim=8)
+  batch = {**host_batch(), "label": np.arange(BATCH, dtype=np.int32) % 10}
+  batch["label"][0] = -1  # unlabelled examples are ignored by the probe
+  after = {}
+  for classes in (0, 10):
+    net = models.create_network(**kwargs, num_classes=classes)
+    state = train.create_train_state(jax.random.key(0), net, tx, image_size=IMAGE, mesh=mesh)
+    step = train.jit_train_step(train.make_train_step(schedule=sched, lam=0.5), mesh)
+    state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.key(1))
+    after[classes] = (jax.device_get(state.params), jax.device_get(metrics))
+  (plain, m0), (probed, m10) = after[0], after[10]
+  assert "online_probe" in probed and "online_probe" not in plain
+  assert m10["online_probe_loss"] > 0 and 0 <= m10["online_probe_top1"] <= 100
+  np.testing.assert_allclose(m10["loss"], m0["loss"], rtol=1e-6)
+  for part in ("backbone", "projector", "predictor"):
+    # Same initial values (Flax derives each module's init key from its name) and the
+    # same update: the probe's gradient stops at the features.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 plain[part], probed[part])

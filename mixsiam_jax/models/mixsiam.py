@@ -14,7 +14,10 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 class MixSiamNetwork(nn.Module):
   """Encoder f (ResNet + projector) and predictor h applied to a batch of views.
 
-  Parameters live under 'backbone', 'projector' and 'predictor'.
+  Parameters live under 'backbone', 'projector' and 'predictor', and with
+  ``num_classes > 0`` an online linear probe under 'online_probe': a linear
+  classifier on the stop-gradient pooled features of the first view, so it
+  tracks the representation during pretraining without ever changing it.
   """
   depth: int = 50
   width: int = 64
@@ -23,6 +26,7 @@ class MixSiamNetwork(nn.Module):
   projector_hidden_dim: int = 2048
   projector_dim: int = 2048
   predictor_hidden_dim: int = 512
+  num_classes: int = 0
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -30,6 +34,9 @@ class MixSiamNetwork(nn.Module):
     self.projector = Projector(self.projector_hidden_dim, self.projector_dim,
                                self.projector_layers, self.dtype)
     self.predictor = Predictor(self.predictor_hidden_dim, self.projector_dim, self.dtype)
+    if self.num_classes > 0:
+      self.online_probe = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01),
+                                   bias_init=nn.initializers.zeros)
 
   def __call__(self, views: jax.Array, train: bool = True) -> Dict[str, jax.Array]:
     """Runs f and h on every view; BatchNorm statistics are kept per view.
@@ -40,7 +47,8 @@ class MixSiamNetwork(nn.Module):
 
     Returns:
       {'features': [B, V, F] pooled backbone features, 'z': [B, V, D] projections,
-       'p': [B, V, D] predictions}, all float32.
+       'p': [B, V, D] predictions}, all float32; with num_classes > 0 also
+      'probe_logits' [B, num_classes] of the first view.
     """
     batch, num_views = views.shape[:2]
     x = views.reshape((batch * num_views,) + views.shape[2:])
@@ -48,7 +56,10 @@ class MixSiamNetwork(nn.Module):
     z = self.projector(features, train, num_views)
     p = self.predictor(z, train, num_views)
     unflat = lambda a: a.reshape((batch, num_views) + a.shape[1:])
-    return {"features": unflat(features), "z": unflat(z), "p": unflat(p)}
+    out = {"features": unflat(features), "z": unflat(z), "p": unflat(p)}
+    if self.num_classes > 0:
+      out["probe_logits"] = self.online_probe(jax.lax.stop_gradient(out["features"][:, 0]))
+    return out
 
   def embed(self, images: jax.Array) -> jax.Array:
     """Pooled backbone features [N, F] of images [N, H, W, 3] in inference mode."""
@@ -57,14 +68,16 @@ class MixSiamNetwork(nn.Module):
 
 def create_network(*, depth: int, width: int, stem: str, projector_layers: int,
                    projector_hidden_dim: int, projector_dim: int, predictor_hidden_dim: int,
-                   dtype: str = "float32") -> MixSiamNetwork:
+                   dtype: str = "float32", num_classes: int = 0) -> MixSiamNetwork:
   """Builds the network after checking every option.
 
   Args:
     depth, width, stem: ResNet options (see ResNet).
     projector_layers, projector_hidden_dim, projector_dim: projector shape.
     predictor_hidden_dim: predictor bottleneck width.
-    dtype: 'float32', 'bfloat16' or 'float16' compute dtype.
+    dtype: 'float32', 'bfloat16' or 'float16' compute dtype; 'auto' picks
+      bfloat16 on GPU/TPU and float32 on CPU (where bfloat16 is emulated and slow).
+    num_classes: classes of the online linear probe (0: no probe).
 
   Returns:
     An (unbound) MixSiamNetwork.
@@ -73,8 +86,10 @@ def create_network(*, depth: int, width: int, stem: str, projector_layers: int,
     ValueError: naming the first invalid option.
   """
   check_resnet_options(depth, width, stem)
+  if dtype == "auto":
+    dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
   if dtype not in DTYPES:
-    raise ValueError(f"model.dtype={dtype!r} must be one of {sorted(DTYPES)}.")
+    raise ValueError(f"model.dtype={dtype!r} must be 'auto' or one of {sorted(DTYPES)}.")
   for name, value in (("projector_layers", projector_layers),
                       ("projector_hidden_dim", projector_hidden_dim),
                       ("projector_dim", projector_dim),
@@ -83,4 +98,5 @@ def create_network(*, depth: int, width: int, stem: str, projector_layers: int,
       raise ValueError(f"model.{name}={value!r} must be a positive integer.")
   return MixSiamNetwork(depth=depth, width=width, stem=stem, projector_layers=projector_layers,
                         projector_hidden_dim=projector_hidden_dim, projector_dim=projector_dim,
-                        predictor_hidden_dim=predictor_hidden_dim, dtype=DTYPES[dtype])
+                        predictor_hidden_dim=predictor_hidden_dim, num_classes=num_classes,
+                        dtype=DTYPES[dtype])

@@ -27,7 +27,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # --- data -----------------------------------------------------------------
   # 'tfds:NAME' or 'folder:PATH' (PATH/<class>/<image>) for pretraining.
   config.dataset = "tfds:cifar10"
-  # Split string for TFDS (any tfds split syntax, e.g. 'train[:90%]'); ignored for folders.
+  # Split: any TFDS split string (e.g. 'train[:90%]'); for folders a per-class slice such as
+  # '[:4500]' or '[90%:]' ('train', 'test' or any bare name = the whole folder).
   config.train_split = "train"
   # Data set and split for the kNN monitor and probes; '' disables them.
   config.eval_dataset = "tfds:cifar10"

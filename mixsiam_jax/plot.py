@@ -21,7 +21,9 @@ import matplotlib
 matplotlib.use("Agg")  # No display on servers; must precede pyplot.
 import matplotlib.pyplot as plt  # noqa: E402
 
-METRICS_FILE = "metrics.jsonl"
+from mixsiam_jax import workdir as workdir_lib  # noqa: E402
+
+METRICS_FILE = workdir_lib.METRICS_FILE
 CONFIG_FILE = "config.json"
 LOSS_TERMS = ("loss", "loss_siam", "loss_mix")
 DPI = 100
@@ -46,19 +48,7 @@ def read_metrics(workdir: str) -> List[Dict[str, Any]]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a training workdir "
                             "that has logged at least one step?")
-  rows = []
-  with open(path) as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{number} is not valid JSON ({e}); "
-                         "a run killed mid-write leaves a partial last line: delete it.") from e
-      if not isinstance(row, dict):
-        raise ValueError(f"{path}:{number} is a {type(row).__name__}, not a JSON object.")
-      rows.append(row)
+  rows = workdir_lib.read_metrics(workdir)
   if not rows:
     raise ValueError(f"{path} is empty: the run has not logged any step yet.")
   return rows

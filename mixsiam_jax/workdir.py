@@ -160,12 +160,34 @@ def save_config(workdir: str, config: Mapping[str, Any], step: int) -> None:
 
 
 def read_metrics(workdir: str) -> List[Dict[str, Any]]:
-  """Reads metrics.jsonl of ``workdir`` (an empty list if absent)."""
+  """Reads metrics.jsonl of ``workdir`` (an empty list if absent).
+
+  A partial last line (the process was killed while writing it) is dropped;
+  any other malformed line is an error naming the file and line.
+
+  Args:
+    workdir: a run's directory.
+
+  Returns:
+    The rows in file order.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
+  rows = []
+  for i, (number, line) in enumerate(lines):
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1 and not line.endswith("\n"):
+        break  # interrupted write: the step is logged again when the run resumes
+      raise WorkdirError(f"{path}:{number} is not valid JSON ({e}); fix or delete that line.") from e
+    if not isinstance(row, dict):
+      raise WorkdirError(f"{path}:{number} is a {type(row).__name__}, not a JSON object.")
+    rows.append(row)
+  return rows
 
 
 def truncate_metrics(workdir: str, last_step: int) -> None:

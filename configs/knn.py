@@ -10,38 +10,18 @@ Variants: '' (CIFAR-10 at 32 px), 'imagenet' (224 px, resize + centre crop).
 """
 import ml_collections
 
+from configs import common
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """Returns the kNN evaluation config; `variant` is '' or 'imagenet'."""
   config = ml_collections.ConfigDict()
+  if variant not in ("", "imagenet"):
+    raise ValueError(f"Unknown variant {variant!r} of configs/knn.py; use '' or 'imagenet'.")
   config.program = "knn"
-  # Pretraining workdir whose newest checkpoint is evaluated.
-  config.pretrained = ""
-  # Bank ('tfds:NAME' or 'folder:PATH') and its split.
-  config.dataset = "tfds:cifar10"
-  config.train_split = "train"
-  # Queries.
-  config.eval_dataset = "tfds:cifar10"
-  config.eval_split = "test"
-  # Side of the evaluated images.
-  config.image_size = 32
-  config.data = ml_collections.ConfigDict()
-  # 'identity' (CIFAR) or 'resize_center_crop' (ImageNet: resize to image_size * 256/224, crop).
-  config.data.eval_transform = "identity"
-  # Skip (and report once) undecodable images instead of failing.
-  config.data.skip_bad_images = True
-  # Global batch for feature extraction.
-  config.eval_batch_size = 512
+  common.evaluation_data(config, variant)
   config.knn = ml_collections.ConfigDict()
   # Neighbours and temperature of the weighted vote.
   config.knn.k = 200
   config.knn.temperature = 0.1
-  config.seed = 0
-  if variant == "imagenet":
-    config.dataset = config.eval_dataset = "tfds:imagenet2012"
-    config.eval_split = "validation"
-    config.image_size = 224
-    config.data.eval_transform = "resize_center_crop"
-  elif variant:
-    raise ValueError(f"Unknown variant {variant!r} of configs/knn.py; use '' or 'imagenet'.")
   return config

@@ -16,32 +16,24 @@ once without augmentation: minutes instead of hours on small machines).
 """
 import ml_collections
 
+from configs import common
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """Returns the linear-probe config; `variant` is '', 'imagenet' or 'fast'."""
   config = ml_collections.ConfigDict()
+  if variant not in ("", "imagenet", "fast"):
+    raise ValueError(f"Unknown variant {variant!r} of configs/linear_probe.py; "
+                     "use '', 'imagenet' or 'fast'.")
   config.program = "linear_probe"
-  # Pretraining workdir whose newest checkpoint is probed.
-  config.pretrained = ""
-  # Training data of the classifier and its split ('tfds:NAME' or 'folder:PATH').
-  config.dataset = "tfds:cifar10"
-  config.train_split = "train"
-  # Evaluation data and split.
-  config.eval_dataset = "tfds:cifar10"
-  config.eval_split = "test"
-  config.image_size = 32
-  config.data = ml_collections.ConfigDict()
+  common.evaluation_data(config, "imagenet" if variant == "imagenet" else "")
   # RandomResizedCrop area range of the probe's training images (torchvision default).
   config.data.crop_scale = (0.08, 1.0)
-  # 'identity' (CIFAR) or 'resize_center_crop' (ImageNet).
-  config.data.eval_transform = "identity"
-  config.data.skip_bad_images = True
   config.probe = ml_collections.ConfigDict()
   # True: crop + flip every step (official); False: features of the plain images, computed once.
   config.probe.augment = True
-  # Global batch of the classifier and of feature extraction.
+  # Global batch of the classifier.
   config.batch_size = 4096
-  config.eval_batch_size = 512
   config.num_epochs = 90
   # Total steps; -1 derives it from num_epochs.
   config.num_train_steps = -1
@@ -53,22 +45,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.optim.momentum = 0.9
   config.optim.weight_decay = 0.0
   config.optim.warmup_epochs = 0
-  config.seed = 0
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 2
-  if variant == "imagenet":
-    config.dataset = config.eval_dataset = "tfds:imagenet2012"
-    config.eval_split = "validation"
-    config.image_size = 224
-    config.data.eval_transform = "resize_center_crop"
-  elif variant == "fast":
+  if variant == "fast":
     config.probe.augment = False
     config.batch_size = 256
     config.num_epochs = 30
     config.optim.name = "sgd"
     config.optim.base_lr = 0.3
-  elif variant:
-    raise ValueError(f"Unknown variant {variant!r} of configs/linear_probe.py; "
-                     "use '', 'imagenet' or 'fast'.")
   return config

@@ -1,0 +1,35 @@
+"""Config pieces shared by the evaluation programs (configs/knn.py, configs/linear_probe.py)."""
+import ml_collections
+
+
+def evaluation_data(config: ml_collections.ConfigDict, variant: str) -> None:
+  """Adds the fields naming the pretrained run and the data it is evaluated on.
+
+  Args:
+    config: the config being built (modified in place).
+    variant: '' (CIFAR-10 at 32 px) or 'imagenet' (224 px, resize + centre crop).
+  """
+  # Pretraining workdir whose newest checkpoint is evaluated.
+  config.pretrained = ""
+  # Training-side data ('tfds:NAME' or 'folder:PATH') and split: the kNN bank or the
+  # probe's training set.
+  config.dataset = "tfds:cifar10"
+  config.train_split = "train"
+  # Evaluation data and split (kNN queries, probe accuracy).
+  config.eval_dataset = "tfds:cifar10"
+  config.eval_split = "test"
+  # Side of the evaluated images.
+  config.image_size = 32
+  config.data = ml_collections.ConfigDict()
+  # 'identity' (CIFAR) or 'resize_center_crop' (ImageNet: resize to image_size * 256/224, crop).
+  config.data.eval_transform = "identity"
+  # Skip (and report once) undecodable images instead of failing.
+  config.data.skip_bad_images = True
+  # Global batch for feature extraction.
+  config.eval_batch_size = 512
+  config.seed = 0
+  if variant == "imagenet":
+    config.dataset = config.eval_dataset = "tfds:imagenet2012"
+    config.eval_split = "validation"
+    config.image_size = 224
+    config.data.eval_transform = "resize_center_crop"

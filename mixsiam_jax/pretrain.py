@@ -198,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   is_main = jax.process_index() == 0
   writer = workdir_lib.create_writer(workdir, is_main)
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in workdir_lib._flatten(config_dict).items()
+    writer.write_hparams({k: v for k, v in workdir_lib.flatten_config(config_dict).items()
                           if isinstance(v, (int, float, str, bool))})
 
   photometric = None if not config.data.photometric_on_device else photometric_kwargs(config)

@@ -85,12 +85,13 @@ def read_config(workdir: str) -> Optional[Dict[str, Any]]:
     raise WorkdirError(f"{path} is unreadable ({e}); restore it or use a fresh --workdir.") from None
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+def flatten_config(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+  """A nested config dict as {'dotted.name': value}; tuples become lists (as in JSON)."""
   flat = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
     if isinstance(value, Mapping):
-      flat.update(_flatten(value, name + "."))
+      flat.update(flatten_config(value, name + "."))
     else:
       flat[name] = list(value) if isinstance(value, tuple) else value
   return flat
@@ -98,7 +99,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[Tuple[str, Any, Any]]:
   """Lists (field, old value, new value) for every field that differs (dotted names)."""
-  a, b = _flatten(old), _flatten(new)
+  a, b = flatten_config(old), flatten_config(new)
   missing = object()
   diffs = []
   for key in sorted(set(a) | set(b)):

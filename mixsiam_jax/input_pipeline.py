@@ -29,16 +29,17 @@ held-out part keeps the class balance of the folder:
 A flat (unlabelled) folder is one class. Anything else raises DatasetError.
 
 Determinism and resume. The training stream is a pure function of
-(seed, position, data): per-process position ``q`` (example ``q`` of this
-process's infinite stream, so step ``s`` holds positions
-``[s * B_local, (s + 1) * B_local)``) maps to epoch ``e = q // n_local`` and
-slot ``k = q % n_local`` with ``n_local = num_examples // process_count``; the
-example is ``index_shuffle(k * process_count + process_index, seed=(seed, e))``,
-a stateless permutation of all example ids per epoch
-(``tf.random.experimental.index_shuffle``). So the processes' shards are
-disjoint and cover the epoch (up to ``num_examples % process_count`` examples,
-a different few each epoch), and ``start_step`` skips at the index level
-without reading anything. Each example's augmentation draws from stateless
+(seed, position, data). Global position ``g`` (row ``g % B`` of step
+``g // B``, B the global batch) maps to epoch ``e = g // num_examples`` and
+the example ``index_shuffle(g % num_examples, seed=(seed, e))``, a stateless
+permutation of all example ids per epoch
+(``tf.random.experimental.index_shuffle``). Process ``p`` loads rows
+``[p * B_local, (p + 1) * B_local)`` of every step, the rows its devices hold
+in the global batch, so the global batch of a step is the same whatever the
+number of processes (a 2-process run trains on exactly the batches of a
+1-process run, row for row). The processes' rows are disjoint, every epoch is
+covered exactly, and ``start_step`` skips at the index level without reading
+anything. Each example's augmentation draws from stateless
 TF random ops seeded by ``fold_in(fold_in((seed, e), index))``; parallel maps
 keep ``deterministic=True`` order. Two runs with the same seed therefore give
 bit-identical batches, and ``start_step=s`` gives exactly the batches a straight
@@ -49,7 +50,7 @@ instead a seeded ``shuffle`` (buffer ``shuffle_buffer``) of this process's
 examples (``index % process_count == process_index``) in canonical order, and
 ``start_step`` skips the first ``offset`` examples of the current epoch
 without decoding them (their bytes are still read). Still a pure function of
-(seed, step).
+(seed, step), but the global batches then depend on the number of processes.
 
 Bad images. Each file's bytes get a cheap in-graph check (non-empty, known
 magic bytes, JPEG/PNG/GIF end markers); files that fail it go through PIL
@@ -646,14 +647,17 @@ def _example_seed(seed, epoch, index):
   return tf.random.experimental.stateless_fold_in(base, tf.cast(index, tf.int64))
 
 
-def _random_access_positions(source, *, seed, start, process_index, process_count):
-  """Infinite stream of {'index', 'epoch'} for this process from position ``start``."""
+def _random_access_positions(source, *, seed, start, process_index, process_count,
+                             local_batch):
+  """Infinite stream of {'index', 'epoch'} for this process from local position ``start``."""
   n = source.num_examples
-  n_local = n // process_count
 
   def locate(position):
-    epoch = position // n_local
-    slot = (position % n_local) * process_count + process_index
+    # Local position -> global position: this process's rows of the global batch.
+    step, row = position // local_batch, position % local_batch
+    position = (step * process_count + process_index) * local_batch + row
+    epoch = position // n
+    slot = position % n
     index = tf.random.experimental.index_shuffle(
         slot, seed=tf.stack([tf.constant(seed, tf.int64), epoch]), max_index=n - 1)
     return {"index": tf.cast(index, tf.int64), "epoch": epoch}
@@ -744,7 +748,7 @@ def create_pretrain_dataset(dataset: str, split: str, *, global_batch_size: int,
 
   if source.fetch is not None:
     ds = _random_access_positions(source, seed=seed, start=start, process_index=process_index,
-                                  process_count=process_count)
+                                  process_count=process_count, local_batch=local_batch)
 
     def read(el):
       data, label, name = source.fetch(el["index"])

@@ -9,8 +9,14 @@ def evaluation_data(config: ml_collections.ConfigDict, variant: str) -> None:
     config: the config being built (modified in place).
     variant: '' (CIFAR-10 at 32 px) or 'imagenet' (224 px, resize + centre crop).
   """
-  # Pretraining workdir whose newest checkpoint is evaluated.
+  # What is evaluated: a pretraining workdir (its newest checkpoint), or a state-dict file
+  # (.pth / .pth.tar / .npz) in torchvision or official SimSiam layout.
   config.pretrained = ""
+  # Architecture of a state-dict file (workdir checkpoints describe themselves).
+  config.pretrained_model = ml_collections.ConfigDict()
+  config.pretrained_model.depth = 50
+  config.pretrained_model.width = 64
+  config.pretrained_model.stem = "imagenet"
   # Training-side data ('tfds:NAME' or 'folder:PATH') and split: the kNN bank or the
   # probe's training set.
   config.dataset = "tfds:cifar10"

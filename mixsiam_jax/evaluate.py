@@ -351,25 +351,54 @@ def make_knn_monitor(*, network: nn.Module, mesh: Mesh, train_dataset: str, trai
   return monitor
 
 
-class _Frozen:
-  """A restored encoder: variables replicated on the mesh, never updated."""
+WEIGHT_FILE_SUFFIXES = (".pth", ".pth.tar", ".pt", ".npz")
 
-  def __init__(self, pretrained: str, mesh: Mesh):
-    tree, meta, step = checkpoint.restore_replicated(pretrained, mesh)
-    if "model" not in meta:
-      raise checkpoint.CheckpointError(
-          f"pretrained={pretrained}: checkpoint step {step} has no model description in its "
-          "metadata; was it written by mixsiam_jax's pretraining?")
-    self.network = models.create_network(**meta["model"])
-    self.variables = {"params": tree["params"], "batch_stats": tree["batch_stats"]}
-    self.step, self.meta, self.pretrained = step, meta, pretrained
-    self.feature_dim = models.ResNet(meta["model"]["depth"], meta["model"]["width"]).feature_dim
+
+class _Frozen:
+  """A restored encoder: variables replicated on the mesh, never updated.
+
+  ``pretrained`` is a pretraining workdir (newest checkpoint) or a state-dict
+  file in torchvision / official SimSiam layout, whose architecture is
+  ``file_model`` (depth, width, stem).
+  """
+
+  def __init__(self, pretrained: str, mesh: Mesh, file_model: Optional[Dict[str, Any]] = None):
+    if pretrained.endswith(WEIGHT_FILE_SUFFIXES):
+      self.variables, model = _load_weight_file(pretrained, mesh, dict(file_model or {}))
+      self.step = 0
+    else:
+      tree, meta, self.step = checkpoint.restore_replicated(pretrained, mesh)
+      if "model" not in meta:
+        raise checkpoint.CheckpointError(
+            f"pretrained={pretrained}: checkpoint step {self.step} has no model description in "
+            "its metadata; was it written by mixsiam_jax's pretraining?")
+      self.variables = {"params": tree["params"], "batch_stats": tree["batch_stats"]}
+      model = meta["model"]
+    self.network = models.create_network(**model)
+    self.feature_dim = models.ResNet(model["depth"], model["width"]).feature_dim
+    self.pretrained = pretrained
     self._fingerprint = _fingerprint(self.variables)
 
   def check_unchanged(self) -> None:
     """The official linear-probe sanity check: the backbone is bit-identical to the checkpoint."""
     if _fingerprint(self.variables) != self._fingerprint:
       raise RuntimeError("the frozen backbone changed during evaluation; this is a bug.")
+
+
+def _load_weight_file(path: str, mesh: Mesh, model: Dict[str, Any]
+                      ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """Backbone variables (replicated) and network options from a torchvision/SimSiam file."""
+  from mixsiam_jax import weights  # pylint: disable=g-import-not-at-top
+  params, batch_stats = weights.import_torch_state_dict(
+      weights.load_state_dict_file(path), depth=model["depth"], width=model["width"],
+      stem=model["stem"], include_heads=False)
+  variables = jax.device_put({"params": {"backbone": params["backbone"]},
+                              "batch_stats": {"backbone": batch_stats["backbone"]}},
+                             sharding.replicated(mesh))
+  # Evaluation uses the backbone only, so the heads' sizes are placeholders.
+  return variables, dict(depth=model["depth"], width=model["width"], stem=model["stem"],
+                         projector_layers=2, projector_hidden_dim=8, projector_dim=8,
+                         predictor_hidden_dim=8)
 
 
 def _fingerprint(tree: Any) -> str:
@@ -402,7 +431,7 @@ def run_knn(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """
   workdir = workdir_lib.prepare_workdir(workdir)
   mesh = sharding.create_mesh()
-  frozen = _Frozen(config.pretrained, mesh)
+  frozen = _Frozen(config.pretrained, mesh, config.pretrained_model.to_dict())
   workdir_lib.save_config(workdir, json.loads(config.to_json_best_effort()), 0)
   monitor = make_knn_monitor(
       network=frozen.network, mesh=mesh, train_dataset=config.dataset,
@@ -506,7 +535,7 @@ def run_linear_probe(config: ml_collections.ConfigDict, workdir: str) -> Dict[st
   workdir = workdir_lib.prepare_workdir(workdir)
   mesh = sharding.create_mesh()
   sharding.check_global_batch(config.batch_size, mesh)
-  frozen = _Frozen(config.pretrained, mesh)
+  frozen = _Frozen(config.pretrained, mesh, config.pretrained_model.to_dict())
   config_dict = json.loads(config.to_json_best_effort())
   old = workdir_lib.read_config(workdir)
   if old is not None:

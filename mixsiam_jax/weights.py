@@ -515,3 +515,62 @@ def load_state_dict_file(path: str) -> Dict[str, np.ndarray]:
       raise ValueError(f"{path} holds no tensors (keys: {sorted(state)[:10]}).")
     return out
   raise ValueError(f"Cannot read {path!r}: expected a .pth, .pth.tar, .pt or .npz file.")
+
+
+# ------------------------------------------------------------------------- CLI
+def export_workdir(workdir: str, out: str, *, step: Optional[int] = None,
+                   include_heads: bool = True) -> Dict[str, np.ndarray]:
+  """Exports a pretraining run's checkpoint to the official SimSiam / torchvision layout.
+
+  Args:
+    workdir: a pretraining workdir (its newest checkpoint unless ``step``).
+    out: '.npz' (always) or '.pth' (needs torch) file to write.
+    step: checkpoint step to export.
+    include_heads: also export projector and predictor (SimSiam layout);
+      False writes plain torchvision backbone keys.
+
+  Returns:
+    The exported state dict.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import checkpoint, sharding  # pylint: disable=g-import-not-at-top
+  mesh = sharding.create_mesh(jax.local_devices()[:1])
+  tree, _, _ = checkpoint.restore_replicated(workdir, mesh, step)
+  params, batch_stats = jax.device_get(tree["params"]), jax.device_get(tree["batch_stats"])
+  params = {k: v for k, v in params.items() if k != "online_probe"}
+  state_dict = export_torch_state_dict(params, batch_stats, include_heads=include_heads)
+  if out.endswith(".npz"):
+    save_npz(out, state_dict)
+  elif out.endswith((".pth", ".pt", ".pth.tar")):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise ImportError(f"Writing {out} needs PyTorch; install torch or export to .npz.") from None
+    torch.save({"state_dict": {k: torch.from_numpy(np.ascontiguousarray(v))
+                               for k, v in state_dict.items()}}, out)
+  else:
+    raise ValueError(f"--out={out} must end in .npz or .pth.")
+  return state_dict
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+  """``python -m mixsiam_jax.weights export --workdir=DIR --out=FILE``."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(
+      prog="python -m mixsiam_jax.weights",
+      description="Export a pretraining checkpoint to the official SimSiam/torchvision layout.")
+  parser.add_argument("command", choices=["export"])
+  parser.add_argument("--workdir", required=True, help="pretraining workdir")
+  parser.add_argument("--out", required=True, help=".npz or .pth file to write")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+  parser.add_argument("--backbone_only", action="store_true",
+                      help="torchvision ResNet keys only (no projector/predictor)")
+  args = parser.parse_args(argv)
+  state_dict = export_workdir(args.workdir, args.out, step=args.step,
+                              include_heads=not args.backbone_only)
+  print(f"Wrote {len(state_dict)} tensors to {args.out}")
+  return args.out
+
+
+if __name__ == "__main__":
+  main()

@@ -242,3 +242,24 @@ def test_truncated_checkpoint_is_reported_with_its_path(tiny_pretrained, tmp_pat
       path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
   with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint .*checkpoints/6"):
     checkpoint.restore_replicated(str(broken), sharding.create_mesh())
+
+
+@pytest.mark.slow
+def test_exported_weights_evaluate_like_the_workdir(tiny_pretrained, cifar_jpeg_folder, tmp_path):
+  from mixsiam_jax import weights  # pylint: disable=g-import-not-at-top
+  exported = tmp_path / "tiny.npz"
+  weights.main(["export", f"--workdir={tiny_pretrained}", f"--out={exported}"])
+  assert "module.encoder.layer1.0.conv1.weight" in np.load(exported).files
+  from_workdir = evaluate.run_knn(
+      _eval_config(knn_config, cifar_jpeg_folder, tiny_pretrained, **{"knn.k": 10}),
+      str(tmp_path / "a"))
+  from_file = evaluate.run_knn(
+      _eval_config(knn_config, cifar_jpeg_folder, exported, **{
+          "knn.k": 10, "pretrained_model.depth": 18, "pretrained_model.width": 8,
+          "pretrained_model.stem": "cifar"}), str(tmp_path / "b"))
+  assert from_file["knn_top1"] == from_workdir["knn_top1"]
+  assert from_file["knn_top5"] == from_workdir["knn_top5"]
+  with pytest.raises(ValueError, match="depth"):
+    evaluate.run_knn(_eval_config(knn_config, cifar_jpeg_folder, exported, **{
+        "pretrained_model.depth": 34, "pretrained_model.width": 8,
+        "pretrained_model.stem": "cifar"}), str(tmp_path / "c"))

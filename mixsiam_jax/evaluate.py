@@ -333,6 +333,8 @@ def make_knn_monitor(*, network: nn.Module, mesh: Mesh, train_dataset: str, trai
     network's variables {'params', 'batch_stats'}.
   """
   num_classes = input_pipeline.get_dataset_info(train_dataset, train_split).num_classes
+  # Check the queries now too: a missing eval set must not surface only after training.
+  input_pipeline.get_dataset_info(eval_dataset, eval_split)
   if num_classes < 1:
     raise ValueError(f"dataset={train_dataset} has no labels; the kNN monitor needs class "
                      "folders (set --config.eval_dataset= to turn it off).")

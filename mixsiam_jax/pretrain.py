@@ -134,7 +134,9 @@ def _preview_images(views: jax.Array, count: int = 4) -> np.ndarray:
   """[B, V, H, W, 3] normalised views -> uint8 [count * V, H, W, 3] for TensorBoard."""
   mean = np.asarray(augment.IMAGENET_MEAN, np.float32)
   std = np.asarray(augment.IMAGENET_STD, np.float32)
-  x = np.asarray(jax.device_get(views[:count]), np.float32) * std + mean
+  # The local copy of the (replicated) views: slicing the global array would be a
+  # computation that every process must join, and this runs on process 0 only.
+  x = np.asarray(views.addressable_data(0)[:count], np.float32) * std + mean
   x = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
   return x.reshape((-1,) + x.shape[2:])
 
@@ -233,9 +235,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     try:
       for step in range(start_step + 1, num_steps + 1):
         batch = next(batches)
-        if step == start_step + 1 and is_main:
+        if step == start_step + 1:  # A global computation: every process runs it.
           views = preview(batch, step_rng, state.step)
-          writer.write_images(step, {"views": _preview_images(views)})
+          if is_main:
+            writer.write_images(step, {"views": _preview_images(views)})
         state, metrics = step_fn(state, batch, step_rng)
         history.append(metrics)
         for hook in hooks:

@@ -26,6 +26,9 @@ flags.DEFINE_bool("jax_distributed", False,
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+flags.DEFINE_integer("distributed_heartbeat_timeout_seconds", 100,
+                     "Multi-process runs: a process silent this long is declared dead and the "
+                     "others stop with an error (JAX's default: 100).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 PROGRAMS = ("pretrain", "linear_probe", "knn")
@@ -48,7 +51,8 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.jax_distributed or FLAGS.coordinator_address:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                               heartbeat_timeout_seconds=FLAGS.distributed_heartbeat_timeout_seconds)
   logging.info("JAX process %d of %d; %d local of %d devices (%s).", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)

@@ -1,0 +1,419 @@
+r"""Images/s of our jitted MixSiam train step vs a PyTorch reference of the same network and loss.
+
+One command (CPU; the defaults finish in a few minutes on 2 cores):
+
+  python benchmarks/train_step_bench.py
+
+Bigger runs, e.g. the issue's CPU case and the accelerator target:
+
+  python benchmarks/train_step_bench.py --width=32 --batch_size=128
+  python benchmarks/train_step_bench.py --depth=50 --width=64 --image_size=224 \
+      --batch_size=128 --dtype=bfloat16 --steps=20 --repeats=5      # on a GPU
+
+Rows (one image = three views: x1, x2 and the mixed view, fwd + bwd + update):
+  * ours: train.make_train_step + train.jit_train_step (donated state, metrics
+    computed on device, never fetched in the loop), views uploaded as uint8 and
+    normalised/mixed inside the step, photometric augmentation off;
+  * ours + photometric: the same with augment.device_photometric_augment
+    (colour jitter p=0.8, grayscale 0.2; blur 0.5 at >= 96 px) inside the step;
+  * bare JAX: the same Flax network and loss under a plain
+    jax.jit(value_and_grad + optax SGD update), no metrics, no donation, views
+    precomputed on device (a lower bound on what any JAX step can cost);
+  * torch: a PyTorch model of the same network written here (torchvision layout,
+    CIFAR or ImageNet stem, width knob, BN per view by running the encoder once
+    per view, 2-/3-layer projector, predictor), the same loss, torch.optim.SGD
+    (momentum 0.9, weight decay), torch.set_num_threads(--threads). It runs in a
+    child interpreter (--torch_python, default this one) so that torch stays out
+    of the project's dependencies and its memory is measured on its own; it is
+    skipped with a message when torch is missing.
+The rows run in the same order in each of --repeats rounds (interleaved); each
+figure is the median over rounds of --steps timed steps. Then: compile time,
+peak host memory (getrusage max RSS) and device memory (memory_stats where the
+backend reports it; XLA's memory analysis of the compiled step otherwise), our
+overhead over the bare step, and the ratio to torch last.
+
+--xla_flags appends to XLA_FLAGS before jax is imported (for trying XLA:CPU
+options); --rows picks a subset of rows. Run by hand, never as a timed test.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+PHOTOMETRIC = dict(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.2,
+                   blur_sigma=(0.1, 2.0))
+ROWS = ("ours", "ours_photo", "bare", "torch")
+
+
+def _max_rss_mib() -> float:
+  """Peak resident memory of this process (VmHWM; getrusage's max RSS survives exec)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024.0
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _stem(args) -> str:
+  return args.stem or ("cifar" if args.image_size <= 64 else "imagenet")
+
+
+def _projector_layers(args) -> int:
+  return args.projector_layers or (2 if _stem(args) == "cifar" else 3)
+
+
+# ----------------------------------------------------------------------------- torch reference
+
+
+def torch_worker(args) -> dict:
+  """Builds the PyTorch reference, times --steps steps after --warmup, returns a dict."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn as nn  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(args.threads)
+  torch.manual_seed(0)
+  device = torch.device("cuda" if args.torch_device == "cuda" else "cpu")
+
+  class Basic(nn.Module):
+    expansion = 1
+
+    def __init__(self, inp, planes, stride):
+      super().__init__()
+      self.conv1 = nn.Conv2d(inp, planes, 3, stride, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(planes)
+      self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(planes)
+      nn.init.zeros_(self.bn2.weight)
+      self.downsample = None
+      if stride != 1 or inp != planes:
+        self.downsample = nn.Sequential(nn.Conv2d(inp, planes, 1, stride, bias=False),
+                                        nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+      y = F.relu(self.bn1(self.conv1(x)))
+      y = self.bn2(self.conv2(y))
+      return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+  class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inp, planes, stride):
+      super().__init__()
+      self.conv1 = nn.Conv2d(inp, planes, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(planes)
+      self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+      self.bn3 = nn.BatchNorm2d(planes * 4)
+      nn.init.zeros_(self.bn3.weight)
+      self.downsample = None
+      if stride != 1 or inp != planes * 4:
+        self.downsample = nn.Sequential(nn.Conv2d(inp, planes * 4, 1, stride, bias=False),
+                                        nn.BatchNorm2d(planes * 4))
+
+    def forward(self, x):
+      y = F.relu(self.bn1(self.conv1(x)))
+      y = F.relu(self.bn2(self.conv2(y)))
+      y = self.bn3(self.conv3(y))
+      return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+  stages = {18: (Basic, (2, 2, 2, 2)), 34: (Basic, (3, 4, 6, 3)),
+            50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3)),
+            152: (Bottleneck, (3, 8, 36, 3))}
+  block, counts = stages[args.depth]
+  w = args.width
+  if _stem(args) == "cifar":
+    layers = [nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+  else:
+    layers = [nn.Conv2d(3, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+              nn.MaxPool2d(3, 2, 1)]
+  inp = w
+  for stage, n in enumerate(counts):
+    for b in range(n):
+      layers.append(block(inp, w * 2**stage, 2 if stage > 0 and b == 0 else 1))
+      inp = w * 2**stage * block.expansion
+  layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+  proj = []
+  dim = inp
+  for _ in range(_projector_layers(args) - 1):
+    proj += [nn.Linear(dim, args.projector_dim, bias=False), nn.BatchNorm1d(args.projector_dim),
+             nn.ReLU()]
+    dim = args.projector_dim
+  proj += [nn.Linear(dim, args.projector_dim, bias=False),
+           nn.BatchNorm1d(args.projector_dim, affine=False)]
+  encoder = nn.Sequential(nn.Sequential(*layers), nn.Sequential(*proj))
+  predictor = nn.Sequential(nn.Linear(args.projector_dim, args.predictor_hidden_dim, bias=False),
+                            nn.BatchNorm1d(args.predictor_hidden_dim), nn.ReLU(),
+                            nn.Linear(args.predictor_hidden_dim, args.projector_dim))
+  model = nn.ModuleDict({"encoder": encoder, "predictor": predictor}).to(device)
+  fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+  model = model.to(memory_format=fmt)
+  opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=args.weight_decay)
+  gen = torch.Generator().manual_seed(0)
+  x1, x2 = (torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen)
+            .to(device).contiguous(memory_format=fmt) for _ in range(2))
+  autocast = args.dtype == "bfloat16"
+
+  def d(p, z):
+    return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
+
+  def step():
+    xm = 0.5 * x1 + 0.5 * x2
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+      zs = [model["encoder"](x) for x in (x1, x2, xm)]  # BN statistics per view
+      ps = [model["predictor"](z) for z in zs]
+    zs = [z.float() for z in zs]
+    ps = [p.float() for p in ps]
+    loss_siam = 0.5 * d(ps[0], zs[1]) + 0.5 * d(ps[1], zs[0])
+    loss_mix = d(ps[2], torch.maximum(zs[0], zs[1]))
+    loss = 0.5 * loss_siam + 0.5 * loss_mix
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+  sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+  for _ in range(args.warmup):
+    step()
+  sync()
+  start = time.perf_counter()
+  for _ in range(args.steps):
+    loss = step()
+  sync()
+  elapsed = time.perf_counter() - start
+  out = {"images_per_s": args.batch_size * args.steps / elapsed, "loss": float(loss),
+         "max_rss_mib": _max_rss_mib(), "threads": torch.get_num_threads(),
+         "torch": torch.__version__}
+  if device.type == "cuda":
+    out["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+  return out
+
+
+def run_torch(args, python: str) -> dict:
+  cmd = [python, os.path.abspath(__file__), "--torch_worker"] + args.argv
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if proc.returncode != 0:
+    return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- JAX rows
+
+
+def build_jax(args):
+  """Returns {row: (compiled, run_fn)} plus compile times and memory analyses."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  from mixsiam_jax import augment, losses, models, optim, sharding, train  # pylint: disable=g-import-not-at-top
+
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  network = models.create_network(
+      depth=args.depth, width=args.width, stem=_stem(args),
+      projector_layers=_projector_layers(args), projector_hidden_dim=args.projector_dim,
+      projector_dim=args.projector_dim, predictor_hidden_dim=args.predictor_hidden_dim,
+      dtype=args.dtype)
+  sched = optim.cosine_schedule(0.05, 10_000)
+  tx = optim.create_pretrain_optimizer(schedule=sched, peak_lr=0.05,
+                                       weight_decay=args.weight_decay)
+  rs = np.random.RandomState(0)
+  host = {"views": rs.randint(0, 256, (args.batch_size, 2, args.image_size, args.image_size, 3))
+          .astype(np.uint8)}
+  batch = sharding.global_batch(host, mesh)
+  rng = jax.random.key(0)
+  photometric = dict(PHOTOMETRIC, blur_prob=0.5 if args.image_size >= 96 else 0.0)
+
+  built, info = {}, {}
+  for row in ("ours", "ours_photo"):
+    if row not in args.rows:
+      continue
+    state = train.create_train_state(jax.random.key(0), network, tx,
+                                     image_size=args.image_size, mesh=mesh)
+    step = train.make_train_step(schedule=sched, lam=0.5,
+                                 photometric=photometric if row == "ours_photo" else None)
+    start = time.perf_counter()
+    compiled = train.jit_train_step(step, mesh).lower(state, batch, rng).compile()
+    info[row] = {"compile_s": time.perf_counter() - start,
+                 "memory": _memory_analysis(compiled)}
+    holder = {"state": state}
+
+    def run(n, compiled=compiled, holder=holder):
+      state = holder["state"]
+      for _ in range(n):
+        state, metrics = compiled(state, batch, rng)
+      jax.block_until_ready((state, metrics))
+      holder["state"] = state
+    built[row] = run
+
+  if "bare" in args.rows:
+    variables = network.init(jax.random.key(0),
+                             jnp.zeros((1, 2, args.image_size, args.image_size, 3)), train=True)
+    params, stats = variables["params"], variables["batch_stats"]
+    bare_tx = optax.chain(optax.add_decayed_weights(args.weight_decay),
+                          optax.sgd(0.05, momentum=0.9))
+    opt_state = bare_tx.init(params)
+    v = augment.normalize(jnp.asarray(host["views"], jnp.float32) / 255.0)
+    views = jnp.concatenate([v, 0.5 * (v[:, :1] + v[:, 1:])], axis=1)
+
+    def bare_step(params, stats, opt_state, views):
+      def loss_fn(params):
+        out, upd = network.apply({"params": params, "batch_stats": stats}, views, train=True,
+                                 mutable=["batch_stats"])
+        return losses.mixsiam_loss(out["p"], out["z"], lam=0.5)[0], upd["batch_stats"]
+      (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt_state = bare_tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+    start = time.perf_counter()
+    compiled = jax.jit(bare_step).lower(params, stats, opt_state, views).compile()
+    info["bare"] = {"compile_s": time.perf_counter() - start,
+                    "memory": _memory_analysis(compiled)}
+    holder = {"carry": (params, stats, opt_state)}
+
+    def run_bare(n, compiled=compiled, holder=holder):
+      carry = holder["carry"]
+      for _ in range(n):
+        *carry, loss = compiled(*carry, views)
+      jax.block_until_ready(loss)
+      holder["carry"] = tuple(carry)
+    built["bare"] = run_bare
+  return built, info
+
+
+def _memory_analysis(compiled) -> dict:
+  try:
+    m = compiled.memory_analysis()
+    return {"temp_mib": m.temp_size_in_bytes / 2**20,
+            "argument_mib": m.argument_size_in_bytes / 2**20,
+            "output_mib": m.output_size_in_bytes / 2**20}
+  except Exception:  # pylint: disable=broad-except
+    return {}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--depth", type=int, default=18)
+  parser.add_argument("--width", type=int, default=32)
+  parser.add_argument("--batch_size", type=int, default=32, help="examples (x3 views) per step")
+  parser.add_argument("--image_size", type=int, default=32)
+  parser.add_argument("--stem", default="", help="cifar | imagenet (default: cifar up to 64 px)")
+  parser.add_argument("--projector_layers", type=int, default=0, help="default 2 cifar, 3 imagenet")
+  parser.add_argument("--projector_dim", type=int, default=2048)
+  parser.add_argument("--predictor_hidden_dim", type=int, default=512)
+  parser.add_argument("--weight_decay", type=float, default=5e-4)
+  parser.add_argument("--dtype", default="float32", help="JAX compute dtype; torch autocast if bf16")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps per row per round")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps (torch)")
+  parser.add_argument("--repeats", type=int, default=3, help="rounds; figures are medians")
+  parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+  parser.add_argument("--rows", default=",".join(ROWS), help=f"subset of {ROWS}")
+  parser.add_argument("--torch_python", default=sys.executable)
+  parser.add_argument("--torch_device", default="auto", help="auto | cpu | cuda")
+  parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS")
+  parser.add_argument("--json", default="", help="also write the results to this file")
+  parser.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
+  argv = sys.argv[1:] if argv is None else argv
+  args = parser.parse_args(argv)
+  args.argv = [a for a in argv if a != "--torch_worker"]
+  args.rows = tuple(r for r in args.rows.split(",") if r)
+  if set(args.rows) - set(ROWS):
+    parser.error(f"--rows: unknown {sorted(set(args.rows) - set(ROWS))}; choose from {ROWS}")
+
+  if args.torch_worker:
+    print(json.dumps(torch_worker(args)))
+    return
+
+  if args.xla_flags:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  import jax  # pylint: disable=g-import-not-at-top
+
+  backend = jax.default_backend()
+  if args.torch_device == "auto":
+    args.torch_device = "cpu" if backend == "cpu" else "cuda"
+    args.argv.append(f"--torch_device={args.torch_device}")
+  if args.dtype == "auto":
+    args.dtype = "float32" if backend == "cpu" else "bfloat16"
+  print(f"backend={backend} device={jax.devices()[0].device_kind} cores={os.cpu_count()} "
+        f"jax={jax.__version__} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  print(f"ResNet-{args.depth} width {args.width}, {_stem(args)} stem, {args.image_size} px, "
+        f"batch {args.batch_size} x 3 views, dtype {args.dtype}, projector "
+        f"{_projector_layers(args)}x{args.projector_dim}, predictor {args.predictor_hidden_dim}; "
+        f"{args.steps} steps x {args.repeats} rounds; load {os.getloadavg()[0]:.2f}", flush=True)
+
+  built, info = build_jax(args)
+  host_rss_after_compile = _max_rss_mib()
+  times = {row: [] for row in args.rows}
+  torch_info = {}
+  loads = []
+  for r in range(args.repeats):
+    loads.append(os.getloadavg()[0])
+    for row in args.rows:
+      if row == "torch":
+        res = run_torch(args, args.torch_python)
+        if "error" in res:
+          print(f"torch row skipped: {res['error']}")
+          times.pop("torch")
+          args.rows = tuple(x for x in args.rows if x != "torch")
+          continue
+        torch_info = res
+        times[row].append(res["images_per_s"])
+        continue
+      built[row](1)  # untimed: first call after compile, allocator warm-up
+      start = time.perf_counter()
+      built[row](args.steps)
+      times[row].append(args.batch_size * args.steps / (time.perf_counter() - start))
+    print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in times.items() if v)
+          + f" img/s (load {loads[-1]:.2f})", flush=True)
+
+  med = {row: statistics.median(v) for row, v in times.items() if v}
+  device_mem = None
+  stats = jax.devices()[0].memory_stats()
+  if stats:
+    device_mem = stats.get("peak_bytes_in_use", 0) / 2**20
+  print()
+  print(f"{'row':<20}{'images/s (median)':>18}{'rounds':>28}{'compile s':>11}{'XLA temp MiB':>14}")
+  for row in args.rows:
+    if row not in med:
+      continue
+    rounds = " ".join(f"{x:.1f}" for x in times[row])
+    compile_s = f"{info[row]['compile_s']:.1f}" if row in info else "-"
+    temp = f"{info[row]['memory'].get('temp_mib', float('nan')):.0f}" if row in info else "-"
+    print(f"{row:<20}{med[row]:>18.1f}{rounds:>28}{compile_s:>11}{temp:>14}")
+  print()
+  print(f"peak host RSS, this (JAX) process: {_max_rss_mib():.0f} MiB "
+        f"({host_rss_after_compile:.0f} after compiling)")
+  if torch_info:
+    print(f"peak host RSS, torch process: {torch_info['max_rss_mib']:.0f} MiB "
+          f"(torch {torch_info['torch']}, {torch_info['threads']} threads)")
+    if "device_peak_mib" in torch_info:
+      print(f"torch device peak: {torch_info['device_peak_mib']:.0f} MiB")
+  print(f"JAX device peak: {device_mem:.0f} MiB" if device_mem is not None
+        else "JAX device memory_stats: not reported by this backend")
+  print(f"load average during rounds: {', '.join(f'{x:.2f}' for x in loads)}")
+  if "ours" in med and "bare" in med:
+    print(f"our overhead over the bare JAX step: {100 * (med['bare'] / med['ours'] - 1):+.1f}% "
+          f"(time per step)")
+  for row in ("ours", "ours_photo", "bare"):
+    if row in med and "torch" in med:
+      print(f"ratio {row} / torch: {med[row] / med['torch']:.2f}x")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"args": {k: v for k, v in vars(args).items() if k != "argv"}, "times": times,
+                 "median": med, "info": info, "torch": torch_info, "loads": loads,
+                 "max_rss_mib": _max_rss_mib(), "device_peak_mib": device_mem}, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

@@ -192,8 +192,10 @@ def straight(cifar_jpeg_folder, tmp_path_factory):
 def interrupted(straight, cifar_jpeg_folder, tmp_path_factory):
   """One run interrupted three ways, then finished.
 
-  A: SIGTERM once checkpoint 3 exists -> saves at its current step s, exits.
-  B: rerun; SIGKILL once checkpoint 9 exists (mid-step, async saves pending).
+  A: periodic checkpoints off (checkpoint_every_steps=100, a safe change), SIGTERM
+     once step 4 has taken its batch -> saves at its current step s, exits 0.
+  B: rerun with the reference flags; SIGKILL once checkpoint 9 exists (mid-step,
+     async saves pending).
   Then a crash in the middle of saving step 12 is simulated: a
   12.orbax-checkpoint-tmp-<t> directory holding part of a real step 12.
   C: rerun to the end.
@@ -201,17 +203,20 @@ def interrupted(straight, cifar_jpeg_folder, tmp_path_factory):
   root = tmp_path_factory.mktemp("interrupted")
   workdir, ckpts = root / "run", root / "run" / "checkpoints"
   facts = {}
-  a = start(workdir, cifar_jpeg_folder, ids_file=root / "ids_a.jsonl")
-  wait_for(lambda: (ckpts / "3").is_dir(), a, what="checkpoint 3")
+  a_ids = root / "ids_a.jsonl"
+  a = start(workdir, cifar_jpeg_folder, "--config.checkpoint_every_steps=100", ids_file=a_ids)
+  wait_for(lambda: a_ids.exists() and len(a_ids.read_text().splitlines()) >= 4, a,
+           what="step 4")
   a.send_signal(signal.SIGTERM)
   facts["a_rc"] = finish(a)
   facts["a_log"] = output(a)
   stopped = re.search(r"Stopped at step (\d+) on request", facts["a_log"])
   facts["a_stop"] = int(stopped.group(1)) if stopped else None
   facts["a_steps"] = steps_on_disk(workdir)
-  facts["a_ids"] = read_ids(root / "ids_a.jsonl")
+  facts["a_ids"] = read_ids(a_ids)
   if facts["a_rc"] != 0 or not facts["a_stop"]:
     return facts
+  facts["a_saved_step"] = int(restore_all(workdir, jax.devices()[:1])[0]["step"])
 
   b = start(workdir, cifar_jpeg_folder, ids_file=root / "ids_b.jsonl")
   wait_for(lambda: (ckpts / "9").is_dir(), b, what="checkpoint 9")
@@ -248,9 +253,11 @@ def test_sigterm_saves_current_step_and_exits_zero(interrupted):
   assert f["a_rc"] == 0, f"SIGTERM exit code {f['a_rc']}:\n{f['a_log'][-3000:]}"
   stop = f["a_stop"]
   assert stop is not None, f"no 'Stopped at step' message:\n{f['a_log'][-3000:]}"
-  assert 3 <= stop < STEPS, f"stopped at {stop}: the signal did not interrupt the run"
+  assert 4 <= stop < STEPS, f"stopped at {stop}: the signal did not interrupt the run"
   steps, latest = f["a_steps"]
-  assert latest == stop, f"after SIGTERM at step {stop} the newest checkpoint is {latest} ({steps})"
+  # Periodic saves were off: this checkpoint exists only because of SIGTERM.
+  assert steps == [stop], f"after SIGTERM at step {stop} the checkpoints are {steps}"
+  assert f["a_saved_step"] == stop  # fully written: it restores, with the right step
   assert len(f["a_ids"]) == stop  # it trained exactly up to the step it saved
   # The rerun starts from the SIGTERM checkpoint (B's log) ...
   assert f"at step {stop}." in f["b_log"], f["b_log"][-3000:]

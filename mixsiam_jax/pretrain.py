@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import periodic_actions
+from jax.experimental import multihost_utils
 
 from mixsiam_jax import augment, checkpoint, input_pipeline, losses, models, optim, sharding, train
 from mixsiam_jax import workdir as workdir_lib
@@ -94,21 +95,35 @@ def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
 # Pieces of the loop.
 # ---------------------------------------------------------------------------
 class _StopFlag:
-  """Set by SIGTERM (the preemption notice on GPU hosts); polled once per step."""
+  """Whether to save and stop now: the preemption notice (SIGTERM) has arrived.
+
+  One process: a SIGTERM handler sets a flag, polled once per step. Several
+  processes: they must stop at the same step (the save is collective), so we
+  ask JAX's preemption service, which jax.distributed.initialize() starts and
+  which agrees on a step across hosts; installing our own handler there would
+  replace its signal handler.
+  """
 
   def __init__(self):
-    self.requested = False
+    self._requested = False
     self._previous = None
+    self._multiprocess = jax.process_count() > 1
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if not self._multiprocess and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del frame
     logging.warning("Received signal %d: saving a checkpoint and exiting.", signum)
-    self.requested = True
+    self._requested = True
+
+  def requested(self, step: int) -> bool:
+    """True if training should save at ``step`` and stop (the same step on every process)."""
+    if self._multiprocess:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -126,8 +141,9 @@ def _check_finite(metrics: Dict[str, float], step: int) -> None:
   if bad:
     raise TrainingError(
         f"non-finite {', '.join(bad)} at step {step} ({', '.join(f'{k}={metrics[k]}' for k in bad)}); "
-        "stopping before anything non-finite is checkpointed. The newest checkpoint is still "
-        "good; lower optim.base_lr or check the data, then rerun to resume from it.")
+        "stopping before anything non-finite is checkpointed; the newest checkpoint is still "
+        "good. Check the data, or start over in a new --workdir with a lower optim.base_lr "
+        "(a resumed run must keep its optimiser settings).")
 
 
 def _preview_images(views: jax.Array, count: int = 4) -> np.ndarray:
@@ -245,20 +261,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           hook(step)
         log_now = step % config.log_every_steps == 0 or step == num_steps
         save_now = step % config.checkpoint_every_steps == 0 or step == num_steps
+        stop_now = stop.requested(step)
         if log_now:
           last = _mean_metrics(history)
           history = []
           _check_finite(last, step)
           writer.write_scalars(step, last)
-        elif save_now or stop.requested:
+        elif save_now or stop_now:
           _check_finite(_mean_metrics([metrics]), step)
         if knn_monitor and ((config.eval_every_steps and step % config.eval_every_steps == 0)
                             or step == num_steps):
           writer.write_scalars(step, knn_monitor({"params": state.params,
                                                   "batch_stats": state.batch_stats}))
-        if save_now or stop.requested:
+        if save_now or stop_now:
           checkpoint.save(manager, step, checkpoint.state_tree(state, step_rng), meta)
-        if stop.requested:
+        if stop_now:
           logging.warning("Stopped at step %d on request; rerun the same command to resume.", step)
           break
     finally:

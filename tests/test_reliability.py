@@ -446,3 +446,23 @@ def test_killing_one_process_stops_the_other(cifar_jpeg_folder, tmp_path):
   assert elapsed < 120, f"process 0 took {elapsed:.0f}s to stop"  # heartbeat 10 s + slack
   assert "Terminating process because the JAX distributed service detected fatal errors" in log
   assert "stopped sending heartbeats" in log
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(cifar_jpeg_folder, tmp_path):
+  """A preemption notice reaching one host: every process saves the same step and exits 0.
+
+  The save is collective, so the processes agree on the step through JAX's
+  preemption service (multihost_utils.reached_preemption_sync_point).
+  """
+  workdir = tmp_path / "run"
+  procs = start_pair(workdir, cifar_jpeg_folder, "--config.num_train_steps=100000",
+                     "--config.checkpoint_every_steps=100000", port=free_port())
+  wait_for(lambda: (workdir / "metrics.jsonl").exists(), procs[0], what="step 2")
+  procs[1].send_signal(signal.SIGTERM)
+  rcs = [finish(p, timeout=200) for p in procs]
+  assert rcs == [0, 0], "\n".join(output(p)[-2000:] for p in procs)
+  stopped = [re.search(r"Stopped at step (\d+) on request", output(p)) for p in procs]
+  assert all(stopped), "\n".join(output(p)[-2000:] for p in procs)
+  step = int(stopped[0].group(1))
+  assert int(stopped[1].group(1)) == step >= 2
+  assert steps_on_disk(workdir) == ([step], step)

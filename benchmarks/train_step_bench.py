@@ -316,7 +316,8 @@ def main(argv=None):
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps (torch)")
   parser.add_argument("--repeats", type=int, default=3, help="rounds; figures are medians")
   parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
-  parser.add_argument("--rows", default=",".join(ROWS), help=f"subset of {ROWS}")
+  parser.add_argument("--rows", default=",".join(ROWS),
+                      help=f"subset of {ROWS}, in run order; a row may repeat (ours,bare,ours,bare)")
   parser.add_argument("--torch_python", default=sys.executable)
   parser.add_argument("--torch_device", default="auto", help="auto | cpu | cuda")
   parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS")
@@ -384,7 +385,7 @@ def main(argv=None):
     device_mem = stats.get("peak_bytes_in_use", 0) / 2**20
   print()
   print(f"{'row':<20}{'images/s (median)':>18}{'rounds':>28}{'compile s':>11}{'XLA temp MiB':>14}")
-  for row in args.rows:
+  for row in dict.fromkeys(args.rows):  # a row listed twice runs twice per round, prints once
     if row not in med:
       continue
     rounds = " ".join(f"{x:.1f}" for x in times[row])

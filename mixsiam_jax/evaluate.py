@@ -557,8 +557,7 @@ def run_linear_probe(config: ml_collections.ConfigDict, workdir: str) -> Dict[st
     tx = optim.create_lars(schedule=schedule, momentum=config.optim.momentum,
                            weight_decay=config.optim.weight_decay)
   elif config.optim.name == "sgd":
-    tx = optax.chain(optax.add_decayed_weights(config.optim.weight_decay),
-                     optax.sgd(schedule, momentum=config.optim.momentum))
+    tx = optim.create_sgd(schedule, config.optim.momentum, config.optim.weight_decay)
   else:
     raise ValueError(f"optim.name={config.optim.name!r} must be 'lars' or 'sgd'.")
   head = _linear_head(info.num_classes)

@@ -41,9 +41,18 @@ def cosine_schedule(peak_lr: float, total_steps: int, warmup_steps: int = 0) -> 
   return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, total_steps, end_value=0.0)
 
 
-def _sgd(learning_rate: Union[float, optax.Schedule], momentum: float,
-         weight_decay: float) -> optax.GradientTransformation:
-  """torch.optim.SGD: g += wd * p; buf = momentum * buf + g; p -= lr * buf."""
+def create_sgd(learning_rate: Union[float, optax.Schedule], momentum: float,
+               weight_decay: float) -> optax.GradientTransformation:
+  """torch.optim.SGD: g += wd * p; buf = momentum * buf + g; p -= lr * buf.
+
+  Args:
+    learning_rate: a float or an optax schedule.
+    momentum: heavy-ball momentum.
+    weight_decay: L2 coefficient added to the gradient of every parameter.
+
+  Returns:
+    An optax GradientTransformation.
+  """
   return optax.chain(optax.add_decayed_weights(weight_decay),
                      optax.sgd(learning_rate, momentum=momentum))
 
@@ -71,10 +80,10 @@ def create_pretrain_optimizer(*, schedule: optax.Schedule, peak_lr: float, momen
     ({'backbone', 'projector', 'predictor'}).
   """
   if not fix_predictor_lr:
-    return _sgd(schedule, momentum, weight_decay)
+    return create_sgd(schedule, momentum, weight_decay)
   return optax.multi_transform(
-      {"default": _sgd(schedule, momentum, weight_decay),
-       "predictor": _sgd(peak_lr, momentum, weight_decay)},
+      {"default": create_sgd(schedule, momentum, weight_decay),
+       "predictor": create_sgd(peak_lr, momentum, weight_decay)},
       _predictor_label)
 
 

@@ -431,9 +431,10 @@ def run_knn(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   Returns:
     The results dict (also written to workdir/results.json).
   """
-  workdir = workdir_lib.prepare_workdir(workdir)
   mesh = sharding.create_mesh()
+  # Check what is evaluated before creating anything in the workdir.
   frozen = _Frozen(config.pretrained, mesh, config.pretrained_model.to_dict())
+  workdir = workdir_lib.prepare_workdir(workdir)
   workdir_lib.save_config(workdir, json.loads(config.to_json_best_effort()), 0)
   monitor = make_knn_monitor(
       network=frozen.network, mesh=mesh, train_dataset=config.dataset,
@@ -534,10 +535,11 @@ def run_linear_probe(config: ml_collections.ConfigDict, workdir: str) -> Dict[st
   Returns:
     The results dict (also written to workdir/results.json).
   """
-  workdir = workdir_lib.prepare_workdir(workdir)
   mesh = sharding.create_mesh()
   sharding.check_global_batch(config.batch_size, mesh)
+  # Check what is probed before creating anything in the workdir.
   frozen = _Frozen(config.pretrained, mesh, config.pretrained_model.to_dict())
+  workdir = workdir_lib.prepare_workdir(workdir)
   config_dict = json.loads(config.to_json_best_effort())
   old = workdir_lib.read_config(workdir)
   if old is not None:

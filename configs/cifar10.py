@@ -16,6 +16,7 @@ A variant is chosen after a colon: `--config=configs/cifar10.py:tiny` runs a few
 steps of a small ResNet on CPU.
 """
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -72,9 +73,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.projector_dim = 2048
   # Predictor bottleneck width (2048 -> 512 -> 2048).
   config.model.predictor_hidden_dim = 512
-  # Compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), 'float32' or 'bfloat16';
-  # params, BN statistics and the loss stay float32.
-  config.model.dtype = "auto"
+  # Recompute each residual block in the backward pass instead of storing its activations:
+  # less memory (larger per-device batches) for one more backbone forward pass.
+  config.model.remat = False
+  # Mixed precision: bfloat16 convolutions and matmuls with float32 parameters, optimiser
+  # state, BN statistics and loss. None (default) = on for GPU/TPU, off on CPU (where
+  # bfloat16 is emulated and slower); true/false force it.
+  config.half_precision = config_dict.placeholder(bool)
 
   # --- method ---------------------------------------------------------------
   config.method = ml_collections.ConfigDict()

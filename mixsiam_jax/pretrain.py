@@ -42,8 +42,29 @@ def network_kwargs(config: ml_collections.ConfigDict, num_classes: int = 0) -> D
   m = config.model
   return dict(depth=m.depth, width=m.width, stem=m.stem, projector_layers=m.projector_layers,
               projector_hidden_dim=m.projector_hidden_dim, projector_dim=m.projector_dim,
-              predictor_hidden_dim=m.predictor_hidden_dim, dtype=m.dtype,
+              predictor_hidden_dim=m.predictor_hidden_dim,
+              dtype=compute_dtype(config.half_precision), remat=m.remat,
               num_classes=num_classes if config.online_probe else 0)
+
+
+def compute_dtype(half_precision: Optional[bool]) -> str:
+  """The dtype name for models.create_network from the ``half_precision`` switch.
+
+  Args:
+    half_precision: None (bfloat16 on GPU/TPU, float32 on CPU), True or False.
+
+  Returns:
+    'auto', 'bfloat16' or 'float32'.
+
+  Raises:
+    ValueError: for anything but None, True or False.
+  """
+  if half_precision is None:
+    return "auto"
+  if not isinstance(half_precision, bool):
+    raise ValueError(f"half_precision={half_precision!r} must be true, false or unset (None: "
+                     "bfloat16 on GPU/TPU, float32 on CPU).")
+  return "bfloat16" if half_precision else "float32"
 
 
 def photometric_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:

@@ -154,3 +154,20 @@ def test_bad_config_values_fail_before_compiling(tmp_path, field, value, needle)
   (config[section] if section else config)[name] = value
   with pytest.raises(ValueError, match=needle.replace(".", r"\.").replace("(", r"\(")):
     pretrain.train_and_evaluate(config, str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("half_precision,dtype", [(None, "auto"), (True, "bfloat16"),
+                                                  (False, "float32")])
+def test_half_precision_switch_picks_the_compute_dtype(half_precision, dtype):
+  config = cifar10.get_config("tiny")
+  config.half_precision = half_precision
+  assert pretrain.network_kwargs(config)["dtype"] == dtype
+  assert pretrain.compute_dtype(half_precision) == dtype
+
+
+def test_half_precision_refuses_non_booleans():
+  with pytest.raises(ValueError, match="half_precision='yes'"):
+    pretrain.compute_dtype("yes")
+  # The config field is typed: the command line cannot set it to anything else either.
+  with pytest.raises(TypeError):
+    cifar10.get_config().half_precision = "yes"

@@ -28,9 +28,10 @@ class MixSiamNetwork(nn.Module):
   predictor_hidden_dim: int = 512
   num_classes: int = 0
   dtype: Any = jnp.float32
+  remat: bool = False
 
   def setup(self):
-    self.backbone = ResNet(self.depth, self.width, self.stem, self.dtype)
+    self.backbone = ResNet(self.depth, self.width, self.stem, self.dtype, self.remat)
     self.projector = Projector(self.projector_hidden_dim, self.projector_dim,
                                self.projector_layers, self.dtype)
     self.predictor = Predictor(self.predictor_hidden_dim, self.projector_dim, self.dtype)
@@ -68,7 +69,8 @@ class MixSiamNetwork(nn.Module):
 
 def create_network(*, depth: int, width: int, stem: str, projector_layers: int,
                    projector_hidden_dim: int, projector_dim: int, predictor_hidden_dim: int,
-                   dtype: str = "float32", num_classes: int = 0) -> MixSiamNetwork:
+                   dtype: str = "float32", num_classes: int = 0,
+                   remat: bool = False) -> MixSiamNetwork:
   """Builds the network after checking every option.
 
   Args:
@@ -78,6 +80,7 @@ def create_network(*, depth: int, width: int, stem: str, projector_layers: int,
     dtype: 'float32', 'bfloat16' or 'float16' compute dtype; 'auto' picks
       bfloat16 on GPU/TPU and float32 on CPU (where bfloat16 is emulated and slow).
     num_classes: classes of the online linear probe (0: no probe).
+    remat: recompute residual blocks in the backward pass (see ResNet.remat).
 
   Returns:
     An (unbound) MixSiamNetwork.
@@ -96,7 +99,9 @@ def create_network(*, depth: int, width: int, stem: str, projector_layers: int,
                       ("predictor_hidden_dim", predictor_hidden_dim)):
     if not (isinstance(value, int) and value > 0):
       raise ValueError(f"model.{name}={value!r} must be a positive integer.")
+  if not isinstance(remat, bool):
+    raise ValueError(f"model.remat={remat!r} must be True or False.")
   return MixSiamNetwork(depth=depth, width=width, stem=stem, projector_layers=projector_layers,
                         projector_hidden_dim=projector_hidden_dim, projector_dim=projector_dim,
                         predictor_hidden_dim=predictor_hidden_dim, num_classes=num_classes,
-                        dtype=DTYPES[dtype])
+                        dtype=DTYPES[dtype], remat=remat)

@@ -99,11 +99,15 @@ class ResNet(nn.Module):
     width: channels of the first stage (64 = standard); stages use width x (1, 2, 4, 8).
     stem: 'imagenet' or 'cifar'.
     dtype: compute dtype (parameters stay float32).
+    remat: recompute each residual block's activations in the backward pass
+      instead of storing them (less memory for larger per-device batches, one
+      more forward pass of the backbone; same parameters and gradients).
   """
   depth: int = 50
   width: int = 64
   stem: str = "imagenet"
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @property
   def feature_dim(self) -> int:
@@ -126,6 +130,9 @@ class ResNet(nn.Module):
     check_resnet_options(self.depth, self.width, self.stem)
     kind, stages = RESNET_STAGES[self.depth]
     block_cls = BasicBlock if kind == "basic" else Bottleneck
+    if self.remat:
+      # `train` and `num_views` (positions 2 and 3, counting self) select Python branches.
+      block_cls = nn.remat(block_cls, static_argnums=(2, 3))
     x = x.astype(self.dtype)
     if self.stem == "imagenet":
       x = _conv(self.width, 7, 2, self.dtype, "conv1")(x)

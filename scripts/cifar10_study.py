@@ -150,7 +150,7 @@ def random_init_knn(data: str, seed: int, overrides: Sequence[str]) -> Dict[str,
   The parameters are exactly those a pretraining run with this seed starts from.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import evaluate, input_pipeline, models, optim, pretrain, sharding, train  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import input_pipeline, models, optim, pretrain, sharding, train  # pylint: disable=g-import-not-at-top
   config = cifar10_study.get_config("max")
   config.dataset = config.eval_dataset = f"folder:{os.path.abspath(data)}"
   config.seed = seed

@@ -104,6 +104,43 @@ def test_host_photometric_jitter_and_gray_rates():
   assert abs(gray.mean() - 0.2) < 0.05
 
 
+def _blur_reference(x, sigma, radius):
+  """float64 separable Gaussian with edge replication (np.pad mode='edge')."""
+  taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+  taps /= taps.sum()
+  h, w = x.shape[:2]
+  pad = np.pad(x.astype(np.float64), ((radius, radius), (radius, radius), (0, 0)), mode="edge")
+  rows = sum(taps[t] * pad[t:t + h] for t in range(2 * radius + 1))
+  return np.clip(sum(taps[t] * rows[:, t:t + w] for t in range(2 * radius + 1)), 0, 1)
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (2, 3), (7, 30), (40, 33)])
+@pytest.mark.parametrize("sigma", [0.1, 1.0, 2.0])
+def test_host_blur_matches_float64_reference(shape, sigma):
+  # The host blur builds banded matrices with the edge taps folded into the
+  # border columns; edges (and images smaller than the kernel) are the risk.
+  x = np.random.default_rng(7).uniform(0, 1, shape + (3,)).astype(np.float32)
+  got = ip._gaussian_blur_tf(tf.constant(x), sigma, 6).numpy()
+  np.testing.assert_allclose(got, _blur_reference(x, sigma, 6), atol=1e-6)  # float32 sums.
+
+
+def test_crop_flip_views_match_tf_resize_and_flip():
+  # Each view is tf.image.resize (antialiased when shrinking) of its window,
+  # rounded to uint8, mirrored when its flip is drawn.
+  image = np.random.default_rng(3).integers(0, 256, (60, 50, 3), dtype=np.uint8)
+  seed = tf.constant([5, 6], tf.int64)
+  views = ip.crop_flip_views(seed, image, 24).numpy()
+  assert views.dtype == np.uint8 and views.shape == (2, 24, 24, 3)
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  windows = ip.random_resized_crop_window(seeds[0], 60, 50, (0.2, 1.0), num=2).numpy()
+  flips = (tf.random.stateless_uniform([2], seeds[1]) < 0.5).numpy()
+  for v, (top, left, ch, cw) in enumerate(windows):
+    ref = tf.image.resize(image[top:top + ch, left:left + cw], [24, 24],
+                          antialias=bool(ch > 24 or cw > 24)).numpy()
+    ref = np.clip(np.round(ref), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(views[v], ref[:, ::-1] if flips[v] else ref)
+
+
 # ------------------------------------------------------------------- folders
 def test_folder_info_and_batches(cifar_folder):
   info = ip.get_dataset_info(f"folder:{cifar_folder}", "train")

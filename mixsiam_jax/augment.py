@@ -225,8 +225,40 @@ def adjust_hue(img: jax.Array, delta: jax.Array) -> jax.Array:
   return jnp.clip(_hsv_to_rgb(hsv), 0.0, 1.0)
 
 
+def blur_matrix(n: int, sigma: jax.Array, radius: int) -> jax.Array:
+  """[n, n] Gaussian blur matrix of one axis, edge replication folded in.
+
+  Row i holds the weights of the input pixels for output pixel i: the taps
+  exp(-d^2 / (2 sigma^2)) for |d| <= radius, normalised to sum 1, with the taps
+  that fall on or past a border added to that border pixel (as PIL pads).
+
+  Args:
+    n: length of the axis (static).
+    sigma: scalar standard deviation in pixels.
+    radius: static kernel half-width (see ``blur_kernel_radius``).
+
+  Returns:
+    float32 [n, n] whose rows sum to 1.
+  """
+  offsets = jnp.arange(-radius, radius + 1)
+  taps = jnp.exp(-0.5 * jnp.square(offsets.astype(jnp.float32) / sigma))
+  i = jnp.arange(n)[:, None]
+  j = jnp.arange(n)[None, :]
+  inside = (jnp.abs(j - i) <= radius) & (j > 0) & (j < n - 1)
+  band = jnp.where(inside, jnp.exp(-0.5 * jnp.square((j - i).astype(jnp.float32) / sigma)), 0.0)
+  source = i + offsets[None, :]  # [n, taps]: the pixel each tap reads before clipping.
+  left = jnp.sum(jnp.where(source <= 0, taps, 0.0), axis=1, keepdims=True)
+  right = jnp.sum(jnp.where((source >= n - 1) & (source > 0), taps, 0.0), axis=1, keepdims=True)
+  band = band + jnp.where(j == 0, left, 0.0) + jnp.where(j == n - 1, right, 0.0)
+  return band / jnp.sum(taps)
+
+
 def gaussian_blur(img: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
   """Separable Gaussian blur of one image [H, W, C] with edge replication.
+
+  Each pass is a matmul with a ``blur_matrix``: under vmap two batched matmuls,
+  which accelerators (and XLA:CPU) run far faster than 2 (2 radius + 1) shifted
+  slices.
 
   Args:
     img: float image [H, W, C].
@@ -236,17 +268,12 @@ def gaussian_blur(img: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
   Returns:
     The blurred image, same shape, clipped to [0, 1].
   """
-  offsets = jnp.arange(-radius, radius + 1, dtype=img.dtype)
-  kernel = jnp.exp(-0.5 * jnp.square(offsets / sigma))
-  kernel = kernel / jnp.sum(kernel)
   height, width = img.shape[0], img.shape[1]
-  # Edge replication (as PIL does) via clipped gather indices.
-  rows = jnp.clip(jnp.arange(-radius, height + radius), 0, height - 1)
-  cols = jnp.clip(jnp.arange(-radius, width + radius), 0, width - 1)
-  padded = img[rows]
-  out = sum(kernel[k] * padded[k:k + height] for k in range(2 * radius + 1))
-  padded = out[:, cols]
-  out = sum(kernel[k] * padded[:, k:k + width] for k in range(2 * radius + 1))
+  rows = blur_matrix(height, sigma, radius).astype(img.dtype)
+  cols = blur_matrix(width, sigma, radius).astype(img.dtype)
+  hp = jax.lax.Precision.HIGHEST  # Full float32 sums (TPUs default to bf16 passes).
+  out = jnp.einsum("hk,kwc->hwc", rows, img, precision=hp)
+  out = jnp.einsum("wk,hkc->hwc", cols, out, precision=hp)
   return jnp.clip(out, 0.0, 1.0)
 
 

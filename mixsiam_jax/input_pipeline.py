@@ -517,11 +517,11 @@ def _blend_tf(a, b, f):
 
 
 def _gaussian_blur_tf(img, sigma, radius):
-  """Separable Gaussian blur with edge replication (same as augment.gaussian_blur).
+  """Separable Gaussian blur with edge replication (augment.gaussian_blur in TF).
 
-  Each pass is one matmul with a banded [n, n] matrix whose columns already sum
-  the taps that edge replication maps onto the border pixels: on a CPU host that
-  is several times faster than 2 * (2 radius + 1) shifted slices.
+  Each pass is one matmul with the banded matrix of ``augment.blur_matrix``
+  (edge taps folded into the border columns): on a CPU host faster than
+  2 * (2 radius + 1) shifted slices.
   """
   taps = tf.exp(-0.5 * tf.square(tf.range(-radius, radius + 1, dtype=tf.float32) / sigma))
   norm = tf.reduce_sum(taps)

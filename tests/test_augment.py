@@ -83,6 +83,27 @@ def test_blur_reduces_variance_and_kernel_radius():
   np.testing.assert_allclose(augment.gaussian_blur(const, 1.5, 6), const, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1, 4), (3, 2), (9, 31)])
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 2.0])
+def test_blur_matches_direct_float64_convolution(shape, sigma):
+  # Reference: every output pixel as an explicit 2-D sum over taps, reading
+  # clipped (edge-replicated) coordinates, in float64.
+  x = np.random.default_rng(2).uniform(size=shape + (3,))
+  r = 6
+  taps = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+  taps /= taps.sum()
+  h, w = shape
+  ref = np.zeros_like(x)
+  for a, ta in enumerate(taps):
+    for b, tb in enumerate(taps):
+      ys = np.clip(np.arange(h) + a - r, 0, h - 1)
+      xs = np.clip(np.arange(w) + b - r, 0, w - 1)
+      ref += ta * tb * x[ys][:, xs]
+  got = augment.gaussian_blur(jnp.asarray(x, jnp.float32), sigma, r)
+  np.testing.assert_allclose(np.asarray(got), np.clip(ref, 0, 1), atol=1e-6)  # float32 sums.
+  np.testing.assert_allclose(np.asarray(augment.blur_matrix(w, sigma, r)).sum(1), 1.0, rtol=1e-6)
+
+
 def test_blur_sigma_range_shows_in_smoothing():
   rng = np.random.default_rng(1)
   x = rng.uniform(size=(300, 12, 12, 3)).astype(np.float32)

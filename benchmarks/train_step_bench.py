@@ -222,7 +222,7 @@ def build_jax(args):
       depth=args.depth, width=args.width, stem=_stem(args),
       projector_layers=_projector_layers(args), projector_hidden_dim=args.projector_dim,
       projector_dim=args.projector_dim, predictor_hidden_dim=args.predictor_hidden_dim,
-      dtype=args.dtype)
+      dtype=args.dtype, conv_impl=args.conv_impl)
   sched = optim.cosine_schedule(0.05, 10_000)
   tx = optim.create_pretrain_optimizer(schedule=sched, peak_lr=0.05,
                                        weight_decay=args.weight_decay)
@@ -312,6 +312,8 @@ def main(argv=None):
   parser.add_argument("--predictor_hidden_dim", type=int, default=512)
   parser.add_argument("--weight_decay", type=float, default=5e-4)
   parser.add_argument("--dtype", default="float32", help="JAX compute dtype; torch autocast if bf16")
+  parser.add_argument("--conv_impl", default="auto",
+                      help="model.conv_impl of the JAX rows: auto | xla | matmul_weight_grad")
   parser.add_argument("--steps", type=int, default=5, help="timed steps per row per round")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps (torch)")
   parser.add_argument("--repeats", type=int, default=3, help="rounds; figures are medians")
@@ -349,7 +351,7 @@ def main(argv=None):
   print(f"backend={backend} device={jax.devices()[0].device_kind} cores={os.cpu_count()} "
         f"jax={jax.__version__} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print(f"ResNet-{args.depth} width {args.width}, {_stem(args)} stem, {args.image_size} px, "
-        f"batch {args.batch_size} x 3 views, dtype {args.dtype}, projector "
+        f"batch {args.batch_size} x 3 views, dtype {args.dtype}, conv_impl {args.conv_impl}, projector "
         f"{_projector_layers(args)}x{args.projector_dim}, predictor {args.predictor_hidden_dim}; "
         f"{args.steps} steps x {args.repeats} rounds; load {os.getloadavg()[0]:.2f}", flush=True)
 

@@ -76,6 +76,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Recompute each residual block in the backward pass instead of storing its activations:
   # less memory (larger per-device batches) for one more backbone forward pass.
   config.model.remat = False
+  # Convolutions: 'auto' = weight gradients as per-tap matmuls on CPU (XLA:CPU's own
+  # backward-filter convolution is single-threaded and slow), XLA's convolutions on
+  # GPU/TPU; 'xla' / 'matmul_weight_grad' force one. Same numbers either way.
+  config.model.conv_impl = "auto"
   # Mixed precision: bfloat16 convolutions and matmuls with float32 parameters, optimiser
   # state, BN statistics and loss. None (default) = on for GPU/TPU, off on CPU (where
   # bfloat16 is emulated and slower); true/false force it.

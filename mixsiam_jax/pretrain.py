@@ -44,6 +44,7 @@ def network_kwargs(config: ml_collections.ConfigDict, num_classes: int = 0) -> D
               projector_hidden_dim=m.projector_hidden_dim, projector_dim=m.projector_dim,
               predictor_hidden_dim=m.predictor_hidden_dim,
               dtype=compute_dtype(config.half_precision), remat=m.remat,
+              conv_impl=m.get("conv_impl", "auto"),
               num_classes=num_classes if config.online_probe else 0)
 
 

@@ -23,7 +23,7 @@ SAFE_TO_CHANGE = (
     "log_every_steps", "checkpoint_every_steps", "eval_every_steps", "eval_dataset",
     "eval_split", "eval_batch_size", "knn", "keep_checkpoints", "keep_checkpoints_every_steps",
     "profile_steps", "data.prefetch", "data.skip_bad_images", "image_summary_every_steps",
-    "async_checkpointing", "model.remat",
+    "async_checkpointing", "model.remat", "model.conv_impl",
 )
 
 

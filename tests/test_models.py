@@ -166,6 +166,37 @@ def test_remat_keeps_parameters_and_gradients_and_recomputes_every_block():
   assert count(g_plain) == 0 and count(g_remat) == 8
 
 
+@pytest.mark.parametrize("depth,stem", [(18, "cifar"), (50, "imagenet")])
+def test_conv_impl_keeps_parameters_outputs_and_gradients(depth, stem):
+  """XLA convolutions vs per-tap matmul weight gradients: one model, two speeds."""
+  kwargs = dict(depth=depth, width=4, stem=stem, projector_layers=2, projector_hidden_dim=16,
+                projector_dim=16, predictor_hidden_dim=8)
+  nets = [models.create_network(**kwargs, conv_impl=c) for c in ("xla", "matmul_weight_grad")]
+  views = jax.random.normal(jax.random.key(0), (4, 2, 32, 32, 3))
+  variables = jit_init(nets[0], views.shape)
+  assert jax.tree.structure(jit_init(nets[1], views.shape)) == jax.tree.structure(variables)
+
+  def loss(net, params):
+    out, _ = net.apply({"params": params, "batch_stats": variables["batch_stats"]}, views,
+                       train=True, mutable=["batch_stats"])
+    return jnp.sum(out["p"] * jax.lax.stop_gradient(out["z"][:, ::-1]))
+
+  (l0, g0), (l1, g1) = [jax.jit(jax.value_and_grad(lambda p, n=n: loss(n, p)))(
+      variables["params"]) for n in nets]
+  np.testing.assert_allclose(l0, l1, rtol=1e-6)  # Same forward ops.
+  # Weight gradients summed in another order (float32): equal to rtol 1e-4, with an atol
+  # of 1e-5 of each leaf's largest entry for entries that nearly cancel.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=1e-4, atol=1e-5 * float(np.abs(a).max())), g0, g1)
+
+
+def test_conv_impl_must_be_known():
+  with pytest.raises(ValueError, match="model.conv_impl"):
+    models.create_network(depth=18, width=8, stem="cifar", projector_layers=2,
+                          projector_hidden_dim=16, projector_dim=16, predictor_hidden_dim=8,
+                          conv_impl="cudnn")
+
+
 def test_remat_must_be_a_bool():
   with pytest.raises(ValueError, match="model.remat"):
     models.create_network(depth=18, width=8, stem="cifar", projector_layers=2,

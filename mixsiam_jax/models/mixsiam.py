@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mixsiam_jax.models.conv import CONV_IMPLS
 from mixsiam_jax.models.heads import Predictor, Projector
 from mixsiam_jax.models.resnet import ResNet, check_resnet_options
 
@@ -29,9 +30,10 @@ class MixSiamNetwork(nn.Module):
   num_classes: int = 0
   dtype: Any = jnp.float32
   remat: bool = False
+  conv_impl: str = "xla"
 
   def setup(self):
-    self.backbone = ResNet(self.depth, self.width, self.stem, self.dtype, self.remat)
+    self.backbone = ResNet(self.depth, self.width, self.stem, self.dtype, self.remat, self.conv_impl)
     self.projector = Projector(self.projector_hidden_dim, self.projector_dim,
                                self.projector_layers, self.dtype)
     self.predictor = Predictor(self.predictor_hidden_dim, self.projector_dim, self.dtype)
@@ -70,7 +72,7 @@ class MixSiamNetwork(nn.Module):
 def create_network(*, depth: int, width: int, stem: str, projector_layers: int,
                    projector_hidden_dim: int, projector_dim: int, predictor_hidden_dim: int,
                    dtype: str = "float32", num_classes: int = 0,
-                   remat: bool = False) -> MixSiamNetwork:
+                   remat: bool = False, conv_impl: str = "auto") -> MixSiamNetwork:
   """Builds the network after checking every option.
 
   Args:
@@ -81,6 +83,8 @@ def create_network(*, depth: int, width: int, stem: str, projector_layers: int,
       bfloat16 on GPU/TPU and float32 on CPU (where bfloat16 is emulated and slow).
     num_classes: classes of the online linear probe (0: no probe).
     remat: recompute residual blocks in the backward pass (see ResNet.remat).
+    conv_impl: 'auto' (default: per-tap matmul weight gradients on CPU, XLA's
+      convolutions elsewhere), 'xla' or 'matmul_weight_grad' (see ResNet.conv_impl).
 
   Returns:
     An (unbound) MixSiamNetwork.
@@ -101,7 +105,11 @@ def create_network(*, depth: int, width: int, stem: str, projector_layers: int,
       raise ValueError(f"model.{name}={value!r} must be a positive integer.")
   if not isinstance(remat, bool):
     raise ValueError(f"model.remat={remat!r} must be True or False.")
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"model.conv_impl={conv_impl!r} must be one of {CONV_IMPLS}.")
+  if conv_impl == "auto":
+    conv_impl = "matmul_weight_grad" if jax.default_backend() == "cpu" else "xla"
   return MixSiamNetwork(depth=depth, width=width, stem=stem, projector_layers=projector_layers,
                         projector_hidden_dim=projector_hidden_dim, projector_dim=projector_dim,
                         predictor_hidden_dim=predictor_hidden_dim, num_classes=num_classes,
-                        dtype=DTYPES[dtype], remat=remat)
+                        dtype=DTYPES[dtype], remat=remat, conv_impl=conv_impl)

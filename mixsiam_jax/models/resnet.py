@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mixsiam_jax.models.conv import conv_for_backend
 from mixsiam_jax.models.init import conv_kernel_init
 from mixsiam_jax.models.norm import ViewBatchNorm
 
@@ -27,11 +28,13 @@ RESNET_STAGES = {
 STEMS = ("imagenet", "cifar")
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
+          conv_impl: str = "xla") -> nn.Conv:
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                 kernel_init=conv_kernel_init, name=name)
+                 kernel_init=conv_kernel_init, conv_general_dilated=conv_for_backend(conv_impl),
+                 name=name)
 
 
 class BasicBlock(nn.Module):
@@ -39,14 +42,15 @@ class BasicBlock(nn.Module):
   features: int
   stride: int
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool, num_views: int):
     bn = partial(ViewBatchNorm, dtype=self.dtype)
-    y = _conv(self.features, 3, self.stride, self.dtype, "conv1")(x)
+    y = _conv(self.features, 3, self.stride, self.dtype, "conv1", self.conv_impl)(x)
     y = nn.relu(bn(name="bn1")(y, train, num_views))
-    y = _conv(self.features, 3, 1, self.dtype, "conv2")(y)
+    y = _conv(self.features, 3, 1, self.dtype, "conv2", self.conv_impl)(y)
     # Zero-init of the last scale makes each block start as the identity.
     y = bn(name="bn2", scale_init=nn.initializers.zeros)(y, train, num_views)
     return nn.relu(y + _shortcut(self, x, self.features, train, num_views))
@@ -57,16 +61,17 @@ class Bottleneck(nn.Module):
   features: int
   stride: int
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool, num_views: int):
     bn = partial(ViewBatchNorm, dtype=self.dtype)
-    y = _conv(self.features, 1, 1, self.dtype, "conv1")(x)
+    y = _conv(self.features, 1, 1, self.dtype, "conv1", self.conv_impl)(x)
     y = nn.relu(bn(name="bn1")(y, train, num_views))
     y = _conv(self.features, 3, self.stride, self.dtype, "conv2")(y)
     y = nn.relu(bn(name="bn2")(y, train, num_views))
-    y = _conv(self.features * 4, 1, 1, self.dtype, "conv3")(y)
+    y = _conv(self.features * 4, 1, 1, self.dtype, "conv3", self.conv_impl)(y)
     y = bn(name="bn3", scale_init=nn.initializers.zeros)(y, train, num_views)
     return nn.relu(y + _shortcut(self, x, self.features * 4, train, num_views))
 
@@ -77,6 +82,7 @@ def _shortcut(block: nn.Module, x, out_features: int, train: bool, num_views: in
     return x
   y = nn.Conv(out_features, (1, 1), strides=(block.stride, block.stride), padding="VALID",
               use_bias=False, dtype=block.dtype, kernel_init=conv_kernel_init,
+              conv_general_dilated=conv_for_backend(block.conv_impl),
               name="downsample_conv", parent=block)(x)
   return ViewBatchNorm(dtype=block.dtype, name="downsample_bn", parent=block)(y, train, num_views)
 
@@ -102,12 +108,16 @@ class ResNet(nn.Module):
     remat: recompute each residual block's activations in the backward pass
       instead of storing them (less memory for larger per-device batches, one
       more forward pass of the backbone; same parameters and gradients).
+    conv_impl: 'xla', 'matmul_weight_grad' (weight gradients as per-tap matmuls,
+      faster on XLA:CPU; see models/conv.py) or 'auto' (the latter on CPU, xla
+      elsewhere). Same parameters, outputs and gradients either way.
   """
   depth: int = 50
   width: int = 64
   stem: str = "imagenet"
   dtype: Any = jnp.float32
   remat: bool = False
+  conv_impl: str = "xla"
 
   @property
   def feature_dim(self) -> int:
@@ -135,15 +145,15 @@ class ResNet(nn.Module):
       block_cls = nn.remat(block_cls, static_argnums=(2, 3))
     x = x.astype(self.dtype)
     if self.stem == "imagenet":
-      x = _conv(self.width, 7, 2, self.dtype, "conv1")(x)
+      x = _conv(self.width, 7, 2, self.dtype, "conv1", self.conv_impl)(x)
     else:
-      x = _conv(self.width, 3, 1, self.dtype, "conv1")(x)
+      x = _conv(self.width, 3, 1, self.dtype, "conv1", self.conv_impl)(x)
     x = nn.relu(ViewBatchNorm(dtype=self.dtype, name="bn1")(x, train, num_views))
     if self.stem == "imagenet":
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(stages):
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = block_cls(self.width * 2**stage, stride, self.dtype,
+        x = block_cls(self.width * 2**stage, stride, self.dtype, self.conv_impl,
                       name=f"layer{stage + 1}_{block}")(x, train, num_views)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -107,8 +107,6 @@ def create_network(*, depth: int, width: int, stem: str, projector_layers: int,
     raise ValueError(f"model.remat={remat!r} must be True or False.")
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f"model.conv_impl={conv_impl!r} must be one of {CONV_IMPLS}.")
-  if conv_impl == "auto":
-    conv_impl = "matmul_weight_grad" if jax.default_backend() == "cpu" else "xla"
   return MixSiamNetwork(depth=depth, width=width, stem=stem, projector_layers=projector_layers,
                         projector_hidden_dim=projector_hidden_dim, projector_dim=projector_dim,
                         predictor_hidden_dim=predictor_hidden_dim, num_classes=num_classes,

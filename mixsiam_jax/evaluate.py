@@ -432,16 +432,17 @@ def run_knn(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     The results dict (also written to workdir/results.json).
   """
   mesh = sharding.create_mesh()
-  # Check what is evaluated before creating anything in the workdir.
+  # Check what is evaluated (checkpoint, then both data sets, which the monitor
+  # checks when it is made) before creating anything in the workdir.
   frozen = _Frozen(config.pretrained, mesh, config.pretrained_model.to_dict())
-  workdir = workdir_lib.prepare_workdir(workdir)
-  workdir_lib.save_config(workdir, json.loads(config.to_json_best_effort()), 0)
   monitor = make_knn_monitor(
       network=frozen.network, mesh=mesh, train_dataset=config.dataset,
       train_split=config.train_split, eval_dataset=config.eval_dataset,
       eval_split=config.eval_split, image_size=config.image_size,
       batch_size=config.eval_batch_size, transform=config.data.eval_transform, k=config.knn.k,
       temperature=config.knn.temperature)
+  workdir = workdir_lib.prepare_workdir(workdir)
+  workdir_lib.save_config(workdir, json.loads(config.to_json_best_effort()), 0)
   results = monitor(frozen.variables)
   frozen.check_unchanged()
   results.update(pretrained=os.path.abspath(config.pretrained), pretrained_step=frozen.step,

@@ -160,7 +160,7 @@ import shutil  # noqa: E402
 
 from configs import knn as knn_config  # noqa: E402
 from configs import linear_probe as probe_config  # noqa: E402
-from mixsiam_jax import checkpoint, workdir as workdir_lib  # noqa: E402
+from mixsiam_jax import checkpoint, input_pipeline, workdir as workdir_lib  # noqa: E402
 
 
 def _snapshot(directory):
@@ -208,6 +208,15 @@ def test_knn_and_linear_probe_programs_leave_the_pretraining_run_untouched(
   # Resume: the finished probe restores its classifier and gives the same numbers.
   assert evaluate.run_linear_probe(config, str(probe_dir))["probe_top1"] == probe["probe_top1"]
   assert _snapshot(tiny_pretrained) == before
+
+
+@pytest.mark.slow
+def test_knn_program_with_a_missing_data_folder_writes_nothing(tiny_pretrained, tmp_path):
+  missing = tmp_path / "no_such_folder"
+  config = _eval_config(knn_config, str(missing), tiny_pretrained)
+  with pytest.raises(input_pipeline.DatasetError, match="no_such_folder.*does not exist"):
+    evaluate.run_knn(config, str(tmp_path / "knn"))
+  assert not (tmp_path / "knn").exists()
 
 
 @pytest.mark.slow

@@ -1,18 +1,17 @@
 r"""Examples/s of the two-view training pipeline: ours (tf.data + JAX) vs official SimSiam (torchvision).
 
-CIFAR-sized (the shared JPEGs, 32 px, no blur):
+CIFAR-sized (CIFAR-10 as JPEG folders, 32 px, no blur):
 
-  tar -xzf ../shared/data/cifar10_train_jpeg.tar.gz -C /tmp/cifar10
   python benchmarks/input_pipeline_bench.py --folder=/tmp/cifar10/train --image_size=32 \
-      --torch_python=/tmp/torchvenv/bin/python
+      --torch_python=torchvenv/bin/python
 
 ImageNet-sized (real photographs at 400-500 px cropped to 224, blur p=0.5): the
 colour sample photographs that scikit-image ships, randomly cropped, flipped and
 rescaled (longer side 400-500 px) into --num_files JPEGs spread over
 --num_classes class folders in a temporary folder (removed afterwards):
 
-  /tmp/torchvenv/bin/pip install scikit-image   # only for the sample files
-  python benchmarks/input_pipeline_bench.py --imagenet --torch_python=/tmp/torchvenv/bin/python
+  torchvenv/bin/pip install scikit-image   # only for the sample files
+  python benchmarks/input_pipeline_bench.py --imagenet --torch_python=torchvenv/bin/python
 
 Rows printed (examples/s; one example = two views):
   * torchvision: ImageFolder + the SimSiam TwoCropsTransform (RandomResizedCrop,
@@ -135,6 +134,7 @@ def bench_ours(folder, size, n, mode, blur, batch_size, warmup=3):
   """Examples/s (each two views) of our pipeline; mode: 'host_crop', 'device', 'host_all'."""
   import jax  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import augment, input_pipeline  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.options import PhotometricOptions  # pylint: disable=g-import-not-at-top
   ds = input_pipeline.create_pretrain_dataset(
       f"folder:{folder}", "train", global_batch_size=batch_size, image_size=size, seed=0,
       photometric_on_host=mode == "host_all", blur_prob=blur, process_index=0, process_count=1,
@@ -144,7 +144,7 @@ def bench_ours(folder, size, n, mode, blur, batch_size, warmup=3):
   def device_part(i, views):  # [B, 2, S, S, 3] uint8 -> dispatched (async) jax.Array.
     flat = views.reshape((-1,) + views.shape[2:])
     return augment.device_photometric_augment(jax.random.fold_in(jax.random.key(0), i), flat,
-                                              **photometric)
+                                              PhotometricOptions(**photometric))
 
   it = ds.as_numpy_iterator()
   for i in range(warmup):  # Fills tf.data's buffers and compiles the device part.
@@ -185,6 +185,7 @@ def bench_train_step(depth, width, batch_size, image_size, reps, blur):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import models, optim, sharding, train  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.options import MethodOptions, PhotometricOptions  # pylint: disable=g-import-not-at-top
   stem = "cifar" if image_size <= 64 else "imagenet"
   network = models.create_network(depth=depth, width=width, stem=stem,
                                   projector_layers=2 if stem == "cifar" else 3,
@@ -197,8 +198,8 @@ def bench_train_step(depth, width, batch_size, image_size, reps, blur):
   state = train.create_train_state(jax.random.key(0), network, tx, image_size=image_size,
                                    mesh=mesh)
   step = train.jit_train_step(
-      train.make_train_step(schedule=schedule, lam=0.5, photometric=dict(PHOTOMETRIC,
-                                                                         blur_prob=blur)), mesh)
+      train.make_train_step(schedule, MethodOptions(),
+                            PhotometricOptions(**PHOTOMETRIC, blur_prob=blur)), mesh)
   rs = np.random.RandomState(0)
   batch = sharding.global_batch(
       {"views": rs.randint(0, 256, (batch_size, 2, image_size, image_size, 3)).astype(np.uint8)},
@@ -232,7 +233,8 @@ def main():
   parser.add_argument("--batch_size", type=int, default=0, help="Default 256, 128 with --imagenet.")
   parser.add_argument("--blur_prob", type=float, default=-1,
                       help="Default 0 (CIFAR recipe), 0.5 with --imagenet.")
-  parser.add_argument("--torch_python", default="/tmp/torchvenv/bin/python")
+  parser.add_argument("--torch_python", default=sys.executable,
+                      help="interpreter with torch and torchvision (default: this one)")
   parser.add_argument("--step", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
   parser.add_argument("--step_depth", type=int, default=18)
   parser.add_argument("--step_width", type=int, default=64)

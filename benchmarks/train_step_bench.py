@@ -216,6 +216,7 @@ def build_jax(args):
   import optax  # pylint: disable=g-import-not-at-top
 
   from mixsiam_jax import augment, losses, models, optim, sharding, train  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.options import MethodOptions, PhotometricOptions  # pylint: disable=g-import-not-at-top
 
   mesh = sharding.create_mesh(jax.devices()[:1])
   network = models.create_network(
@@ -231,7 +232,7 @@ def build_jax(args):
           .astype(np.uint8)}
   batch = sharding.global_batch(host, mesh)
   rng = jax.random.key(0)
-  photometric = dict(PHOTOMETRIC, blur_prob=0.5 if args.image_size >= 96 else 0.0)
+  photometric = PhotometricOptions(**PHOTOMETRIC, blur_prob=0.5 if args.image_size >= 96 else 0.0)
 
   built, info = {}, {}
   for row in ("ours", "ours_photo"):
@@ -239,8 +240,8 @@ def build_jax(args):
       continue
     state = train.create_train_state(jax.random.key(0), network, tx,
                                      image_size=args.image_size, mesh=mesh)
-    step = train.make_train_step(schedule=sched, lam=0.5,
-                                 photometric=photometric if row == "ours_photo" else None)
+    step = train.make_train_step(sched, MethodOptions(),
+                                 photometric if row == "ours_photo" else None)
     start = time.perf_counter()
     compiled = train.jit_train_step(step, mesh).lower(state, batch, rng).compile()
     info[row] = {"compile_s": time.perf_counter() - start,

@@ -1,7 +1,12 @@
-"""On-device image operations: normalisation and MixSiam's mixing of two views.
+"""On-device image operations, pure JAX, run inside the jitted train step.
 
-Everything here is pure JAX and runs inside the jitted train step, so the mixed
-view never travels from the host. Images are NHWC float arrays.
+- normalisation with the ImageNet statistics (every data set, as the official code);
+- MixSiam's mixed view (mix_views: fixed weight, Beta or CutMix) and the
+  "no mixture" ablation (choose_views), so x_m never travels from the host;
+- SimSiam's photometric chain per sample (device_photometric_augment: colour
+  jitter in a random order, grayscale, Gaussian blur), with its building blocks.
+Images are NHWC float arrays. Options arrive validated (options.PhotometricOptions,
+options.MethodOptions); nothing here checks them again.
 """
 import functools
 import math
@@ -10,12 +15,11 @@ from typing import Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
+from mixsiam_jax.options import PhotometricOptions
+
 # ImageNet statistics used by the official SimSiam code for every data set.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-MIX_MODES = ("fixed", "beta", "cutmix")
-
 
 def normalize(images: jax.Array, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Array:
   """Normalises images in [0, 1] channel-wise.
@@ -31,18 +35,6 @@ def normalize(images: jax.Array, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Ar
   mean = jnp.asarray(mean, images.dtype)
   std = jnp.asarray(std, images.dtype)
   return (images - mean) / std
-
-
-def check_mix_options(mode: str, mix_lambda: float, alpha: float, prob: float) -> None:
-  """Raises ValueError naming the bad value if the mixing options are invalid."""
-  if mode not in MIX_MODES:
-    raise ValueError(f"mix mode {mode!r} is not one of {MIX_MODES}.")
-  if not 0.0 <= mix_lambda <= 1.0:
-    raise ValueError(f"mix_lambda={mix_lambda} must lie in [0, 1].")
-  if mode in ("beta", "cutmix") and not alpha > 0.0:
-    raise ValueError(f"mix_alpha={alpha} must be > 0 for mix mode {mode!r}.")
-  if not 0.0 <= prob <= 1.0:
-    raise ValueError(f"mix_prob={prob} must lie in [0, 1].")
 
 
 def _cutmix_masks(rng: jax.Array, keep_fraction: jax.Array, height: int,
@@ -94,7 +86,6 @@ def mix_views(rng: jax.Array, x1: jax.Array, x2: jax.Array, *, mode: str = "fixe
   Returns:
     (x_m with the shape and dtype of x1, weight of x1 per sample as float32 [N]).
   """
-  check_mix_options(mode, mix_lambda, alpha, prob)
   n, height, width = x1.shape[0], x1.shape[1], x1.shape[2]
   rng_lam, rng_box, rng_prob = jax.random.split(rng, 3)
   if mode == "fixed":
@@ -146,7 +137,7 @@ def choose_views(rng: jax.Array, x1: jax.Array, x2: jax.Array) -> jax.Array:
 # true separable Gaussian with standard deviation sigma, truncated at
 # ceil(3 * sigma_max) pixels (13 taps for sigma_max = 2), with edge-replicating
 # borders like PIL. The same algorithm in TensorFlow lives in
-# input_pipeline.host_photometric_augment.
+# data/host_augment.py.
 # ---------------------------------------------------------------------------
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -277,11 +268,16 @@ def gaussian_blur(img: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
   return jnp.clip(out, 0.0, 1.0)
 
 
-def _jitter_ranges(color_jitter: Sequence[float]) -> Tuple[Tuple[float, float], ...]:
-  """(low, high) of the four factors, torchvision's ColorJitter conventions."""
+def jitter_ranges(color_jitter: Sequence[float]) -> Tuple[Tuple[float, float], ...]:
+  """(low, high) of torchvision ColorJitter's four factors for strengths (b, c, s, h).
+
+  Args:
+    color_jitter: brightness, contrast, saturation and hue strengths.
+
+  Returns:
+    ((max(0, 1 - b), 1 + b), (max(0, 1 - c), 1 + c), (max(0, 1 - s), 1 + s), (-h, h)).
+  """
   b, c, s, h = (float(v) for v in color_jitter)
-  if min(b, c, s, h) < 0 or h > 0.5:
-    raise ValueError(f"color_jitter={tuple(color_jitter)}: strengths must be >= 0 and hue <= 0.5.")
   return ((max(0.0, 1 - b), 1 + b), (max(0.0, 1 - c), 1 + c),
           (max(0.0, 1 - s), 1 + s), (-h, h))
 
@@ -300,7 +296,7 @@ def _color_jitter_one(rng: jax.Array, img: jax.Array,
   four positions (four hue round trips); the random draws and the composition
   are the same as before, so the distribution is unchanged.
   """
-  ranges = _jitter_ranges(color_jitter)
+  ranges = jitter_ranges(color_jitter)
   rng_order, rng_factors = jax.random.split(rng)
   lows = jnp.asarray([r[0] for r in ranges], img.dtype)
   highs = jnp.asarray([r[1] for r in ranges], img.dtype)
@@ -352,20 +348,6 @@ def _photometric_one(rng: jax.Array, img: jax.Array, color_jitter, color_jitter_
   return img
 
 
-def check_photometric_options(color_jitter, color_jitter_prob, grayscale_prob, blur_prob,
-                              blur_sigma) -> None:
-  """Raises ValueError naming the bad value if a photometric option is invalid."""
-  if len(tuple(color_jitter)) != 4:
-    raise ValueError(f"color_jitter={color_jitter!r} must be 4 numbers (b, c, s, h).")
-  _jitter_ranges(color_jitter)
-  for name, p in (("color_jitter_prob", color_jitter_prob), ("grayscale_prob", grayscale_prob),
-                  ("blur_prob", blur_prob)):
-    if not 0.0 <= p <= 1.0:
-      raise ValueError(f"{name}={p} must lie in [0, 1].")
-  if len(tuple(blur_sigma)) != 2 or not 0 < blur_sigma[0] <= blur_sigma[1]:
-    raise ValueError(f"blur_sigma={blur_sigma!r} must be (low, high) with 0 < low <= high.")
-
-
 def _match_batch_sharding(rngs: jax.Array, images: jax.Array) -> jax.Array:
   """Shards the per-sample keys like the batch axis of ``images``.
 
@@ -386,47 +368,28 @@ def _match_batch_sharding(rngs: jax.Array, images: jax.Array) -> jax.Array:
   return rngs
 
 
-@functools.partial(jax.jit, static_argnames=("color_jitter", "color_jitter_prob",
-                                             "grayscale_prob", "blur_prob", "blur_sigma"))
-def _device_photometric_augment(rng, images, *, color_jitter, color_jitter_prob,
-                                grayscale_prob, blur_prob, blur_sigma):
-  if images.dtype == jnp.uint8:
-    images = images.astype(jnp.float32) / 255.0
-  images = images.astype(jnp.float32)
-  rngs = _match_batch_sharding(jax.random.split(rng, images.shape[0]), images)
-  fn = functools.partial(_photometric_one, color_jitter=color_jitter,
-                         color_jitter_prob=color_jitter_prob, grayscale_prob=grayscale_prob,
-                         blur_prob=blur_prob, blur_sigma=blur_sigma)
-  return jax.vmap(fn)(rngs, images)
-
-
-def device_photometric_augment(rng: jax.Array, images: jax.Array, *,
-                               color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8,
-                               grayscale_prob=0.2, blur_prob=0.0,
-                               blur_sigma=(0.1, 2.0)) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("options",))
+def device_photometric_augment(rng: jax.Array, images: jax.Array,
+                               options: PhotometricOptions) -> jax.Array:
   """SimSiam's colour jitter, grayscale and blur, independently per sample.
 
-  Pure JAX; call it inside the jitted train step (options are static) or on its
-  own (it is jitted). Works on a batch sharded along axis 0.
+  Pure JAX; call it inside the jitted train step or on its own (it is jitted,
+  with the options static). Works on a batch sharded along axis 0.
 
   Args:
     rng: PRNG key; each sample gets its own key split from it.
     images: uint8 (divided by 255) or float in [0, 1], shape [N, H, W, 3].
-    color_jitter: (brightness, contrast, saturation, hue) strengths.
-    color_jitter_prob: probability of applying the colour jitter.
-    grayscale_prob: probability of converting to (3-channel) grayscale.
-    blur_prob: probability of Gaussian blur (0 for the CIFAR recipe).
-    blur_sigma: (low, high) of the uniform blur sigma, in pixels.
+    options: the photometric options (colour jitter, grayscale, blur).
 
   Returns:
     float32 [N, H, W, 3] in [0, 1].
   """
-  color_jitter = tuple(float(v) for v in color_jitter)
-  blur_sigma = tuple(float(v) for v in blur_sigma)
-  check_photometric_options(color_jitter, color_jitter_prob, grayscale_prob, blur_prob,
-                            blur_sigma)
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f"images must be [N, H, W, 3], got shape {images.shape}.")
-  return _device_photometric_augment(
-      rng, images, color_jitter=color_jitter, color_jitter_prob=float(color_jitter_prob),
-      grayscale_prob=float(grayscale_prob), blur_prob=float(blur_prob), blur_sigma=blur_sigma)
+  if images.dtype == jnp.uint8:
+    images = images.astype(jnp.float32) / 255.0
+  images = images.astype(jnp.float32)
+  rngs = _match_batch_sharding(jax.random.split(rng, images.shape[0]), images)
+  fn = functools.partial(_photometric_one, color_jitter=options.color_jitter,
+                         color_jitter_prob=options.color_jitter_prob,
+                         grayscale_prob=options.grayscale_prob, blur_prob=options.blur_prob,
+                         blur_sigma=options.blur_sigma)
+  return jax.vmap(fn)(rngs, images)

@@ -78,6 +78,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mixsiam_jax import augment
+from mixsiam_jax.options import PhotometricOptions
 
 try:  # The pipeline runs on host CPUs; keep TF off the accelerators JAX uses.
   tf.config.set_visible_devices([], "GPU")
@@ -549,7 +550,7 @@ def _gaussian_blur_tf(img, sigma, radius):
 
 def _host_color_ops(seeds, img, color_jitter, color_jitter_prob, grayscale_prob):
   """Colour jitter (random order, probability) and grayscale of one float image."""
-  ranges = augment._jitter_ranges(color_jitter)  # pylint: disable=protected-access
+  ranges = augment.jitter_ranges(color_jitter)
   if color_jitter_prob > 0 and any(v > 0 for v in color_jitter):
     lows = tf.constant([r[0] for r in ranges], tf.float32)
     highs = tf.constant([r[1] for r in ranges], tf.float32)
@@ -606,7 +607,7 @@ def host_photometric_augment(seed: tf.Tensor, image: tf.Tensor, *,
   Returns:
     float32 [H, W, 3] in [0, 1].
   """
-  augment.check_photometric_options(color_jitter, color_jitter_prob, grayscale_prob, blur_prob,
+  PhotometricOptions(color_jitter, color_jitter_prob, grayscale_prob, blur_prob,
                                     blur_sigma)
   seeds = tf.random.experimental.stateless_split(seed, 8)
   img = tf.cast(image, tf.float32)
@@ -775,7 +776,7 @@ def create_pretrain_dataset(dataset: str, split: str, *, global_batch_size: int,
   photometric = dict(color_jitter=tuple(color_jitter), color_jitter_prob=color_jitter_prob,
                      grayscale_prob=grayscale_prob, blur_prob=blur_prob,
                      blur_sigma=tuple(blur_sigma))
-  augment.check_photometric_options(**photometric)
+  PhotometricOptions(**photometric)
   source = _open_source(dataset, split, skip_bad_images=skip_bad_images, **tfds_kwargs)
   if source.num_examples // process_count < local_batch:
     raise DatasetError(f"{dataset} ({source.num_examples} examples) is too small for a batch of "

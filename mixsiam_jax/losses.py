@@ -8,18 +8,9 @@ from typing import Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-AGGREGATIONS = ("max", "mean", "none")
+from mixsiam_jax.options import AGGREGATIONS
+
 _EPS = 1e-8  # torch.nn.functional.normalize / cosine_similarity guard
-
-
-def check_method_options(lam: float, mix_lambda: float, aggregation: str) -> None:
-  """Raises ValueError naming the bad value if the method options are invalid."""
-  if not 0.0 <= lam <= 1.0:
-    raise ValueError(f"method.lam={lam} must lie in [0, 1] (1 = SimSiam).")
-  if not 0.0 <= mix_lambda <= 1.0:
-    raise ValueError(f"method.mix_lambda={mix_lambda} must lie in [0, 1].")
-  if aggregation not in AGGREGATIONS:
-    raise ValueError(f"method.aggregation={aggregation!r} must be one of {AGGREGATIONS}.")
 
 
 def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:

@@ -1,171 +1,181 @@
-"""The pretraining program: config -> data, model, optimiser -> the loop.
+"""The pretraining program: config -> options -> data, model, optimiser, step -> the shared loop.
 
-This is the one place below main.py that reads the config; everything it calls
-takes plain arguments. The loop resumes from the newest checkpoint of the
-workdir, logs through clu writers (TensorBoard, console, metrics.jsonl), saves
-Orbax checkpoints asynchronously, stops on non-finite values before they reach
-a checkpoint, and saves and exits cleanly on SIGTERM (preemption notice).
+This is the one place below main.py that reads a pretraining config. It turns
+the config into validated options once (``options_from_config``); ``build_training``
+makes the network, optimiser and jitted step from those options and a mesh, and
+is what the compile planner uses too; ``train_and_evaluate`` checks the data and
+the workdir before writing anything, then hands the step to ``loop.run``.
 """
+import dataclasses
+import functools
+import itertools
 import json
-import math
-import signal
-import threading
-import time
 from typing import Any, Callable, Dict, Optional, Sequence
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from clu import periodic_actions
-from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
-from mixsiam_jax import augment, checkpoint, input_pipeline, losses, models, optim, sharding, train
+from mixsiam_jax import augment, checkpoint, input_pipeline, loop, models, optim, sharding, train
 from mixsiam_jax import workdir as workdir_lib
+from mixsiam_jax.options import (MethodOptions, ModelOptions, OptimOptions, OptionsError,
+                                 PhotometricOptions)
+
+# Re-exported: tests and callers catch it from the program they ran.
+TrainingError = loop.TrainingError
 
 
-class TrainingError(RuntimeError):
-  """Training cannot go on (e.g. a non-finite loss)."""
+@dataclasses.dataclass(frozen=True)
+class PretrainOptions:
+  """Everything that defines what is trained (validated when built).
 
-
-# ---------------------------------------------------------------------------
-# Config -> plain arguments. Everything is checked here, before anything compiles.
-# ---------------------------------------------------------------------------
-def network_kwargs(config: ml_collections.ConfigDict, num_classes: int = 0) -> Dict[str, Any]:
-  """The keyword arguments of models.create_network from ``config.model``.
-
-  Args:
-    config: the pretraining config.
-    num_classes: classes of the online probe (used when config.online_probe).
+  Attributes:
+    method, model, photometric, optim: see mixsiam_jax.options.
+    photometric_on_device: colour jitter, grayscale and blur inside the jitted
+      step (True) or on the host (False).
+    batch_size: global batch over all devices and processes.
+    image_size: side of the square training crops.
+    seed: seed of initialisation, data order and augmentations.
+    num_train_steps: training length in steps (<= 0: from num_epochs).
+    num_epochs: training length in epochs, when num_train_steps <= 0.
   """
-  m = config.model
-  return dict(depth=m.depth, width=m.width, stem=m.stem, projector_layers=m.projector_layers,
-              projector_hidden_dim=m.projector_hidden_dim, projector_dim=m.projector_dim,
-              predictor_hidden_dim=m.predictor_hidden_dim,
-              dtype=compute_dtype(config.half_precision), remat=m.remat,
-              conv_impl=m.get("conv_impl", "auto"),
-              num_classes=num_classes if config.online_probe else 0)
+  method: MethodOptions
+  model: ModelOptions
+  photometric: PhotometricOptions
+  optim: OptimOptions
+  photometric_on_device: bool = True
+  batch_size: int = 512
+  image_size: int = 32
+  seed: int = 0
+  num_train_steps: int = -1
+  num_epochs: float = 800
+
+  def __post_init__(self):
+    for name in ("batch_size", "image_size"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not (isinstance(value, int) and value > 0):
+        raise OptionsError(f"{name}={value!r} must be a positive integer.")
+    if self.num_train_steps <= 0 and self.num_epochs <= 0:
+      raise OptionsError(f"num_train_steps={self.num_train_steps} and num_epochs="
+                         f"{self.num_epochs}: set one of them to a positive value.")
+    if self.optim.name != "sgd":
+      raise OptionsError(f"optim.name={self.optim.name!r}: pretraining uses 'sgd' (LARS is "
+                         "for the linear probe).")
 
 
-def compute_dtype(half_precision: Optional[bool]) -> str:
-  """The dtype name for models.create_network from the ``half_precision`` switch.
+def options_from_config(config: ml_collections.ConfigDict, num_classes: int = 0
+                        ) -> PretrainOptions:
+  """Validated pretraining options from a pretraining config.
 
   Args:
-    half_precision: None (bfloat16 on GPU/TPU, float32 on CPU), True or False.
+    config: a pretraining config (see configs/cifar10.py).
+    num_classes: classes of the training data (the online probe's output; used
+      when config.online_probe is true and the data are labelled).
 
   Returns:
-    'auto', 'bfloat16' or 'float32'.
+    The options.
 
   Raises:
-    ValueError: for anything but None, True or False.
+    OptionsError: naming the first invalid field.
   """
-  if half_precision is None:
-    return "auto"
-  if not isinstance(half_precision, bool):
-    raise ValueError(f"half_precision={half_precision!r} must be true, false or unset (None: "
-                     "bfloat16 on GPU/TPU, float32 on CPU).")
-  return "bfloat16" if half_precision else "float32"
+  m, d, o = config.model, config.data, config.optim
+  if not isinstance(config.online_probe, bool):
+    raise OptionsError(f"online_probe={config.online_probe!r} must be true or false.")
+  model = ModelOptions(
+      depth=m.depth, width=m.width, stem=m.stem, projector_layers=m.projector_layers,
+      projector_hidden_dim=m.projector_hidden_dim, projector_dim=m.projector_dim,
+      predictor_hidden_dim=m.predictor_hidden_dim, half_precision=config.half_precision,
+      remat=m.remat, conv_impl=m.conv_impl,
+      num_classes=max(num_classes, 0) if config.online_probe else 0)
+  return PretrainOptions(
+      method=MethodOptions(**config.method.to_dict()),
+      model=model,
+      photometric=PhotometricOptions(
+          color_jitter=tuple(d.color_jitter), color_jitter_prob=d.color_jitter_prob,
+          grayscale_prob=d.grayscale_prob, blur_prob=d.blur_prob, blur_sigma=tuple(d.blur_sigma)),
+      optim=OptimOptions(name=o.name, base_lr=o.base_lr, momentum=o.momentum,
+                         weight_decay=o.weight_decay, warmup_epochs=o.warmup_epochs,
+                         fix_predictor_lr=o.fix_predictor_lr),
+      photometric_on_device=d.photometric_on_device, batch_size=config.batch_size,
+      image_size=config.image_size, seed=config.seed, num_train_steps=config.num_train_steps,
+      num_epochs=config.num_epochs)
 
 
-def photometric_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """Colour jitter, grayscale and blur options from ``config.data``."""
-  d = config.data
-  return dict(color_jitter=tuple(d.color_jitter), color_jitter_prob=d.color_jitter_prob,
-              grayscale_prob=d.grayscale_prob, blur_prob=d.blur_prob,
-              blur_sigma=tuple(d.blur_sigma))
+def model_meta(model: ModelOptions) -> Dict[str, Any]:
+  """The model description stored with every checkpoint (read by the evaluation programs)."""
+  dtype = {None: "auto", True: "bfloat16", False: "float32"}[model.half_precision]
+  return dict(depth=model.depth, width=model.width, stem=model.stem,
+              projector_layers=model.projector_layers,
+              projector_hidden_dim=model.projector_hidden_dim, projector_dim=model.projector_dim,
+              predictor_hidden_dim=model.predictor_hidden_dim, dtype=dtype, remat=model.remat,
+              conv_impl=model.conv_impl, num_classes=model.num_classes)
 
 
-def method_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """The method options of train.make_train_step from ``config.method``."""
-  m = config.method
-  return dict(lam=m.lam, aggregation=m.aggregation, mixture=m.mixture, mix_mode=m.mix_mode,
-              mix_lambda=m.mix_lambda, mix_alpha=m.mix_alpha, mix_prob=m.mix_prob)
+def create_network(model: ModelOptions, platform: str) -> nn.Module:
+  """The MixSiam network for ``model`` with the dtype and convolution chosen for ``platform``."""
+  return models.create_network(
+      depth=model.depth, width=model.width, stem=model.stem,
+      projector_layers=model.projector_layers, projector_hidden_dim=model.projector_hidden_dim,
+      projector_dim=model.projector_dim, predictor_hidden_dim=model.predictor_hidden_dim,
+      dtype=model.compute_dtype(platform), remat=model.remat,
+      conv_impl=model.conv_implementation(platform), num_classes=model.num_classes)
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first invalid field of a pretraining config."""
-  losses.check_method_options(config.method.lam, config.method.mix_lambda,
-                              config.method.aggregation)
-  augment.check_mix_options(config.method.mix_mode, config.method.mix_lambda,
-                            config.method.mix_alpha, config.method.mix_prob)
-  augment.check_photometric_options(**photometric_kwargs(config))
-  models.create_network(**network_kwargs(config))
-  for name in ("batch_size", "log_every_steps", "checkpoint_every_steps", "image_size"):
-    if not (isinstance(config[name], int) and config[name] > 0):
-      raise ValueError(f"{name}={config[name]!r} must be a positive integer.")
-  if config.num_train_steps <= 0 and config.num_epochs <= 0:
-    raise ValueError(f"num_train_steps={config.num_train_steps} and num_epochs="
-                     f"{config.num_epochs}: set one of them to a positive value.")
-  if config.optim.name != "sgd":
-    raise ValueError(f"optim.name={config.optim.name!r}: pretraining uses 'sgd' (LARS is for "
-                     "the linear probe).")
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """What the loop needs, built from the options and a mesh.
 
-
-def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
-  """Training length: num_train_steps, or num_epochs of full global batches."""
-  if config.num_train_steps > 0:
-    return int(config.num_train_steps)
-  steps_per_epoch = num_examples // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"batch_size={config.batch_size} is larger than the data set "
-                     f"({num_examples} examples).")
-  return int(config.num_epochs * steps_per_epoch)
-
-
-# ---------------------------------------------------------------------------
-# Pieces of the loop.
-# ---------------------------------------------------------------------------
-class _StopFlag:
-  """Whether to save and stop now: the preemption notice (SIGTERM) has arrived.
-
-  One process: a SIGTERM handler sets a flag, polled once per step. Several
-  processes: they must stop at the same step (the save is collective), so we
-  ask JAX's preemption service, which jax.distributed.initialize() starts and
-  which agrees on a step across hosts; installing our own handler there would
-  replace its signal handler.
+  Attributes:
+    network: the MixSiam network (dtype and convolution chosen for the mesh's platform).
+    tx: the optimiser.
+    schedule: the encoder's learning-rate schedule.
+    num_steps: training length.
+    step: the jitted step ``(state, batch, rng) -> (state, metrics)``; donates the state.
+    views: the jitted view preparation ``(batch, rng, step) -> views`` (previews).
   """
-
-  def __init__(self):
-    self._requested = False
-    self._previous = None
-    self._multiprocess = jax.process_count() > 1
-
-  def __enter__(self):
-    if not self._multiprocess and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    logging.warning("Received signal %d: saving a checkpoint and exiting.", signum)
-    self._requested = True
-
-  def requested(self, step: int) -> bool:
-    """True if training should save at ``step`` and stop (the same step on every process)."""
-    if self._multiprocess:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._requested
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+  network: nn.Module
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  num_steps: int
+  step: Callable
+  views: Callable
 
 
-def _mean_metrics(history) -> Dict[str, float]:
-  """Averages a list of per-step metric dicts (device arrays) on the host."""
-  host = jax.device_get(history)
-  return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+def build_training(opts: PretrainOptions, mesh: Mesh, num_examples: int) -> Training:
+  """The network, optimiser and jitted step of a pretraining run on ``mesh``.
 
+  Args:
+    opts: the validated options.
+    mesh: the data-parallel mesh; its devices decide dtype and convolutions.
+    num_examples: size of the training set (for epochs -> steps).
 
-def _check_finite(metrics: Dict[str, float], step: int) -> None:
-  bad = [k for k in ("loss", "grad_norm", "param_norm") if not math.isfinite(metrics.get(k, 0.0))]
-  if bad:
-    raise TrainingError(
-        f"non-finite {', '.join(bad)} at step {step} ({', '.join(f'{k}={metrics[k]}' for k in bad)}); "
-        "stopping before anything non-finite is checkpointed; the newest checkpoint is still "
-        "good. Check the data, or start over in a new --workdir with a lower optim.base_lr "
-        "(a resumed run must keep its optimiser settings).")
+  Returns:
+    A Training.
+  """
+  platform = sharding.mesh_platform(mesh)
+  network = create_network(opts.model, platform)
+  num_steps = loop.steps("num_train_steps", steps=opts.num_train_steps, epochs=opts.num_epochs,
+                         num_examples=num_examples, batch_size=opts.batch_size)
+  warmup_steps = loop.steps("optim.warmup_epochs", steps=0, epochs=opts.optim.warmup_epochs,
+                            num_examples=num_examples, batch_size=opts.batch_size)
+  peak_lr = optim.scaled_learning_rate(opts.optim.base_lr, opts.batch_size)
+  schedule = optim.cosine_schedule(peak_lr, num_steps, warmup_steps)
+  tx = optim.create_pretrain_optimizer(schedule=schedule, peak_lr=peak_lr,
+                                       momentum=opts.optim.momentum,
+                                       weight_decay=opts.optim.weight_decay,
+                                       fix_predictor_lr=opts.optim.fix_predictor_lr)
+  photometric = opts.photometric if opts.photometric_on_device else None
+  step = train.jit_train_step(train.make_train_step(schedule, opts.method, photometric), mesh)
+  rep = sharding.replicated(mesh)
+  views = jax.jit(train.make_view_fn(opts.method, photometric),
+                  in_shardings=(sharding.batch_sharded(mesh), rep, rep), out_shardings=rep)
+  return Training(network=network, tx=tx, schedule=schedule, num_steps=num_steps, step=step,
+                  views=views)
 
 
 def _preview_images(views: jax.Array, count: int = 4) -> np.ndarray:
@@ -191,48 +201,61 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The last logged metrics (empty if the run had already finished).
   """
-  check_config(config)
-  workdir = workdir_lib.prepare_workdir(workdir)
+  options_from_config(config)  # Every field is checked before anything else happens.
+  if config.get("pretrained"):
+    raise OptionsError(f"pretrained={config.pretrained!r} is not used by pretraining (it names "
+                       "the run that configs/knn.py and configs/linear_probe.py evaluate); "
+                       "remove --config.pretrained.")
   mesh = sharding.create_mesh(devices)
   sharding.check_global_batch(config.batch_size, mesh)
   info = input_pipeline.get_dataset_info(config.dataset, config.train_split)
-  num_steps = total_steps(config, info.num_examples)
+  opts = options_from_config(config, info.num_classes)
+  training = build_training(opts, mesh, info.num_examples)
+  loop_options = loop.LoopOptions(num_steps=training.num_steps,
+                                  log_every_steps=config.log_every_steps,
+                                  checkpoint_every_steps=config.checkpoint_every_steps,
+                                  eval_every_steps=config.eval_every_steps)
+  workdir = workdir_lib.prepare_workdir(workdir)
   config_dict = json.loads(config.to_json_best_effort())
-  # Refuse an incompatible workdir before touching anything in it.
   old_config = workdir_lib.read_config(workdir)
   if old_config is not None:
     workdir_lib.check_resume_config(old_config, config_dict)
-
-  model_kwargs = network_kwargs(config, max(info.num_classes, 0))
-  network = models.create_network(**model_kwargs)
-  peak_lr = optim.scaled_learning_rate(config.optim.base_lr, config.batch_size)
-  steps_per_epoch = max(1, info.num_examples // config.batch_size)
-  schedule = optim.cosine_schedule(peak_lr, num_steps,
-                                   int(config.optim.warmup_epochs * steps_per_epoch))
-  tx = optim.create_pretrain_optimizer(schedule=schedule, peak_lr=peak_lr,
-                                       momentum=config.optim.momentum,
-                                       weight_decay=config.optim.weight_decay,
-                                       fix_predictor_lr=config.optim.fix_predictor_lr)
   manager = checkpoint.create_manager(
       checkpoint.checkpoint_dir(workdir), keep=config.keep_checkpoints,
       keep_every_steps=config.keep_checkpoints_every_steps,
       async_save=config.async_checkpointing)
-  meta = {"model": model_kwargs, "image_size": config.image_size,
-          "dataset": config.dataset, "train_split": config.train_split, "seed": config.seed}
-  start_step = manager.latest_step() or 0
-  if start_step >= num_steps:
-    logging.info("This run already finished (step %d of %d); nothing to do.", start_step, num_steps)
+  if (manager.latest_step() or 0) >= training.num_steps:
+    logging.info("This run already finished (step %d of %d); nothing to do.",
+                 manager.latest_step(), training.num_steps)
     manager.close()
     return {}
-  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+
+  start_step = manager.latest_step() or 0
+  # The data sets are checked (and the input pipeline built) before anything is
+  # written into the workdir, so a corrected rerun is not refused as a changed config.
+  try:
+    data = input_pipeline.create_pretrain_dataset(
+        config.dataset, config.train_split, global_batch_size=opts.batch_size,
+        image_size=opts.image_size, seed=opts.seed, crop_scale=tuple(config.data.crop_scale),
+        photometric_on_host=not opts.photometric_on_device,
+        start_step=start_step, skip_bad_images=config.data.skip_bad_images,
+        **dataclasses.asdict(opts.photometric))
+    knn_monitor = _make_knn_monitor(config, training.network, mesh)
+  except Exception:
+    manager.close()
+    raise
+
+  init_rng, step_rng = jax.random.split(jax.random.key(opts.seed))
   step_rng = sharding.replicated_key(step_rng, mesh)
-  state = train.create_train_state(init_rng, network, tx, image_size=config.image_size, mesh=mesh)
-  if start_step:
-    tree, _ = checkpoint.restore(manager, start_step, checkpoint.state_tree(state, step_rng))
-    state = state.replace(step=tree["step"], params=tree["params"],
-                          batch_stats=tree["batch_stats"], opt_state=tree["opt_state"])
-    step_rng = jax.random.wrap_key_data(tree["rng"])
-    logging.info("Resumed from %s at step %d.", checkpoint.checkpoint_dir(workdir), start_step)
+  init = functools.partial(train.create_train_state, init_rng, training.network, training.tx,
+                           image_size=opts.image_size, mesh=mesh)
+  to_tree = lambda state: checkpoint.state_tree(state, step_rng)
+  from_tree = lambda state, tree: state.replace(
+      step=tree["step"], params=tree["params"], batch_stats=tree["batch_stats"],
+      opt_state=tree["opt_state"])
+  state, restored_step, _ = loop.restore_or_init(manager, init, to_tree, from_tree)
+  assert restored_step == start_step, (restored_step, start_step)
+
   workdir_lib.save_config(workdir, config_dict, start_step)
   workdir_lib.truncate_metrics(workdir, start_step)
   is_main = jax.process_index() == 0
@@ -240,81 +263,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if start_step == 0:
     writer.write_hparams({k: v for k, v in workdir_lib.flatten_config(config_dict).items()
                           if isinstance(v, (int, float, str, bool))})
-
-  photometric = None if not config.data.photometric_on_device else photometric_kwargs(config)
-  step_fn = train.jit_train_step(
-      train.make_train_step(schedule=schedule, photometric=photometric, **method_kwargs(config)),
-      mesh)
-  data = input_pipeline.create_pretrain_dataset(
-      config.dataset, config.train_split, global_batch_size=config.batch_size,
-      image_size=config.image_size, seed=config.seed, crop_scale=tuple(config.data.crop_scale),
-      photometric_on_host=not config.data.photometric_on_device,
-      start_step=start_step, skip_bad_images=config.data.skip_bad_images,
-      **photometric_kwargs(config))
   batches = sharding.prefetch_to_mesh(data.as_numpy_iterator(), mesh, config.data.prefetch)
-
-  knn_monitor = _make_knn_monitor(config, network, mesh)
-  hooks = []
+  first = next(batches)  # A global computation: every process runs the preview.
+  preview = training.views(first, step_rng, state.step)
   if is_main:
-    hooks.append(periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                                 every_steps=config.log_every_steps))
-    if config.profile_steps:
-      hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_steps,
-                                            first_profile=start_step + 10))
-  rep = sharding.replicated(mesh)
-  preview = jax.jit(train.make_view_fn(photometric=photometric, **method_kwargs(config)),
-                    in_shardings=(sharding.batch_sharded(mesh), rep, rep), out_shardings=rep)
-
+    writer.write_images(start_step + 1, {"views": _preview_images(preview)})
+  hooks = []
+  if is_main and config.profile_steps:
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_steps,
+                                          first_profile=start_step + 10))
   logging.info("Training %d steps from step %d: %d devices, %d processes, global batch %d.",
-               num_steps, start_step, jax.device_count(), jax.process_count(), config.batch_size)
-  history, last = [], {}
-  step = start_step
-  with _StopFlag() as stop:
-    try:
-      for step in range(start_step + 1, num_steps + 1):
-        batch = next(batches)
-        if step == start_step + 1:  # A global computation: every process runs it.
-          views = preview(batch, step_rng, state.step)
-          if is_main:
-            writer.write_images(step, {"views": _preview_images(views)})
-        state, metrics = step_fn(state, batch, step_rng)
-        history.append(metrics)
-        for hook in hooks:
-          hook(step)
-        log_now = step % config.log_every_steps == 0 or step == num_steps
-        save_now = step % config.checkpoint_every_steps == 0 or step == num_steps
-        stop_now = stop.requested(step)
-        if log_now:
-          last = _mean_metrics(history)
-          history = []
-          _check_finite(last, step)
-          writer.write_scalars(step, last)
-        elif save_now or stop_now:
-          _check_finite(_mean_metrics([metrics]), step)
-        if knn_monitor and ((config.eval_every_steps and step % config.eval_every_steps == 0)
-                            or step == num_steps):
-          writer.write_scalars(step, knn_monitor({"params": state.params,
-                                                  "batch_stats": state.batch_stats}))
-        if save_now or stop_now:
-          checkpoint.save(manager, step, checkpoint.state_tree(state, step_rng), meta)
-        if stop_now:
-          logging.warning("Stopped at step %d on request; rerun the same command to resume.", step)
-          break
-    finally:
-      manager.wait_until_finished()
-      manager.close()
-      writer.flush()
-      writer.close()
-  return last
+               training.num_steps, start_step, mesh.devices.size, jax.process_count(),
+               opts.batch_size)
+  meta = {"model": model_meta(opts.model), "image_size": opts.image_size,
+          "dataset": config.dataset, "train_split": config.train_split, "seed": opts.seed}
+  evaluate = None
+  if knn_monitor is not None:
+    evaluate = lambda state: knn_monitor({"params": state.params,
+                                          "batch_stats": state.batch_stats})
+  return loop.run(
+      lambda state, batch: training.step(state, batch, step_rng), state,
+      itertools.chain([first], batches), start_step=start_step,
+      options=loop_options,
+      manager=manager, to_tree=to_tree, meta=meta, writer=writer,
+      num_processes=jax.process_count(), evaluate=evaluate, hooks=hooks)
 
 
 def _make_knn_monitor(config, network, mesh) -> Optional[Callable[[Any], Dict[str, float]]]:
   """A function state -> {'knn_top1', 'knn_top5'} if an eval data set is configured."""
   if not config.eval_dataset:
     return None
-  from mixsiam_jax import evaluate  # pylint: disable=g-import-not-at-top
-  return evaluate.make_knn_monitor(
-      network=network, mesh=mesh, train_dataset=config.dataset, train_split=config.train_split,
-      eval_dataset=config.eval_dataset, eval_split=config.eval_split,
-      image_size=config.image_size, batch_size=config.eval_batch_size,
-      transform=config.data.eval_transform, k=config.knn.k, temperature=config.knn.temperature)
+  from mixsiam_jax.evaluation import knn  # pylint: disable=g-import-not-at-top
+  return knn.monitor_for_network(network, mesh, knn.knn_options(config))

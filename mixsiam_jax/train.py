@@ -17,6 +17,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from mixsiam_jax import augment, losses, sharding
+from mixsiam_jax.options import MethodOptions, PhotometricOptions
 
 Batch = Dict[str, jax.Array]
 Metrics = Dict[str, jax.Array]
@@ -75,43 +76,53 @@ def _probe_loss(logits: jax.Array, labels: jax.Array) -> Tuple[jax.Array, jax.Ar
   return jnp.sum(jnp.where(valid, ce, 0.0)) / count, 100.0 * hits.sum() / count
 
 
-def make_view_fn(*, lam: float, aggregation: str = "max", mixture: bool = True,
-                 mix_mode: str = "fixed", mix_lambda: float = 0.5, mix_alpha: float = 1.0,
-                 mix_prob: float = 1.0, photometric: Optional[Dict[str, Any]] = None
+def step_keys(rng: jax.Array, step: jax.Array) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """The keys of one step: (photometric, mixing, aggregation target).
+
+  Args:
+    rng: the run's base key.
+    step: the step number (the state's step before the update).
+
+  Returns:
+    Three keys split from fold_in(rng, step), so a step's randomness depends
+    only on the seed and the step number.
+  """
+  rng_photo, rng_mix, rng_target = jax.random.split(jax.random.fold_in(rng, step), 3)
+  return rng_photo, rng_mix, rng_target
+
+
+def make_view_fn(method: MethodOptions, photometric: Optional[PhotometricOptions] = None
                  ) -> Callable[[Batch, jax.Array, jax.Array], jax.Array]:
   """Builds the on-device view preparation shared by the train step and previews.
 
   Args:
-    lam, aggregation, mixture, mix_mode, mix_lambda, mix_alpha, mix_prob,
-      photometric: as in make_train_step (aggregation is unused here).
+    method: the method options (lam, mixing).
+    photometric: colour jitter, grayscale and blur to run on the device; None if
+      the host did them.
 
   Returns:
     ``views(batch, rng, step) -> [B, V, H, W, 3]`` normalised float32 views:
-    (x1, x2) when lam == 1, else (x1, x2, x_m). ``rng`` is the run's base key;
-    the randomness is fold_in(rng, step), exactly as in the train step.
+    (x1, x2) when lam == 1, else (x1, x2, x_m). ``rng`` is the run's base key.
   """
-  del aggregation
-  losses.check_method_options(lam, mix_lambda, "max")
-  augment.check_mix_options(mix_mode, mix_lambda, mix_alpha, mix_prob)
-
   def views_fn(batch: Batch, rng: jax.Array, step: jax.Array) -> jax.Array:
-    rng_photo, rng_mix, _ = jax.random.split(jax.random.fold_in(rng, step), 3)
+    rng_photo, rng_mix, _ = step_keys(rng, step)
     raw = batch["views"]
     batch_size = raw.shape[0]
     flat = raw.reshape((batch_size * 2,) + raw.shape[2:])
     if photometric is not None:
-      images = augment.device_photometric_augment(rng_photo, flat, **photometric)
+      images = augment.device_photometric_augment(rng_photo, flat, photometric)
     elif raw.dtype == jnp.uint8:
       images = flat.astype(jnp.float32) / 255.0
     else:
       images = flat.astype(jnp.float32)
     views = augment.normalize(images).reshape(raw.shape)
-    if lam == 1.0:  # SimSiam: no third view, no third forward pass.
+    if method.lam == 1.0:  # SimSiam: no third view, no third forward pass.
       return views
     x1, x2 = views[:, 0], views[:, 1]
-    if mixture:
-      x_m, _ = augment.mix_views(rng_mix, x1, x2, mode=mix_mode, mix_lambda=mix_lambda,
-                                 alpha=mix_alpha, prob=mix_prob)
+    if method.mixture:
+      x_m, _ = augment.mix_views(rng_mix, x1, x2, mode=method.mix_mode,
+                                 mix_lambda=method.mix_lambda, alpha=method.mix_alpha,
+                                 prob=method.mix_prob)
     else:
       x_m = augment.choose_views(rng_mix, x1, x2)
     return jnp.concatenate([views, x_m[:, None]], axis=1)
@@ -119,43 +130,33 @@ def make_view_fn(*, lam: float, aggregation: str = "max", mixture: bool = True,
   return views_fn
 
 
-def make_train_step(*, schedule: optax.Schedule, lam: float, aggregation: str = "max",
-                    mixture: bool = True, mix_mode: str = "fixed", mix_lambda: float = 0.5,
-                    mix_alpha: float = 1.0, mix_prob: float = 1.0,
-                    photometric: Optional[Dict[str, Any]] = None
+def make_train_step(schedule: optax.Schedule, method: MethodOptions,
+                    photometric: Optional[PhotometricOptions] = None
                     ) -> Callable[[TrainState, Batch, jax.Array], Tuple[TrainState, Metrics]]:
-  """Builds the pure MixSiam train step for the given method options.
+  """Builds the pure MixSiam train step.
 
   Args:
     schedule: the encoder's learning-rate schedule (reported as 'lr').
-    lam: weight of L_siam; 1 is SimSiam and skips the mixed forward pass.
-    aggregation: 'max' | 'mean' | 'none', the target of the mixed branch.
-    mixture: False replaces x_m by a randomly chosen original view (ablation).
-    mix_mode, mix_lambda, mix_alpha, mix_prob: see augment.mix_views.
-    photometric: keyword arguments of augment.device_photometric_augment to run
-      colour jitter, grayscale and blur on the device; None if the host did it.
+    method: the method options (lam, aggregation, mixing).
+    photometric: colour jitter, grayscale and blur to run on the device; None if
+      the host did them.
 
   Returns:
     ``step(state, batch, rng) -> (state, metrics)`` where batch['views'] is
     [B, 2, H, W, 3] (uint8 in [0, 255] or float in [0, 1]) and rng is the run's
     base key.
-
-  Raises:
-    ValueError: naming an invalid option, before anything is traced.
   """
-  losses.check_method_options(lam, mix_lambda, aggregation)
-  views_fn = make_view_fn(lam=lam, mixture=mixture, mix_mode=mix_mode, mix_lambda=mix_lambda,
-                          mix_alpha=mix_alpha, mix_prob=mix_prob, photometric=photometric)
+  views_fn = make_view_fn(method, photometric)
 
   def step(state: TrainState, batch: Batch, rng: jax.Array) -> Tuple[TrainState, Metrics]:
     views = views_fn(batch, rng, state.step)
-    rng_target = jax.random.split(jax.random.fold_in(rng, state.step), 3)[2]
+    rng_target = step_keys(rng, state.step)[2]
 
     def loss_fn(params):
       out, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, views,
                                     train=True, mutable=["batch_stats"])
-      loss, aux = losses.mixsiam_loss(out["p"], out["z"], lam=lam, aggregation=aggregation,
-                                      rng=rng_target)
+      loss, aux = losses.mixsiam_loss(out["p"], out["z"], lam=method.lam,
+                                      aggregation=method.aggregation, rng=rng_target)
       aux = {"loss": loss, **aux}
       if "probe_logits" in out:
         # The probe sees stop-gradient features: adding its loss leaves the encoder's gradient as is.

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mixsiam_jax import augment, models, optim, sharding, train
+from mixsiam_jax.options import MethodOptions
 
 IMAGE = 16
 BATCH = 16
@@ -41,7 +42,7 @@ def _run(dtype):
   tx = optim.create_pretrain_optimizer(schedule=sched, peak_lr=0.1, weight_decay=5e-4)
   state = train.create_train_state(jax.random.key(0), net, tx, image_size=IMAGE, mesh=mesh)
   initial = jax.device_get(state.params)
-  step = train.jit_train_step(train.make_train_step(schedule=sched, lam=0.5), mesh)
+  step = train.jit_train_step(train.make_train_step(sched, MethodOptions()), mesh)
   rs = np.random.RandomState(0)
   # Smooth random images (upsampled 4x4 noise) rather than white noise: closer to real inputs.
   coarse = rs.rand(BATCH, 2, 4, 4, 3)
@@ -100,7 +101,7 @@ def test_auto_dtype_is_float32_on_cpu():
 
 def _sequential_jitter(rng, img, color_jitter):
   """Reference: torchvision's ColorJitter, the four ops applied one by one in the drawn order."""
-  ranges = augment._jitter_ranges(color_jitter)  # pylint: disable=protected-access
+  ranges = augment.jitter_ranges(color_jitter)
   rng_order, rng_factors = jax.random.split(rng)
   factors = jax.random.uniform(rng_factors, (4,), img.dtype, jnp.asarray([r[0] for r in ranges]),
                                jnp.asarray([r[1] for r in ranges]))

@@ -156,18 +156,33 @@ def test_bad_config_values_fail_before_compiling(tmp_path, field, value, needle)
     pretrain.train_and_evaluate(config, str(tmp_path / "w"))
 
 
-@pytest.mark.parametrize("half_precision,dtype", [(None, "auto"), (True, "bfloat16"),
-                                                  (False, "float32")])
-def test_half_precision_switch_picks_the_compute_dtype(half_precision, dtype):
+@pytest.mark.parametrize("half_precision,meta_dtype,cpu,tpu", [
+    (None, "auto", "float32", "bfloat16"), (True, "bfloat16", "bfloat16", "bfloat16"),
+    (False, "float32", "float32", "float32")])
+def test_half_precision_switch_picks_the_compute_dtype(half_precision, meta_dtype, cpu, tpu):
   config = cifar10.get_config("tiny")
   config.half_precision = half_precision
-  assert pretrain.network_kwargs(config)["dtype"] == dtype
-  assert pretrain.compute_dtype(half_precision) == dtype
+  model = pretrain.options_from_config(config).model
+  assert pretrain.model_meta(model)["dtype"] == meta_dtype
+  assert (model.compute_dtype("cpu"), model.compute_dtype("tpu")) == (cpu, tpu)
 
 
 def test_half_precision_refuses_non_booleans():
-  with pytest.raises(ValueError, match="half_precision='yes'"):
-    pretrain.compute_dtype("yes")
-  # The config field is typed: the command line cannot set it to anything else either.
+  # The config field is typed: the command line cannot set it to anything else.
   with pytest.raises(TypeError):
     cifar10.get_config().half_precision = "yes"
+
+
+def test_pretrained_on_the_pretraining_program_is_refused(tmp_path):
+  config = tiny_config("folder:/nonexistent")
+  config.pretrained = "/nonexistent"
+  with pytest.raises(ValueError, match="pretrained='/nonexistent' is not used by pretraining"):
+    pretrain.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_negative_learning_rate_is_refused(tmp_path):
+  config = tiny_config("folder:/nonexistent")
+  config.optim.base_lr = -1.0
+  with pytest.raises(ValueError, match=r"optim\.base_lr=-1\.0 must be a positive number"):
+    pretrain.train_and_evaluate(config, str(tmp_path / "w"))

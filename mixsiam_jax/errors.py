@@ -1,0 +1,10 @@
+"""The project's one base class for errors that a user can fix by changing an input.
+
+Programs raise subclasses of UserError at their boundaries (config values, files,
+workdirs, checkpoints, data sets); main.py prints those as one line. Any other
+exception, JAX's own ValueErrors included, is a bug and keeps its traceback.
+"""
+
+
+class UserError(ValueError):
+  """An input (config value, path, file) is wrong; the message names it and the fix."""

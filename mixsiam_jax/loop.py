@@ -1,0 +1,280 @@
+"""The training loop that every program shares: resume or init, step, log, checkpoint, stop.
+
+A program is a pure step function ``step(state, batch) -> (state, metrics)``, an
+iterator of sharded batches, and a way to put its state into a checkpoint tree;
+``restore_or_init`` and ``run`` do the rest:
+- at most ``steps_in_flight`` steps are dispatched ahead of the newest finished
+  one, so a stop request (SIGTERM) is acted on within that many steps plus one
+  checkpoint write, and progress is timed on finished steps, not dispatches;
+- the stop request is polled every step (the same step on every process);
+- metrics are averaged on the host at log steps and checked for non-finite
+  values before anything is checkpointed.
+"""
+import collections
+import dataclasses
+import math
+import signal
+import threading
+import time
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from mixsiam_jax import checkpoint
+from mixsiam_jax.errors import UserError
+
+State = Any
+Metrics = Dict[str, Any]
+StepFn = Callable[[State, Any], Tuple[State, Metrics]]
+
+# Metrics that must stay finite; a program reports whichever of them it has.
+FINITE_METRICS = ("loss", "grad_norm", "param_norm")
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (e.g. a non-finite loss)."""
+
+
+def steps(name: str, *, steps: int, epochs: float, num_examples: int,  # pylint: disable=redefined-outer-name
+          batch_size: int) -> int:
+  """Turns a duration given in steps or in epochs into steps (big_vision's ``u.steps``).
+
+  Args:
+    name: what the duration is, for the error message (e.g. 'num_train_steps').
+    steps: the duration in steps; used when > 0.
+    epochs: the duration in epochs of ``num_examples``, used when ``steps`` <= 0.
+    num_examples: size of the data set one epoch goes through.
+    batch_size: global examples per step.
+
+  Returns:
+    The number of steps (an epoch is num_examples // batch_size full batches).
+
+  Raises:
+    UserError: the duration is empty, or the batch is larger than the data set.
+  """
+  if steps > 0:
+    return int(steps)
+  if epochs <= 0:
+    return 0
+  steps_per_epoch = num_examples // batch_size
+  if steps_per_epoch == 0:
+    raise UserError(f"batch_size={batch_size} is larger than the data set ({num_examples} "
+                    f"examples), so {name} cannot be derived from epochs; lower "
+                    "--config.batch_size.")
+  return int(epochs * steps_per_epoch)
+
+
+class StopRequest:
+  """Whether to save and stop now because the preemption notice (SIGTERM) arrived.
+
+  One process: a SIGTERM handler sets a flag, polled once per step. Several
+  processes: they must stop at the same step (the save is collective), so we
+  ask JAX's preemption service, which jax.distributed.initialize() starts and
+  which agrees on a step across hosts; installing our own handler there would
+  replace its signal handler.
+  """
+
+  def __init__(self, num_processes: int):
+    self._requested = False
+    self._previous = None
+    self._multiprocess = num_processes > 1
+
+  def __enter__(self):
+    if not self._multiprocess and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: saving a checkpoint and exiting.", signum)
+    self._requested = True
+
+  def requested(self, step: int) -> bool:
+    """True if training should save at ``step`` and stop (the same step on every process)."""
+    if self._multiprocess:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def mean_metrics(history: Sequence[Metrics]) -> Dict[str, float]:
+  """Averages a list of per-step metric dicts (device arrays or numbers) on the host."""
+  host = jax.device_get(list(history))
+  return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+def check_finite(metrics: Dict[str, float], step: int) -> None:
+  """Raises TrainingError if a loss or norm in ``metrics`` is NaN or infinite."""
+  bad = [k for k in FINITE_METRICS if not math.isfinite(metrics.get(k, 0.0))]
+  if bad:
+    raise TrainingError(
+        f"non-finite {', '.join(bad)} at step {step} ({', '.join(f'{k}={metrics[k]}' for k in bad)}); "
+        "stopping before anything non-finite is checkpointed; the newest checkpoint is still "
+        "good. Check the data, or start over in a new --workdir with a lower optim.base_lr "
+        "(a resumed run must keep its optimiser settings).")
+
+
+class Progress:
+  """Steps per second and ETA from finished steps (the first one, which compiles, excluded)."""
+
+  def __init__(self, num_steps: int):
+    self._num_steps = num_steps
+    self._start = time.monotonic()
+    self._first: Optional[Tuple[int, float]] = None
+    self._last: Optional[Tuple[int, float]] = None
+
+  def finished(self, step: int) -> None:
+    """Records that ``step`` has finished on the devices."""
+    now = time.monotonic()
+    if self._first is None:
+      self._first = (step, now)
+    self._last = (step, now)
+
+  def report(self) -> Dict[str, float]:
+    """{'steps_per_sec', 'uptime'} so far (steps_per_sec absent before two finished steps)."""
+    out = {"uptime": time.monotonic() - self._start}
+    if self._first and self._last and self._last[0] > self._first[0]:
+      out["steps_per_sec"] = (self._last[0] - self._first[0]) / (self._last[1] - self._first[1])
+      eta = (self._num_steps - self._last[0]) / out["steps_per_sec"]
+      logging.info("step %d/%d: %.3g steps/s, ETA %s.", self._last[0], self._num_steps,
+                   out["steps_per_sec"], _format_seconds(eta))
+    return out
+
+
+def _format_seconds(seconds: float) -> str:
+  minutes, _ = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  days, hours = divmod(hours, 24)
+  return f"{days}d{hours:02d}h{minutes:02d}m" if days else f"{hours}h{minutes:02d}m"
+
+
+def restore_or_init(manager: ocp.CheckpointManager, init: Callable[[], State],
+                    to_tree: Callable[[State], Any], from_tree: Callable[[State, Any], State]
+                    ) -> Tuple[State, int, Dict[str, Any]]:
+  """The newest checkpoint of ``manager`` if there is one, else a new state.
+
+  Args:
+    manager: the run's checkpoint manager.
+    init: builds the initial state (on the devices, with its shardings).
+    to_tree: state -> checkpoint tree (the restore target: shapes and shardings).
+    from_tree: (initial state, restored tree) -> the resumed state.
+
+  Returns:
+    (state, step it is at, the checkpoint's metadata or {}).
+  """
+  start_step = manager.latest_step() or 0
+  state = init()
+  if not start_step:
+    return state, 0, {}
+  tree, meta = checkpoint.restore(manager, start_step, to_tree(state))
+  logging.info("Resumed from %s at step %d.", manager.directory, start_step)
+  return from_tree(state, tree), start_step, meta
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+  """When the loop logs, evaluates and checkpoints.
+
+  Attributes:
+    num_steps: the last step of the run.
+    log_every_steps: metrics are averaged and written every this many steps.
+    checkpoint_every_steps: a checkpoint every this many steps (and at the end).
+    eval_every_steps: the evaluator runs every this many steps (0: only at the end).
+    steps_in_flight: steps dispatched ahead of the newest finished one; bounds
+      the time from a stop request to the checkpoint.
+  """
+  num_steps: int
+  log_every_steps: int
+  checkpoint_every_steps: int
+  eval_every_steps: int = 0
+  steps_in_flight: int = 2
+
+  def __post_init__(self):
+    for name in ("log_every_steps", "checkpoint_every_steps", "steps_in_flight"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not (isinstance(value, int) and value > 0):
+        raise UserError(f"{name}={value!r} must be a positive integer.")
+    if not (isinstance(self.eval_every_steps, int) and self.eval_every_steps >= 0):
+      raise UserError(f"eval_every_steps={self.eval_every_steps!r} must be >= 0 (0: only at "
+                      "the end).")
+
+
+def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: int,
+        options: LoopOptions, manager: ocp.CheckpointManager, to_tree: Callable[[State], Any],
+        meta: Dict[str, Any], writer: Any, num_processes: int = 1,
+        evaluate: Optional[Callable[[State], Dict[str, float]]] = None,
+        hooks: Sequence[Callable[[int], None]] = ()) -> Dict[str, float]:
+  """Runs steps start_step + 1 .. options.num_steps, then waits for the last checkpoint.
+
+  Args:
+    step_fn: the jitted step ``(state, batch) -> (state, metrics)``.
+    state: the state at ``start_step``.
+    batches: global batches, one per step, from step start_step + 1 on.
+    start_step: the step ``state`` is at.
+    options: when to log, evaluate, checkpoint, and how far to run ahead.
+    manager: the checkpoint manager (closed on return).
+    to_tree: state -> checkpoint tree.
+    meta: JSON metadata saved with every checkpoint.
+    writer: a clu MetricWriter (flushed and closed on return).
+    num_processes: processes of the run (several stop at a step they agree on).
+    evaluate: state -> metrics, at eval steps and at the last step.
+    hooks: called with each dispatched step number (e.g. a profiler).
+
+  Returns:
+    The last logged metrics.
+
+  Raises:
+    TrainingError: a non-finite loss or norm (nothing non-finite is saved).
+  """
+  history, last = [], {}
+  in_flight = collections.deque()
+  progress = Progress(options.num_steps)
+
+  def wait_for_oldest():
+    done_step, done_metrics = in_flight.popleft()
+    jax.block_until_ready(done_metrics)
+    progress.finished(done_step)
+
+  with StopRequest(num_processes) as stop:
+    try:
+      for step in range(start_step + 1, options.num_steps + 1):
+        while len(in_flight) >= options.steps_in_flight:
+          wait_for_oldest()
+        state, metrics = step_fn(state, next(batches))
+        in_flight.append((step, metrics))
+        history.append(metrics)
+        for hook in hooks:
+          hook(step)
+        last_step = step == options.num_steps
+        stop_now = stop.requested(step)
+        save_now = stop_now or last_step or step % options.checkpoint_every_steps == 0
+        if step % options.log_every_steps == 0 or last_step:
+          last = mean_metrics(history)
+          history = []
+          check_finite(last, step)
+          while in_flight:
+            wait_for_oldest()
+          writer.write_scalars(step, {**last, **progress.report()})
+        elif save_now:
+          check_finite(mean_metrics([metrics]), step)
+        eval_step = options.eval_every_steps and step % options.eval_every_steps == 0
+        if evaluate is not None and (eval_step or last_step):
+          writer.write_scalars(step, evaluate(state))
+        if save_now:
+          checkpoint.save(manager, step, to_tree(state), meta)
+        if stop_now:
+          logging.warning("Stopped at step %d on request; rerun the same command to resume.", step)
+          break
+    finally:
+      manager.wait_until_finished()
+      manager.close()
+      writer.flush()
+      writer.close()
+  return last

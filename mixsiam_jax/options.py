@@ -1,0 +1,204 @@
+"""Validated option objects: what the programs make of the config, once.
+
+The programs (pretraining, kNN, linear probe) turn the ml_collections config into
+these frozen dataclasses; each checks its values when it is built and raises one
+OptionsError naming the config field and the fix. Everything below the programs
+takes these objects (or plain values) and does not check them again.
+"""
+import dataclasses
+from typing import Optional, Tuple
+
+from mixsiam_jax.errors import UserError
+
+AGGREGATIONS = ("max", "mean", "none")
+MIX_MODES = ("fixed", "beta", "cutmix")
+STEMS = ("imagenet", "cifar")
+DEPTHS = (18, 34, 50, 101, 152)
+CONV_IMPLS = ("auto", "xla", "matmul_weight_grad")
+OPTIMIZERS = ("sgd", "lars")
+
+
+class OptionsError(UserError):
+  """A config value is invalid; the message names the field and the fix."""
+
+
+def _unit_interval(field: str, value: float) -> None:
+  if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+    raise OptionsError(f"{field}={value!r} must lie in [0, 1].")
+
+
+def _positive_int(field: str, value: int) -> None:
+  if isinstance(value, bool) or not (isinstance(value, int) and value > 0):
+    raise OptionsError(f"{field}={value!r} must be a positive integer.")
+
+
+def _bool(field: str, value: bool) -> None:
+  if not isinstance(value, bool):
+    raise OptionsError(f"{field}={value!r} must be true or false.")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodOptions:
+  """MixSiam's objective and mixed view (config.method).
+
+  Attributes:
+    lam: weight of L_siam in L = lam L_siam + (1 - lam) L_mix; 1 is SimSiam
+      (no third view, no third forward pass).
+    mix_lambda: weight of view 1 in x_m = mix_lambda x1 + (1 - mix_lambda) x2.
+    aggregation: target of the mixed branch: 'max' | 'mean' | 'none'.
+    mixture: False replaces x_m by a randomly chosen original view (ablation).
+    mix_mode: 'fixed' (paper), 'beta' (per-sample Beta(alpha, alpha)), 'cutmix'.
+    mix_alpha: Beta concentration of 'beta' and 'cutmix'.
+    mix_prob: probability that a sample is mixed at all (else x_m = x1).
+  """
+  lam: float = 0.5
+  mix_lambda: float = 0.5
+  aggregation: str = "max"
+  mixture: bool = True
+  mix_mode: str = "fixed"
+  mix_alpha: float = 1.0
+  mix_prob: float = 1.0
+
+  def __post_init__(self):
+    _unit_interval("method.lam", self.lam)
+    _unit_interval("method.mix_lambda", self.mix_lambda)
+    _unit_interval("method.mix_prob", self.mix_prob)
+    if self.aggregation not in AGGREGATIONS:
+      raise OptionsError(f"method.aggregation={self.aggregation!r} must be one of "
+                         f"{AGGREGATIONS}.")
+    if self.mix_mode not in MIX_MODES:
+      raise OptionsError(f"method.mix_mode={self.mix_mode!r} must be one of {MIX_MODES}.")
+    if self.mix_mode in ("beta", "cutmix") and not self.mix_alpha > 0.0:
+      raise OptionsError(f"method.mix_alpha={self.mix_alpha} must be > 0 for mix_mode "
+                         f"{self.mix_mode!r}.")
+    _bool("method.mixture", self.mixture)
+
+
+@dataclasses.dataclass(frozen=True)
+class PhotometricOptions:
+  """SimSiam's colour jitter, grayscale and blur (config.data); sequences become float tuples.
+
+  Attributes:
+    color_jitter: (brightness, contrast, saturation, hue) strengths.
+    color_jitter_prob: probability of applying the colour jitter.
+    grayscale_prob: probability of converting a view to grayscale.
+    blur_prob: probability of Gaussian blur.
+    blur_sigma: (low, high) of the uniform blur sigma, in pixels.
+  """
+  color_jitter: Tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+  color_jitter_prob: float = 0.8
+  grayscale_prob: float = 0.2
+  blur_prob: float = 0.0
+  blur_sigma: Tuple[float, float] = (0.1, 2.0)
+
+  def __post_init__(self):
+    try:
+      jitter = tuple(float(v) for v in self.color_jitter)
+      sigma = tuple(float(v) for v in self.blur_sigma)
+    except (TypeError, ValueError):
+      raise OptionsError(f"data.color_jitter={self.color_jitter!r} and data.blur_sigma="
+                         f"{self.blur_sigma!r} must be sequences of numbers.") from None
+    if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+      raise OptionsError(f"data.color_jitter={self.color_jitter!r} must be 4 non-negative "
+                         "numbers (brightness, contrast, saturation, hue <= 0.5).")
+    if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
+      raise OptionsError(f"data.blur_sigma={self.blur_sigma!r} must be (low, high) with "
+                         "0 < low <= high.")
+    object.__setattr__(self, "color_jitter", jitter)
+    object.__setattr__(self, "blur_sigma", sigma)
+    for name in ("color_jitter_prob", "grayscale_prob", "blur_prob"):
+      value = getattr(self, name)
+      _unit_interval(f"data.{name}", value)
+      object.__setattr__(self, name, float(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+  """The encoder and heads (config.model, config.half_precision).
+
+  Attributes:
+    depth: ResNet depth (18, 34, 50, 101, 152).
+    width: channels of the first stage (64 = standard).
+    stem: 'cifar' (3x3 stride 1, no max-pool) or 'imagenet' (7x7 stride 2 + max-pool).
+    projector_layers, projector_hidden_dim, projector_dim: projector shape.
+    predictor_hidden_dim: predictor bottleneck width.
+    half_precision: None (bfloat16 on GPU/TPU, float32 on CPU: decided from the
+      devices of the mesh), True or False.
+    remat: recompute residual blocks in the backward pass.
+    conv_impl: 'auto' (per-tap matmul weight gradients on CPU, XLA's convolutions
+      on GPU/TPU: decided from the mesh), 'xla' or 'matmul_weight_grad'.
+    num_classes: classes of the online linear probe (0: none).
+  """
+  depth: int = 18
+  width: int = 64
+  stem: str = "cifar"
+  projector_layers: int = 2
+  projector_hidden_dim: int = 2048
+  projector_dim: int = 2048
+  predictor_hidden_dim: int = 512
+  half_precision: Optional[bool] = None
+  remat: bool = False
+  conv_impl: str = "auto"
+  num_classes: int = 0
+
+  def __post_init__(self):
+    if self.depth not in DEPTHS:
+      raise OptionsError(f"model.depth={self.depth!r} must be one of {DEPTHS}.")
+    if self.stem not in STEMS:
+      raise OptionsError(f"model.stem={self.stem!r} must be one of {STEMS}.")
+    for name in ("width", "projector_layers", "projector_hidden_dim", "projector_dim",
+                 "predictor_hidden_dim"):
+      _positive_int(f"model.{name}", getattr(self, name))
+    if self.half_precision is not None:
+      _bool("half_precision", self.half_precision)
+    _bool("model.remat", self.remat)
+    if self.conv_impl not in CONV_IMPLS:
+      raise OptionsError(f"model.conv_impl={self.conv_impl!r} must be one of {CONV_IMPLS}.")
+    if isinstance(self.num_classes, bool) or not (isinstance(self.num_classes, int)
+                                                  and self.num_classes >= 0):
+      raise OptionsError(f"num_classes={self.num_classes!r} must be a non-negative integer.")
+
+  def compute_dtype(self, platform: str) -> str:
+    """'bfloat16' or 'float32': the compute dtype on ``platform`` ('cpu', 'gpu', 'tpu')."""
+    if self.half_precision is None:
+      return "float32" if platform == "cpu" else "bfloat16"
+    return "bfloat16" if self.half_precision else "float32"
+
+  def conv_implementation(self, platform: str) -> str:
+    """'xla' or 'matmul_weight_grad': the convolution on ``platform`` ('cpu', 'gpu', 'tpu')."""
+    if self.conv_impl == "auto":
+      return "matmul_weight_grad" if platform == "cpu" else "xla"
+    return self.conv_impl
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimOptions:
+  """Optimiser and schedule (config.optim).
+
+  Attributes:
+    name: 'sgd' or 'lars'.
+    base_lr: learning rate = base_lr x global batch / 256.
+    momentum: heavy-ball momentum, in [0, 1).
+    weight_decay: L2 coefficient (>= 0).
+    warmup_epochs: linear warm-up before the cosine decay (>= 0).
+    fix_predictor_lr: keep the predictor's lr constant (official --fix-pred-lr).
+  """
+  name: str = "sgd"
+  base_lr: float = 0.05
+  momentum: float = 0.9
+  weight_decay: float = 1e-4
+  warmup_epochs: float = 0.0
+  fix_predictor_lr: bool = True
+
+  def __post_init__(self):
+    if self.name not in OPTIMIZERS:
+      raise OptionsError(f"optim.name={self.name!r} must be one of {OPTIMIZERS}.")
+    if not (isinstance(self.base_lr, (int, float)) and self.base_lr > 0):
+      raise OptionsError(f"optim.base_lr={self.base_lr!r} must be a positive number.")
+    if not (isinstance(self.momentum, (int, float)) and 0.0 <= self.momentum < 1.0):
+      raise OptionsError(f"optim.momentum={self.momentum!r} must lie in [0, 1).")
+    if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+      raise OptionsError(f"optim.weight_decay={self.weight_decay!r} must be >= 0.")
+    if not (isinstance(self.warmup_epochs, (int, float)) and self.warmup_epochs >= 0):
+      raise OptionsError(f"optim.warmup_epochs={self.warmup_epochs!r} must be >= 0.")
+    _bool("optim.fix_predictor_lr", self.fix_predictor_lr)

@@ -1,0 +1,128 @@
+"""The shared loop: durations, bounded steps in flight, stop on SIGTERM, logging, checkpoints."""
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from mixsiam_jax import checkpoint, loop
+from mixsiam_jax.errors import UserError
+
+
+class Pending(float):
+  """A metric value of a step that 'finishes' only when the loop waits for it."""
+
+  def __new__(cls, value, step, log):
+    obj = super().__new__(cls, value)
+    obj.step, obj.log = step, log
+    return obj
+
+  def block_until_ready(self):
+    self.log["finished"].add(self.step)
+    return self
+
+
+class FakeProgram:
+  """A step whose completion the test observes; optionally SIGTERMs itself at one step."""
+
+  def __init__(self, sigterm_at=None, loss_at=None):
+    self.log = {"finished": set(), "finished_when_dispatched": {}}
+    self.sigterm_at = sigterm_at
+    self.loss_at = loss_at or {}
+
+  def step(self, state, batch):
+    step = state["step"] + 1
+    self.log["finished_when_dispatched"][step] = set(self.log["finished"])
+    if step == self.sigterm_at:
+      os.kill(os.getpid(), signal.SIGTERM)
+    loss = self.loss_at.get(step, -0.5)
+    return {"step": step, "w": state["w"] + batch}, {"loss": Pending(loss, step, self.log)}
+
+
+class ListWriter:
+  """Collects write_scalars calls."""
+
+  def __init__(self):
+    self.rows, self.closed = [], False
+
+  def write_scalars(self, step, scalars):
+    self.rows.append((step, dict(scalars)))
+
+  def flush(self):
+    pass
+
+  def close(self):
+    self.closed = True
+
+
+def run_fake(tmp_path, program, num_steps=10, log_every=5, checkpoint_every=100, in_flight=2,
+             evaluate=None):
+  manager = checkpoint.create_manager(str(tmp_path / "ckpt"), async_save=False)
+  writer = ListWriter()
+  state = {"step": 0, "w": np.zeros(3, np.float32)}
+  options = loop.LoopOptions(num_steps=num_steps, log_every_steps=log_every,
+                             checkpoint_every_steps=checkpoint_every, steps_in_flight=in_flight)
+  last = loop.run(program.step, state, iter(np.ones(num_steps, np.float32)), start_step=0,
+                  options=options, manager=manager, to_tree=lambda s: {"w": s["w"]},
+                  meta={"what": "fake"}, writer=writer, evaluate=evaluate)
+  return last, writer
+
+
+def saved_steps(tmp_path):
+  return sorted(int(p) for p in os.listdir(tmp_path / "ckpt") if p.isdigit())
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
+def test_at_most_k_steps_run_ahead_of_the_newest_finished_one(tmp_path, in_flight):
+  program = FakeProgram()
+  run_fake(tmp_path, program, num_steps=12, log_every=100, in_flight=in_flight)
+  for step, finished in program.log["finished_when_dispatched"].items():
+    # Every step up to step - k had finished on the devices before step was dispatched.
+    assert set(range(1, step - in_flight + 1)) <= finished, (step, finished)
+
+
+def test_sigterm_saves_the_current_step_at_once_and_returns(tmp_path):
+  program = FakeProgram(sigterm_at=4)
+  previous = signal.getsignal(signal.SIGTERM)
+  run_fake(tmp_path, program, num_steps=10, log_every=100, checkpoint_every=100)
+  assert max(program.log["finished_when_dispatched"]) == 4  # nothing dispatched after step 4
+  assert saved_steps(tmp_path) == [4]
+  assert signal.getsignal(signal.SIGTERM) == previous  # the handler is restored
+
+
+def test_logs_means_with_progress_and_checkpoints_the_end(tmp_path):
+  program = FakeProgram(loss_at={1: -1.0, 2: -2.0, 3: -3.0, 4: -4.0})
+  evaluations = []
+  last, writer = run_fake(tmp_path, program, num_steps=6, log_every=4, checkpoint_every=3,
+                          evaluate=lambda state: evaluations.append(state["step"]) or {"knn": 1})
+  logged = {step: row for step, row in writer.rows if "loss" in row}
+  assert sorted(logged) == [4, 6]
+  assert logged[4]["loss"] == pytest.approx(-2.5)  # mean over steps 1-4
+  assert last["loss"] == pytest.approx(-0.5)
+  assert "uptime" in logged[4] and logged[6]["steps_per_sec"] > 0
+  assert evaluations == [6] and writer.closed
+  assert saved_steps(tmp_path) == [3, 6]
+
+
+def test_non_finite_loss_stops_before_the_checkpoint(tmp_path):
+  program = FakeProgram(loss_at={3: float("nan")})
+  with pytest.raises(loop.TrainingError, match=r"non-finite loss at step 3"):
+    run_fake(tmp_path, program, num_steps=6, log_every=100, checkpoint_every=3)
+  assert saved_steps(tmp_path) == []
+
+
+def test_steps_from_steps_or_epochs():
+  assert loop.steps("n", steps=7, epochs=3, num_examples=100, batch_size=10) == 7
+  assert loop.steps("n", steps=-1, epochs=3, num_examples=105, batch_size=10) == 30
+  assert loop.steps("n", steps=0, epochs=0.5, num_examples=100, batch_size=10) == 5
+  assert loop.steps("n", steps=-1, epochs=0, num_examples=100, batch_size=10) == 0
+  with pytest.raises(UserError, match=r"batch_size=200 is larger than the data set \(100"):
+    loop.steps("n", steps=-1, epochs=1, num_examples=100, batch_size=200)
+
+
+def test_loop_options_refuse_non_positive_periods():
+  with pytest.raises(UserError, match="log_every_steps=0"):
+    loop.LoopOptions(num_steps=5, log_every_steps=0, checkpoint_every_steps=1)
+  with pytest.raises(UserError, match="eval_every_steps=-1"):
+    loop.LoopOptions(num_steps=5, log_every_steps=1, checkpoint_every_steps=1,
+                     eval_every_steps=-1)

@@ -21,6 +21,17 @@ def create_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def mesh_platform(mesh: Mesh) -> str:
+  """'cpu', 'gpu' or 'tpu': the platform of the mesh's devices (not the host's default backend).
+
+  Everything platform-dependent (compute dtype, convolution choice, compiler
+  options) is decided from this, so a step compiled on a CPU host for TPU or GPU
+  devices gets what those devices need.
+  """
+  platform = mesh.devices.flat[0].platform.lower()
+  return "gpu" if platform in ("cuda", "rocm", "gpu") else platform
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   """Sharding that keeps a full copy on every device."""
   return NamedSharding(mesh, P())

@@ -7,7 +7,7 @@ r"""MixSiam in JAX: pretraining, linear probing and kNN evaluation.
 Several processes (GPU hosts, TPU pods): start one process per host with
 --jax_distributed (see README, "Several hosts").
 """
-import logging as logging_lib
+import contextlib
 import os
 import sys
 
@@ -15,6 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from mixsiam_jax import cli, workdir_lock  # noqa: E402  (light: flags parse before TF and JAX load)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
@@ -34,17 +36,20 @@ flags.mark_flags_as_required(["config", "workdir"])
 PROGRAMS = ("pretrain", "linear_probe", "knn")
 
 
-class _QuietLibraryInfo(logging_lib.Filter):
-  """Drops Orbax's per-save INFO chatter (dozens of lines per checkpoint); keeps warnings."""
-
-  def filter(self, record):
-    return record.levelno >= logging_lib.WARNING or "/orbax/" not in record.pathname
+def _program(name):
+  """The run(config, workdir) function of a program."""
+  if name == "pretrain":
+    from mixsiam_jax import pretrain  # pylint: disable=g-import-not-at-top
+    return pretrain.train_and_evaluate
+  from mixsiam_jax.evaluation import knn, linear_probe  # pylint: disable=g-import-not-at-top
+  return {"knn": knn.run_knn, "linear_probe": linear_probe.run_linear_probe}[name]
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_handler().addFilter(_QuietLibraryInfo())
+  logging.get_absl_handler().addFilter(cli.QuietLibraryInfo())
+  sys.unraisablehook = cli.drop_abandoned_reads(sys.unraisablehook)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   # TensorFlow only feeds data: keep it off the accelerators that JAX uses.
   tf.config.set_visible_devices([], "GPU")
@@ -60,17 +65,15 @@ def main(argv):
   program = config.get("program", "pretrain")
   if program not in PROGRAMS:
     raise app.UsageError(f"config.program={program!r} must be one of {PROGRAMS}.")
-  try:
-    if program == "pretrain":
-      from mixsiam_jax import pretrain  # pylint: disable=g-import-not-at-top
-      pretrain.train_and_evaluate(config, FLAGS.workdir)
-    else:
-      from mixsiam_jax import evaluate  # pylint: disable=g-import-not-at-top
-      getattr(evaluate, f"run_{program}")(config, FLAGS.workdir)
-  except ValueError as e:  # Boundary checks: one clear line; the traceback with --v=1.
-    logging.debug("Traceback of the error below:", exc_info=True)
-    sys.exit(f"error: {e}")
+  # Boundary checks end in one line (the traceback with --v=1); anything else is a bug.
+  with cli.one_line_errors():
+    # One run per workdir. Only process 0 locks it: the other processes of this
+    # run share its workdir, and a second run is stopped by its own process 0.
+    lock = (workdir_lock.lock_workdir(FLAGS.workdir) if jax.process_index() == 0
+            else contextlib.nullcontext())
+    with lock:
+      _program(program)(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -133,18 +133,19 @@ def write_imagenet_like(sample_dir, out_dir, num_files, num_classes, seed=0):
 def bench_ours(folder, size, n, mode, blur, batch_size, warmup=3):
   """Examples/s (each two views) of our pipeline; mode: 'host_crop', 'device', 'host_all'."""
   import jax  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import augment, input_pipeline  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import augment  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.options import PhotometricOptions  # pylint: disable=g-import-not-at-top
-  ds = input_pipeline.create_pretrain_dataset(
-      f"folder:{folder}", "train", global_batch_size=batch_size, image_size=size, seed=0,
-      photometric_on_host=mode == "host_all", blur_prob=blur, process_index=0, process_count=1,
-      **PHOTOMETRIC)
-  photometric = dict(PHOTOMETRIC, blur_prob=blur)
+  photometric = PhotometricOptions(**PHOTOMETRIC, blur_prob=blur)
+  options = pipeline.TrainDataOptions(
+      dataset=f"folder:{folder}", global_batch_size=batch_size, image_size=size,
+      host_photometric=photometric if mode == "host_all" else None)
+  ds = pipeline.create_pretrain_dataset(options, process_index=0, process_count=1)
 
   def device_part(i, views):  # [B, 2, S, S, 3] uint8 -> dispatched (async) jax.Array.
     flat = views.reshape((-1,) + views.shape[2:])
     return augment.device_photometric_augment(jax.random.fold_in(jax.random.key(0), i), flat,
-                                              PhotometricOptions(**photometric))
+                                              photometric)
 
   it = ds.as_numpy_iterator()
   for i in range(warmup):  # Fills tf.data's buffers and compiles the device part.
@@ -242,6 +243,8 @@ def main():
   parser.add_argument("--step_image", type=int, default=32)
   parser.add_argument("--step_reps", type=int, default=5)
   args = parser.parse_args()
+  from mixsiam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline.hide_accelerators_from_tensorflow()
   imagenet = args.imagenet
   size = args.image_size or (224 if imagenet else 32)
   num = args.num or (1536 if imagenet else 10000)

@@ -215,15 +215,16 @@ def build_jax(args):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
 
-  from mixsiam_jax import augment, losses, models, optim, sharding, train  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax.options import MethodOptions, PhotometricOptions  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import augment, losses, optim, pretrain, sharding, train  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.options import MethodOptions, ModelOptions, PhotometricOptions  # pylint: disable=g-import-not-at-top
 
   mesh = sharding.create_mesh(jax.devices()[:1])
-  network = models.create_network(
+  model = ModelOptions(
       depth=args.depth, width=args.width, stem=_stem(args),
       projector_layers=_projector_layers(args), projector_hidden_dim=args.projector_dim,
       projector_dim=args.projector_dim, predictor_hidden_dim=args.predictor_hidden_dim,
-      dtype=args.dtype, conv_impl=args.conv_impl)
+      half_precision=args.dtype == "bfloat16", conv_impl=args.conv_impl)
+  network = pretrain.create_network(model, sharding.mesh_platform(mesh))
   sched = optim.cosine_schedule(0.05, 10_000)
   tx = optim.create_pretrain_optimizer(schedule=sched, peak_lr=0.05,
                                        weight_decay=args.weight_decay)
@@ -232,7 +233,7 @@ def build_jax(args):
           .astype(np.uint8)}
   batch = sharding.global_batch(host, mesh)
   rng = jax.random.key(0)
-  photometric = PhotometricOptions(**PHOTOMETRIC, blur_prob=0.5 if args.image_size >= 96 else 0.0)
+  photometric = PhotometricOptions(blur_prob=0.5 if args.image_size >= 96 else 0.0, **PHOTOMETRIC)
 
   built, info = {}, {}
   for row in ("ours", "ours_photo"):

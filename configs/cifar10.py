@@ -108,6 +108,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.num_epochs = 800
   # Total steps; -1 derives it from num_epochs.
   config.num_train_steps = -1
+  # A resume refuses a changed num_train_steps / num_epochs unless this is true (e.g. to
+  # extend a finished run); the cosine lr schedule is then recomputed for the new length.
+  config.allow_length_change = False
   config.optim = ml_collections.ConfigDict()
   # 'sgd' (pretraining) or 'lars'.
   config.optim.name = "sgd"

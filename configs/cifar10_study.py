@@ -1,13 +1,15 @@
 r"""The CPU-sized CIFAR-10 study (scripts/cifar10_study.py): one config per table row.
 
+  python scripts/cifar10_study.py --out=/tmp/study        # every row, from TFDS cifar10
   python main.py --config=configs/cifar10_study.py:max --workdir=/tmp/study/max_s0 \
       --config.dataset=folder:/tmp/cifar10/train --config.eval_dataset=folder:/tmp/cifar10/train
 
-Pretrains on the first 4,500 images of every class of the CIFAR-10 training
-folder (`train_split='[:4500]'`) and monitors kNN top-1 on the last 500 of every
-class (`eval_split='[4500:]'`, bank = the 45,000 training images, evaluation
-transform). Everything but the method is shared by all rows, so rows differ only
-in what the paper's Table 3 varies:
+Pretrains on the first 4,500 images of every class of a CIFAR-10 training
+folder (`train_split='[:4500]'`; the script exports TFDS cifar10 to such a
+folder) and monitors kNN top-1 on the last 500 of every class
+(`eval_split='[4500:]'`, bank = the 45,000 training images, evaluation
+transform). Everything but the method is shared by all rows, so rows differ
+only in what the paper's Table 3 varies:
 
   simsiam : lam = 1 (two views, no mixed branch)
   max     : MixSiam, aggregation max (the paper's method)
@@ -15,17 +17,17 @@ in what the paper's Table 3 varies:
   none    : MixSiam, target z of a random original view
   nomix   : MixSiam max without mixture (a random original view replaces x_m)
 
-Budget (chosen so that a run takes 15-25 minutes on one core of the 2-core
-development machine, two runs side by side): ResNet-18 with the CIFAR stem at
-width 8 (64-d features), images downscaled to 16 px, projector 512-512,
-predictor 512 -> 128 -> 512 (the paper's 4:1 bottleneck), batch 64, 5 epochs,
-SGD with momentum 0.9, wd 4e-4, cosine decay, fixed predictor lr, no blur, and
-base lr 0.6 (lr 0.6 x 64/256 = 0.15) instead of the paper's 0.03. The lr was
-chosen in pilots that never saw the study's held-out images (MixSiam max, seed
-0, trained on the first 4,000 images of every class, kNN on images 4,000-4,499):
-after one epoch base lr 0.3 / 0.6 / 1.2 reached 31.1 / 35.6 / 34.0% (docs/results.md).
-At 32 px the same network ran about 3x slower per image on this CPU, and 2 SimSiam
-epochs there (base lr 0.03) left kNN flat (30.3% -> 30.0%).
+Budget (a run takes 15-25 minutes on one core of a 2-core CPU, two runs side
+by side): ResNet-18 with the CIFAR stem at width 8 (64-d features), images
+downscaled to 16 px, projector 512-512, predictor 512 -> 128 -> 512 (the
+paper's 4:1 bottleneck), batch 64, 5 epochs, SGD with momentum 0.9, wd 4e-4,
+cosine decay, fixed predictor lr, no blur, and base lr 0.6 (lr 0.6 x 64/256 =
+0.15) instead of the paper's 0.03. The lr is the best of pilots that never see
+the study's held-out images (MixSiam max, seed 0, trained on the first 4,000
+images of every class, kNN on images 4,000-4,499): after one epoch base lr
+0.3 / 0.6 / 1.2 reach 31.1 / 35.6 / 34.0% (docs/results.md). Width 8 at 16 px
+is the largest of the sizes in docs/results.md that fits this budget: 32 px
+costs about 3x more per image.
 """
 import ml_collections
 

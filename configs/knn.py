@@ -4,9 +4,12 @@ r"""kNN evaluation of a pretrained encoder (the SimSiam-family monitor as a prog
 
 Bank: the training split with the evaluation transform; queries: the evaluation
 split. Pooled backbone features, l2-normalised, k = 200 neighbours voting with
-weight exp(cos / 0.1). Writes results.json (knn_top1, knn_top5 in percent) and
-metrics.jsonl to --workdir; the pretraining workdir is only read.
-Variants: '' (CIFAR-10 at 32 px), 'imagenet' (224 px, resize + centre crop).
+weight exp(cos / 0.1), at the image size the checkpoint was trained at (unless
+--config.image_size says otherwise). Writes results.json (knn_top1, knn_top5 in
+percent; pretrained_step, image_size, pretrained_image_size) and metrics.jsonl
+to --workdir; the pretraining workdir is only read. The training and evaluation
+data must have the same class names.
+Variants: '' (CIFAR-10), 'imagenet' (resize + centre crop; 224 px for a state-dict file).
 """
 import ml_collections
 

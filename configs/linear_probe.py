@@ -9,10 +9,13 @@ the checkpoint afterwards. Recipe (MixSiam paper, ImageNet): LARS, batch 4096,
 cosine decay, 90 epochs, weight decay 0, momentum 0.9, base lr 0.02 (the paper)
 -- the official SimSiam code uses base lr 0.1 with the same optimiser; set
 --config.optim.base_lr=0.1 for it. lr = base_lr x batch / 256. The paper's CIFAR
-transfer probe runs 800 epochs at batch 512. Writes results.json (probe_top1,
-probe_top5 on the evaluation split) and resumes from its own checkpoints.
-Variants: '' (CIFAR-10, 32 px), 'imagenet' (224 px), 'fast' (features computed
-once without augmentation: minutes instead of hours on small machines).
+transfer probe runs 800 epochs at batch 512. Images are read at the size the
+checkpoint was trained at (see configs/common.py, image_size). Writes
+results.json (probe_top1, probe_top5 on the evaluation split, in percent, like
+the logged probe_train_top1) and resumes from its own checkpoints, on the same
+pretraining checkpoint step it started with; SIGTERM saves and stops.
+Variants: '' (CIFAR-10), 'imagenet' (resize + centre crop), 'fast' (features
+computed once without augmentation: minutes instead of hours on small machines).
 """
 import ml_collections
 
@@ -30,13 +33,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # RandomResizedCrop area range of the probe's training images (torchvision default).
   config.data.crop_scale = (0.08, 1.0)
   config.probe = ml_collections.ConfigDict()
-  # True: crop + flip every step (official); False: features of the plain images, computed once.
+  # True: one crop + flip per image every step (official); False: features of the plain
+  # images, computed once.
   config.probe.augment = True
   # Global batch of the classifier.
   config.batch_size = 4096
   config.num_epochs = 90
   # Total steps; -1 derives it from num_epochs.
   config.num_train_steps = -1
+  # A resume refuses a changed num_train_steps / num_epochs unless this is true (e.g. to
+  # extend a finished run); the cosine lr schedule is then recomputed for the new length.
+  config.allow_length_change = False
   config.optim = ml_collections.ConfigDict()
   # 'lars' (paper and official code) or 'sgd'.
   config.optim.name = "lars"

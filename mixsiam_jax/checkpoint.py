@@ -10,7 +10,7 @@ Orbax writes each step into a temporary directory and renames it when complete,
 so a crash mid-save leaves the previous step as the newest one.
 """
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
@@ -18,12 +18,13 @@ from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
 from mixsiam_jax import sharding
+from mixsiam_jax.errors import UserError
 
 STATE, META = "state", "meta"
 CHECKPOINT_DIR = "checkpoints"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
   """A checkpoint that cannot be found, read or used."""
 
 
@@ -53,10 +54,25 @@ def create_manager(directory: str, *, keep: int = 3, keep_every_steps: int = 0,
     policies.append(checkpoint_managers.EveryNSteps(interval_steps=keep_every_steps))
   options = ocp.CheckpointManagerOptions(
       preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-      enable_async_checkpointing=async_save, create=not read_only, read_only=read_only)
+      enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
+      save_interval_steps=0 if read_only else 1)
   return ocp.CheckpointManager(
       directory, options=options,
       item_handlers={STATE: ocp.PyTreeCheckpointHandler(), META: ocp.JsonCheckpointHandler()})
+
+
+def latest_step(directory: str) -> int:
+  """The newest complete step in ``directory``, 0 if none (or no directory); writes nothing.
+
+  For the checks before a run starts: create_manager makes the directory.
+  """
+  if not os.path.isdir(directory):
+    return 0
+  manager = create_manager(directory, read_only=True, async_save=False)
+  try:
+    return manager.latest_step() or 0
+  finally:
+    manager.close()
 
 
 def state_tree(state: Any, rng: jax.Array) -> Dict[str, Any]:
@@ -76,6 +92,55 @@ def _describe(directory: str, step: int) -> str:
   return os.path.join(directory, str(step))
 
 
+def _reason(error: BaseException) -> str:
+  """The first line of a library error (TensorStore appends a multi-line spec to its own)."""
+  lines = str(error).strip().splitlines()
+  text = lines[0].split(" See full TensorStore details")[0] if lines else type(error).__name__
+  return text if len(text) <= 300 else text[:300] + "..."
+
+
+def _readable(read: Callable[[int], Any], step: int) -> bool:
+  try:
+    read(step)
+  except Exception:  # pylint: disable=broad-except  # any failure: not intact
+    return False
+  return True
+
+
+def _broken(manager: ocp.CheckpointManager, step: int, error: BaseException,
+            read: Callable[[int], Any]) -> CheckpointError:
+  """The one-line error for an unreadable ``step``; for the newest, an intact older one and its use.
+
+  Args:
+    manager: the manager holding ``step``.
+    step: the step that failed.
+    error: what failed.
+    read: step -> anything, raising if that step cannot be restored (tried on
+      older steps, newest first, until one works).
+
+  Returns:
+    The error to raise.
+  """
+  directory = str(manager.directory)
+  where = _describe(directory, step)
+  message = f"checkpoint {where} is unreadable or incomplete ({_reason(error)})"
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps or step != steps[0]:
+    return CheckpointError(message + ".")
+  older = steps[1:]
+  intact = next((s for s in older if _readable(read, s)), None)
+  parked = os.path.join(os.path.dirname(directory), f"broken_checkpoint_{step}")
+  if intact is not None:
+    fix = (f"step {intact} is intact: move the broken step away (mv {where} {parked}) and rerun "
+           f"the same command to use step {intact}.")
+  elif older:
+    fix = f"no older step is intact either ({older}): start over in a new --workdir."
+  else:
+    fix = (f"it is the only checkpoint: move it away (mv {where} {parked}) to start over from "
+           "step 0, or use a new --workdir.")
+  return CheckpointError(f"{message}; {fix}")
+
+
 def restore(manager: ocp.CheckpointManager, step: int, target: Dict[str, Any]
             ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   """Restores ``step`` into the structure, shapes and shardings of ``target``.
@@ -91,23 +156,43 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Dict[str, Any]
     (restored tree, meta dict).
 
   Raises:
-    CheckpointError: naming the checkpoint and what did not match.
+    CheckpointError: one line naming the checkpoint and what did not match; if
+      the newest step is unreadable, also the newest older step that restores
+      and the command that makes the next run use it. The caller closes the
+      manager before the error ends the program.
   """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  where = _describe(str(manager.directory), step)
-  try:
-    saved = manager.item_metadata(step)[STATE]
-  except Exception as e:  # Orbax raises several types for unreadable metadata.
-    raise CheckpointError(f"checkpoint {where} is unreadable or incomplete: {e}") from e
-  _check_compatible(saved, abstract, where)
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(
+
+  def read(s):
+    return manager.restore(s, args=ocp.args.Composite(
         **{STATE: ocp.args.PyTreeRestore(
             abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
            META: ocp.args.JsonRestore()}))
+
+  try:
+    saved = manager.item_metadata(step)[STATE]
+  except Exception as e:  # Orbax raises several types for unreadable metadata.
+    raise _broken(manager, step, e, read) from e
+  _check_compatible(saved, abstract, _describe(str(manager.directory), step))
+  try:
+    restored = read(step)
   except Exception as e:  # Truncated files surface as many different errors.
-    raise CheckpointError(f"checkpoint {where} could not be restored: {e}") from e
+    raise _broken(manager, step, e, read) from e
   return restored[STATE], dict(restored[META] or {})
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
+  """The JSON metadata saved with ``step``, without reading its arrays.
+
+  Raises:
+    CheckpointError: naming the checkpoint if its metadata cannot be read.
+  """
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+  except Exception as e:  # Orbax raises several types for unreadable files.
+    raise CheckpointError(f"checkpoint {_describe(str(manager.directory), step)} is unreadable "
+                          f"or incomplete ({_reason(e)}).") from e
+  return dict(restored[META] or {})
 
 
 def _check_compatible(saved: Any, abstract: Any, where: str) -> None:
@@ -155,7 +240,8 @@ def restore_replicated(workdir: str, mesh: Mesh, step: Optional[int] = None,
     (dict of the requested entries, meta dict, step).
 
   Raises:
-    CheckpointError: naming the path when there is nothing usable to restore.
+    CheckpointError: one line naming the path when there is nothing usable to
+      restore (for an unreadable newest step, as restore does).
   """
   if not workdir:
     raise CheckpointError("--config.pretrained is empty: set it to a pretraining workdir.")
@@ -174,25 +260,31 @@ def restore_replicated(workdir: str, mesh: Mesh, step: Optional[int] = None,
     if step not in steps:
       raise CheckpointError(f"pretrained={workdir} has no checkpoint at step {step}; "
                             f"available: {sorted(steps)}.")
-    where = _describe(directory, step)
+    read = lambda s: _read_replicated(manager, s, sharding.replicated(mesh), items)
     try:
-      saved = manager.item_metadata(step)[STATE]
-      meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
-    except Exception as e:
-      raise CheckpointError(f"checkpoint {where} is unreadable or incomplete: {e}") from e
-    rep = sharding.replicated(mesh)
-    abstract = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep),
-                                saved[k]) for k in items if k in saved}
-    missing = [k for k in items if k not in abstract]
-    if missing:
-      raise CheckpointError(f"checkpoint {where} has no {missing}; was it written by mixsiam_jax?")
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(**{
-          STATE: ocp.args.PyTreeRestore(abstract, restore_args=jax.tree.map(
-              lambda a: ocp.ArrayRestoreArgs(sharding=rep, global_shape=a.shape, dtype=a.dtype),
-              abstract), partial_restore=True)}))
-    except Exception as e:
-      raise CheckpointError(f"checkpoint {where} could not be restored: {e}") from e
-    return dict(restored[STATE]), dict(meta or {}), step
+      tree, meta = read(step)
+    except CheckpointError:
+      raise
+    except Exception as e:  # Orbax raises several types for unreadable or truncated files.
+      raise _broken(manager, step, e, read) from e
+    return tree, meta, step
   finally:
     manager.close()
+
+
+def _read_replicated(manager: ocp.CheckpointManager, step: int, rep: Any,
+                     items: Tuple[str, ...]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """(requested entries of the state, meta) of ``step`` with sharding ``rep``; Orbax errors pass."""
+  saved = manager.item_metadata(step)[STATE]
+  meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+  abstract = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep),
+                              saved[k]) for k in items if k in saved}
+  missing = [k for k in items if k not in abstract]
+  if missing:
+    raise CheckpointError(f"checkpoint {_describe(str(manager.directory), step)} has no "
+                          f"{missing}; was it written by mixsiam_jax?")
+  restored = manager.restore(step, args=ocp.args.Composite(**{
+      STATE: ocp.args.PyTreeRestore(abstract, restore_args=jax.tree.map(
+          lambda a: ocp.ArrayRestoreArgs(sharding=rep, global_shape=a.shape, dtype=a.dtype),
+          abstract), partial_restore=True)}))
+  return dict(restored[STATE]), dict(meta or {})

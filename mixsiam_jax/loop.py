@@ -31,7 +31,7 @@ State = Any
 Metrics = Dict[str, Any]
 StepFn = Callable[[State, Any], Tuple[State, Metrics]]
 
-# Metrics that must stay finite; a program reports whichever of them it has.
+# Metrics that must stay finite: these and every '*_loss' a program reports.
 FINITE_METRICS = ("loss", "grad_norm", "param_norm")
 
 
@@ -111,8 +111,9 @@ def mean_metrics(history: Sequence[Metrics]) -> Dict[str, float]:
 
 
 def check_finite(metrics: Dict[str, float], step: int) -> None:
-  """Raises TrainingError if a loss or norm in ``metrics`` is NaN or infinite."""
-  bad = [k for k in FINITE_METRICS if not math.isfinite(metrics.get(k, 0.0))]
+  """Raises TrainingError if a loss (any '*_loss') or norm in ``metrics`` is NaN or infinite."""
+  watched = [k for k in metrics if k in FINITE_METRICS or k.endswith("_loss")]
+  bad = [k for k in watched if not math.isfinite(metrics[k])]
   if bad:
     raise TrainingError(
         f"non-finite {', '.join(bad)} at step {step} ({', '.join(f'{k}={metrics[k]}' for k in bad)}); "

@@ -21,8 +21,9 @@ from absl import logging
 from clu import periodic_actions
 from jax.sharding import Mesh
 
-from mixsiam_jax import augment, checkpoint, input_pipeline, loop, models, optim, sharding, train
-from mixsiam_jax import workdir as workdir_lib
+from mixsiam_jax import augment, checkpoint, loop, models, optim, sharding, train
+from mixsiam_jax import metric_writer, workdir as workdir_lib
+from mixsiam_jax.data import pipeline, sources
 from mixsiam_jax.options import (MethodOptions, ModelOptions, OptimOptions, OptionsError,
                                  PhotometricOptions)
 
@@ -208,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        "remove --config.pretrained.")
   mesh = sharding.create_mesh(devices)
   sharding.check_global_batch(config.batch_size, mesh)
-  info = input_pipeline.get_dataset_info(config.dataset, config.train_split)
+  info = sources.get_dataset_info(config.dataset, config.train_split)
   opts = options_from_config(config, info.num_classes)
   training = build_training(opts, mesh, info.num_examples)
   loop_options = loop.LoopOptions(num_steps=training.num_steps,
@@ -234,12 +235,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # The data sets are checked (and the input pipeline built) before anything is
   # written into the workdir, so a corrected rerun is not refused as a changed config.
   try:
-    data = input_pipeline.create_pretrain_dataset(
-        config.dataset, config.train_split, global_batch_size=opts.batch_size,
+    data = pipeline.create_pretrain_dataset(pipeline.TrainDataOptions(
+        dataset=config.dataset, split=config.train_split, global_batch_size=opts.batch_size,
         image_size=opts.image_size, seed=opts.seed, crop_scale=tuple(config.data.crop_scale),
-        photometric_on_host=not opts.photometric_on_device,
-        start_step=start_step, skip_bad_images=config.data.skip_bad_images,
-        **dataclasses.asdict(opts.photometric))
+        host_photometric=None if opts.photometric_on_device else opts.photometric,
+        skip_bad_images=config.data.skip_bad_images), start_step=start_step)
     knn_monitor = _make_knn_monitor(config, training.network, mesh)
   except Exception:
     manager.close()
@@ -259,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir_lib.save_config(workdir, config_dict, start_step)
   workdir_lib.truncate_metrics(workdir, start_step)
   is_main = jax.process_index() == 0
-  writer = workdir_lib.create_writer(workdir, is_main)
+  writer = metric_writer.create_writer(workdir, is_main)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in workdir_lib.flatten_config(config_dict).items()
                           if isinstance(v, (int, float, str, bool))})

@@ -42,8 +42,16 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def mesh_process_count(mesh: Mesh) -> int:
+  """The number of processes (hosts) that own the devices of ``mesh``."""
+  return len({device.process_index for device in mesh.devices.flat})
+
+
 def check_global_batch(global_batch_size: int, mesh: Mesh) -> int:
-  """Checks that the global batch splits evenly over devices and processes.
+  """Checks that the global batch splits evenly over the mesh's devices and processes.
+
+  Processes are counted on the mesh, not on the host running this, so the
+  answer also holds for a mesh of another machine's devices (a compile plan).
 
   Args:
     global_batch_size: examples per step, over all processes.
@@ -61,7 +69,7 @@ def check_global_batch(global_batch_size: int, mesh: Mesh) -> int:
         f"batch_size={global_batch_size} must be a positive multiple of the number of devices "
         f"({num_devices}); set --config.batch_size to e.g. "
         f"{max(1, -(-global_batch_size // num_devices)) * num_devices}.")
-  return global_batch_size // jax.process_count()
+  return global_batch_size // mesh_process_count(mesh)
 
 
 def global_batch(local_batch: Any, mesh: Mesh) -> Any:

@@ -28,12 +28,45 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
+def _init_fn(network: nn.Module, tx: optax.GradientTransformation, image_size: int
+             ) -> Callable[[jax.Array], TrainState]:
+  """``init(rng) -> TrainState``: parameters, BN statistics and optimiser state at step 0."""
+  def init(rng):
+    dummy = jnp.zeros((1, 2, image_size, image_size, 3), jnp.float32)
+    variables = network.init(rng, dummy, train=True)
+    return TrainState.create(apply_fn=network.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables["batch_stats"])
+  return init
+
+
+def abstract_train_state(network: nn.Module, tx: optax.GradientTransformation, *,
+                         image_size: int, mesh: Mesh) -> TrainState:
+  """The train state's shapes, dtypes and shardings, without computing or compiling anything.
+
+  What compiling the step for another machine's devices, restoring a checkpoint
+  onto a mesh, or planning a run needs; works for meshes of devices this host
+  does not have.
+
+  Args:
+    network: the MixSiamNetwork.
+    tx: the optimiser.
+    image_size: side of the square input images.
+    mesh: the data-parallel mesh (the state is replicated on it).
+
+  Returns:
+    A TrainState whose leaves are jax.ShapeDtypeStruct with NamedShardings.
+  """
+  shapes = jax.eval_shape(lambda: _init_fn(network, tx, image_size)(jax.random.key(0)))
+  rep = sharding.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), shapes)
+
+
 def create_train_state(rng: jax.Array, network: nn.Module, tx: optax.GradientTransformation, *,
                        image_size: int, mesh: Mesh) -> TrainState:
   """Initialises parameters, BN statistics and optimiser state, replicated on ``mesh``.
 
-  Initialisation runs under jit with replicated outputs, so it also works when
-  the mesh spans several processes.
+  Initialisation runs under jit with the shardings of ``abstract_train_state``,
+  so it also works when the mesh spans several processes.
 
   Args:
     rng: PRNG key for the parameters.
@@ -45,16 +78,14 @@ def create_train_state(rng: jax.Array, network: nn.Module, tx: optax.GradientTra
   Returns:
     A TrainState at step 0.
   """
-  def init(rng):
-    dummy = jnp.zeros((1, 2, image_size, image_size, 3), jnp.float32)
-    variables = network.init(rng, dummy, train=True)
-    return TrainState.create(apply_fn=network.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables["batch_stats"])
-
-  lowered = jax.jit(init, out_shardings=sharding.replicated(mesh)).lower(rng)
+  abstract = abstract_train_state(network, tx, image_size=image_size, mesh=mesh)
+  lowered = jax.jit(_init_fn(network, tx, image_size),
+                    out_shardings=jax.tree.map(lambda x: x.sharding, abstract)).lower(rng)
   # Initialisation runs once; on CPU, XLA's optimiser spends tens of seconds on the
-  # dozens of unrolled random-number kernels for nothing, so skip it there.
-  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+  # dozens of unrolled random-number kernels for nothing, so skip it there. The
+  # option exists only for XLA:CPU, so it follows the mesh's devices, not the host.
+  cpu = sharding.mesh_platform(mesh) == "cpu"
+  options = {"xla_backend_optimization_level": 0} if cpu else None
   return lowered.compile(compiler_options=options)(rng)
 
 

@@ -18,7 +18,8 @@ from ml_collections import config_flags
 from PIL import Image
 
 from mixsiam_jax import augment
-from mixsiam_jax import input_pipeline
+from mixsiam_jax import pretrain
+from mixsiam_jax.data import decode, host_augment, pipeline, sources
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _OUT = flags.DEFINE_string("out", "grid.png", "PNG file to write.")
@@ -27,7 +28,15 @@ _SCALE = flags.DEFINE_integer("scale", 0, "Pixels per image side in the PNG (0: 
 
 
 def make_grid(rows, scale: int) -> Image.Image:
-  """Tiles rows of uint8 [N, H, W, 3] images into one PIL image with 2-px gaps."""
+  """Tiles rows of uint8 [N, H, W, 3] images into one PIL image with 2-px gaps.
+
+  Args:
+    rows: equal-length uint8 image batches, one per grid row.
+    scale: side of each tile in pixels (0: the image side, at least 96).
+
+  Returns:
+    The grid as an RGB PIL image.
+  """
   n, h = rows[0].shape[0], rows[0].shape[1]
   side, gap = scale or max(h, 96), 2
   grid = Image.new("RGB", (n * (side + gap) + gap, len(rows) * (side + gap) + gap), "white")
@@ -40,29 +49,31 @@ def make_grid(rows, scale: int) -> Image.Image:
 
 def main(argv):
   del argv
+  pipeline.hide_accelerators_from_tensorflow()
   config = _CONFIG.value
-  n, size = _NUM.value, config.image_size
-  d = config.data
-  on_host = not d.photometric_on_device
-  photometric = dict(color_jitter=tuple(d.color_jitter), color_jitter_prob=d.color_jitter_prob,
-                     grayscale_prob=d.grayscale_prob, blur_prob=d.blur_prob,
-                     blur_sigma=tuple(d.blur_sigma))
-  ds = input_pipeline.create_pretrain_dataset(
-      config.dataset, config.train_split, global_batch_size=n, image_size=size,
-      seed=config.seed, crop_scale=tuple(d.crop_scale), photometric_on_host=on_host,
-      process_index=0, process_count=1, skip_bad_images=d.skip_bad_images, **photometric)
+  opts = pretrain.options_from_config(config)
+  n, size = _NUM.value, opts.image_size
+  data = pipeline.TrainDataOptions(
+      dataset=config.dataset, split=config.train_split, global_batch_size=n, image_size=size,
+      seed=opts.seed, crop_scale=tuple(config.data.crop_scale),
+      host_photometric=None if opts.photometric_on_device else opts.photometric,
+      skip_bad_images=config.data.skip_bad_images)
+  bad_images = decode.BadImageLog()
+  ds = pipeline.create_pretrain_dataset(data, process_index=0, process_count=1,
+                                        bad_images=bad_images)
   batch = next(ds.as_numpy_iterator())
   views = batch["views"].astype(np.float32) / 255.0
-  rng = jax.random.key(config.seed)
-  if not on_host:
+  rng = jax.random.key(opts.seed)
+  if opts.photometric_on_device:
     v = augment.device_photometric_augment(rng, views.reshape((-1,) + views.shape[2:]),
-                                           **photometric)
+                                           opts.photometric)
     views = np.asarray(v).reshape(views.shape)
-  m = config.method
+  m = opts.method
   mixed, _ = augment.mix_views(jax.random.fold_in(rng, 1), views[:, 0], views[:, 1],
                                mode=m.mix_mode, mix_lambda=m.mix_lambda, alpha=m.mix_alpha,
                                prob=m.mix_prob)
-  originals = _originals(config, batch["index"], size)
+  source = sources.open_source(config.dataset, config.train_split)
+  originals = np.stack([_original(source, i, size, bad_images) for i in batch["index"]])
   to_u8 = lambda x: np.clip(np.round(np.asarray(x) * 255), 0, 255).astype(np.uint8)  # pylint: disable=g-long-lambda
   grid = make_grid([originals, to_u8(views[:, 0]), to_u8(views[:, 1]), to_u8(mixed)],
                    _SCALE.value)
@@ -70,20 +81,12 @@ def main(argv):
   print(f"Wrote {_OUT.value}: rows original / view 1 / view 2 / mixed, {n} examples.")
 
 
-def _originals(config, indices, size):
-  """The un-augmented examples of ``indices`` (resize + centre crop)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  source = input_pipeline._open_source(config.dataset, config.train_split)  # pylint: disable=protected-access
-  out = []
-  for i in indices:
-    if source.fetch is not None:  # Random access: read just these examples.
-      data, _, name = source.fetch(tf.constant(int(i), tf.int64))
-    else:  # TFRecord-backed TFDS: scan to the example.
-      el = next(iter(source.sequential.skip(int(i)).take(1)))
-      data, name = el["bytes"], el["name"]
-    image, _ = input_pipeline.decode_image(data, name)
-    out.append(input_pipeline.eval_transform(image, size, "resize_center_crop").numpy())
-  return np.stack(out)
+def _original(source: sources.Source, index: int, size: int,
+              bad_images: decode.BadImageLog) -> np.ndarray:
+  """The un-augmented example ``index`` of ``source`` (resize + centre crop), uint8."""
+  data, name = sources.read_example(source, index)
+  image, _ = decode.decode_image(data, name, bad_images)
+  return host_augment.eval_transform(image, size, "resize_center_crop").numpy()
 
 
 if __name__ == "__main__":

@@ -2,17 +2,24 @@
 
 A workdir holds checkpoints/ (Orbax), TensorBoard event files, metrics.jsonl
 (one JSON object per logged step) and config.json (the resolved config of the
-first run). Rerunning in the same workdir resumes; config changes that would
-make the resumed run a different experiment are refused.
+run). Rerunning in the same workdir resumes; config changes that would make the
+resumed run a different experiment are refused.
+
+A program uses this module in two phases, so that a run refused for bad input
+leaves nothing behind that would refuse the corrected rerun:
+  1. checks, which create and write nothing: check_workdir, check_resume;
+  2. once every check has passed (data sets, options, checkpoint): start_run,
+     which creates the workdir, writes config.json (or records the safe changes
+     of a resume) and drops metric lines the resumed run logs again.
 """
 import json
-import math
 import os
 import tempfile
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from clu import metric_writers
-from clu.metric_writers import interface
+from absl import logging
+
+from mixsiam_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -22,13 +29,48 @@ CONFIG_CHANGES_FILE = "config_changes.jsonl"
 SAFE_TO_CHANGE = (
     "log_every_steps", "checkpoint_every_steps", "eval_every_steps", "eval_dataset",
     "eval_split", "eval_batch_size", "knn", "keep_checkpoints", "keep_checkpoints_every_steps",
-    "profile_steps", "data.prefetch", "data.skip_bad_images", "image_summary_every_steps",
-    "async_checkpointing", "model.remat", "model.conv_impl",
+    "profile_steps", "data.prefetch", "data.skip_bad_images", "async_checkpointing",
+    "model.remat", "model.conv_impl", "allow_length_change",
 )
+# The run's length: changing it on a resume recomputes the lr schedule, so it is
+# refused unless the new config sets ALLOW_LENGTH_CHANGE.
+LENGTH_FIELDS = ("num_train_steps", "num_epochs")
+ALLOW_LENGTH_CHANGE = "allow_length_change"
+
+Difference = Tuple[str, Any, Any]
 
 
-class WorkdirError(ValueError):
+class WorkdirError(UserError):
   """A workdir that cannot be used as asked."""
+
+
+def check_workdir(workdir: str) -> str:
+  """Checks that ``workdir`` can be used, without creating or writing anything.
+
+  Args:
+    workdir: path of the run's directory (it need not exist yet).
+
+  Returns:
+    The absolute path.
+
+  Raises:
+    WorkdirError: the path is empty, a file, or cannot be written (or created).
+  """
+  if not workdir:
+    raise WorkdirError("--workdir is required: the directory for checkpoints and logs.")
+  path = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise WorkdirError(f"--workdir={workdir} is a file, not a directory; choose another path.")
+  existing = path
+  while not os.path.exists(existing):  # the directory that would hold the new ones
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise WorkdirError(f"--workdir={workdir} is not writable ({existing} is a file); "
+                       "choose a directory you can write to.")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise WorkdirError(f"--workdir={workdir} is not writable ({existing} does not allow it); "
+                       "choose a directory you can write to.")
+  return path
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -43,11 +85,7 @@ def prepare_workdir(workdir: str) -> str:
   Raises:
     WorkdirError: the path is a file, or not writable.
   """
-  if not workdir:
-    raise WorkdirError("--workdir is required: the directory for checkpoints and logs.")
-  path = os.path.abspath(os.path.expanduser(workdir))
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise WorkdirError(f"--workdir={workdir} is a file, not a directory; choose another path.")
+  path = check_workdir(workdir)
   try:
     os.makedirs(path, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
@@ -97,7 +135,7 @@ def flatten_config(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
   return flat
 
 
-def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[Tuple[str, Any, Any]]:
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[Difference]:
   """Lists (field, old value, new value) for every field that differs (dotted names)."""
   a, b = flatten_config(old), flatten_config(new)
   missing = object()
@@ -113,33 +151,64 @@ def _is_safe(field: str) -> bool:
   return any(field == s or field.startswith(s + ".") for s in SAFE_TO_CHANGE)
 
 
-def check_resume_config(old: Mapping[str, Any], new: Mapping[str, Any]
-                        ) -> List[Tuple[str, Any, Any]]:
+def check_resume_config(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[Difference]:
   """Refuses a resume whose config changes what is trained.
+
+  A change of the run's length (LENGTH_FIELDS) is allowed when ``new`` sets
+  ``allow_length_change``: the program then recomputes its lr schedule for the
+  new length.
 
   Args:
     old: the config.json already in the workdir.
     new: the config of this run (as a dict).
 
   Returns:
-    The safe differences (logging, evaluation, run length), to be recorded.
+    The allowed differences (logging, evaluation, an allowed run length), to be recorded.
 
   Raises:
-    WorkdirError: listing every unsafe difference.
+    WorkdirError: one line listing every refused difference and the way out.
   """
+  allow_length = new.get(ALLOW_LENGTH_CHANGE) is True
   diffs = config_differences(old, new)
-  unsafe = [d for d in diffs if not _is_safe(d[0])]
-  if unsafe:
-    lines = "\n".join(f"  {k}: {a!r} in the workdir, {b!r} now" for k, a, b in unsafe)
+  allowed = [d for d in diffs if _is_safe(d[0]) or (allow_length and d[0] in LENGTH_FIELDS)]
+  refused = [d for d in diffs if d not in allowed]
+  if refused:
+    listed = "; ".join(f"{k}: {a!r} in the workdir, {b!r} now" for k, a, b in refused)
+    hint = ""
+    if any(k in LENGTH_FIELDS for k, _, _ in refused):
+      hint = (f" To change the run's length on purpose (e.g. extend a finished run), add "
+              f"--config.{ALLOW_LENGTH_CHANGE}=true: the cosine lr schedule is then recomputed "
+              "for the new length, so the steps after the resume differ from a run started "
+              "with that length.")
     raise WorkdirError(
         "This workdir holds a run with a different configuration; resuming would mix two "
-        f"experiments:\n{lines}\nUse a new --workdir, or rerun with the workdir's settings "
-        "(see its config.json).")
-  return [d for d in diffs if _is_safe(d[0])]
+        f"experiments ({listed}). Use a new --workdir, or rerun with the workdir's settings "
+        f"(see its config.json).{hint}")
+  return allowed
+
+
+def check_resume(workdir: str, config: Mapping[str, Any]) -> List[Difference]:
+  """Checks ``config`` against the run already in ``workdir``; creates and writes nothing.
+
+  Args:
+    workdir: the run's directory (from check_workdir; it need not exist yet).
+    config: the resolved config of this run as a JSON-able dict.
+
+  Returns:
+    The allowed differences ([] for a new run).
+
+  Raises:
+    WorkdirError: the workdir holds a different experiment, or an unreadable config.json.
+  """
+  old = read_config(workdir)
+  return [] if old is None else check_resume_config(old, config)
 
 
 def save_config(workdir: str, config: Mapping[str, Any], step: int) -> None:
-  """Writes config.json on the first run; on a resume records safe changes instead.
+  """Writes config.json on the first run; on a resume records the allowed changes instead.
+
+  An allowed change of the run's length is also written into config.json, so
+  later resumes compare against the new length.
 
   Args:
     workdir: the run's directory.
@@ -149,15 +218,48 @@ def save_config(workdir: str, config: Mapping[str, Any], step: int) -> None:
   Raises:
     WorkdirError: if the config differs from the workdir's in a field that matters.
   """
+  path = os.path.join(workdir, CONFIG_FILE)
   old = read_config(workdir)
   if old is None:
-    atomic_write_text(os.path.join(workdir, CONFIG_FILE), json.dumps(config, indent=2, sort_keys=True))
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True))
     return
   changes = check_resume_config(old, config)
-  if changes:
-    with open(os.path.join(workdir, CONFIG_CHANGES_FILE), "a") as f:
-      f.write(json.dumps({"step": step, "changes": [
-          {"field": k, "old": a, "new": b} for k, a, b in changes]}) + "\n")
+  if not changes:
+    return
+  with open(os.path.join(workdir, CONFIG_CHANGES_FILE), "a") as f:
+    f.write(json.dumps({"step": step, "changes": [
+        {"field": k, "old": a, "new": b} for k, a, b in changes]}) + "\n")
+  lengths = [(k, a, b) for k, a, b in changes if k in LENGTH_FIELDS]
+  if lengths:
+    atomic_write_text(path, json.dumps({**old, **{k: b for k, _, b in lengths}},
+                                       indent=2, sort_keys=True))
+    logging.warning(
+        "Run length changed at step %d (%s), allowed by %s: the lr schedule is recomputed "
+        "for the new length, so the steps from here on differ from a run started with it.",
+        step, ", ".join(f"{k} {a} -> {b}" for k, a, b in lengths), ALLOW_LENGTH_CHANGE)
+
+
+def start_run(workdir: str, config: Mapping[str, Any], step: int) -> str:
+  """Creates the workdir and records the run: call it once every check has passed.
+
+  Writes config.json (or, on a resume, records the allowed changes) and drops
+  the metric lines after ``step``, which the resumed run logs again.
+
+  Args:
+    workdir: the run's directory.
+    config: the resolved config as a JSON-able dict.
+    step: the step the run starts from (0 for a fresh run).
+
+  Returns:
+    The absolute path of the workdir.
+
+  Raises:
+    WorkdirError: the workdir cannot be written, or holds a different experiment.
+  """
+  path = prepare_workdir(workdir)
+  save_config(path, config, step)
+  truncate_metrics(path, step)
+  return path
 
 
 def read_metrics(workdir: str) -> List[Dict[str, Any]]:
@@ -200,79 +302,3 @@ def truncate_metrics(workdir: str, last_step: int) -> None:
   kept = [r for r in rows if r.get("step", 0) <= last_step]
   if len(kept) != len(rows):
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def _jsonable(value: Any) -> Any:
-  value = float(value) if not isinstance(value, (int, str)) else value
-  if isinstance(value, float) and not math.isfinite(value):
-    return str(value)  # JSON has no NaN/inf; keep them visible as strings.
-  return value
-
-
-class JsonlWriter(interface.MetricWriter):
-  """clu MetricWriter appending one JSON object per step to metrics.jsonl.
-
-  Scalars written for the same step (training metrics, then kNN accuracy) are
-  merged into one line, written when a later step arrives or on flush. Images,
-  videos, audio, texts and histograms belong in TensorBoard and are not written.
-  """
-
-  def __init__(self, workdir: str):
-    self._path = os.path.join(workdir, METRICS_FILE)
-    self._step: Optional[int] = None
-    self._row: Dict[str, Any] = {}
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    step = int(step)
-    if self._step is not None and step != self._step:
-      self.flush()
-    self._step = step
-    self._row.update({k: _jsonable(v) for k, v in scalars.items()})
-
-  def flush(self):
-    if self._step is None:
-      return
-    with open(self._path, "a") as f:
-      f.write(json.dumps({"step": self._step, **self._row}) + "\n")
-    self._step, self._row = None, {}
-
-  def close(self):
-    self.flush()
-
-  # Non-scalar summaries go to TensorBoard only.
-  def write_summaries(self, step, values, metadata=None):
-    del step, values, metadata
-
-  def write_images(self, step, images):
-    del step, images
-
-  def write_videos(self, step, videos):
-    del step, videos
-
-  def write_audios(self, step, audios, *, sample_rate):
-    del step, audios, sample_rate
-
-  def write_texts(self, step, texts):
-    del step, texts
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    del step, arrays, num_buckets
-
-  def write_hparams(self, hparams):
-    del hparams
-
-
-def create_writer(workdir: str, is_main_process: bool) -> metric_writers.MetricWriter:
-  """TensorBoard + console + metrics.jsonl on the main process, console elsewhere.
-
-  Args:
-    workdir: the run's directory.
-    is_main_process: jax.process_index() == 0.
-
-  Returns:
-    A clu MetricWriter.
-  """
-  if not is_main_process:
-    return metric_writers.create_default_writer(just_logging=True, asynchronous=False)
-  default = metric_writers.create_default_writer(workdir, asynchronous=False)
-  return metric_writers.MultiWriter([default, JsonlWriter(workdir)])

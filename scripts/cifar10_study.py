@@ -1,14 +1,19 @@
 r"""CPU-sized CIFAR-10 study: kNN top-1 on a held-out part for SimSiam and MixSiam rows.
 
-    tar -xzf ../shared/data/cifar10_train_jpeg.tar.gz -C /tmp/cifar10
-    python scripts/cifar10_study.py --data=/tmp/cifar10/train --out=/tmp/study
+    python scripts/cifar10_study.py --out=/tmp/study                      # TFDS cifar10
+    python scripts/cifar10_study.py --dataset=folder:/tmp/cifar10/train --out=/tmp/study
+
+Data: `--dataset=tfds:cifar10` (the default) exports the TFDS training split
+once to a lossless PNG folder, OUT/data/train/<class>/<NNNN>.png (image NNNN of
+the class in TFDS order), and then runs exactly as on `--dataset=folder:PATH`
+(PATH/<class>/<image>, e.g. CIFAR-10 as JPEG files). The study config slices
+every class of the folder: images 0-4499 pretrain, 4500-4999 are held out.
 
 Pretrains every row of configs/cifar10_study.py (simsiam, max, mean, none,
-nomix) with `main.py` in child processes, `--jobs` at a time, each pinned to
-its own cores (XLA:CPU's backward convolutions use one core, so two one-core
-runs finish sooner than two two-core runs in a row). The main rows (simsiam,
-max) run with every seed in --main_seeds, the ablations with the first seed.
-Random initialisation is evaluated in this process for every main seed.
+nomix) with `main.py` in child processes, `--jobs` at a time, each pinned to its
+own share of the cores. The main rows (simsiam, max) run with every seed in
+--main_seeds, the ablations with the first seed. Random initialisation is
+evaluated in this process for every main seed.
 
 Runs resume: a finished run is skipped, an interrupted one continues from its
 checkpoint (rerun the same command). At the end it writes, in --out:
@@ -21,6 +26,7 @@ import ast
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,12 +51,19 @@ ROW_TITLES = {
 }
 
 
+class StudyError(ValueError):
+  """A bad study option or an unreadable data set; the message names the value and the fix."""
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   """Command-line options of the study."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--data", required=True,
-                      help="CIFAR-10 training folder (DATA/<class>/<image>), e.g. /tmp/cifar10/train.")
-  parser.add_argument("--out", required=True, help="Directory for the runs and the report.")
+  parser.add_argument("--dataset", default="tfds:cifar10",
+                      help="tfds:NAME (its train split is exported once to OUT/data/train as PNG) "
+                           "or folder:PATH (PATH/<class>/<image>, e.g. /tmp/cifar10/train).")
+  parser.add_argument("--tfds_data_dir", default=None,
+                      help="TFDS data folder (default: TFDS_DATA_DIR or ~/tensorflow_datasets).")
+  parser.add_argument("--out", required=True, help="Directory for the data export, runs and report.")
   parser.add_argument("--rows", default=",".join(MAIN_ROWS + ABLATION_ROWS),
                       help="Comma-separated rows of configs/cifar10_study.py to pretrain.")
   parser.add_argument("--main_seeds", default="0,1",
@@ -60,11 +73,82 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="Extra --config.X=Y flags for every run (e.g. a shorter smoke test).")
   parser.add_argument("--report_only", action="store_true",
                       help="Only collect the finished runs into the report.")
-  args = parser.parse_args(argv)
-  if not os.path.isdir(args.data):
-    parser.error(f"--data={args.data} is not a directory; unpack "
-                 "../shared/data/cifar10_train_jpeg.tar.gz and pass its train/ folder.")
-  return args
+  return parser.parse_args(argv)
+
+
+def export_tfds_split(name: str, folder: str, split: str = "train",
+                      data_dir: Optional[str] = None) -> str:
+  """Writes a TFDS split once as a lossless image folder, FOLDER/<class>/<NNNN>.png.
+
+  Image NNNN of a class is the class's NNNN-th example in TFDS order (files read
+  in order, no shuffling); classes are named by the label feature. The folder is
+  written as FOLDER.partial and renamed when complete, so an existing FOLDER is
+  complete and reused, and an interrupted export is redone from the start.
+
+  Args:
+    name: TFDS name (with an optional ':version'), e.g. 'cifar10'.
+    folder: the folder to create.
+    split: the TFDS split to export.
+    data_dir: TFDS data folder (None: TFDS's default).
+
+  Returns:
+    The absolute path of the folder.
+
+  Raises:
+    StudyError: when TFDS cannot read the split.
+  """
+  folder = os.path.abspath(folder)
+  if os.path.isdir(folder):
+    return folder
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    names = tfds.builder(name, data_dir=data_dir).info.features["label"].names
+    examples = tfds.as_numpy(tfds.load(
+        name, split=split, data_dir=data_dir, download=False, shuffle_files=False,
+        read_config=tfds.ReadConfig(interleave_cycle_length=1)))
+  except Exception as e:  # pylint: disable=broad-except  (not prepared, unknown name...)
+    cause = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0][:300].rstrip(".")
+    raise StudyError(
+        f"TFDS dataset {name!r} (split {split!r}) cannot be read: {cause}. "
+        f"Prepare it with `tfds build {name.split(':')[0]}` (and set TFDS_DATA_DIR or "
+        "--tfds_data_dir to its folder), or pass --dataset=folder:PATH.") from None
+  partial = folder + ".partial"
+  shutil.rmtree(partial, ignore_errors=True)
+  for class_name in names:
+    os.makedirs(os.path.join(partial, class_name))
+  counts = [0] * len(names)
+  for example in examples:
+    label, image = int(example["label"]), example["image"]
+    if counts[label] == 10_000:  # four-digit names keep the sorted order = TFDS order
+      raise StudyError(f"TFDS {name!r} has over 10,000 {split!r} images of class "
+                       f"{names[label]!r}; this export numbers at most 10,000 per class.")
+    path = os.path.join(partial, names[label], f"{counts[label]:04d}.png")
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path, format="PNG")
+    counts[label] += 1
+  os.rename(partial, folder)
+  return folder
+
+
+def data_folder(dataset: str, out: str, tfds_data_dir: Optional[str] = None) -> str:
+  """The image folder the runs read: the --dataset folder, or the TFDS export in OUT/data/train.
+
+  Raises:
+    StudyError: for a --dataset that is neither tfds:NAME nor folder:PATH, or a missing folder.
+  """
+  kind, sep, rest = dataset.partition(":")
+  if not sep or kind not in ("tfds", "folder") or not rest:
+    raise StudyError(f"--dataset={dataset!r} is neither tfds:NAME nor folder:PATH; use "
+                     "--dataset=tfds:cifar10 or --dataset=folder:/path/to/cifar10/train.")
+  if kind == "folder":
+    if not os.path.isdir(rest):
+      raise StudyError(f"--dataset={dataset}: {rest} is not a directory; pass the folder "
+                       "that holds one sub-folder per class (e.g. cifar10/train).")
+    return os.path.abspath(rest)
+  folder = os.path.join(os.path.abspath(out), "data", "train")
+  if not os.path.isdir(folder):
+    print(f"exporting {dataset} (train split) to {folder} as PNG, once", flush=True)
+  return export_tfds_split(rest, folder, data_dir=tfds_data_dir)
 
 
 def planned_runs(rows: Sequence[str], seeds: Sequence[int]) -> List[Dict[str, Any]]:
@@ -94,24 +178,25 @@ def planned_runs(rows: Sequence[str], seeds: Sequence[int]) -> List[Dict[str, An
   return runs
 
 
-def run_command(run: Dict[str, Any], data: str, out: str, overrides: Sequence[str]) -> List[str]:
-  """The main.py command line that pretrains one run."""
-  folder = f"folder:{os.path.abspath(data)}"
+def run_command(run: Dict[str, Any], folder: str, out: str,
+                overrides: Sequence[str]) -> List[str]:
+  """The main.py command line that pretrains one run on the image folder ``folder``."""
+  spec = f"folder:{os.path.abspath(folder)}"
   return [sys.executable, os.path.join(REPO, "main.py"),
           f"--config={os.path.join(REPO, 'configs', 'cifar10_study.py')}:{run['row']}",
           f"--workdir={os.path.join(out, run['name'])}",
-          f"--config.dataset={folder}", f"--config.eval_dataset={folder}",
+          f"--config.dataset={spec}", f"--config.eval_dataset={spec}",
           f"--config.seed={run['seed']}", *overrides]
 
 
-def _pretrain(run: Dict[str, Any], data: str, out: str, overrides: Sequence[str],
+def _pretrain(run: Dict[str, Any], folder: str, out: str, overrides: Sequence[str],
               cores: Optional[Sequence[int]]) -> float:
   """Runs one pretraining child process to completion; returns its wall seconds."""
   log_path = os.path.join(out, f"{run['name']}.log")
   start = time.time()
   with open(log_path, "a") as log:
     preexec = (lambda: os.sched_setaffinity(0, cores)) if cores else None
-    result = subprocess.run(run_command(run, data, out, overrides), stdout=log,
+    result = subprocess.run(run_command(run, folder, out, overrides), stdout=log,
                             stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=preexec, check=False)
   if result.returncode != 0:
     raise RuntimeError(f"run {run['name']} failed with exit code {result.returncode}; "
@@ -119,7 +204,7 @@ def _pretrain(run: Dict[str, Any], data: str, out: str, overrides: Sequence[str]
   return time.time() - start
 
 
-def pretrain_all(runs: Sequence[Dict[str, Any]], data: str, out: str, jobs: int,
+def pretrain_all(runs: Sequence[Dict[str, Any]], folder: str, out: str, jobs: int,
                  overrides: Sequence[str]) -> None:
   """Pretrains the runs, `jobs` at a time, each on its own share of the cores."""
   cores = sorted(os.sched_getaffinity(0))
@@ -134,7 +219,7 @@ def pretrain_all(runs: Sequence[Dict[str, Any]], data: str, out: str, jobs: int,
         lane = free.pop(0)
         run = queue.pop(0)
         print(f"[{time.strftime('%H:%M:%S')}] start {run['name']} on cores {lanes[lane]}", flush=True)
-        pending[pool.submit(_pretrain, run, data, out, overrides, lanes[lane])] = (lane, run)
+        pending[pool.submit(_pretrain, run, folder, out, overrides, lanes[lane])] = (lane, run)
       done, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
       for future in done:
         lane, run = pending.pop(future)
@@ -144,36 +229,35 @@ def pretrain_all(runs: Sequence[Dict[str, Any]], data: str, out: str, jobs: int,
               flush=True)
 
 
-def random_init_knn(data: str, seed: int, overrides: Sequence[str]) -> Dict[str, float]:
+def random_init_knn(folder: str, seed: int, overrides: Sequence[str]) -> Dict[str, float]:
   """kNN top-1/top-5 of the randomly initialised encoder of the study config (row max).
 
   The parameters are exactly those a pretraining run with this seed starts from.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import input_pipeline, models, optim, pretrain, sharding, train  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import pretrain, sharding, train  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.evaluation import knn  # pylint: disable=g-import-not-at-top
+  pipeline.hide_accelerators_from_tensorflow()  # TensorFlow only reads the folder.
   config = cifar10_study.get_config("max")
-  config.dataset = config.eval_dataset = f"folder:{os.path.abspath(data)}"
+  config.dataset = config.eval_dataset = f"folder:{os.path.abspath(folder)}"
   config.seed = seed
   _apply_overrides(config, overrides)
   mesh = sharding.create_mesh()
-  info = input_pipeline.get_dataset_info(config.dataset, config.train_split)
-  network = models.create_network(**pretrain.network_kwargs(config, info.num_classes))
-  tx = optim.create_sgd(learning_rate=0.0, momentum=0.9, weight_decay=0.0)
-  init_rng, _ = jax.random.split(jax.random.key(config.seed))
-  state = train.create_train_state(init_rng, network, tx, image_size=config.image_size, mesh=mesh)
-  monitor = pretrain._make_knn_monitor(config, network, mesh)  # pylint: disable=protected-access
+  info = sources.get_dataset_info(config.dataset, config.train_split)
+  opts = pretrain.options_from_config(config, info.num_classes)
+  training = pretrain.build_training(opts, mesh, info.num_examples)
+  init_rng, _ = jax.random.split(jax.random.key(opts.seed))
+  state = train.create_train_state(init_rng, training.network, training.tx,
+                                   image_size=opts.image_size, mesh=mesh)
+  monitor = knn.monitor_for_network(training.network, mesh, knn.knn_options(config))
   return monitor({"params": state.params, "batch_stats": state.batch_stats})
 
 
 def _apply_overrides(config, overrides: Sequence[str]) -> None:
   """Applies '--config.a.b=value' strings (as given to main.py) to ``config``."""
-  for item in overrides:
-    key, _, value = item.removeprefix("--config.").partition("=")
-    node = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = _parse_value(value)
+  pairs = (item.removeprefix("--config.").partition("=") for item in overrides)
+  config.update_from_flattened_dict({key: _parse_value(value) for key, _, value in pairs})
 
 
 def _parse_value(text: str) -> Any:
@@ -243,10 +327,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
   args = parse_args(argv)
   seeds = [int(s) for s in args.main_seeds.split(",") if s.strip()]
   runs = planned_runs([r for r in args.rows.split(",") if r], seeds)
+  folder = data_folder(args.dataset, args.out, args.tfds_data_dir)
   os.makedirs(args.out, exist_ok=True)
   overrides = [o if o.startswith("--config.") else f"--config.{o}" for o in args.override]
   if not args.report_only:
-    pretrain_all(runs, args.data, args.out, args.jobs, overrides)
+    pretrain_all(runs, folder, args.out, args.jobs, overrides)
   results_path = os.path.join(args.out, "results.json")
   results = {}
   if os.path.exists(results_path):
@@ -254,13 +339,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
       results = {k: v for k, v in json.load(f).items() if k.startswith("random_")}
   for seed in seeds:
     if f"random_s{seed}" not in results:
-      results[f"random_s{seed}"] = random_init_knn(args.data, seed, overrides)
+      results[f"random_s{seed}"] = random_init_knn(folder, seed, overrides)
   for run in runs:
     results[run["name"]] = summarise_run(os.path.join(args.out, run["name"]))
   with open(results_path + ".tmp", "w") as f:
     json.dump(results, f, indent=1)
   os.replace(results_path + ".tmp", results_path)
-  dim = cifar10_study.get_config("max").model.projector_dim
+  report_config = cifar10_study.get_config("max")
+  _apply_overrides(report_config, overrides)
+  dim = report_config.model.projector_dim
   text = table(results, dim)
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(text)
@@ -272,4 +359,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except StudyError as e:
+    sys.exit(f"error: {e}")

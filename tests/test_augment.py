@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from mixsiam_jax import augment
+from mixsiam_jax.data import host_augment
 from mixsiam_jax.options import PhotometricOptions
-from mixsiam_jax import input_pipeline
 
 
 def _images(n=256, size=8, seed=0):
@@ -163,7 +163,8 @@ def test_host_and_device_same_distribution(blur_prob):
             blur_prob=blur_prob, blur_sigma=(0.1, 2.0))
   dev = np.asarray(_photometric(jax.random.key(7), x, **kw))
   ds = tf.data.Dataset.from_tensor_slices((x, tf.range(n, dtype=tf.int64))).map(
-      lambda im, i: input_pipeline.host_photometric_augment(tf.stack([i, 11]), im, **kw))
+      lambda im, i: host_augment.host_photometric_augment(tf.stack([i, 11]), im,
+                                                        PhotometricOptions(**kw)))
   host = np.stack(list(ds.as_numpy_iterator()))
 
   def stats(y):

@@ -1,10 +1,14 @@
-"""Tests of scripts/cifar10_study.py: the run plan, the commands, the summary and the table."""
+"""Tests of scripts/cifar10_study.py: the data export, run plan, commands, summary and table."""
 import json
 import math
 import os
 import sys
 
+import numpy as np
+from PIL import Image
 import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "scripts"))
@@ -32,6 +36,71 @@ def test_rows_differ_only_in_the_method():
     assert all(config["method"][k] == v for k, v in method.items())
   assert study_config.get_config("nomix").method.mixture is False
   assert study_config.get_config("simsiam").method.lam == 1.0
+
+
+# TFDS order of the mocked cifar10 train split: image i is filled with the value i.
+MOCK_LABELS = (3, 0, 3, 9, 0, 3, 7)
+
+
+def _mock_cifar10(builder, split, **kwargs):
+  del builder, kwargs
+  assert split == "train"
+  images = np.stack([np.full((32, 32, 3), i, np.uint8) for i in range(len(MOCK_LABELS))])
+  return tf.data.Dataset.from_tensor_slices(
+      {"image": images, "label": np.array(MOCK_LABELS, np.int64),
+       "id": [f"train_{i}".encode() for i in range(len(MOCK_LABELS))]})
+
+
+def test_tfds_export_writes_each_class_in_tfds_order(tmp_path):
+  with tfds.testing.mock_data(as_dataset_fn=_mock_cifar10):
+    names = tfds.builder("cifar10").info.features["label"].names
+    folder = cifar10_study.data_folder("tfds:cifar10", str(tmp_path))
+  assert folder == str(tmp_path / "data" / "train")
+  assert sorted(os.listdir(folder)) == sorted(names) and len(names) == 10
+  counts = {n: len(os.listdir(os.path.join(folder, n))) for n in names}
+  assert counts == {n: MOCK_LABELS.count(i) for i, n in enumerate(names)}
+  # The n-th image of a class in TFDS order is <class>/<n>.png, pixels unchanged (PNG).
+  cat3 = [i for i, label in enumerate(MOCK_LABELS) if label == 3]
+  assert sorted(os.listdir(os.path.join(folder, names[3]))) == ["0000.png", "0001.png", "0002.png"]
+  for n, index in enumerate(cat3):
+    pixels = np.asarray(Image.open(os.path.join(folder, names[3], f"{n:04d}.png")))
+    np.testing.assert_array_equal(pixels, np.full((32, 32, 3), index, np.uint8))
+  assert not os.path.exists(folder + ".partial")
+
+
+def test_tfds_export_is_reused_and_an_interrupted_one_redone(tmp_path):
+  folder = tmp_path / "data" / "train"
+  partial = tmp_path / "data" / "train.partial"
+  (partial / "stale").mkdir(parents=True)  # left by an interrupted export
+  with tfds.testing.mock_data(as_dataset_fn=_mock_cifar10):
+    cifar10_study.data_folder("tfds:cifar10", str(tmp_path))
+  assert not partial.exists() and not (folder / "stale").exists()
+  assert sum(len(files) for _, _, files in os.walk(folder)) == len(MOCK_LABELS)
+  (folder / "marker").write_text("kept")
+
+  def fail(*args, **kwargs):
+    raise AssertionError("a complete export must not be read again")
+  with tfds.testing.mock_data(as_dataset_fn=fail):
+    assert cifar10_study.data_folder("tfds:cifar10", str(tmp_path)) == str(folder)
+  assert (folder / "marker").read_text() == "kept"
+
+
+def test_runs_read_the_tfds_export(tmp_path):
+  with tfds.testing.mock_data(as_dataset_fn=_mock_cifar10):
+    folder = cifar10_study.data_folder("tfds:cifar10", str(tmp_path))
+  run = cifar10_study.planned_runs(["max"], [0])[0]
+  cmd = cifar10_study.run_command(run, folder, str(tmp_path), [])
+  spec = f"folder:{tmp_path}/data/train"
+  assert f"--config.dataset={spec}" in cmd and f"--config.eval_dataset={spec}" in cmd
+
+
+def test_dataset_option_errors_name_the_value(tmp_path):
+  with pytest.raises(cifar10_study.StudyError, match="'cifar10'.*tfds:cifar10"):
+    cifar10_study.data_folder("cifar10", str(tmp_path))
+  with pytest.raises(cifar10_study.StudyError, match="/no/such/dir is not a directory"):
+    cifar10_study.data_folder("folder:/no/such/dir", str(tmp_path))
+  assert cifar10_study.data_folder(f"folder:{tmp_path}", "/unused") == str(tmp_path)
+  assert cifar10_study.parse_args(["--out=/o"]).dataset == "tfds:cifar10"
 
 
 def test_command_points_main_at_the_folder_seed_and_workdir(tmp_path):

@@ -64,11 +64,59 @@ def test_unsupported_arguments_fall_back_to_lax():
                                jax.grad(f, argnums=2)(lax.conv_general_dilated, x, w), rtol=1e-6)
 
 
-def test_conv_for_backend():
-  assert conv.conv_for_backend("auto", "cpu") is conv.conv_matmul_weight_grad
-  assert conv.conv_for_backend("auto", "gpu") is lax.conv_general_dilated
-  assert conv.conv_for_backend("auto", "tpu") is lax.conv_general_dilated
-  assert conv.conv_for_backend("xla", "cpu") is lax.conv_general_dilated
-  assert conv.conv_for_backend("matmul_weight_grad", "tpu") is conv.conv_matmul_weight_grad
-  with pytest.raises(ValueError, match="model.conv_impl='im2col'"):
-    conv.conv_for_backend("im2col")
+@pytest.mark.parametrize("kernel,stride,padding,hw", [
+    (3, 1, ((1, 1), (1, 1)), (9, 9)),
+    (3, 2, ((1, 1), (1, 1)), (9, 8)),
+    (7, 2, ((3, 3), (3, 3)), (16, 13)),
+    (1, 2, ((0, 0), (0, 0)), (9, 8)),     # strided 1x1: the last row/column is never read
+    (3, 1, ((0, 2), (1, 0)), (6, 6)),
+])
+def test_xla_weight_grad_in_float32_matches_lax(kernel, stride, padding, hw):
+  rng = np.random.default_rng(kernel + stride)
+  x = jnp.asarray(rng.normal(size=(3,) + hw + (4,)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 4, 5)), jnp.float32)
+  strides = (stride, stride)
+  y, vjp = jax.vjp(lambda a, b: lax.conv_general_dilated(a, b, strides, padding,
+                                                         dimension_numbers=NHWC), x, w)
+  grad = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  _, dw_ref = vjp(grad)
+  # The float32 path of 'xla' is lax's own convolution; the custom VJP's weight
+  # gradient (used below float32) must give the same numbers for float32 operands.
+  y2, vjp2 = jax.vjp(lambda a, b: conv.conv_wide_weight_grad(a, b, strides, padding,
+                                                             dimension_numbers=NHWC), x, w)
+  np.testing.assert_array_equal(y2, y)
+  np.testing.assert_allclose(vjp2(grad)[1], dw_ref, rtol=1e-5, atol=1e-5 * np.abs(dw_ref).max())
+
+
+@pytest.mark.parametrize("conv_impl", conv.CONV_IMPLS)
+def test_bfloat16_compute_gives_float32_weight_gradient(conv_impl):
+  """bf16 activations, f32 kernel: bf16 forward and input gradient, f32-accumulated dL/dW."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(8, 12, 12, 16)), jnp.bfloat16)
+  w = jnp.asarray(rng.normal(size=(3, 3, 16, 8)), jnp.float32)
+  strides, padding = (2, 2), ((1, 1), (1, 1))
+  fn = conv.conv_function(conv_impl, jnp.bfloat16)
+  y, vjp = jax.vjp(lambda a, b: fn(a, b, strides, padding, dimension_numbers=NHWC), x, w)
+  assert y.dtype == jnp.bfloat16
+  grad = jnp.asarray(rng.normal(size=y.shape), jnp.bfloat16)
+  dx, dw = vjp(grad)
+  assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
+  low = w.astype(jnp.bfloat16)
+  y_ref, vjp_ref = jax.vjp(lambda a: lax.conv_general_dilated(a, low, strides, padding,
+                                                              dimension_numbers=NHWC), x)
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_array_equal(dx, vjp_ref(grad)[0])
+  ref = _weight_grad_reference(x, grad, w.shape, strides, padding)
+  # A bfloat16 result would be off by up to 2^-9 relative (~2e-3); float32 sums of
+  # 8 * 6 * 6 exact bf16 products agree with float64 to ~1e-6.
+  np.testing.assert_allclose(dw, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def test_conv_function():
+  assert conv.conv_function("xla", jnp.float32) is lax.conv_general_dilated
+  assert conv.conv_function("matmul_weight_grad", jnp.float32) is conv.conv_matmul_weight_grad
+  assert conv.conv_function("xla", jnp.bfloat16) is conv.conv_wide_weight_grad
+  assert conv.conv_function("matmul_weight_grad", jnp.bfloat16) is conv.conv_matmul_weight_grad
+  for bad in ("auto", "im2col"):
+    with pytest.raises(ValueError, match=f"model.conv_impl='{bad}'"):
+      conv.conv_function(bad, jnp.float32)

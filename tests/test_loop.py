@@ -111,6 +111,12 @@ def test_non_finite_loss_stops_before_the_checkpoint(tmp_path):
   assert saved_steps(tmp_path) == []
 
 
+def test_any_non_finite_loss_term_stops_the_run():
+  loop.check_finite({"loss": 1.0, "probe_loss": 2.0, "lr": float("nan")}, 1)  # lr is not watched
+  with pytest.raises(loop.TrainingError, match=r"non-finite probe_loss at step 7"):
+    loop.check_finite({"loss": 1.0, "probe_loss": float("inf")}, 7)
+
+
 def test_steps_from_steps_or_epochs():
   assert loop.steps("n", steps=7, epochs=3, num_examples=100, batch_size=10) == 7
   assert loop.steps("n", steps=-1, epochs=3, num_examples=105, batch_size=10) == 30

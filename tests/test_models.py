@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mixsiam_jax import models
-from mixsiam_jax.models import ResNet, ViewBatchNorm
+from mixsiam_jax.models import ResNet, ViewBatchNorm, precision
 
 
 def jit_init(module, shape, **kwargs):
@@ -195,6 +195,69 @@ def test_conv_impl_must_be_known():
     models.create_network(depth=18, width=8, stem="cifar", projector_layers=2,
                           projector_hidden_dim=16, projector_dim=16, predictor_hidden_dim=8,
                           conv_impl="cudnn")
+
+
+@pytest.mark.parametrize("field", ["dtype", "conv_impl"])
+def test_auto_is_resolved_by_the_caller_not_the_host(field):
+  """'auto' depends on the devices of the mesh, which the network cannot know."""
+  with pytest.raises(ValueError, match=f"{field}='auto'.*mesh's platform"):
+    models.create_network(depth=18, width=8, stem="cifar", projector_layers=2,
+                          projector_hidden_dim=16, projector_dim=16, predictor_hidden_dim=8,
+                          **{field: "auto"})
+
+
+def test_every_bottleneck_convolution_uses_conv_impl():
+  """ResNet-50 with per-tap weight gradients: one tap loop per convolution (not 33 of 49)."""
+  kwargs = dict(depth=50, width=2, stem="imagenet", projector_layers=2, projector_hidden_dim=8,
+                projector_dim=8, predictor_hidden_dim=4)
+  views = jnp.zeros((2, 2, 32, 32, 3))
+
+  def loops(conv_impl):
+    net = models.create_network(**kwargs, conv_impl=conv_impl)
+    variables = jax.eval_shape(lambda: net.init(jax.random.key(0), views, train=True))
+    loss = lambda p, s: net.apply({"params": p, "batch_stats": s}, views, train=True,
+                                  mutable=["batch_stats"])[0]["p"].sum()
+    lowered = jax.jit(jax.grad(loss)).lower(variables["params"], variables["batch_stats"])
+    return lowered.as_text().count("stablehlo.while")
+
+  # Stem + 16 blocks x 3 convolutions; the four 1x1 'VALID' shortcuts stay XLA's.
+  assert loops("matmul_weight_grad") == 1 + 16 * 3
+  assert loops("xla") == 0
+
+
+def test_dense_with_bfloat16_compute_accumulates_the_kernel_gradient_in_float32():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(64, 32)), jnp.bfloat16)
+  w = jnp.asarray(rng.normal(size=(32, 16)), jnp.float32)
+  y, vjp = jax.vjp(lambda a, b: precision.dense_dot_general(a, b, (((1,), (0,)), ((), ()))), x, w)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(y, x @ w.astype(jnp.bfloat16))
+  grad = jnp.asarray(rng.normal(size=y.shape), jnp.bfloat16)
+  dx, dw = vjp(grad)
+  assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
+  np.testing.assert_array_equal(dx, grad @ w.astype(jnp.bfloat16).T)
+  ref = np.asarray(x, np.float64).T @ np.asarray(grad, np.float64)
+  # bfloat16 output would be off by ~2e-3 relative; float32 accumulation by ~1e-6.
+  np.testing.assert_allclose(dw, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def test_bfloat16_network_gradients_are_float32_and_close_to_float32_compute():
+  kwargs = dict(depth=18, width=8, stem="cifar", projector_layers=2, projector_hidden_dim=16,
+                projector_dim=16, predictor_hidden_dim=8)
+  views = jax.random.normal(jax.random.key(0), (8, 2, 16, 16, 3))
+  nets = [models.create_network(**kwargs, dtype=d) for d in ("float32", "bfloat16")]
+  variables = jit_init(nets[0], views.shape)
+
+  def grads(net):
+    loss = lambda p: net.apply({"params": p, "batch_stats": variables["batch_stats"]}, views,
+                               train=True, mutable=["batch_stats"])[0]["p"].sum()
+    return jax.jit(jax.grad(loss))(variables["params"])
+
+  g32, g16 = grads(nets[0]), grads(nets[1])
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(g16))
+  # bf16 activations: each leaf within a few percent of the float32 gradient.
+  for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g16)):
+    assert np.linalg.norm(a - b) <= 0.1 * np.linalg.norm(a) + 1e-6
 
 
 def test_remat_must_be_a_bool():

@@ -5,7 +5,7 @@ ids each step consumed) run the tiny config (ResNet-18 width 8, 16 px, batch 16)
 on the 200-JPEG CIFAR folder for 12 steps, logging every step and checkpointing
 every 3. One straight 8-device run is the reference for everything else.
 
-Data order. Batches are a pure function of (seed, step) (input_pipeline's
+Data order. Batches are a pure function of (seed, step) (data/pipeline.py's
 stateless index_shuffle; ``start_step`` skips at the index level), so nothing
 about the iterator is checkpointed. The tests check the run's *consumption*:
 the worker records batch['index'] of every batch the loop takes, and the

@@ -422,15 +422,9 @@ def test_wrong_architecture_and_options(r18_state_dict):
     weights.import_torch_state_dict(simsiam, depth=18, width=8, stem="cifar", projector_layers=3)
 
 
-def test_file_errors(tmp_path, monkeypatch):
-  with pytest.raises(FileNotFoundError, match="nothere.pth"):
-    weights.load_state_dict_file(str(tmp_path / "nothere.pth"))
-  bad = tmp_path / "w.bin"
-  bad.write_bytes(b"x")
-  with pytest.raises(ValueError, match=r"w\.bin.*\.npz"):
-    weights.load_state_dict_file(str(bad))
-  pth = tmp_path / "w.pth"
-  pth.write_bytes(b"x")
+@pytest.fixture
+def without_torch(monkeypatch):
+  """Calling it makes ``import torch`` fail for the rest of the test."""
   import builtins
   real_import = builtins.__import__
 
@@ -439,7 +433,19 @@ def test_file_errors(tmp_path, monkeypatch):
       raise ImportError("No module named 'torch'")
     return real_import(name, *args, **kwargs)
 
-  monkeypatch.setattr(builtins, "__import__", no_torch)
+  return lambda: monkeypatch.setattr(builtins, "__import__", no_torch)
+
+
+def test_file_errors(tmp_path, without_torch):
+  with pytest.raises(FileNotFoundError, match="nothere.pth"):
+    weights.load_state_dict_file(str(tmp_path / "nothere.pth"))
+  bad = tmp_path / "w.bin"
+  bad.write_bytes(b"x")
+  with pytest.raises(ValueError, match=r"w\.bin.*\.npz"):
+    weights.load_state_dict_file(str(bad))
+  pth = tmp_path / "w.pth"
+  pth.write_bytes(b"x")
+  without_torch()
   with pytest.raises(ImportError, match="pip install torch.*npz"):
     weights.load_state_dict_file(str(pth))
 
@@ -451,3 +457,33 @@ def test_package_does_not_import_torch():
           "sys.exit(1 if 'torch' in sys.modules else 0)")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_export_to_a_missing_folder_or_to_pth_without_torch_is_one_clear_error(tmp_path,
+                                                                                without_torch):
+  missing = tmp_path / "no" / "such"
+  # Checked before the (here nonexistent) workdir is read.
+  with pytest.raises(weights.WeightsError, match=f"folder {missing} does not exist"):
+    weights.export_workdir(str(tmp_path / "run"), str(missing / "w.npz"))
+  with pytest.raises(weights.WeightsError, match=r"--out=.*w\.bin must end in \.npz or \.pth"):
+    weights.export_workdir(str(tmp_path / "run"), str(tmp_path / "w.bin"))
+  without_torch()
+  with pytest.raises(weights.TorchMissingError,
+                     match=r"Writing .*w\.pth needs PyTorch.*pip install torch.*\.npz"):
+    weights.export_workdir(str(tmp_path / "run"), str(tmp_path / "w.pth"))
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+  import subprocess
+  import sys
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  missing = tmp_path / "no" / "such"
+  for args, message in (
+      ([f"--workdir={tmp_path}", f"--out={missing}/w.npz"], f"folder {missing} does not exist"),
+      ([f"--workdir={tmp_path}/run", f"--out={tmp_path}/w.npz"], "run does not exist"),
+      ([f"--workdir={tmp_path}", f"--out={tmp_path}/w.npz"], "holds no checkpoints/")):
+    proc = subprocess.run([sys.executable, "-m", "mixsiam_jax.weights", "export", *args],
+                          env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 1
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr

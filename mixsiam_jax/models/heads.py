@@ -5,8 +5,26 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mixsiam_jax.models import precision
 from mixsiam_jax.models.init import dense_bias_init, dense_kernel_init
 from mixsiam_jax.models.norm import ViewBatchNorm
+
+
+def dense_layer(features: int, dtype: Any, **kwargs) -> nn.Dense:
+  """nn.Dense whose kernel gradient is float32 when the compute dtype is lower.
+
+  Args:
+    features: output width.
+    dtype: compute dtype.
+    **kwargs: passed to nn.Dense (use_bias, initialisers, name).
+
+  Returns:
+    The nn.Dense.
+  """
+  if precision.is_reduced(dtype):
+    kwargs.update(promote_dtype=precision.promote_inputs,
+                  dot_general=precision.dense_dot_general)
+  return nn.Dense(features, dtype=dtype, **kwargs)
 
 
 class Projector(nn.Module):
@@ -32,11 +50,11 @@ class Projector(nn.Module):
     if self.num_layers < 1:
       raise ValueError(f"model.projector_layers={self.num_layers} must be >= 1.")
     for i in range(self.num_layers - 1):
-      x = nn.Dense(self.hidden_dim, use_bias=False, dtype=self.dtype,
-                   kernel_init=dense_kernel_init, name=f"fc{i + 1}")(x)
+      x = dense_layer(self.hidden_dim, self.dtype, use_bias=False,
+                      kernel_init=dense_kernel_init, name=f"fc{i + 1}")(x)
       x = nn.relu(ViewBatchNorm(dtype=self.dtype, name=f"bn{i + 1}")(x, train, num_views))
-    x = nn.Dense(self.out_dim, use_bias=False, dtype=self.dtype, kernel_init=dense_kernel_init,
-                 name=f"fc{self.num_layers}")(x)
+    x = dense_layer(self.out_dim, self.dtype, use_bias=False, kernel_init=dense_kernel_init,
+                    name=f"fc{self.num_layers}")(x)
     x = ViewBatchNorm(use_scale=False, use_bias=False, dtype=jnp.float32,
                       name=f"bn{self.num_layers}")(x, train, num_views)
     return x.astype(jnp.float32)
@@ -57,9 +75,9 @@ class Predictor(nn.Module):
   @nn.compact
   def __call__(self, z: jax.Array, train: bool, num_views: int = 1) -> jax.Array:
     """Maps projections z [N, D] to predictions p [N, out_dim] (float32)."""
-    x = nn.Dense(self.hidden_dim, use_bias=False, dtype=self.dtype,
-                 kernel_init=dense_kernel_init, name="fc1")(z)
+    x = dense_layer(self.hidden_dim, self.dtype, use_bias=False,
+                    kernel_init=dense_kernel_init, name="fc1")(z)
     x = nn.relu(ViewBatchNorm(dtype=self.dtype, name="bn1")(x, train, num_views))
-    x = nn.Dense(self.out_dim, use_bias=True, dtype=self.dtype, kernel_init=dense_kernel_init,
-                 bias_init=dense_bias_init(self.hidden_dim), name="fc2")(x)
+    x = dense_layer(self.out_dim, self.dtype, use_bias=True, kernel_init=dense_kernel_init,
+                    bias_init=dense_bias_init(self.hidden_dim), name="fc2")(x)
     return x.astype(jnp.float32)

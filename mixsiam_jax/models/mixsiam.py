@@ -72,19 +72,22 @@ class MixSiamNetwork(nn.Module):
 def create_network(*, depth: int, width: int, stem: str, projector_layers: int,
                    projector_hidden_dim: int, projector_dim: int, predictor_hidden_dim: int,
                    dtype: str = "float32", num_classes: int = 0,
-                   remat: bool = False, conv_impl: str = "auto") -> MixSiamNetwork:
+                   remat: bool = False, conv_impl: str = "xla") -> MixSiamNetwork:
   """Builds the network after checking every option.
+
+  Nothing here depends on the host: a config's platform-dependent choices
+  ('auto' dtype and convolution) are resolved by the caller from the devices of
+  the mesh the network will run on (see options.ModelOptions).
 
   Args:
     depth, width, stem: ResNet options (see ResNet).
     projector_layers, projector_hidden_dim, projector_dim: projector shape.
     predictor_hidden_dim: predictor bottleneck width.
-    dtype: 'float32', 'bfloat16' or 'float16' compute dtype; 'auto' picks
-      bfloat16 on GPU/TPU and float32 on CPU (where bfloat16 is emulated and slow).
+    dtype: 'float32', 'bfloat16' or 'float16' compute dtype (parameters and
+      their gradients stay float32).
     num_classes: classes of the online linear probe (0: no probe).
     remat: recompute residual blocks in the backward pass (see ResNet.remat).
-    conv_impl: 'auto' (default: per-tap matmul weight gradients on CPU, XLA's
-      convolutions elsewhere), 'xla' or 'matmul_weight_grad' (see ResNet.conv_impl).
+    conv_impl: 'xla' or 'matmul_weight_grad' (see ResNet.conv_impl).
 
   Returns:
     An (unbound) MixSiamNetwork.
@@ -93,10 +96,9 @@ def create_network(*, depth: int, width: int, stem: str, projector_layers: int,
     ValueError: naming the first invalid option.
   """
   check_resnet_options(depth, width, stem)
-  if dtype == "auto":
-    dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
   if dtype not in DTYPES:
-    raise ValueError(f"model.dtype={dtype!r} must be 'auto' or one of {sorted(DTYPES)}.")
+    raise ValueError(f"model dtype={dtype!r} must be one of {sorted(DTYPES)}; 'auto' is "
+                     "resolved from the mesh's platform (ModelOptions.compute_dtype) first.")
   for name, value in (("projector_layers", projector_layers),
                       ("projector_hidden_dim", projector_hidden_dim),
                       ("projector_dim", projector_dim),
@@ -106,7 +108,9 @@ def create_network(*, depth: int, width: int, stem: str, projector_layers: int,
   if not isinstance(remat, bool):
     raise ValueError(f"model.remat={remat!r} must be True or False.")
   if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"model.conv_impl={conv_impl!r} must be one of {CONV_IMPLS}.")
+    raise ValueError(f"model.conv_impl={conv_impl!r} must be one of {CONV_IMPLS} here; 'auto' "
+                     "is resolved from the mesh's platform (ModelOptions.conv_implementation) "
+                     "first.")
   return MixSiamNetwork(depth=depth, width=width, stem=stem, projector_layers=projector_layers,
                         projector_hidden_dim=projector_hidden_dim, projector_dim=projector_dim,
                         predictor_hidden_dim=predictor_hidden_dim, num_classes=num_classes,

@@ -13,7 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mixsiam_jax.models.conv import conv_for_backend
+from mixsiam_jax.models import precision
+from mixsiam_jax.models.conv import conv_function
 from mixsiam_jax.models.init import conv_kernel_init
 from mixsiam_jax.models.norm import ViewBatchNorm
 
@@ -28,13 +29,29 @@ RESNET_STAGES = {
 STEMS = ("imagenet", "cifar")
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str,
-          conv_impl: str = "xla") -> nn.Conv:
+def conv_layer(features: int, kernel: int, stride: int, dtype: Any, conv_impl: str, *,
+               padding: Any = None, **kwargs) -> nn.Conv:
+  """A bias-free convolution with PyTorch's symmetric padding and initialiser.
+
+  Args:
+    features: output channels.
+    kernel: side of the square kernel.
+    stride: stride in both directions.
+    dtype: compute dtype; below float32 the kernel stays float32 up to the
+      convolution, which returns its gradient in float32 (models/precision.py).
+    conv_impl: 'xla' or 'matmul_weight_grad' (see models/conv.py).
+    padding: explicit padding; default kernel // 2 on every side.
+    **kwargs: passed to nn.Conv (name, parent).
+
+  Returns:
+    The nn.Conv.
+  """
   pad = kernel // 2
+  extra = {"promote_dtype": precision.promote_inputs} if precision.is_reduced(dtype) else {}
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                 kernel_init=conv_kernel_init, conv_general_dilated=conv_for_backend(conv_impl),
-                 name=name)
+                 padding=((pad, pad), (pad, pad)) if padding is None else padding,
+                 use_bias=False, dtype=dtype, kernel_init=conv_kernel_init,
+                 conv_general_dilated=conv_function(conv_impl, dtype), **extra, **kwargs)
 
 
 class BasicBlock(nn.Module):
@@ -48,9 +65,9 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool, num_views: int):
     bn = partial(ViewBatchNorm, dtype=self.dtype)
-    y = _conv(self.features, 3, self.stride, self.dtype, "conv1", self.conv_impl)(x)
+    y = conv_layer(self.features, 3, self.stride, self.dtype, self.conv_impl, name="conv1")(x)
     y = nn.relu(bn(name="bn1")(y, train, num_views))
-    y = _conv(self.features, 3, 1, self.dtype, "conv2", self.conv_impl)(y)
+    y = conv_layer(self.features, 3, 1, self.dtype, self.conv_impl, name="conv2")(y)
     # Zero-init of the last scale makes each block start as the identity.
     y = bn(name="bn2", scale_init=nn.initializers.zeros)(y, train, num_views)
     return nn.relu(y + _shortcut(self, x, self.features, train, num_views))
@@ -67,11 +84,11 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool, num_views: int):
     bn = partial(ViewBatchNorm, dtype=self.dtype)
-    y = _conv(self.features, 1, 1, self.dtype, "conv1", self.conv_impl)(x)
+    y = conv_layer(self.features, 1, 1, self.dtype, self.conv_impl, name="conv1")(x)
     y = nn.relu(bn(name="bn1")(y, train, num_views))
-    y = _conv(self.features, 3, self.stride, self.dtype, "conv2")(y)
+    y = conv_layer(self.features, 3, self.stride, self.dtype, self.conv_impl, name="conv2")(y)
     y = nn.relu(bn(name="bn2")(y, train, num_views))
-    y = _conv(self.features * 4, 1, 1, self.dtype, "conv3", self.conv_impl)(y)
+    y = conv_layer(self.features * 4, 1, 1, self.dtype, self.conv_impl, name="conv3")(y)
     y = bn(name="bn3", scale_init=nn.initializers.zeros)(y, train, num_views)
     return nn.relu(y + _shortcut(self, x, self.features * 4, train, num_views))
 
@@ -80,10 +97,8 @@ def _shortcut(block: nn.Module, x, out_features: int, train: bool, num_views: in
   """torchvision's downsample branch: 1x1 strided conv + BN when shapes change."""
   if block.stride == 1 and x.shape[-1] == out_features:
     return x
-  y = nn.Conv(out_features, (1, 1), strides=(block.stride, block.stride), padding="VALID",
-              use_bias=False, dtype=block.dtype, kernel_init=conv_kernel_init,
-              conv_general_dilated=conv_for_backend(block.conv_impl),
-              name="downsample_conv", parent=block)(x)
+  y = conv_layer(out_features, 1, block.stride, block.dtype, block.conv_impl,
+                 padding="VALID", name="downsample_conv", parent=block)(x)
   return ViewBatchNorm(dtype=block.dtype, name="downsample_bn", parent=block)(y, train, num_views)
 
 
@@ -104,13 +119,14 @@ class ResNet(nn.Module):
     depth: 18, 34, 50, 101 or 152.
     width: channels of the first stage (64 = standard); stages use width x (1, 2, 4, 8).
     stem: 'imagenet' or 'cifar'.
-    dtype: compute dtype (parameters stay float32).
+    dtype: compute dtype (parameters, their gradients and BN statistics stay float32).
     remat: recompute each residual block's activations in the backward pass
       instead of storing them (less memory for larger per-device batches, one
       more forward pass of the backbone; same parameters and gradients).
-    conv_impl: 'xla', 'matmul_weight_grad' (weight gradients as per-tap matmuls,
-      faster on XLA:CPU; see models/conv.py) or 'auto' (the latter on CPU, xla
-      elsewhere). Same parameters, outputs and gradients either way.
+    conv_impl: 'xla' or 'matmul_weight_grad' (weight gradients as per-tap
+      matmuls, faster on XLA:CPU; see models/conv.py). Same parameters, outputs
+      and gradients either way. The caller resolves a config's 'auto' from the
+      devices of the mesh.
   """
   depth: int = 50
   width: int = 64
@@ -145,9 +161,9 @@ class ResNet(nn.Module):
       block_cls = nn.remat(block_cls, static_argnums=(2, 3))
     x = x.astype(self.dtype)
     if self.stem == "imagenet":
-      x = _conv(self.width, 7, 2, self.dtype, "conv1", self.conv_impl)(x)
+      x = conv_layer(self.width, 7, 2, self.dtype, self.conv_impl, name="conv1")(x)
     else:
-      x = _conv(self.width, 3, 1, self.dtype, "conv1", self.conv_impl)(x)
+      x = conv_layer(self.width, 3, 1, self.dtype, self.conv_impl, name="conv1")(x)
     x = nn.relu(ViewBatchNorm(dtype=self.dtype, name="bn1")(x, train, num_views))
     if self.stem == "imagenet":
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

@@ -1,0 +1,90 @@
+r"""Throughput of the shared loop against the number of steps it lets run ahead.
+
+  python benchmarks/loop_in_flight_bench.py [--config=configs/cifar10.py:tiny] \
+      [--in_flight=1,2,1000] [--steps=40] [--reps=3] [--batch_size=64]
+
+Runs the real pretraining step (pretrain.build_training on the config) through
+loop.run on synthetic uint8 batches already on the devices, for each value of
+``steps_in_flight`` (1000 stands for "unbounded"), interleaved over ``reps``
+repetitions, and prints steps/s per value (median) as one JSON line: wall time
+of the whole loop.run call, after one untimed run that compiles the step.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main() -> None:
+  """Parses the flags, runs the interleaved repetitions, prints one JSON line."""
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+  parser.add_argument("--config", default="configs/cifar10.py:tiny")
+  parser.add_argument("--in_flight", default="1,2,1000")
+  parser.add_argument("--steps", type=int, default=40)
+  parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--batch_size", type=int, default=64)
+  args = parser.parse_args()
+
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import checkpoint, loop, pretrain, sharding, train  # pylint: disable=g-import-not-at-top
+
+  path, _, variant = args.config.partition(":")
+  module = config_flags.config_flags._LoadConfigModule("bench_config", path)  # pylint: disable=protected-access
+  config = module.get_config(variant)
+  config.batch_size = args.batch_size
+  config.num_train_steps = args.steps
+  opts = pretrain.options_from_config(config)
+  mesh = sharding.create_mesh()
+  training = pretrain.build_training(opts, mesh, num_examples=args.steps * args.batch_size)
+  rng = np.random.default_rng(0)
+  size = opts.image_size
+  batch = sharding.global_batch(
+      {"views": rng.integers(0, 256, (args.batch_size, 2, size, size, 3), np.uint8),
+       "label": np.zeros(args.batch_size, np.int32)}, mesh)
+  key = sharding.replicated_key(jax.random.key(1), mesh)
+
+  class Writer:
+    """Discards what the loop logs."""
+
+    def write_scalars(self, step, scalars):
+      del step, scalars
+
+    def flush(self):
+      pass
+
+    def close(self):
+      pass
+
+  results = {k: [] for k in (int(v) for v in args.in_flight.split(","))}
+  for rep in range(args.reps + 1):
+    for k in results:
+      state = train.create_train_state(jax.random.key(0), training.network, training.tx,
+                                       image_size=size, mesh=mesh)
+      with tempfile.TemporaryDirectory() as tmp:
+        manager = checkpoint.create_manager(tmp, async_save=False)
+        writer = Writer()
+        start = time.perf_counter()
+        loop.run(lambda s, b: training.step(s, b, key), state, iter([batch] * args.steps),
+                 start_step=0, manager=manager, to_tree=lambda s: {"step": s.step},
+                 meta={}, writer=writer,
+                 options=loop.LoopOptions(num_steps=args.steps, log_every_steps=args.steps,
+                                          checkpoint_every_steps=10 * args.steps,
+                                          steps_in_flight=k))
+      if rep:  # Repetition 0 compiles.
+        results[k].append(args.steps / (time.perf_counter() - start))
+  print(json.dumps({"config": args.config, "batch_size": args.batch_size, "steps": args.steps,
+                    "devices": jax.device_count(),
+                    "steps_per_sec_median": {str(k): statistics.median(v)
+                                             for k, v in results.items()},
+                    "steps_per_sec_all": {str(k): v for k, v in results.items()}}))
+
+
+if __name__ == "__main__":
+  main()

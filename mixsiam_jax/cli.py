@@ -1,0 +1,138 @@
+"""Command-line plumbing of main.py: errors as one line, library noise kept off the console.
+
+A user's mistake (a misspelt config field, a bad flag value, a config file that
+does not load, any UserError raised by a program) ends the program with one
+line, ``error: ...``, and a non-zero exit status; every other exception is a bug
+and keeps its traceback.
+"""
+import contextlib
+import logging as logging_lib
+import re
+import sys
+import traceback
+from typing import Callable, Iterator, List, NoReturn, Sequence
+
+from absl import flags, logging
+
+from mixsiam_jax.errors import UserError
+
+
+def exit_with(message: str) -> NoReturn:
+  """Ends the program with ``error: message`` on stderr and exit status 1."""
+  sys.exit(f"error: {message}")
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+  """Turns a UserError raised inside the block into one line and exit status 1.
+
+  The traceback is logged at debug level (--v=1 shows it).
+  """
+  try:
+    yield
+  except UserError as e:
+    logging.debug("Traceback of the error below:", exc_info=True)
+    exit_with(str(e))
+
+
+def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS,
+                config_flag: str = "config") -> List[str]:
+  """absl's flag parsing, with ml_collections' config errors as one line.
+
+  For app.run(main, flags_parser=parse_flags). A misspelt override such as
+  --config.modle.depth=18 raises a KeyError or AttributeError deep inside absl
+  (a traceback of 30 lines); a config file that cannot be loaded fails only when
+  the config is first used. Both end here with one line naming the flag.
+
+  Args:
+    argv: the command line, program name first.
+    flag_values: the flags to parse into.
+    config_flag: the name of the config_flags.DEFINE_config_file flag.
+
+  Returns:
+    The arguments left after the flags, program name first.
+  """
+  try:
+    remaining = flag_values(list(argv))
+  except flags.Error as e:
+    exit_with(_flag_error_line(str(e)))
+  except (KeyError, AttributeError) as e:
+    if not _raised_by_config_override(e):
+      raise
+    exit_with(_unknown_field_line(e, argv, config_flag))
+  config = flag_values[config_flag].value
+  try:
+    getattr(config, "keys", None)  # a config file that failed to load raises here
+  except OSError as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    exit_with(f"--{config_flag}={flag_values[config_flag].config_filename} could not be "
+              f"loaded: {lines[-1] if lines else e}")
+  return remaining
+
+
+def _flag_error_line(message: str) -> str:
+  """absl's message in one line; a config file's traceback is reduced to its last line."""
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  if len(lines) <= 1:
+    return message.strip()
+  first = lines[0].replace(" Error whilst parsing config file:", "")
+  return f"{first} {lines[-1]}"
+
+
+def _raised_by_config_override(error: BaseException) -> bool:
+  frames = traceback.extract_tb(error.__traceback__)
+  return any(f.filename.replace("\\", "/").endswith("config_flags/config_path.py") for f in frames)
+
+
+def _unknown_field_line(error: BaseException, argv: Sequence[str], config_flag: str) -> str:
+  """'--config.modle.depth=18: configs/x.py has no field 'modle'. Did you mean "model" ...?'"""
+  arg = error
+  while isinstance(arg, BaseException) and arg.args:  # AttributeError(KeyError(text))
+    arg = arg.args[0]
+  first, *hint = str(arg).splitlines()
+  name = first.strip().strip("'\"")
+  prefix = re.compile(rf"^--?{config_flag}\.")
+  override = next((a for a in argv if prefix.match(a)
+                   and name in prefix.sub("", a).split("=")[0].split(".")), None)
+  source = next((a.split("=", 1)[1] for a in argv
+                 if re.match(rf"^--?{config_flag}=", a)), "the config")
+  hint_text = " ".join(line.strip() for line in hint if line.strip())
+  return (f"{override or f'--{config_flag}.{name}'}: {source} has no field {name!r}."
+          + (f" {hint_text}" if hint_text else ""))
+
+
+class QuietLibraryInfo(logging_lib.Filter):
+  """Drops Orbax's per-save INFO chatter (dozens of lines per checkpoint); keeps warnings."""
+
+  def filter(self, record):
+    return record.levelno >= logging_lib.WARNING or "/orbax/" not in record.pathname
+
+
+def drop_abandoned_reads(previous: Callable[..., None]) -> Callable[..., None]:
+  """A sys.unraisablehook that drops the echoes of an Orbax restore that failed.
+
+  When one array of a checkpoint cannot be read, Orbax's restore raises at once
+  and closes its event loop while TensorStore still reads the other arrays;
+  each of those reads, when it completes, fails to reach the closed loop and
+  prints a 'RuntimeError: Event loop is closed' traceback after the real error
+  has been reported. Exactly those are dropped (logged at debug level); every
+  other unraisable exception goes to ``previous``.
+
+  Args:
+    previous: the hook to delegate to (sys.unraisablehook when installed).
+
+  Returns:
+    The hook.
+  """
+  def hook(unraisable):
+    if _is_abandoned_read(unraisable.exc_value, unraisable.exc_traceback):
+      logging.debug("Dropped a read of a failed checkpoint restore: %r", unraisable.exc_value)
+      return
+    previous(unraisable)
+  return hook
+
+
+def _is_abandoned_read(error: BaseException, tb) -> bool:
+  if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+    return False
+  return any(f.name == "call_soon_threadsafe" for f in traceback.extract_tb(tb))

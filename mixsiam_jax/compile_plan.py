@@ -1,0 +1,251 @@
+r"""Compile the real pretraining step for a TPU slice or GPU host from any machine, and report.
+
+  python -m mixsiam_jax.compile_plan --config=configs/imagenet.py --topology=v5e:4x4 \
+      --config.batch_size=4096
+  python -m mixsiam_jax.compile_plan --config=configs/imagenet.py --topology=v5e-16 \
+      --config.batch_size=4096 --config.half_precision=false        # DOES NOT FIT
+  JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 python -m mixsiam_jax.compile_plan \
+      --config=configs/imagenet.py --topology=h100x8 --max_batch --out=plan.json
+
+The step is built by the pretraining program's own functions
+(``pretrain.options_from_config``, ``pretrain.build_training``,
+``train.abstract_train_state``) on a mesh of compile-only devices
+(mixsiam_jax/topologies.py), so dtype and convolutions are those the devices
+get. Nothing runs: the report holds per-device memory against the chip's,
+FLOPs, every collective, compile time and a step-time estimate (see
+docs/accelerators.md for what a compile cannot tell). Exit status: 0 fits,
+2 does not fit, 1 a usage error.
+"""
+import copy
+import dataclasses
+import json
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags
+
+from mixsiam_jax import cli, compile_report, pretrain, sharding, topologies, train
+from mixsiam_jax.errors import UserError
+
+# (examples, classes) of the data sets the configs name; they set the schedule's
+# length and the online probe's width, not the step's memory or cost.
+KNOWN_DATASETS = {"tfds:imagenet2012": (1281167, 1000), "tfds:cifar10": (50000, 10),
+                  "tfds:cifar100": (50000, 100)}
+DEFAULT_UTILIZATION = 0.4
+EXIT_DOES_NOT_FIT = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltStep:
+  """The jitted step and abstract arguments to compile it with."""
+  step: Any
+  args: Tuple[Any, Any, Any]
+  num_params: int
+  dtype: str
+  conv_impl: str
+
+
+def _dataset_size(config: ml_collections.ConfigDict) -> Tuple[int, int]:
+  if config.dataset in KNOWN_DATASETS:
+    return KNOWN_DATASETS[config.dataset]
+  # Elsewhere (folders) the step does not depend on the size: one step per epoch.
+  return config.batch_size, 0
+
+
+def abstract_batch(batch_size: int, image_size: int, mesh: jax.sharding.Mesh) -> Dict[str, Any]:
+  """What the pretraining input pipeline yields per step, as sharded abstract arrays."""
+  data = sharding.batch_sharded(mesh)
+  return {"views": jax.ShapeDtypeStruct((batch_size, 2, image_size, image_size, 3), jnp.uint8,
+                                        sharding=data),
+          "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data),
+          "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data)}
+
+
+def build_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> BuiltStep:
+  """The pretraining program's jitted step for ``config`` on ``mesh``, with abstract inputs.
+
+  Raises:
+    UserError: an invalid config value (OptionsError) or batch size.
+  """
+  sharding.check_global_batch(config.batch_size, mesh)
+  num_examples, num_classes = _dataset_size(config)
+  opts = pretrain.options_from_config(config, num_classes)
+  training = pretrain.build_training(opts, mesh, num_examples)
+  state = train.abstract_train_state(training.network, training.tx, image_size=opts.image_size,
+                                     mesh=mesh)
+  rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype,
+                             sharding=sharding.replicated(mesh))
+  batch = abstract_batch(opts.batch_size, opts.image_size, mesh)
+  platform = sharding.mesh_platform(mesh)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  return BuiltStep(training.step, (state, batch, rng), num_params,
+                   opts.model.compute_dtype(platform), opts.model.conv_implementation(platform))
+
+
+def _with(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with top-level or 'model.x' fields replaced."""
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for name, value in fields.items():
+      if value is None:
+        continue
+      if name == "remat":
+        config.model.remat = value
+      else:
+        config[name] = value
+  return config
+
+
+def plan(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
+         per_device_batch: Optional[int] = None, remat: Optional[bool] = None,
+         utilization: float = DEFAULT_UTILIZATION) -> Dict[str, Any]:
+  """Compiles the step of ``config`` for ``topology`` and reports on it.
+
+  Args:
+    config: a pretraining config.
+    topology: from topologies.devices_for.
+    per_device_batch: overrides config.batch_size with this many per device.
+    remat: overrides config.model.remat.
+    utilization: fraction of the chip's peak assumed by the step-time estimate.
+
+  Returns:
+    The plan: a JSON-able dict; 'status' is 'fits', 'does_not_fit' or
+    'unknown' (no memory limit known for the devices).
+
+  Raises:
+    UserError: an invalid config value.
+  """
+  num_devices = len(topology.devices)
+  batch = None if per_device_batch is None else per_device_batch * num_devices
+  config = _with(config, batch_size=batch, remat=remat)
+  mesh = sharding.create_mesh(topology.devices)
+  built = build_step(config, mesh)
+  out = {"topology": topology.name, "platform": topology.platform, "num_devices": num_devices,
+         "device_kind": topology.devices[0].device_kind,
+         "num_processes": sharding.mesh_process_count(mesh), "batch_size": config.batch_size,
+         "per_device_batch": config.batch_size // num_devices, "image_size": config.image_size,
+         "dtype": built.dtype, "conv_impl": built.conv_impl, "remat": config.model.remat,
+         "num_params": built.num_params, "jax_version": jax.__version__}
+  start = time.perf_counter()
+  try:
+    lowered = built.step.lower(*built.args)
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    out.update(status="does_not_fit", error=lines[0][:400],
+               compile_seconds=time.perf_counter() - start)
+    return out
+  out["compile_seconds"] = time.perf_counter() - start
+  hlo = compiled.as_text()
+  out["memory"] = compile_report.memory(compiled, topology.usable_memory_bytes)
+  out["status"] = {True: "fits", False: "does_not_fit", None: "unknown"}[out["memory"]["fits"]]
+  cost = compile_report.flops(compiled, lowered, num_devices)
+  if cost["per_device"]:
+    cost["per_image"] = cost["per_device"] * num_devices / config.batch_size
+  out["flops"] = cost
+  out["collectives"] = compile_report.collectives(hlo)
+  out["program"] = compile_report.program_shape(hlo)
+  if cost["per_device"] and topology.chip:
+    seconds = cost["per_device"] / (topology.chip.peak_bf16_flops * utilization)
+    out["step_time_estimate"] = {
+        "seconds": seconds, "utilization": utilization,
+        "peak_flops": topology.chip.peak_bf16_flops, "peak_source": topology.chip.source,
+        "images_per_second": config.batch_size / seconds,
+        "note": "estimate from FLOPs and peak at the stated utilisation; not measured"}
+  return out
+
+
+def max_batch(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
+              remat: bool, start: int) -> Dict[str, Any]:
+  """The largest per-device batch whose step fits: powers of two, then bisection.
+
+  Doubling (or halving) from ``start`` finds a fitting power of two and the next
+  one that does not fit; bisection then narrows the gap to 1/8 of the fitting
+  batch (multiples of 8 from batch 64 up), so the answer is within 12.5% below
+  the true limit.
+
+  Returns:
+    {'remat', 'per_device_batch' (0: not even 1 fits), 'tried': [[batch, fits]]}.
+  """
+  tried: List[List[Any]] = []
+
+  def fits(batch: int) -> bool:
+    result = plan(config, topology, per_device_batch=batch, remat=remat)
+    tried.append([batch, result["status"] != "does_not_fit"])
+    return tried[-1][1]
+
+  batch = max(1, 2 ** (max(1, start).bit_length() - 1))
+  if fits(batch):
+    low, high = batch, None
+    while high is None:
+      if fits(low * 2):
+        low *= 2
+      else:
+        high = low * 2
+  else:
+    high, low = batch, 0
+    while high > 1 and low == 0:
+      if fits(high // 2):
+        low = high // 2
+      else:
+        high //= 2
+  step = max(1, low // 8)
+  while low and high - low > step:
+    middle = (low + high) // 2 // step * step
+    if middle <= low:
+      break
+    if fits(middle):
+      low = middle
+    else:
+      high = middle
+  return {"remat": remat, "per_device_batch": low, "tried": tried}
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line's flags (defined by the program only, so importing this module is inert)."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, "Pretraining config, e.g. configs/imagenet.py.",
+                                  lock_config=True)
+  flags.DEFINE_string("topology", None, f"Devices to compile for: {topologies.HELP}.")
+  flags.DEFINE_bool("max_batch", False, "Also search the largest per-device batch that fits, "
+                    "with and without remat (one compile per try).")
+  flags.DEFINE_float("utilization", DEFAULT_UTILIZATION,
+                     "Fraction of peak FLOP/s assumed by the step-time estimate.")
+  flags.DEFINE_string("out", None, "Write the plan as JSON here.")
+  flags.mark_flags_as_required(["config", "topology"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  with cli.one_line_errors():
+    topology = topologies.devices_for(FLAGS.topology)
+    if not 0 < FLAGS.utilization <= 1:
+      raise UserError(f"--utilization={FLAGS.utilization} must lie in (0, 1].")
+    config = FLAGS.config
+    result = plan(config, topology, utilization=FLAGS.utilization)
+    print(compile_report.summary(result), flush=True)
+    if FLAGS.max_batch:
+      start = result["per_device_batch"]
+      result["max_batch"] = [max_batch(config, topology, remat=r, start=start)
+                             for r in (False, True)]
+      for row in result["max_batch"]:
+        print(f"largest per-device batch that fits, remat {row['remat']}: "
+              f"{row['per_device_batch']} (tried {row['tried']})", flush=True)
+    if FLAGS.out:
+      with open(FLAGS.out, "w") as f:
+        json.dump(result, f, indent=1)
+  return EXIT_DOES_NOT_FIT if result["status"] == "does_not_fit" else 0
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,21 @@
+"""Data: files or TFDS -> per-process tf.data batches for the jitted step.
+
+Data flows one way through the modules of this package:
+  folders.py       lists an image folder (PATH/<class>/<image>) and slices it
+                   with the folder split grammar; plain Python, no TensorFlow.
+  sources.py       opens ``tfds:NAME`` or ``folder:PATH`` as a Source (size,
+                   classes, a way to read each example's bytes); DatasetInfo.
+  decode.py        bytes -> RGB uint8, with unreadable files reported to a
+                   BadImageLog that the caller owns.
+  host_augment.py  host-side image ops: RandomResizedCrop + flip, the TensorFlow
+                   twin of the device colour ops, the evaluation transform.
+  pipeline.py      the training stream (options in TrainDataOptions) and the
+                   evaluation stream.
+Importing any of them leaves TensorFlow's device visibility alone; programs call
+pipeline.hide_accelerators_from_tensorflow() once at start-up.
+"""
+from mixsiam_jax.errors import UserError
+
+
+class DatasetError(UserError):
+  """A data set cannot be used; the message names it and says how to fix it."""

@@ -1,0 +1,118 @@
+"""Decoding encoded images to RGB uint8, with unreadable files reported, not fatal.
+
+Each file's bytes get a cheap in-graph check (non-empty, known magic bytes,
+JPEG/PNG/GIF end markers, a BMP size that fits). Files that pass go to
+TensorFlow's decoder; files that fail it go through PIL (``tf.py_function``),
+which also reads what TensorFlow cannot (CMYK JPEGs, palette images, odd
+headers). Files PIL cannot read either are reported to a BadImageLog: with
+``skip`` they are logged once each and flagged (the pipeline replaces or masks
+them), otherwise they raise DatasetError.
+"""
+import io
+import threading
+from typing import Dict, Tuple
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from mixsiam_jax.data import DatasetError
+
+
+class BadImageLog:
+  """The unreadable images of a program, each logged once; safe across tf.data threads.
+
+  The program creates one and passes it to every stream it builds, so a file
+  that several streams read is reported once.
+  """
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._bad: Dict[str, str] = {}
+
+  def report(self, name: str, reason: str, skip: bool) -> None:
+    """Records an unreadable image (a warning the first time) or raises.
+
+    Args:
+      name: the file path or example name.
+      reason: why it cannot be read.
+      skip: record and go on (True) or raise (False).
+
+    Raises:
+      DatasetError: naming the file and the option that skips it, if not ``skip``.
+    """
+    if not skip:
+      raise DatasetError(f"Unreadable image {name}: {reason}. Remove it, or set "
+                         "--config.data.skip_bad_images=True to skip it.")
+    with self._lock:
+      if name in self._bad:
+        return
+      self._bad[name] = reason
+      count = len(self._bad)
+    logging.warning("Skipping unreadable image %s (%s); %d bad image(s) so far.", name, reason,
+                    count)
+
+  def snapshot(self) -> Dict[str, str]:
+    """Returns {name: reason} of every unreadable image recorded so far."""
+    with self._lock:
+      return dict(self._bad)
+
+
+def _looks_decodable(data: tf.Tensor) -> tf.Tensor:
+  """Cheap check that TF's decoders will accept ``data`` (magic and end markers)."""
+  n = tf.strings.length(data)
+  tail = lambda k: tf.strings.substr(data, tf.maximum(n - k, 0), k)  # pylint: disable=g-long-lambda
+  head = lambda k: tf.strings.substr(data, 0, k)  # pylint: disable=g-long-lambda
+  is_jpeg = (head(3) == b"\xff\xd8\xff") & (tail(2) == b"\xff\xd9")
+  is_png = (head(8) == b"\x89PNG\r\n\x1a\n") & (tf.strings.substr(data, tf.maximum(n - 8, 0), 4)
+                                                 == b"IEND")
+  is_gif = (head(4) == b"GIF8") & (tail(1) == b";")
+  # BMP: the header's file-size field must not exceed the bytes we have.
+  bmp_head = tf.strings.join([head(6), b"\0" * 6])
+  bmp_size = tf.io.decode_raw(tf.strings.substr(bmp_head, 2, 4), tf.int32, little_endian=True)[0]
+  is_bmp = (head(2) == b"BM") & (tf.cast(bmp_size, tf.int32) <= n) & (n > 54)
+  return (n > 0) & (is_jpeg | is_png | is_gif | is_bmp)
+
+
+def _pil_decoder(log: BadImageLog, skip: bool):
+  """Returns a numpy function decoding bytes with PIL (CMYK, palette, odd files)."""
+  def decode(data, name) -> Tuple[np.ndarray, bool]:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    name = name.numpy().decode("utf-8", "replace")
+    try:
+      with Image.open(io.BytesIO(data.numpy())) as im:
+        im.seek(0)  # First frame of animations.
+        arr = np.asarray(im.convert("RGB"), np.uint8)
+      if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"empty image {arr.shape}")
+      return arr, True
+    except Exception as e:  # pylint: disable=broad-except  (any PIL failure is a bad file)
+      reason = "empty file" if not data.numpy() else f"{type(e).__name__}: {e}"
+      log.report(name, reason, skip)
+      return np.zeros((1, 1, 3), np.uint8), False
+  return decode
+
+
+def decode_image(data: tf.Tensor, name: tf.Tensor, log: BadImageLog,
+                 skip: bool = True) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Decodes an encoded image to RGB uint8, flagging unreadable files.
+
+  Args:
+    data: scalar tf.string of file contents.
+    name: scalar tf.string naming the file in reports.
+    log: where unreadable files are reported.
+    skip: report and flag (True) or raise (False) on unreadable files.
+
+  Returns:
+    (uint8 [h, w, 3], bool ok). An unreadable file gives a 1x1 black image, ok False.
+  """
+  def fast():
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    return image, tf.constant(True)
+
+  def slow():
+    image, ok = tf.py_function(_pil_decoder(log, skip), [data, name], [tf.uint8, tf.bool])
+    return tf.ensure_shape(image, [None, None, 3]), tf.ensure_shape(ok, [])
+
+  image, ok = tf.cond(_looks_decodable(data), fast, slow)
+  return tf.ensure_shape(image, [None, None, 3]), ok

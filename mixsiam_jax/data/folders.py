@@ -1,0 +1,257 @@
+"""Image folders: the listing of PATH/<class>/<image> and the folder split grammar.
+
+Listing. Labels are the index of each class in the sorted names of the
+non-hidden sub-folders of PATH; files are found recursively below each class
+folder, in sorted order (files of a folder first, then its sub-folders). A
+folder without sub-folders is one unlabelled class (label -1, pretraining
+only). Files whose extension is not an image extension, and loose files beside
+class folders, are returned as ``non_images`` for the caller to report. Every
+class folder must hold at least one image: an empty one would still take a
+label and shift the labels of the classes after it, so it is refused.
+
+Links. Linked class folders and linked files are read like any other. A linked
+folder below a class folder is followed only if it leads outside the folders
+being listed: a link back to the folder it sits in or to one of its parents (a
+loop such as ``cat/loop -> .``), or into the data set or any class folder, would
+list the same images again (under a second path, or without end). Such links
+are skipped with one warning that names them and the number of images listed.
+
+Splits. The split string selects a slice of each class's file list, so a
+held-out part keeps the class balance of the folder:
+  * ``''``, ``train``, ``all`` (any bare name; the name is ignored, there is
+    only one folder): every file.
+  * ``[A:B]`` or ``NAME[A:B]`` (NAME ignored), Python slice semantics within
+    each class: ``[:4500]`` the first 4500 files of every class, ``[4500:]``
+    the rest, ``[-500:]`` the last 500, ``[10:20]``; a class with fewer files
+    gets what the slice leaves of it.
+  * Percentages ``[:90%]``, ``[90%:]``, ``[10%:20%]`` (decimals allowed, both
+    bounds in %): a bound of p% of a class of n files is ``round(p * n / 100)``
+    (Python's round, halves to even), exactly TFDS's default 'closest' rounding,
+    so ``[:p%]`` and ``[p%:]`` are complementary, disjoint and cover each class.
+"""
+import dataclasses
+import os
+import re
+from typing import List, Optional, Sequence, Set, Tuple
+
+from absl import logging
+import numpy as np
+
+from mixsiam_jax.data import DatasetError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+FOLDER_SPLIT_SYNTAX = (
+    "'' / 'train' / 'all' (the whole folder) or a per-class slice '[A:B]' or 'NAME[A:B]' "
+    "(NAME ignored) with A, B integers or percentages, e.g. '[:4500]', '[4500:]', '[-500:]', "
+    "'[:90%]', '[90%:]', '[10:20]', 'train[:90%]'")
+_SPLIT_RE = re.compile(r"^(?P<name>[\w-]*)\s*(?:\[(?P<from>[^\[\]:]*):(?P<to>[^\[\]:]*)\])?$")
+_BOUND_RE = re.compile(r"^(?P<val>[+-]?\d+(?:\.\d*)?)(?P<pct>%?)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderListing:
+  """What an image folder holds, in listing order.
+
+  Attributes:
+    paths: image file paths.
+    labels: label of each path (-1 for a flat, unlabelled folder).
+    class_names: sorted class folder names (empty for a flat folder).
+    non_images: files that are not images (by extension), to be reported.
+    skipped_links: 'link -> target' of each folder link not followed.
+  """
+  paths: Tuple[str, ...]
+  labels: Tuple[int, ...]
+  class_names: Tuple[str, ...]
+  non_images: Tuple[str, ...]
+  skipped_links: Tuple[str, ...]
+
+
+def _is_image(path: str) -> bool:
+  return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _scan(folder: str) -> Tuple[List[str], Set[str], List[str]]:
+  """Non-hidden (sorted sub-folders, the links among them, sorted other entries) of ``folder``."""
+  dirs, links, files = [], set(), []
+  try:
+    with os.scandir(folder) as it:
+      for entry in it:
+        if entry.name.startswith("."):
+          continue
+        try:
+          is_dir = entry.is_dir()  # Follows links; a broken link is a (bad) file.
+        except OSError:
+          is_dir = False
+        if is_dir:
+          dirs.append(entry.name)
+          if entry.is_symlink():
+            links.add(entry.name)
+        else:
+          files.append(entry.name)
+  except OSError as e:
+    raise DatasetError(f"Cannot list image folder {folder!r}: {e}.") from None
+  return sorted(dirs), links, sorted(files)
+
+
+def _under(path: str, folder: str) -> bool:
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _walk_class(top: str, listed: Sequence[str], skipped: List[str]) -> List[str]:
+  """Files below class folder ``top`` in os.walk order, without looping links.
+
+  Args:
+    top: the class folder.
+    listed: real paths of the data set folder and of every class folder.
+    skipped: receives 'link -> target' of each folder link not followed.
+
+  Returns:
+    File paths (images and others), files of a folder before its sub-folders.
+  """
+  out = []
+
+  def visit(folder, chain):
+    dirs, links, files = _scan(folder)
+    out.extend(os.path.join(folder, f) for f in files)
+    for d in dirs:
+      path = os.path.join(folder, d)
+      real = os.path.realpath(path)
+      if d in links and (any(_under(real, r) for r in listed)
+                         or any(_under(c, real) for c in chain)):
+        skipped.append(f"{path} -> {real}")
+        continue
+      visit(path, chain + (real,))
+
+  visit(top, (os.path.realpath(top),))
+  return out
+
+
+def _check_class_sizes(path: str, class_names, labels) -> None:
+  counts = np.bincount(np.asarray(labels, np.int64), minlength=len(class_names))
+  empty = [os.path.join(path, c) for c, n in zip(class_names, counts) if n == 0]
+  if empty:
+    raise DatasetError(
+        f"Class folder(s) {', '.join(repr(e) for e in empty)} hold no images "
+        f"({', '.join(IMAGE_EXTENSIONS)}); labels are the index of the sorted class folders, "
+        "so an empty one would shift every label after it. Add images or remove the folder(s).")
+
+
+def list_folder(path: str, field: str = "dataset") -> FolderListing:
+  """Lists an image folder (see the module docstring); reads no image.
+
+  Args:
+    path: the folder (PATH/<class>/<image>, or a flat folder of images).
+    field: the config field that named the folder, for error messages.
+
+  Returns:
+    FolderListing of the folder.
+
+  Raises:
+    DatasetError: missing folder, no images at all, or an empty class folder.
+  """
+  if not os.path.exists(path):
+    raise DatasetError(f"Image folder {path!r} does not exist; check --config.{field}="
+                       "folder:PATH (PATH/<class>/<image>).")
+  if not os.path.isdir(path):
+    raise DatasetError(f"{path!r} is not a folder; --config.{field}=folder:PATH needs "
+                       "PATH/<class>/<image>.")
+  classes, _, loose = _scan(path)
+  listed = [os.path.realpath(path)] + [os.path.realpath(os.path.join(path, c)) for c in classes]
+  paths, labels, others, skipped = [], [], [], []
+  for label, name in enumerate(classes):
+    for f in _walk_class(os.path.join(path, name), listed, skipped):
+      if _is_image(f):
+        paths.append(f)
+        labels.append(label)
+      else:
+        others.append(f)
+  for f in loose:
+    f = os.path.join(path, f)
+    if not classes and _is_image(f):
+      paths.append(f)
+      labels.append(-1)
+    else:  # Loose files beside class folders are not examples.
+      others.append(f)
+  if not paths:
+    raise DatasetError(f"Image folder {path!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                       "expected PATH/<class>/<image> or a flat folder of images.")
+  if classes:
+    _check_class_sizes(path, classes, labels)
+  if skipped:
+    logging.warning(
+        "Image folder %s: did not follow %d folder link(s) that lead back into the folders "
+        "being listed (a loop, or a second path to the same images): %s. Each image is listed "
+        "once: %d images in %d class(es).", path, len(skipped), "; ".join(skipped[:5])
+        + ("; ..." if len(skipped) > 5 else ""), len(paths), max(len(classes), 1))
+  return FolderListing(tuple(paths), tuple(labels), tuple(classes), tuple(others),
+                       tuple(skipped))
+
+
+def parse_folder_split(split: str) -> Tuple[Optional[float], Optional[float], bool]:
+  """Parses a folder split string (see "Splits" in the module docstring).
+
+  Args:
+    split: e.g. '', 'train', '[:4500]', 'train[90%:]'.
+
+  Returns:
+    (start, stop, percent): slice bounds (None = open), in percent if
+    ``percent`` else in files.
+
+  Raises:
+    DatasetError: naming ``split`` and the accepted syntax.
+  """
+  def bad(why):
+    return DatasetError(f"Invalid split {split!r} for a folder: dataset ({why}). "
+                        f"Accepted: {FOLDER_SPLIT_SYNTAX}.")
+
+  match = _SPLIT_RE.match((split or "").strip())
+  if not match:
+    raise bad("not NAME or [A:B]")
+  if match.group("from") is None:
+    return None, None, False
+  bounds, units = [], set()
+  for text in (match.group("from").strip(), match.group("to").strip()):
+    if not text:
+      bounds.append(None)
+      continue
+    b = _BOUND_RE.match(text)
+    if not b:
+      raise bad(f"bound {text!r} is not an integer or a percentage")
+    percent = bool(b.group("pct"))
+    units.add(percent)
+    if percent:
+      value = float(b.group("val"))
+      if abs(value) > 100:
+        raise bad(f"bound {text!r} is outside [-100%, 100%]")
+    elif "." in b.group("val"):
+      raise bad(f"bound {text!r}: file counts must be integers")
+    else:
+      value = int(b.group("val"))
+    bounds.append(value)
+  if len(units) > 1:
+    raise bad("both bounds must be counts or both percentages")
+  return bounds[0], bounds[1], units == {True}
+
+
+def folder_split_indices(labels: Sequence[int], split: str) -> np.ndarray:
+  """Indices (ascending) of the examples that ``split`` selects, class by class.
+
+  Args:
+    labels: label of each example, in listing order.
+    split: a folder split string.
+
+  Returns:
+    int64 array of the selected positions in ``labels``.
+  """
+  start, stop, percent = parse_folder_split(split)
+  labels = np.asarray(labels)
+  if start is None and stop is None:
+    return np.arange(len(labels))
+  selected = []
+  for label in np.unique(labels):
+    ids = np.flatnonzero(labels == label)  # Listing order within the class.
+    n = len(ids)
+    to_abs = (lambda b: None if b is None else int(round(b * n / 100.0))) if percent else (
+        lambda b: b)
+    selected.append(ids[slice(to_abs(start), to_abs(stop))])
+  return np.sort(np.concatenate(selected))

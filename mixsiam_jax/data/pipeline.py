@@ -1,0 +1,341 @@
+"""The training and evaluation streams: per-process tf.data batches.
+
+Determinism and resume. The training stream is a pure function of
+(seed, position, data). Global position ``g`` (row ``g % B`` of step
+``g // B``, B the global batch) maps to epoch ``e = g // num_examples`` and
+the example ``index_shuffle(g % num_examples, seed=(seed, e))``, a stateless
+permutation of all example ids per epoch
+(``tf.random.experimental.index_shuffle``). Process ``p`` loads rows
+``[p * B_local, (p + 1) * B_local)`` of every step, the rows its devices hold
+in the global batch, so the global batch of a step is the same whatever the
+number of processes (a 2-process run trains on exactly the batches of a
+1-process run, row for row). The processes' rows are disjoint, every epoch is
+covered exactly, and ``start_step`` skips at the index level without reading
+anything. Each example's augmentation draws from stateless TF random ops
+seeded by ``fold_in((seed, e), index)``; parallel maps keep
+``deterministic=True`` order. Two runs with the same seed therefore give
+bit-identical batches, and ``start_step=s`` gives exactly the batches a straight
+run gives from step ``s`` on.
+
+For a TFDS data set stored as TFRecords (no random access) the epoch order is
+instead a seeded ``shuffle`` (buffer ``shuffle_buffer``) of this process's
+examples (``index % process_count == process_index``) in canonical order, and
+``start_step`` skips the first ``offset`` examples of the current epoch
+without decoding them (their bytes are still read). Still a pure function of
+(seed, step), but the global batches then depend on the number of processes.
+
+Bad images (decode.py) are, with ``skip_bad_images``, replaced in their
+training batch by another example of the same batch (so batch shapes and the
+position arithmetic above stay exact) or masked out of evaluation batches. A
+file that passes decode.py's check and still fails TensorFlow's decoder (rare:
+corrupt entropy data) is dropped by ``ignore_errors`` when skipping, which
+shifts later positions by one; runs stay reproducible but ``start_step``
+resume is then only exact up to that shift.
+"""
+import dataclasses
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+from mixsiam_jax.data import DatasetError
+from mixsiam_jax.data import decode
+from mixsiam_jax.data import folders
+from mixsiam_jax.data import host_augment
+from mixsiam_jax.data import sources
+from mixsiam_jax.options import OptionsError, PhotometricOptions
+
+
+def hide_accelerators_from_tensorflow() -> None:
+  """Keeps TensorFlow (which only feeds data, on the host CPUs) off the GPUs that JAX uses.
+
+  Call it at program start, before any TensorFlow op runs; later calls do nothing.
+
+  Raises:
+    RuntimeError: if TensorFlow has already initialised its devices with a GPU visible.
+  """
+  if tf.config.get_visible_devices("GPU"):
+    tf.config.set_visible_devices([], "GPU")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainDataOptions:
+  """What the training stream reads and how it augments; checked when built.
+
+  Attributes:
+    dataset: 'tfds:NAME' or 'folder:PATH'.
+    split: TFDS split string, or a folder split (folders.py).
+    global_batch_size: batch over all processes.
+    image_size: side of the square crops.
+    seed: data seed; batches are a pure function of (seed, step, data).
+    crop_scale: RandomResizedCrop area range (ratio is (3/4, 4/3)).
+    num_views: augmented views per example: 2 (pretraining) or 1 (the augmented
+      linear probe: the first of the same two draws, so only one is cropped).
+    host_photometric: colour jitter, grayscale and blur to apply on the host;
+      None when the train step applies them on the device.
+    skip_bad_images: skip (and report) unreadable images instead of raising.
+    shuffle_buffer: shuffle buffer of the TFRecord fallback only.
+    prefetch: batches prefetched on the host (tf.data.AUTOTUNE = -1).
+    field: the config field that gave ``dataset``, named in errors.
+    tfds_options: how to read a TFDS data set.
+  """
+  dataset: str
+  split: str = "train"
+  global_batch_size: int
+  image_size: int
+  seed: int = 0
+  crop_scale: Tuple[float, float] = (0.2, 1.0)
+  num_views: int = 2
+  host_photometric: Optional[PhotometricOptions] = None
+  skip_bad_images: bool = True
+  shuffle_buffer: int = 16384
+  prefetch: int = tf.data.AUTOTUNE
+  field: str = "dataset"
+  tfds_options: sources.TfdsOptions = sources.TfdsOptions()
+
+  def __post_init__(self):
+    kind, _ = sources.parse_dataset(self.dataset, self.field)
+    if kind == "folder":
+      folders.parse_folder_split(self.split)
+    for name in ("global_batch_size", "image_size", "shuffle_buffer"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not (isinstance(value, int) and value > 0):
+        raise OptionsError(f"{name}={value!r} must be a positive integer.")
+    scale = tuple(float(v) for v in self.crop_scale)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+      raise OptionsError(f"data.crop_scale={self.crop_scale!r} must be (min, max) with "
+                         "0 < min <= max <= 1.")
+    object.__setattr__(self, "crop_scale", scale)
+    if self.num_views not in (1, 2):
+      raise OptionsError(f"num_views={self.num_views!r} must be 1 or 2.")
+    if not (self.prefetch > 0 or self.prefetch == tf.data.AUTOTUNE):
+      raise OptionsError(f"prefetch={self.prefetch!r} must be positive or tf.data.AUTOTUNE.")
+
+
+def _process_slice(global_batch_size, process_index, process_count):
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
+  if global_batch_size % process_count:
+    raise OptionsError(f"global_batch_size={global_batch_size} is not divisible by "
+                       f"process_count={process_count}.")
+  return process_index, process_count, global_batch_size // process_count
+
+
+def _open(dataset, split, field, tfds_options, log, skip) -> sources.Source:
+  """Opens a source and reports its non-image files (raising unless ``skip``)."""
+  source = sources.open_source(dataset, split, field=field, tfds_options=tfds_options)
+  for other in source.non_images:
+    log.report(other, "not an image file (extension)", skip)
+  return source
+
+
+def _example_seed(seed, epoch, index):
+  """Stateless per-example seed from (seed, epoch, index)."""
+  base = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+  return tf.random.experimental.stateless_fold_in(base, tf.cast(index, tf.int64))
+
+
+def _random_access_positions(n, *, seed, start, process_index, process_count, local_batch):
+  """Infinite stream of {'index', 'epoch'} for this process from local position ``start``."""
+  def locate(position):
+    # Local position -> global position: this process's rows of the global batch.
+    step, row = position // local_batch, position % local_batch
+    position = (step * process_count + process_index) * local_batch + row
+    epoch = position // n
+    slot = position % n
+    index = tf.random.experimental.index_shuffle(
+        slot, seed=tf.stack([tf.constant(seed, tf.int64), epoch]), max_index=n - 1)
+    return {"index": tf.cast(index, tf.int64), "epoch": epoch}
+
+  return tf.data.Dataset.counter(start, dtype=tf.int64).map(locate)
+
+
+def _sequential_stream(source, *, seed, start, process_index, process_count, shuffle_buffer):
+  """Infinite stream of raw elements (with 'epoch') for a TFRecord-backed source."""
+  n_local = source.info.num_examples // process_count
+  shard = source.sequential.filter(lambda ex: ex["index"] % process_count == process_index)
+
+  def epoch_ds(epoch):
+    epoch_seed = tf.bitwise.bitwise_xor(tf.constant(seed, tf.int64) * 1000003, epoch)
+    ds = shard.take(n_local).shuffle(min(shuffle_buffer, n_local), seed=epoch_seed,
+                                     reshuffle_each_iteration=False)
+    return ds.map(lambda ex: dict(ex, epoch=epoch))
+
+  first_epoch, offset = divmod(start, n_local)
+  first = epoch_ds(tf.constant(first_epoch, tf.int64)).skip(offset)
+  rest = tf.data.Dataset.counter(first_epoch + 1, dtype=tf.int64).flat_map(epoch_ds)
+  return first.concatenate(rest)
+
+
+def _replace_bad_rows(batch):
+  """Replaces rows whose image was unreadable by readable rows of the same batch."""
+  ok = batch.pop("ok")
+  size = tf.shape(ok)[0]
+  good = tf.cast(tf.where(ok)[:, 0], tf.int32)
+  num_good = tf.size(good)
+  with tf.control_dependencies([tf.debugging.assert_positive(
+      num_good, message="Every image of a batch was unreadable; see the warnings above.")]):
+    rows = tf.range(size)
+    src = tf.where(ok, rows, tf.gather(good, rows % tf.maximum(num_good, 1)))
+  return {k: tf.gather(v, src) for k, v in batch.items()}
+
+
+def _views_fn(options: TrainDataOptions, log: decode.BadImageLog):
+  """Element {'bytes', 'name', 'epoch', 'index', 'label'} -> augmented uint8 views."""
+  photometric = (host_augment.host_photometric_fn(options.host_photometric)
+                 if options.host_photometric is not None else None)
+
+  def views_fn(el):
+    image, ok = decode.decode_image(el["bytes"], el["name"], log, options.skip_bad_images)
+    seeds = tf.random.experimental.stateless_split(
+        _example_seed(options.seed, el["epoch"], el["index"]), 3)
+    views = host_augment.crop_flip_views(seeds[0], image, options.image_size, options.crop_scale,
+                                         num_views=2, keep=options.num_views)
+    if photometric is not None:
+      views = host_augment.to_uint8(tf.stack([
+          255.0 * photometric(seeds[1 + v], tf.cast(views[v], tf.float32) / 255.0)
+          for v in range(options.num_views)]))
+    return {"views": views, "label": el["label"], "index": el["index"], "ok": ok}
+
+  return views_fn
+
+
+def create_pretrain_dataset(options: TrainDataOptions, *, start_step: int = 0,
+                            process_index: Optional[int] = None,
+                            process_count: Optional[int] = None,
+                            bad_images: Optional[decode.BadImageLog] = None) -> tf.data.Dataset:
+  """Infinite per-process stream of augmented training batches (see the module docstring).
+
+  Args:
+    options: what to read and how to augment it.
+    start_step: first step to produce (exact resume).
+    process_index, process_count: this process's shard; default from jax.
+    bad_images: where unreadable images are reported (default: a new log).
+
+  Returns:
+    tf.data.Dataset of {'views': uint8 [B_local, num_views, S, S, 3],
+    'label': int32 [B_local], 'index': int64 [B_local]}.
+  """
+  if start_step < 0:
+    raise ValueError(f"start_step={start_step} must be >= 0.")
+  process_index, process_count, local_batch = _process_slice(options.global_batch_size,
+                                                             process_index, process_count)
+  log = bad_images if bad_images is not None else decode.BadImageLog()
+  source = _open(options.dataset, options.split, options.field, options.tfds_options, log,
+                 options.skip_bad_images)
+  n = source.info.num_examples
+  if n // process_count < local_batch:
+    raise DatasetError(f"--config.{options.field}={options.dataset} ({n} examples) is too "
+                       f"small for a batch of {local_batch} per process on {process_count} "
+                       "process(es); lower --config.batch_size.")
+  start = start_step * local_batch
+  if source.fetch is not None:
+    ds = _random_access_positions(n, seed=options.seed, start=start, process_index=process_index,
+                                  process_count=process_count, local_batch=local_batch)
+
+    def read(el):
+      data, label, name = source.fetch(el["index"])
+      return dict(el, bytes=data, label=label, name=name)
+
+    ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  else:
+    ds = _sequential_stream(source, seed=options.seed, start=start, process_index=process_index,
+                            process_count=process_count, shuffle_buffer=options.shuffle_buffer)
+  ds = ds.map(_views_fn(options, log), num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
+  if options.skip_bad_images:
+    ds = ds.ignore_errors(log_warning=True)
+  ds = ds.batch(local_batch, drop_remainder=True).map(_replace_bad_rows)
+  tf_options = tf.data.Options()
+  tf_options.deterministic = True
+  tf_options.threading.max_intra_op_parallelism = 1  # Parallelism comes from the maps.
+  return ds.with_options(tf_options).prefetch(options.prefetch)
+
+
+def _eval_elements(source, *, global_batch_size, local_batch, process_index) -> tf.data.Dataset:
+  """This process's elements {'bytes', 'label', 'name', 'valid'}, padded to whole batches."""
+  n = source.info.num_examples
+  num_batches = -(-n // global_batch_size)
+  block_start = process_index * local_batch
+
+  def position(k):  # k-th element of this process -> global position.
+    return (k // local_batch) * global_batch_size + block_start + k % local_batch
+
+  if source.fetch is not None:
+    def read(k):
+      g = position(k)
+      data, label, name = source.fetch(tf.minimum(g, n - 1))
+      return {"bytes": data, "label": label, "name": name, "valid": g < n}
+
+    return tf.data.Dataset.range(num_batches * local_batch).map(
+        read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  mine = source.sequential.filter(
+      lambda ex: (ex["index"] % global_batch_size) // local_batch == process_index)
+  mine = mine.map(lambda ex: {"bytes": ex["bytes"], "label": ex["label"], "name": ex["name"],
+                              "valid": tf.constant(True)})
+  count = sum(1 for k in range(num_batches * local_batch) if position(k) < n)
+  pad = tf.data.Dataset.from_tensors({"bytes": tf.constant(b""), "label": tf.constant(-1),
+                                      "name": tf.constant("padding"),
+                                      "valid": tf.constant(False)})
+  return mine.concatenate(pad.repeat(num_batches * local_batch - count))
+
+
+def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, image_size: int,
+                        transform: str = "identity", process_index: Optional[int] = None,
+                        process_count: Optional[int] = None, skip_bad_images: bool = True,
+                        field: str = "dataset",
+                        tfds_options: sources.TfdsOptions = sources.TfdsOptions(),
+                        bad_images: Optional[decode.BadImageLog] = None) -> tf.data.Dataset:
+  """Finite, ordered, per-process evaluation batches with a padding mask.
+
+  Global batch b holds examples [b * G, (b + 1) * G) (G = global_batch_size);
+  process p gets the p-th contiguous block of B_local of it, so the global
+  array assembled in process order keeps the data order. The last batch is
+  padded (mask False); every process yields the same number of batches.
+  Unreadable images get mask False when skip_bad_images.
+
+  Args:
+    dataset, split: the data set and split (as in sources.open_source).
+    global_batch_size: batch over all processes.
+    image_size: output side.
+    transform: one of host_augment.EVAL_TRANSFORMS.
+    process_index, process_count: this process's shard; default from jax.
+    skip_bad_images: mask (and report) unreadable images instead of raising.
+    field: the config field that gave ``dataset``, named in errors.
+    tfds_options: how to read a TFDS data set.
+    bad_images: where unreadable images are reported (default: a new log).
+
+  Returns:
+    tf.data.Dataset of {'image': uint8 [B_local, S, S, 3], 'label': int32
+    [B_local], 'mask': bool [B_local]}.
+  """
+  if transform not in host_augment.EVAL_TRANSFORMS:
+    raise OptionsError(f"data.eval_transform={transform!r} is not one of "
+                       f"{host_augment.EVAL_TRANSFORMS}.")
+  process_index, process_count, local_batch = _process_slice(global_batch_size, process_index,
+                                                             process_count)
+  log = bad_images if bad_images is not None else decode.BadImageLog()
+  source = _open(dataset, split, field, tfds_options, log, skip_bad_images)
+  ds = _eval_elements(source, global_batch_size=global_batch_size, local_batch=local_batch,
+                      process_index=process_index)
+
+  def transform_fn(el):
+    def real():
+      image, ok = decode.decode_image(el["bytes"], el["name"], log, skip_bad_images)
+      return host_augment.eval_transform(image, image_size, transform), ok
+
+    def padding():
+      return tf.zeros([image_size, image_size, 3], tf.uint8), tf.constant(False)
+
+    image, ok = tf.cond(el["valid"], real, padding)
+    ok = ok & el["valid"]
+    return {"image": tf.where(ok, image, tf.zeros_like(image)), "label": el["label"],
+            "mask": ok}
+
+  ds = ds.map(transform_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.batch(local_batch, drop_remainder=True).with_options(options).prefetch(2)

@@ -1,0 +1,159 @@
+"""Features of whole data sets: evaluation batches through an embed function, back on the host.
+
+``EvalData`` names the two labelled splits an evaluation reads (a training side:
+the kNN bank or the probe's training set; an evaluation side: the queries or
+the probe's test set) and the deterministic transform they are read with.
+"""
+import dataclasses
+from typing import Any, Callable, Dict, Iterable, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from mixsiam_jax import augment, sharding
+from mixsiam_jax.data import DatasetError, host_augment, pipeline, sources
+from mixsiam_jax.options import OptionsError
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+  """Two labelled splits read with the evaluation transform (validated when built).
+
+  Attributes:
+    dataset, train_split: the training side ('tfds:NAME' or 'folder:PATH').
+    eval_dataset, eval_split: the evaluation side.
+    image_size: side of the images fed to the encoder.
+    batch_size: global batch of feature extraction (a multiple of the devices).
+    transform: one of data.host_augment.EVAL_TRANSFORMS.
+    skip_bad_images: mask (and report) unreadable images instead of failing.
+  """
+  dataset: str
+  train_split: str
+  eval_dataset: str
+  eval_split: str
+  image_size: int
+  batch_size: int
+  transform: str = "identity"
+  skip_bad_images: bool = True
+
+  def __post_init__(self):
+    sources.parse_dataset(self.dataset, "dataset")
+    sources.parse_dataset(self.eval_dataset, "eval_dataset")
+    for name, value in (("image_size", self.image_size), ("eval_batch_size", self.batch_size)):
+      if isinstance(value, bool) or not (isinstance(value, int) and value > 0):
+        raise OptionsError(f"{name}={value!r} must be a positive integer.")
+    if self.transform not in host_augment.EVAL_TRANSFORMS:
+      raise OptionsError(f"data.eval_transform={self.transform!r} must be one of "
+                         f"{host_augment.EVAL_TRANSFORMS}.")
+    if not isinstance(self.skip_bad_images, bool):
+      raise OptionsError(f"data.skip_bad_images={self.skip_bad_images!r} must be true or false.")
+
+
+def check_classes(data: EvalData, user: str) -> sources.DatasetInfo:
+  """Checks that both sides exist, are labelled and have the same classes.
+
+  Args:
+    data: the two splits.
+    user: who needs the labels, for the message (e.g. 'the kNN program').
+
+  Returns:
+    The training side's DatasetInfo (size, classes).
+
+  Raises:
+    DatasetError: a missing or unlabelled data set, or class names that differ
+      (both sides named).
+  """
+  train = sources.get_dataset_info(data.dataset, data.train_split, field="dataset")
+  other = sources.get_dataset_info(data.eval_dataset, data.eval_split, field="eval_dataset")
+  if train.num_classes < 1:
+    raise DatasetError(f"--config.dataset={data.dataset} has no labels; {user} needs labelled "
+                       "data (class folders PATH/<class>/<image>, or a labelled TFDS set).")
+  sources.check_same_classes(train, other)
+  return train
+
+
+def to_model_input(images: jax.Array) -> jax.Array:
+  """uint8 [B, H, W, 3] -> float32 normalised with the ImageNet mean/std (as in training)."""
+  return augment.normalize(images.astype(jnp.float32) / 255.0)
+
+
+_to_model_input = jax.jit(to_model_input)
+
+
+def to_host(x: Any) -> np.ndarray:
+  """The whole global array on this host (gathered across processes if needed)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def extract_features(embed_fn: Callable[[jax.Array], jax.Array],
+                     batches: Iterable[Dict[str, Any]]) -> Tuple[np.ndarray, np.ndarray]:
+  """Embeds every unmasked example of ``batches``.
+
+  Args:
+    embed_fn: jitted function from normalised float images [B, H, W, 3] to
+      features [B, F] (e.g. encoder.make_embed_fn with the variables bound).
+    batches: iterable of {'image': uint8 [B, H, W, 3], 'label': int [B],
+      'mask': bool [B] (False for padding; optional)}, global jax.Arrays
+      sharded over the devices (or host arrays).
+
+  Returns:
+    (features float32 [N, F], labels int [N]) on the host, padded rows dropped,
+    in the order of the batches. With several processes every process gets
+    all rows.
+
+  Raises:
+    ValueError: if ``batches`` is empty.
+  """
+  features, labels = [], []
+  for batch in batches:
+    feats = embed_fn(_to_model_input(batch["image"]))
+    mask = to_host(batch["mask"]).astype(bool) if "mask" in batch else None
+    feats, labs = to_host(feats).astype(np.float32), to_host(batch["label"])
+    if mask is not None:
+      feats, labs = feats[mask], labs[mask]
+    features.append(feats)
+    labels.append(labs)
+  if not features:
+    raise ValueError("extract_features: the batch iterator yielded no batches; check the "
+                     "evaluation split and batch size.")
+  return np.concatenate(features), np.concatenate(labels)
+
+
+def dataset_features(embed_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, dataset: str,
+                     split: str, *, image_size: int, batch_size: int, transform: str,
+                     skip_bad_images: bool = True, field: str = "dataset"
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+  """Features and labels of a whole split with the evaluation transform.
+
+  Args:
+    embed_fn: images -> features (see extract_features).
+    mesh: the data mesh.
+    dataset, split: as in data.pipeline.create_eval_dataset.
+    image_size, batch_size, transform: the evaluation transform and global batch
+      (a multiple of the mesh size).
+    skip_bad_images: mask (and report) unreadable images instead of failing.
+    field: the config field that names ``dataset``, for error messages.
+
+  Returns:
+    (features [N, F], labels [N]) on the host.
+  """
+  ds = pipeline.create_eval_dataset(dataset, split, global_batch_size=batch_size,
+                                    image_size=image_size, transform=transform,
+                                    skip_bad_images=skip_bad_images, field=field)
+  batches = sharding.prefetch_to_mesh(ds.as_numpy_iterator(), mesh, 2)
+  return extract_features(embed_fn, batches)
+
+
+def split_features(embed_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, data: EvalData,
+                   side: str) -> Tuple[np.ndarray, np.ndarray]:
+  """dataset_features of the 'train' or 'eval' side of ``data``."""
+  dataset, split, field = ((data.dataset, data.train_split, "dataset") if side == "train"
+                           else (data.eval_dataset, data.eval_split, "eval_dataset"))
+  return dataset_features(embed_fn, mesh, dataset, split, image_size=data.image_size,
+                          batch_size=data.batch_size, transform=data.transform,
+                          skip_bad_images=data.skip_bad_images, field=field)

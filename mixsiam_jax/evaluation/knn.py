@@ -1,0 +1,335 @@
+"""kNN evaluation: the sharded weighted-kNN classifier, the pretraining monitor, the kNN program.
+
+The classifier of the SimSiam-family monitors (Wu et al. 2018, "InstDist"; the
+``knn_predict`` of the widely used SimSiam/MoCo CIFAR notebooks): features are
+l2-normalised, the k most cosine-similar training examples vote for their class
+with weight exp(similarity / temperature), and the class scores are the summed
+weights. ``KnnMonitor`` is an evaluator in big_vision's style: it takes an embed
+function and is called with variables. Accuracies are reported in percent.
+"""
+import dataclasses
+import functools
+import json
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mixsiam_jax import losses, sharding
+from mixsiam_jax import workdir as workdir_lib
+from mixsiam_jax.evaluation import encoder, features, program
+from mixsiam_jax.options import OptionsError
+from mixsiam_jax.sharding import DATA_AXIS
+
+# Default kNN temperature. 0.1 is what InstDist and the SimSiam-family kNN
+# monitors use (Wu et al. 2018; the MoCo/SimSiam CIFAR demo's knn_t=0.1): cosine
+# similarities lie in [-1, 1], so exp(sim / 0.1) spans e^20 and the closest
+# neighbours dominate the vote while the other k - 1 still break ties. Much
+# lower temperatures reduce it to 1-NN; much higher ones to an unweighted vote.
+DEFAULT_TEMPERATURE = 0.1
+DEFAULT_K = 200
+
+
+def _local_top_k(queries: jax.Array, bank: jax.Array, bank_labels: jax.Array,
+                 bank_valid: jax.Array, k: int) -> Tuple[jax.Array, jax.Array]:
+  """Top-k cosine similarities [q, k] of normalised queries in a bank, and their labels."""
+  sim = jnp.einsum("qf,nf->qn", queries, bank, precision=jax.lax.Precision.HIGHEST)
+  # Padded bank rows can never be neighbours; if fewer than k rows are valid
+  # they are picked last and then carry weight exp(-inf) = 0.
+  sim = jnp.where(bank_valid[None, :], sim, -jnp.inf)
+  top_sim, top_idx = jax.lax.top_k(sim, k)
+  return top_sim, bank_labels[top_idx]
+
+
+def _chunk_scores(queries: jax.Array, bank: jax.Array, bank_labels: jax.Array,
+                  bank_valid: jax.Array, num_classes: int, k: int, temperature: jax.Array,
+                  mesh: Optional[Mesh]) -> jax.Array:
+  """Class scores [chunk, num_classes] of one chunk of normalised queries."""
+  if mesh is None:
+    top_sim, top_labels = _local_top_k(queries, bank, bank_labels, bank_valid, k)
+  else:
+    # Two-stage global top-k: each device keeps the k best of its bank shard,
+    # then the k best of the [chunk, devices * k] candidates are taken. A plain
+    # top_k on a sharded axis makes XLA gather all of [chunk, N] on every device.
+    local_k = min(k, bank.shape[0] // mesh.size)
+    local = jax.shard_map(
+        functools.partial(_local_top_k, k=local_k), mesh=mesh,
+        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
+        out_specs=(P(None, DATA_AXIS), P(None, DATA_AXIS)))
+    cand_sim, cand_labels = local(queries, bank, bank_labels, bank_valid)
+    top_sim, pos = jax.lax.top_k(cand_sim, k)
+    top_labels = jnp.take_along_axis(cand_labels, pos, axis=1)
+  weights = jnp.exp(top_sim / temperature)
+  # Labels outside [0, num_classes) (e.g. -1 for padding) one-hot to zeros.
+  votes = jax.nn.one_hot(top_labels, num_classes, dtype=jnp.float32) * weights[..., None]
+  return votes.sum(axis=1)
+
+
+def _check_bank(num_train: int, mesh: Optional[Mesh]) -> None:
+  if num_train == 0:
+    raise ValueError("knn_predict: the training bank is empty; check the training split.")
+  if mesh is not None and num_train % mesh.size:
+    raise ValueError(f"knn_predict: {num_train} bank rows do not split over the {mesh.size} "
+                     "devices of the mesh; pad the bank with shard_bank() (which also returns "
+                     "the train_mask), or pass mesh=None.")
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "k", "query_chunk", "mesh"))
+def knn_predict(train_features: jax.Array, train_labels: jax.Array, query_features: jax.Array,
+                *, num_classes: int, k: int = DEFAULT_K,
+                temperature: float = DEFAULT_TEMPERATURE, query_chunk: int = 256,
+                train_mask: Optional[jax.Array] = None,
+                mesh: Optional[Mesh] = None) -> jax.Array:
+  """Weighted kNN class scores of each query against a bank of training features.
+
+  Features need not be normalised (this function does it). Memory is bounded
+  by processing ``query_chunk`` queries at a time: the similarity matrix held
+  at once is [query_chunk, N] (or [query_chunk, N / devices] per device with
+  ``mesh``).
+
+  Args:
+    train_features: bank [N, F]; with ``mesh``, best passed sharded on its
+      first axis over the mesh's 'data' axis (see shard_bank).
+    train_labels: int labels [N].
+    query_features: [Nq, F].
+    num_classes: number of classes C.
+    k: neighbours per query; capped at N.
+    temperature: votes weigh exp(cosine / temperature). Default 0.1, as in the
+      InstDist and SimSiam-family kNN monitors, so numbers compare with
+      theirs: it makes the closest neighbours dominate the vote (a cosine
+      gap of 0.1 is a factor e) while the rest of the k still break ties.
+    query_chunk: queries per step of the sequential loop.
+    train_mask: optional bool [N]; False rows (padding) are never neighbours.
+    mesh: optional 1-D 'data' mesh; the bank is then processed shard by shard
+      (N must be a multiple of the mesh size) with an exact global top-k.
+      Without it the result is the same, but XLA may gather [query_chunk, N]
+      similarities on every device.
+
+  Returns:
+    Scores [Nq, C] (float32): per class, the summed weights of the neighbours
+    of that class.
+
+  Raises:
+    ValueError: for an empty bank, or one that does not split over ``mesh``.
+  """
+  num_train = train_features.shape[0]
+  num_queries = query_features.shape[0]
+  _check_bank(num_train, mesh)
+  k = min(k, num_train)
+  if train_mask is None:
+    train_mask = jnp.ones((num_train,), bool)
+  # float32 before normalising: bfloat16 features would lose the cosine's precision.
+  bank = losses.l2_normalize(train_features.astype(jnp.float32))
+  queries = losses.l2_normalize(query_features.astype(jnp.float32))
+  chunk = max(1, min(query_chunk, num_queries))
+  padded = -(-num_queries // chunk) * chunk
+  queries = jnp.pad(queries, ((0, padded - num_queries), (0, 0)))
+  queries = queries.reshape(padded // chunk, chunk, queries.shape[-1])
+  score_fn = functools.partial(
+      _chunk_scores, bank=bank, bank_labels=train_labels.astype(jnp.int32),
+      bank_valid=train_mask.astype(bool), num_classes=num_classes, k=k,
+      temperature=jnp.asarray(temperature, jnp.float32), mesh=mesh)
+  scores = jax.lax.map(score_fn, queries)
+  return scores.reshape(padded, num_classes)[:num_queries]
+
+
+def shard_bank(features: Any, labels: Any, mesh: Mesh
+               ) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """Pads a host feature bank to a multiple of the mesh size and shards it by rows.
+
+  Args:
+    features: [N, F] on the host (the same full bank on every process).
+    labels: int [N].
+    mesh: 1-D mesh with a 'data' axis.
+
+  Returns:
+    (features [N', F], labels [N'], train_mask [N']) as jax.Arrays sharded on
+    their first axis, N' = N rounded up to a multiple of mesh.size; padded rows
+    have mask False and label -1.
+  """
+  features, labels = np.asarray(features, np.float32), np.asarray(labels, np.int32)
+  pad = -len(features) % mesh.size
+  mask = np.concatenate([np.ones(len(features), bool), np.zeros(pad, bool)])
+  features = np.concatenate([features, np.zeros((pad,) + features.shape[1:], np.float32)])
+  labels = np.concatenate([labels, np.full(pad, -1, np.int32)])
+  rows = NamedSharding(mesh, P(DATA_AXIS))
+  # Every process holds the whole bank: each device takes its own rows from it.
+  place = lambda x: jax.make_array_from_callback(x.shape, rows, lambda idx: x[idx])
+  return place(features), place(labels), place(mask)
+
+
+def knn_accuracy(train_features: Any, train_labels: Any, query_features: Any, query_labels: Any,
+                 *, num_classes: int, k: int = DEFAULT_K,
+                 temperature: float = DEFAULT_TEMPERATURE, query_chunk: int = 256,
+                 query_mask: Optional[Any] = None, train_mask: Optional[Any] = None,
+                 mesh: Optional[Mesh] = None) -> Dict[str, float]:
+  """Top-1 and top-5 accuracy of the weighted kNN classifier.
+
+  Args:
+    train_features, train_labels: the bank [N, F] and its int labels [N].
+    query_features, query_labels: the evaluated examples [Nq, F], [Nq].
+    num_classes, k, temperature, query_chunk, mesh: as in knn_predict.
+    query_mask: optional bool [Nq]; False rows (padding) are not counted.
+    train_mask: optional bool [N]; False rows are never neighbours.
+
+  Returns:
+    {'top1': float, 'top5': float}, fractions in [0, 1] of the unmasked
+    queries (top-5 is top-C when there are fewer than 5 classes).
+
+  Raises:
+    ValueError: if no query is unmasked.
+  """
+  scores = knn_predict(train_features, train_labels, query_features, num_classes=num_classes,
+                       k=k, temperature=temperature, query_chunk=query_chunk,
+                       train_mask=train_mask, mesh=mesh)
+  labels = jnp.asarray(query_labels).astype(jnp.int32)
+  mask = (jnp.ones(labels.shape, bool) if query_mask is None
+          else jnp.asarray(query_mask).astype(bool))
+  top1, top5, count = _accuracy_counts(scores, labels, mask)
+  count = int(count)
+  if count == 0:
+    raise ValueError("knn_accuracy: every query is masked out (query_mask is all False); "
+                     "there is nothing to evaluate.")
+  return {"top1": float(top1) / count, "top5": float(top5) / count}
+
+
+@jax.jit
+def _accuracy_counts(scores: jax.Array, labels: jax.Array, mask: jax.Array):
+  """(#top-1 hits, #top-5 hits, #counted) over the unmasked rows."""
+  _, top = jax.lax.top_k(scores, min(5, scores.shape[-1]))
+  hits = top == labels[:, None]
+  return (jnp.sum(hits[:, 0] & mask), jnp.sum(jnp.any(hits, axis=1) & mask), jnp.sum(mask))
+
+
+
+# ----------------------------------------------------------------- monitor and program
+@dataclasses.dataclass(frozen=True)
+class KnnOptions:
+  """What the kNN classifier is computed on (validated when built).
+
+  Attributes:
+    data: the bank (training side) and the queries (evaluation side).
+    k: neighbours per query (capped at the bank size).
+    temperature: votes weigh exp(cosine / temperature).
+  """
+  data: features.EvalData
+  k: int = DEFAULT_K
+  temperature: float = DEFAULT_TEMPERATURE
+
+  def __post_init__(self):
+    if isinstance(self.k, bool) or not (isinstance(self.k, int) and self.k > 0):
+      raise OptionsError(f"knn.k={self.k!r} must be a positive integer.")
+    if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+      raise OptionsError(f"knn.temperature={self.temperature!r} must be a positive number.")
+
+
+def knn_options(config: ml_collections.ConfigDict,
+                image_size: Optional[int] = None) -> KnnOptions:
+  """KnnOptions from a pretraining or kNN config (they share these field names).
+
+  Args:
+    config: has dataset, train_split, eval_dataset, eval_split, eval_batch_size,
+      data.eval_transform, data.skip_bad_images, knn.k, knn.temperature.
+    image_size: side of the evaluated images (default: config.image_size).
+
+  Returns:
+    The validated options.
+  """
+  return KnnOptions(program.eval_data(config, config.image_size if image_size is None
+                                      else image_size),
+                    k=config.knn.k, temperature=config.knn.temperature)
+
+
+class KnnMonitor:
+  """kNN top-1/top-5 of an encoder: bank = training side, queries = evaluation side.
+
+  Made once (it checks both data sets, their labels and class names, and the
+  batch), then called with variables as often as needed: during pretraining
+  with the network's variables, in the kNN program with a restored encoder's.
+  """
+
+  def __init__(self, embed_fn: encoder.EmbedFn, mesh: Mesh, options: KnnOptions,
+               user: str = "the kNN monitor"):
+    """Checks the data.
+
+    Args:
+      embed_fn: ``(variables, images) -> features`` (see encoder.make_embed_fn).
+      mesh: the data mesh.
+      options: data and kNN options.
+      user: who evaluates, named in error messages.
+
+    Raises:
+      DatasetError: a missing or unlabelled data set, or classes that differ.
+      ValueError: an evaluation batch that does not split over the devices.
+    """
+    sharding.check_global_batch(options.data.batch_size, mesh)
+    self.num_classes = features.check_classes(options.data, user).num_classes
+    self._embed_fn, self._mesh, self._options = embed_fn, mesh, options
+
+  def __call__(self, variables: Any) -> Dict[str, float]:
+    """{'knn_top1', 'knn_top5'} in percent for the encoder's ``variables``."""
+    embed = functools.partial(self._embed_fn, variables)
+    data = self._options.data
+    bank, bank_labels = features.split_features(embed, self._mesh, data, "train")
+    queries, query_labels = features.split_features(embed, self._mesh, data, "eval")
+    feats, labels, mask = shard_bank(bank, bank_labels, self._mesh)
+    acc = knn_accuracy(feats, labels, queries, query_labels, num_classes=self.num_classes,
+                       k=min(self._options.k, len(bank)), temperature=self._options.temperature,
+                       train_mask=mask, mesh=self._mesh)
+    return {"knn_top1": 100.0 * acc["top1"], "knn_top5": 100.0 * acc["top5"]}
+
+
+def monitor_for_network(network: Any, mesh: Mesh, options: KnnOptions) -> KnnMonitor:
+  """The kNN monitor of a MixSiamNetwork: called with the whole network's variables.
+
+  Args:
+    network: the MixSiamNetwork (being trained, or just initialised).
+    mesh: the data mesh.
+    options: data and kNN options (see knn_options).
+
+  Returns:
+    ``monitor({'params', 'batch_stats'}) -> {'knn_top1', 'knn_top5'}`` (percent).
+  """
+  embed_fn = encoder.make_embed_fn(encoder.backbone_of(network), mesh, subtree="backbone")
+  return KnnMonitor(embed_fn, mesh, options,
+                    user="the kNN monitor (--config.eval_dataset= turns it off)")
+
+
+def run_knn(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """The kNN program: restores ``config.pretrained`` and reports kNN top-1/top-5 (percent).
+
+  The encoder is evaluated at the image size it was trained at unless
+  ``config.image_size`` says otherwise (then with a warning). Everything is
+  checked before anything is written to ``workdir``.
+
+  Args:
+    config: see configs/knn.py.
+    workdir: where results.json, metrics.jsonl and config.json go (the
+      pretraining workdir is only read).
+
+  Returns:
+    The results dict (also written to workdir/results.json): knn_top1,
+    knn_top5, pretrained, pretrained_step, image_size, pretrained_image_size,
+    k, temperature.
+  """
+  config_dict = json.loads(config.to_json_best_effort())
+  workdir_lib.check_resume(workdir_lib.check_workdir(workdir), config_dict)
+  mesh = sharding.create_mesh()
+  frozen = program.restore(config, mesh)
+  image_size = program.resolve_image_size(config.image_size, frozen)
+  monitor = KnnMonitor(encoder.make_embed_fn(frozen.resnet, mesh), mesh,
+                       knn_options(config, image_size), user="the kNN program")
+  workdir = workdir_lib.start_run(workdir, config_dict, 0)
+  results = monitor(frozen.variables)
+  frozen.check_unchanged()
+  results.update(pretrained=frozen.source, pretrained_step=frozen.step, image_size=image_size,
+                 pretrained_image_size=frozen.image_size, k=config.knn.k,
+                 temperature=config.knn.temperature)
+  program.write_results(workdir, frozen.step, results)
+  logging.info("kNN of %s (step %d, %d px): top-1 %.2f%%, top-5 %.2f%%.", frozen.source,
+               frozen.step, image_size, results["knn_top1"], results["knn_top5"])
+  return results

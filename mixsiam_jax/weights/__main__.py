@@ -1,0 +1,7 @@
+"""``python -m mixsiam_jax.weights export --workdir=DIR --out=FILE``: bad input is one line."""
+from mixsiam_jax import cli
+from mixsiam_jax.weights import files
+
+if __name__ == "__main__":
+  with cli.one_line_errors():  # A UserError ends in one line; anything else is a bug.
+    files.main()

@@ -1,0 +1,90 @@
+"""Checkpoints: a broken newest step is named, with the intact older step and how to use it."""
+import pathlib
+import re
+import shlex
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixsiam_jax import checkpoint, errors, sharding
+
+
+def tree(value):
+  return {"step": jnp.int32(value), "params": {"w": jnp.full((32, 32), value, jnp.float32)},
+          "batch_stats": {"mean": jnp.full((8,), value, jnp.float32)}}
+
+
+def saved_run(workdir, steps):
+  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(str(workdir)), async_save=False)
+  for step in steps:
+    checkpoint.save(manager, step, tree(step), {"image_size": 16})
+  manager.close()
+  return pathlib.Path(checkpoint.checkpoint_dir(str(workdir)))
+
+
+def truncate(step_dir):
+  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and "ocdbt" in str(p)]
+  assert files
+  for path in files:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def restore_newest(directory):
+  manager = checkpoint.create_manager(str(directory), async_save=False)
+  try:
+    restored, meta = checkpoint.restore(manager, manager.latest_step(), tree(0))
+    return int(restored["step"]), np.asarray(restored["params"]["w"]), meta
+  finally:
+    manager.close()
+
+
+def test_checkpoint_errors_are_user_errors():
+  assert issubclass(checkpoint.CheckpointError, errors.UserError)
+
+
+def test_broken_newest_names_the_intact_step_and_the_way_to_it(tmp_path):
+  directory = saved_run(tmp_path, (3, 6))
+  truncate(directory / "6")
+  with pytest.raises(checkpoint.CheckpointError) as err:
+    restore_newest(directory)
+  message = str(err.value)
+  assert "\n" not in message
+  assert f"checkpoint {directory}/6 is unreadable or incomplete" in message
+  assert "step 3 is intact" in message
+  # The advice works as written.
+  command = re.search(r"\((mv [^)]*)\)", message).group(1)
+  subprocess.run(shlex.split(command), check=True)
+  step, w, meta = restore_newest(directory)
+  assert step == 3 and np.all(w == 3) and meta == {"image_size": 16}
+
+
+def test_the_only_checkpoint_broken_says_so(tmp_path):
+  directory = saved_run(tmp_path, (3,))
+  truncate(directory / "3")
+  with pytest.raises(checkpoint.CheckpointError, match="it is the only checkpoint: move it away"):
+    restore_newest(directory)
+
+
+def test_restore_replicated_names_the_intact_step(tmp_path):
+  directory = saved_run(tmp_path, (3, 6))
+  truncate(directory / "6")
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r"checkpoints/6 is unreadable .*step 3 is intact"):
+    checkpoint.restore_replicated(str(tmp_path), mesh)
+  # An explicit older step is still restored.
+  restored, meta, step = checkpoint.restore_replicated(str(tmp_path), mesh, step=3)
+  assert step == 3 and np.all(np.asarray(restored["params"]["w"]) == 3)
+  assert meta == {"image_size": 16}
+
+
+def test_latest_step_reads_without_creating(tmp_path):
+  assert checkpoint.latest_step(str(tmp_path / "checkpoints")) == 0
+  assert not (tmp_path / "checkpoints").exists()
+  directory = saved_run(tmp_path, (3, 6))
+  before = sorted(p.name for p in directory.iterdir())
+  assert checkpoint.latest_step(str(directory)) == 6
+  assert sorted(p.name for p in directory.iterdir()) == before

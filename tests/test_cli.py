@@ -1,0 +1,69 @@
+"""main.py's plumbing: user errors in one line, bugs keep their traceback, echoes dropped."""
+import asyncio
+import sys
+import types
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from mixsiam_jax import cli, errors
+
+
+def test_user_errors_end_in_one_line_and_bugs_keep_their_traceback():
+  with pytest.raises(SystemExit) as exit_:
+    with cli.one_line_errors():
+      raise errors.UserError("batch_size=12 must be divisible by 8 devices.")
+  assert exit_.value.code == "error: batch_size=12 must be divisible by 8 devices."
+  with pytest.raises(ValueError, match="a bug"):  # e.g. JAX's own ValueError: not a user error
+    with cli.one_line_errors():
+      raise ValueError("a bug")
+
+
+def parse(monkeypatch, *args):
+  argv = ["main.py", *args]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
+  flag_values = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values)
+  with pytest.raises(SystemExit) as exit_:
+    cli.parse_flags(argv, flag_values)
+  return exit_.value.code
+
+
+def test_config_mistakes_are_one_line(monkeypatch):
+  assert parse(monkeypatch, "--config=configs/cifar10.py:tiny", "--config.modle.depth=18") == (
+      "error: --config.modle.depth=18: configs/cifar10.py:tiny has no field 'modle'. "
+      'Did you mean "model" instead of "modle"?')
+  assert parse(monkeypatch, "--config=configs/cifar10.py:tiny", "--config.model.depthx=4") == (
+      "error: --config.model.depthx=4: configs/cifar10.py:tiny has no field 'depthx'. "
+      'Did you mean "depth" instead of "depthx"?')
+  assert parse(monkeypatch, "--config=configs/nosuch.py") == (
+      "error: --config=configs/nosuch.py could not be loaded: "
+      "[Errno 2] No such file or directory: 'configs/nosuch.py'")
+  assert parse(monkeypatch, "--config=configs/cifar10.py:huge") == (
+      "error: flag --config=configs/cifar10.py:huge: ValueError: Unknown variant 'huge' of "
+      "configs/cifar10.py; use '' or 'tiny'.")
+
+
+def closed_loop_echo():
+  """What TensorStore reports when a read finishes after Orbax closed its event loop."""
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(lambda: None)
+  except RuntimeError as e:
+    return types.SimpleNamespace(exc_type=RuntimeError, exc_value=e,
+                                 exc_traceback=e.__traceback__, err_msg=None, object=None)
+  raise AssertionError("a closed loop accepted a callback")
+
+
+def test_only_the_echoes_of_a_failed_restore_are_dropped():
+  passed = []
+  hook = cli.drop_abandoned_reads(passed.append)
+  hook(closed_loop_echo())
+  assert passed == []
+  other = types.SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError("other"),
+                                exc_traceback=None, err_msg=None, object=None)
+  hook(other)
+  assert passed == [other]

@@ -1,0 +1,111 @@
+"""evaluation/encoder.py: one restore path (workdir or file), the embed function on the ResNet."""
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from mixsiam_jax import checkpoint, sharding, weights
+from mixsiam_jax.evaluation import encoder
+from mixsiam_jax.models import MixSiamNetwork, ResNet
+from mixsiam_jax.options import OptionsError
+
+
+def test_embed_fn_is_the_networks_backbone_in_inference_mode():
+  network = MixSiamNetwork(depth=18, width=4, stem="cifar", projector_layers=2,
+                           projector_hidden_dim=8, projector_dim=8, predictor_hidden_dim=4)
+  images = jax.random.normal(jax.random.key(1), (8, 8, 8, 3))
+  variables = network.init(jax.random.key(0), images[:, None], train=True)
+  # Non-trivial running statistics, so inference mode is visible.
+  variables = jax.tree.map(lambda x: x + 0.1, variables)
+  expected = network.apply(variables, images, method=network.embed)
+  mesh = sharding.create_mesh()
+  resnet = encoder.backbone_of(network)
+  assert isinstance(resnet, ResNet) and resnet.feature_dim == 32
+  from_network = encoder.make_embed_fn(resnet, mesh, subtree="backbone")(variables, images)
+  backbone = {k: variables[k]["backbone"] for k in ("params", "batch_stats")}
+  from_resnet = encoder.make_embed_fn(resnet, mesh)(backbone, images)
+  np.testing.assert_array_equal(np.asarray(from_network), np.asarray(from_resnet))
+  # Eager on one device vs jitted on eight: the same function up to float rounding.
+  np.testing.assert_allclose(np.asarray(from_resnet), np.asarray(expected), rtol=1e-6)
+  assert from_resnet.sharding.spec == jax.sharding.PartitionSpec(sharding.DATA_AXIS)
+
+
+def test_file_architecture_is_checked_when_built():
+  assert encoder.FileArchitecture(18, 8, "cifar", 32).image_size == 32
+  with pytest.raises(OptionsError, match="model.depth=19"):
+    encoder.FileArchitecture(depth=19)
+  with pytest.raises(encoder.EncoderError, match="pretrained_model.image_size=0"):
+    encoder.FileArchitecture(image_size=0)
+
+
+def test_bad_pretrained_paths_are_named(tmp_path):
+  mesh = sharding.create_mesh()
+  with pytest.raises(encoder.EncoderError, match="pretrained is empty"):
+    encoder.restore_encoder("", mesh)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=f"pretrained={tmp_path}/missing does not exist"):
+    encoder.restore_encoder(str(tmp_path / "missing"), mesh)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(checkpoint.CheckpointError, match="holds no checkpoints/ directory"):
+    encoder.restore_encoder(str(tmp_path / "empty"), mesh)
+  (tmp_path / "nockpt" / "checkpoints").mkdir(parents=True)
+  with pytest.raises(checkpoint.CheckpointError, match="holds no complete checkpoint"):
+    encoder.restore_encoder(str(tmp_path / "nockpt"), mesh)
+  with pytest.raises(weights.WeightsError, match="nothere.npz"):
+    encoder.restore_encoder(str(tmp_path / "nothere.npz"), mesh)
+
+
+@pytest.mark.parametrize("program,kind", [("linear_probe", "a linear-probe"), ("knn", "a kNN")])
+def test_an_evaluation_workdir_as_pretrained_says_what_it_is(tmp_path, program, kind):
+  (tmp_path / "checkpoints" / "6").mkdir(parents=True)
+  (tmp_path / "config.json").write_text(json.dumps({"program": program}))
+  with pytest.raises(encoder.EncoderError,
+                     match=f"pretrained={tmp_path} is {kind} workdir.*wants a pretraining workdir"):
+    encoder.restore_encoder(str(tmp_path), sharding.create_mesh())
+
+
+@pytest.mark.slow
+def test_restores_a_checkpoint_written_on_eight_devices_onto_one(tiny_pretrained):
+  frozen = encoder.restore_encoder(str(tiny_pretrained), sharding.create_mesh(jax.devices()[:1]))
+  assert (frozen.step, frozen.image_size, frozen.feature_dim) == (6, 16, 64)
+  assert (frozen.resnet.depth, frozen.resnet.width, frozen.resnet.stem) == (18, 8, "cifar")
+  assert set(frozen.variables) == {"params", "batch_stats"}
+  assert "conv1" in frozen.variables["params"]
+  leaf = jax.tree.leaves(frozen.variables)[0]
+  assert leaf.sharding.device_set == {jax.devices()[0]}
+  frozen.check_unchanged()
+  older = encoder.restore_encoder(str(tiny_pretrained), sharding.create_mesh(), step=3)
+  assert older.step == 3 and older.fingerprint != frozen.fingerprint
+
+
+@pytest.mark.slow
+def test_truncated_checkpoint_is_reported_with_its_path(tiny_pretrained, tmp_path):
+  broken = tmp_path / "broken"
+  shutil.copytree(tiny_pretrained, broken)
+  for path in (broken / "checkpoints" / "6" / "state").rglob("*"):
+    if path.is_file() and path.stat().st_size > 100:
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint .*checkpoints/6"):
+    encoder.restore_encoder(str(broken), sharding.create_mesh())
+
+
+@pytest.mark.slow
+def test_exported_weights_restore_like_the_workdir(tiny_pretrained, tmp_path):
+  exported = tmp_path / "tiny.npz"
+  weights.main(["export", f"--workdir={tiny_pretrained}", f"--out={exported}"])
+  assert "module.encoder.layer1.0.conv1.weight" in np.load(exported).files
+  mesh = sharding.create_mesh()
+  from_workdir = encoder.restore_encoder(str(tiny_pretrained), mesh)
+  from_file = encoder.restore_encoder(
+      str(exported), mesh, file_architecture=encoder.FileArchitecture(18, 8, "cifar", 16))
+  assert (from_file.step, from_file.image_size, from_file.resnet) == (0, 16, from_workdir.resnet)
+  assert from_file.fingerprint == from_workdir.fingerprint  # Bit-identical variables.
+  images = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
+  np.testing.assert_array_equal(
+      np.asarray(encoder.make_embed_fn(from_file.resnet, mesh)(from_file.variables, images)),
+      np.asarray(encoder.make_embed_fn(from_workdir.resnet, mesh)(from_workdir.variables, images)))
+  with pytest.raises(weights.WeightsError, match="ResNet-34"):
+    encoder.restore_encoder(str(exported), mesh,
+                            file_architecture=encoder.FileArchitecture(34, 8, "cifar", 16))

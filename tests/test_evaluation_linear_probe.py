@@ -1,0 +1,112 @@
+"""evaluation/linear_probe.py: the probe's step, and the program on the shared loop."""
+import json
+import shutil
+
+import numpy as np
+import optax
+import pytest
+
+from configs import linear_probe as probe_config
+from mixsiam_jax import sharding
+from mixsiam_jax import workdir as workdir_lib
+from mixsiam_jax.evaluation import linear_probe
+from mixsiam_jax.options import OptionsError
+
+
+def test_probe_step_reports_train_accuracy_in_percent():
+  mesh = sharding.create_mesh()
+  head = linear_probe.linear_head(4)
+  # Classifies one-hots perfectly (host arrays: the step donates the state's copies).
+  params = {"kernel": 10.0 * np.eye(4, dtype=np.float32), "bias": np.zeros(4, np.float32)}
+  state = linear_probe.ProbeState.create(apply_fn=head.apply, params=params, tx=optax.sgd(0.1))
+  labels = np.arange(8) % 4
+  batch = {"features": np.eye(4, dtype=np.float32)[labels], "label": labels.astype(np.int32)}
+  step = linear_probe.make_probe_step(None, mesh, optax.constant_schedule(0.25))
+  state, metrics = step(state, {}, sharding.global_batch(batch, mesh))
+  assert float(metrics["probe_train_top1"]) == 100.0  # Percent, like probe_top1 and knn_top1.
+  assert float(metrics["lr"]) == 0.25 and int(state.step) == 1
+  accuracy = linear_probe.probe_accuracy(head, params, batch["features"], labels)
+  assert accuracy == {"probe_top1": 100.0, "probe_top5": 100.0}
+
+
+def test_probe_options_are_checked_when_built():
+  config = probe_config.get_config()
+  assert linear_probe.probe_options(config).optim.name == "lars"
+  config.batch_size = 0
+  with pytest.raises(OptionsError, match="batch_size=0"):
+    linear_probe.probe_options(config)
+  config = probe_config.get_config("fast")
+  config.optim.name = "adam"
+  with pytest.raises(OptionsError, match="optim.name='adam'"):
+    linear_probe.probe_options(config)
+
+
+def _snapshot(directory):
+  return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.read_bytes())
+          for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _probe_config(folder, pretrained, variant="", **overrides):
+  config = probe_config.get_config(variant)
+  config.pretrained = str(pretrained)
+  config.dataset = config.eval_dataset = f"folder:{folder}"
+  config.eval_batch_size = 40
+  config.batch_size = 40
+  config.num_train_steps = 6
+  config.log_every_steps = 3
+  config.checkpoint_every_steps = 3
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+@pytest.mark.slow
+def test_augmented_probe_trains_on_one_view_resumes_and_leaves_the_run_untouched(
+    tiny_pretrained, cifar_jpeg_folder, tmp_path, monkeypatch):
+  before = _snapshot(tiny_pretrained)
+  views = []
+  create = linear_probe.pipeline.create_pretrain_dataset
+
+  def spy(options, **kwargs):
+    views.append(options.num_views)
+    return create(options, **kwargs)
+
+  monkeypatch.setattr(linear_probe.pipeline, "create_pretrain_dataset", spy)
+  config = _probe_config(cifar_jpeg_folder, tiny_pretrained)
+  probe_dir = tmp_path / "probe"
+  probe = linear_probe.run_linear_probe(config, str(probe_dir))
+  assert views == [1]  # One crop per image and step, not two with one thrown away.
+  assert probe["probe_steps"] == 6 and 0 <= probe["probe_top1"] <= probe["probe_top5"] <= 100
+  assert probe["pretrained_step"] == 6 and probe["image_size"] == 16
+  assert json.loads((probe_dir / "results.json").read_text()) == probe
+  assert sorted(p.name for p in (probe_dir / "checkpoints").iterdir()) == ["3", "6"]
+  rows = workdir_lib.read_metrics(str(probe_dir))
+  assert [r["step"] for r in rows] == [3, 6] and rows[-1]["probe_top1"] == probe["probe_top1"]
+  assert all(0.0 <= r["probe_train_top1"] <= 100.0 for r in rows)
+  # Resume: the finished probe restores its classifier and gives the same numbers.
+  assert linear_probe.run_linear_probe(config, str(probe_dir)) == probe
+  assert _snapshot(tiny_pretrained) == before
+
+
+@pytest.mark.slow
+def test_a_resumed_probe_keeps_the_pretraining_step_it_started_with(
+    tiny_pretrained, cifar_jpeg_folder, tmp_path):
+  pretrained = tmp_path / "pretrained"
+  shutil.copytree(tiny_pretrained, pretrained)
+  shutil.rmtree(pretrained / "checkpoints" / "6")  # The pretraining run is at step 3.
+  config = _probe_config(cifar_jpeg_folder, pretrained, "fast")
+  probe_dir = tmp_path / "probe"
+  first = linear_probe.run_linear_probe(config, str(probe_dir))
+  assert first["pretrained_step"] == 3
+  # Pretraining goes on (step 6 appears) while the probe is interrupted after its step 3.
+  shutil.copytree(tiny_pretrained / "checkpoints" / "6", pretrained / "checkpoints" / "6")
+  shutil.rmtree(probe_dir / "checkpoints" / "6")
+  resumed = linear_probe.run_linear_probe(config, str(probe_dir))
+  assert resumed["pretrained_step"] == 3 and resumed == first
+  # The step it started on is gone: refused, naming it.
+  shutil.rmtree(pretrained / "checkpoints" / "3")
+  shutil.rmtree(probe_dir / "checkpoints" / "6")
+  with pytest.raises(linear_probe.ProbeError,
+                     match=r"linear probe of step 3 of pretrained=.*no longer has that "
+                           r"checkpoint \(it has \[6\]\)"):
+    linear_probe.run_linear_probe(config, str(probe_dir))

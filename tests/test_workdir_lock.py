@@ -1,0 +1,78 @@
+"""One run per workdir: the lock refuses a second run, and a dead run's lock is taken over."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mixsiam_jax import workdir as workdir_lib, workdir_lock
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+HOLD = """
+import sys, time
+from mixsiam_jax import workdir_lock
+with workdir_lock.lock_workdir(sys.argv[1]):
+  print("locked", flush=True)
+  time.sleep(120)
+"""
+
+
+def python(code, *args, **kw):
+  return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def test_a_second_run_is_refused_at_once_and_the_first_keeps_its_lock(tmp_path):
+  workdir = tmp_path / "run"
+  first = python(HOLD, str(workdir))
+  try:
+    assert first.stdout.readline().strip() == "locked", first.stderr.read()
+    start = time.time()
+    second = python(HOLD, str(workdir))
+    _, err = second.communicate(timeout=60)
+    assert second.returncode != 0
+    assert time.time() - start < 30
+    assert str(workdir / ".lock") in err and f"pid {first.pid}" in err, err
+    assert "WorkdirError: this workdir is in use by another run" in err
+    assert first.poll() is None  # undisturbed
+    assert workdir_lock.read_owner(str(workdir / ".lock"))["pid"] == first.pid
+  finally:
+    first.kill()
+    first.wait()
+
+
+def test_a_dead_runs_lock_is_taken_over_with_a_log_line(tmp_path, caplog):
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  dead_pid = int(dead.stdout)  # exited: its pid is no longer running
+  tmp_path.joinpath(".lock").write_text(json.dumps(
+      {"pid": dead_pid, "host": os.uname().nodename, "started": "earlier"}))
+  with caplog.at_level("WARNING"):
+    with workdir_lock.lock_workdir(str(tmp_path)) as path:
+      assert path == str(tmp_path)
+      assert workdir_lock.read_owner(str(tmp_path / ".lock"))["pid"] == os.getpid()
+  assert f"pid {dead_pid}" in caplog.text and "no longer running" in caplog.text
+  assert not (tmp_path / ".lock").exists()
+
+
+def test_a_refused_run_leaves_no_trace_and_a_nested_lock_is_a_no_op(tmp_path):
+  new = tmp_path / "new" / "run"
+  with workdir_lock.lock_workdir(str(new)):
+    assert (new / ".lock").exists()
+    with workdir_lock.lock_workdir(str(new)):  # the same process: nested use
+      pass
+    assert (new / ".lock").exists()
+  assert os.listdir(tmp_path) == []  # created here and left empty: removed again
+  with workdir_lock.lock_workdir(str(new)):
+    (new / "config.json").write_text("{}")
+  assert sorted(os.listdir(new)) == ["config.json"]
+
+
+def test_an_unusable_workdir_is_refused(tmp_path):
+  (tmp_path / "a_file").write_text("x")
+  with pytest.raises(workdir_lib.WorkdirError, match="a_file is a file"):
+    with workdir_lock.lock_workdir(str(tmp_path / "a_file")):
+      pass

@@ -388,14 +388,14 @@ def main(argv=None):
   if stats:
     device_mem = stats.get("peak_bytes_in_use", 0) / 2**20
   print()
-  print(f"{'row':<20}{'images/s (median)':>18}{'rounds':>28}{'compile s':>11}{'XLA temp MiB':>14}")
+  print(f"{'row':<20}{'images/s (median)':>18}{'compile s':>11}{'XLA temp MiB':>14}  samples")
   for row in dict.fromkeys(args.rows):  # a row listed twice runs twice per round, prints once
     if row not in med:
       continue
     rounds = " ".join(f"{x:.1f}" for x in times[row])
     compile_s = f"{info[row]['compile_s']:.1f}" if row in info else "-"
     temp = f"{info[row]['memory'].get('temp_mib', float('nan')):.0f}" if row in info else "-"
-    print(f"{row:<20}{med[row]:>18.1f}{rounds:>28}{compile_s:>11}{temp:>14}")
+    print(f"{row:<20}{med[row]:>18.1f}{compile_s:>11}{temp:>14}  {rounds}")
   print()
   print(f"peak host RSS, this (JAX) process: {_max_rss_mib():.0f} MiB "
         f"({host_rss_after_compile:.0f} after compiling)")

@@ -35,8 +35,8 @@ StepFn = Callable[[State, Any], Tuple[State, Metrics]]
 FINITE_METRICS = ("loss", "grad_norm", "param_norm")
 
 
-class TrainingError(RuntimeError):
-  """Training cannot go on (e.g. a non-finite loss)."""
+class TrainingError(UserError):
+  """Training cannot go on (e.g. a non-finite loss); the message says what to change."""
 
 
 def steps(name: str, *, steps: int, epochs: float, num_examples: int,  # pylint: disable=redefined-outer-name
@@ -123,28 +123,31 @@ def check_finite(metrics: Dict[str, float], step: int) -> None:
 
 
 class Progress:
-  """Steps per second and ETA from finished steps (the first one, which compiles, excluded)."""
+  """Steps per second and ETA between points where every dispatched step has finished.
+
+  Dispatch can run ahead of (or, on small CPU programs, in step with) the devices,
+  so the rate is only measured between marks taken after waiting for all steps:
+  after the first step (which includes compilation, so it is excluded) and at
+  each log step.
+  """
 
   def __init__(self, num_steps: int):
     self._num_steps = num_steps
     self._start = time.monotonic()
-    self._first: Optional[Tuple[int, float]] = None
-    self._last: Optional[Tuple[int, float]] = None
+    self._marks = []
 
-  def finished(self, step: int) -> None:
-    """Records that ``step`` has finished on the devices."""
-    now = time.monotonic()
-    if self._first is None:
-      self._first = (step, now)
-    self._last = (step, now)
+  def mark(self, step: int) -> None:
+    """Records that every step up to ``step`` has finished on the devices."""
+    self._marks = (self._marks + [(step, time.monotonic())])[-2:]
 
   def report(self) -> Dict[str, float]:
-    """{'steps_per_sec', 'uptime'} so far (steps_per_sec absent before two finished steps)."""
+    """{'uptime'} plus 'steps_per_sec' between the last two marks, when they differ."""
     out = {"uptime": time.monotonic() - self._start}
-    if self._first and self._last and self._last[0] > self._first[0]:
-      out["steps_per_sec"] = (self._last[0] - self._first[0]) / (self._last[1] - self._first[1])
-      eta = (self._num_steps - self._last[0]) / out["steps_per_sec"]
-      logging.info("step %d/%d: %.3g steps/s, ETA %s.", self._last[0], self._num_steps,
+    if len(self._marks) == 2 and self._marks[1][0] > self._marks[0][0]:
+      (step0, time0), (step1, time1) = self._marks
+      out["steps_per_sec"] = (step1 - step0) / max(time1 - time0, 1e-9)
+      eta = (self._num_steps - step1) / out["steps_per_sec"]
+      logging.info("step %d/%d: %.3g steps/s, ETA %s.", step1, self._num_steps,
                    out["steps_per_sec"], _format_seconds(eta))
     return out
 
@@ -239,9 +242,7 @@ def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: in
   progress = Progress(options.num_steps)
 
   def wait_for_oldest():
-    done_step, done_metrics = in_flight.popleft()
-    jax.block_until_ready(done_metrics)
-    progress.finished(done_step)
+    jax.block_until_ready(in_flight.popleft()[1])
 
   with StopRequest(num_processes) as stop:
     try:
@@ -250,6 +251,9 @@ def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: in
           wait_for_oldest()
         state, metrics = step_fn(state, next(batches))
         in_flight.append((step, metrics))
+        if step == start_step + 1:  # Start the clock once the compiled first step is done.
+          jax.block_until_ready(metrics)
+          progress.mark(step)
         history.append(metrics)
         for hook in hooks:
           hook(step)
@@ -262,6 +266,7 @@ def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: in
           check_finite(last, step)
           while in_flight:
             wait_for_oldest()
+          progress.mark(step)
           writer.write_scalars(step, {**last, **progress.report()})
         elif save_now:
           check_finite(mean_metrics([metrics]), step)

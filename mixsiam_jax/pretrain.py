@@ -6,10 +6,12 @@ makes the network, optimiser and jitted step from those options and a mesh, and
 is what the compile planner uses too; ``train_and_evaluate`` checks the data and
 the workdir before writing anything, then hands the step to ``loop.run``.
 """
+import contextlib
 import dataclasses
 import functools
 import itertools
 import json
+import os
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import flax.linen as nn
@@ -29,6 +31,8 @@ from mixsiam_jax.options import (MethodOptions, ModelOptions, OptimOptions, Opti
 
 # Re-exported: tests and callers catch it from the program they ran.
 TrainingError = loop.TrainingError
+# The data sets of the run: dataset, split, number of examples and classes.
+DATA_FILE = "data.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,19 +194,38 @@ def _preview_images(views: jax.Array, count: int = 4) -> np.ndarray:
   return x.reshape((-1,) + x.shape[2:])
 
 
+def _describe_data(config: ml_collections.ConfigDict, train_info: sources.DatasetInfo
+                   ) -> Dict[str, Dict[str, Any]]:
+  """What the run trains and evaluates on (logged at the start and written to data.json)."""
+  described = {"train": dict(dataset=config.dataset, split=config.train_split,
+                             num_examples=train_info.num_examples,
+                             num_classes=train_info.num_classes)}
+  if config.eval_dataset:
+    info = sources.get_dataset_info(config.eval_dataset, config.eval_split, field="eval_dataset")
+    described["eval"] = dict(dataset=config.eval_dataset, split=config.eval_split,
+                             num_examples=info.num_examples, num_classes=info.num_classes)
+  for role, d in described.items():
+    logging.info("%s data: %s split %r: %d examples, %d classes.", role, d["dataset"],
+                 d["split"], d["num_examples"], d["num_classes"])
+  return described
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: Optional[Sequence[jax.Device]] = None) -> Dict[str, float]:
   """Pretrains MixSiam as configured, resuming from ``workdir`` if it holds a run.
 
+  Everything (config, workdir, data sets, checkpoint) is checked before anything
+  is written into the workdir, so a refused or corrected run leaves no trace.
+
   Args:
     config: a pretraining config (see configs/cifar10.py).
-    workdir: directory for checkpoints, logs, metrics.jsonl and config.json.
+    workdir: directory for checkpoints, logs, metrics.jsonl, config.json and data.json.
     devices: devices of the data mesh (default: all devices of all processes).
 
   Returns:
     The last logged metrics (empty if the run had already finished).
   """
-  options_from_config(config)  # Every field is checked before anything else happens.
+  options_from_config(config)  # Every field is checked before the data are opened.
   if config.get("pretrained"):
     raise OptionsError(f"pretrained={config.pretrained!r} is not used by pretraining (it names "
                        "the run that configs/knn.py and configs/linear_probe.py evaluate); "
@@ -216,34 +239,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                   log_every_steps=config.log_every_steps,
                                   checkpoint_every_steps=config.checkpoint_every_steps,
                                   eval_every_steps=config.eval_every_steps)
-  workdir = workdir_lib.prepare_workdir(workdir)
+  path = workdir_lib.check_workdir(workdir)
   config_dict = json.loads(config.to_json_best_effort())
-  old_config = workdir_lib.read_config(workdir)
-  if old_config is not None:
-    workdir_lib.check_resume_config(old_config, config_dict)
-  manager = checkpoint.create_manager(
-      checkpoint.checkpoint_dir(workdir), keep=config.keep_checkpoints,
-      keep_every_steps=config.keep_checkpoints_every_steps,
-      async_save=config.async_checkpointing)
-  if (manager.latest_step() or 0) >= training.num_steps:
-    logging.info("This run already finished (step %d of %d); nothing to do.",
-                 manager.latest_step(), training.num_steps)
-    manager.close()
+  workdir_lib.check_resume(path, config_dict)
+  directory = checkpoint.checkpoint_dir(path)
+  start_step = checkpoint.latest_step(directory)
+  if start_step >= training.num_steps:
+    logging.info("This run already finished (step %d of %d); nothing to do.", start_step,
+                 training.num_steps)
     return {}
-
-  start_step = manager.latest_step() or 0
-  # The data sets are checked (and the input pipeline built) before anything is
-  # written into the workdir, so a corrected rerun is not refused as a changed config.
-  try:
-    data = pipeline.create_pretrain_dataset(pipeline.TrainDataOptions(
-        dataset=config.dataset, split=config.train_split, global_batch_size=opts.batch_size,
-        image_size=opts.image_size, seed=opts.seed, crop_scale=tuple(config.data.crop_scale),
-        host_photometric=None if opts.photometric_on_device else opts.photometric,
-        skip_bad_images=config.data.skip_bad_images), start_step=start_step)
-    knn_monitor = _make_knn_monitor(config, training.network, mesh)
-  except Exception:
-    manager.close()
-    raise
+  described = _describe_data(config, info)
+  data = pipeline.create_pretrain_dataset(pipeline.TrainDataOptions(
+      dataset=config.dataset, split=config.train_split, global_batch_size=opts.batch_size,
+      image_size=opts.image_size, seed=opts.seed, crop_scale=tuple(config.data.crop_scale),
+      host_photometric=None if opts.photometric_on_device else opts.photometric,
+      skip_bad_images=config.data.skip_bad_images), start_step=start_step)
+  knn_monitor = _make_knn_monitor(config, training.network, mesh)
 
   init_rng, step_rng = jax.random.split(jax.random.key(opts.seed))
   step_rng = sharding.replicated_key(step_rng, mesh)
@@ -253,25 +264,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   from_tree = lambda state, tree: state.replace(
       step=tree["step"], params=tree["params"], batch_stats=tree["batch_stats"],
       opt_state=tree["opt_state"])
-  state, restored_step, _ = loop.restore_or_init(manager, init, to_tree, from_tree)
-  assert restored_step == start_step, (restored_step, start_step)
-
-  workdir_lib.save_config(workdir, config_dict, start_step)
-  workdir_lib.truncate_metrics(workdir, start_step)
-  is_main = jax.process_index() == 0
-  writer = metric_writer.create_writer(workdir, is_main)
-  if start_step == 0:
-    writer.write_hparams({k: v for k, v in workdir_lib.flatten_config(config_dict).items()
-                          if isinstance(v, (int, float, str, bool))})
-  batches = sharding.prefetch_to_mesh(data.as_numpy_iterator(), mesh, config.data.prefetch)
-  first = next(batches)  # A global computation: every process runs the preview.
-  preview = training.views(first, step_rng, state.step)
-  if is_main:
-    writer.write_images(start_step + 1, {"views": _preview_images(preview)})
-  hooks = []
-  if is_main and config.profile_steps:
-    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_steps,
-                                          first_profile=start_step + 10))
+  manager = checkpoint.create_manager(
+      directory, keep=config.keep_checkpoints,
+      keep_every_steps=config.keep_checkpoints_every_steps,
+      async_save=config.async_checkpointing)
+  with contextlib.ExitStack() as on_error:
+    on_error.callback(manager.close)  # loop.run closes it from here on.
+    state, restored_step, _ = loop.restore_or_init(manager, init, to_tree, from_tree)
+    assert restored_step == start_step, (restored_step, start_step)
+    workdir_lib.start_run(path, config_dict, start_step)
+    workdir_lib.atomic_write_text(os.path.join(path, DATA_FILE),
+                                  json.dumps(described, indent=2) + "\n")
+    is_main = jax.process_index() == 0
+    writer = metric_writer.create_writer(path, is_main)
+    if start_step == 0:
+      writer.write_hparams({k: v for k, v in workdir_lib.flatten_config(config_dict).items()
+                            if isinstance(v, (int, float, str, bool))})
+    batches = sharding.prefetch_to_mesh(data.as_numpy_iterator(), mesh, config.data.prefetch)
+    first = next(batches)  # A global computation: every process runs the preview.
+    preview = training.views(first, step_rng, state.step)
+    if is_main:
+      writer.write_images(start_step + 1, {"views": _preview_images(preview)})
+    hooks = []
+    if is_main and config.profile_steps:
+      hooks.append(periodic_actions.Profile(logdir=path, num_profile_steps=config.profile_steps,
+                                            first_profile=start_step + 10))
+    on_error.pop_all()
   logging.info("Training %d steps from step %d: %d devices, %d processes, global batch %d.",
                training.num_steps, start_step, mesh.devices.size, jax.process_count(),
                opts.batch_size)
@@ -283,8 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                           "batch_stats": state.batch_stats})
   return loop.run(
       lambda state, batch: training.step(state, batch, step_rng), state,
-      itertools.chain([first], batches), start_step=start_step,
-      options=loop_options,
+      itertools.chain([first], batches), start_step=start_step, options=loop_options,
       manager=manager, to_tree=to_tree, meta=meta, writer=writer,
       num_processes=jax.process_count(), evaluate=evaluate, hooks=hooks)
 

@@ -1,6 +1,7 @@
 """The shared loop: durations, bounded steps in flight, stop on SIGTERM, logging, checkpoints."""
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -25,13 +26,15 @@ class Pending(float):
 class FakeProgram:
   """A step whose completion the test observes; optionally SIGTERMs itself at one step."""
 
-  def __init__(self, sigterm_at=None, loss_at=None):
+  def __init__(self, sigterm_at=None, loss_at=None, seconds_at=None):
     self.log = {"finished": set(), "finished_when_dispatched": {}}
     self.sigterm_at = sigterm_at
     self.loss_at = loss_at or {}
+    self.seconds_at = seconds_at or {}
 
   def step(self, state, batch):
     step = state["step"] + 1
+    time.sleep(self.seconds_at.get(step, 0.0))
     self.log["finished_when_dispatched"][step] = set(self.log["finished"])
     if step == self.sigterm_at:
       os.kill(os.getpid(), signal.SIGTERM)
@@ -102,6 +105,16 @@ def test_logs_means_with_progress_and_checkpoints_the_end(tmp_path):
   assert "uptime" in logged[4] and logged[6]["steps_per_sec"] > 0
   assert evaluations == [6] and writer.closed
   assert saved_steps(tmp_path) == [3, 6]
+
+
+def test_progress_times_finished_steps_and_leaves_out_the_first(tmp_path):
+  # Step 1 stands for compilation (1 s); the others take 0.05 s each: 20 steps/s.
+  seconds = {1: 1.0, **{s: 0.05 for s in range(2, 12)}}
+  _, writer = run_fake(tmp_path, FakeProgram(seconds_at=seconds), num_steps=11, log_every=5)
+  rates = {step: row["steps_per_sec"] for step, row in writer.rows if "steps_per_sec" in row}
+  assert sorted(rates) == [5, 10, 11]
+  for step, rate in rates.items():
+    assert 10 < rate <= 20.5, (step, rate)  # never the dispatch rate, never the compile
 
 
 def test_non_finite_loss_stops_before_the_checkpoint(tmp_path):

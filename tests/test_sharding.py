@@ -1,6 +1,10 @@
 """Mesh and batch placement helpers."""
+import dataclasses
+
 import jax
 import numpy as np
+import pytest
+from jax.sharding import Mesh
 
 from mixsiam_jax import sharding
 
@@ -38,3 +42,27 @@ def test_prefetch_keeps_order_and_runs_ahead():
   assert float(first["x"][0]) == 0 and pulled == [0, 1, 2]  # two batches ahead of the consumer
   rest = [float(b["x"][0]) for b in it]
   assert rest == [1, 2, 3, 4]
+
+
+@dataclasses.dataclass(frozen=True)
+class _RemoteDevice:
+  """A stand-in for another machine's device: only what the mesh helpers read."""
+  id: int
+  process_index: int
+  platform: str
+
+
+def test_platform_and_processes_come_from_the_mesh_not_the_host():
+  assert sharding.mesh_platform(sharding.create_mesh()) == "cpu"
+  # 8 TPU devices on 4 hosts, described on this one-process CPU host.
+  mesh = Mesh(np.array([_RemoteDevice(i, i // 2, "tpu") for i in range(8)]), (sharding.DATA_AXIS,))
+  assert sharding.mesh_platform(mesh) == "tpu"
+  assert sharding.mesh_process_count(mesh) == 4
+  assert sharding.check_global_batch(64, mesh) == 16  # per process, not 64 // jax.process_count()
+  gpus = Mesh(np.array([_RemoteDevice(i, 0, "cuda") for i in range(2)]), (sharding.DATA_AXIS,))
+  assert sharding.mesh_platform(gpus) == "gpu"
+
+
+def test_check_global_batch_names_the_fix():
+  with pytest.raises(ValueError, match=r"batch_size=12 .*\(8\).*e\.g\. 16"):
+    sharding.check_global_batch(12, sharding.create_mesh())

@@ -1,0 +1,102 @@
+"""The compile plan: the real step compiled for other machines' devices, and its report.
+
+The CPU tests run everywhere. The TPU tests need libtpu (requirements-accelerators.txt,
+installed by .ci/run); each compiles the tiny config once for a 2x2 v5e slice (about
+40 s of CPU). The GPU test needs jax-cuda12-plugin and runs only where it is installed.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from configs import cifar10
+from mixsiam_jax import compile_plan, sharding, topologies
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny(**fields):
+  config = cifar10.get_config("tiny")
+  for name, value in fields.items():
+    config[name] = value
+  return config
+
+
+def test_cpu_plan_uses_cpu_decisions_and_memory_grows_with_batch():
+  topology = topologies.devices_for("cpu:8")
+  small, large = (compile_plan.plan(tiny(), topology, per_device_batch=b) for b in (2, 16))
+  assert small["dtype"] == "float32" and small["conv_impl"] == "matmul_weight_grad"
+  assert small["status"] == "unknown" and small["memory"]["usable"] is None
+  assert large["memory"]["temporaries"] > 2 * small["memory"]["temporaries"]
+  assert large["memory"]["arguments"] > small["memory"]["arguments"]  # the batch is an argument
+  assert small["num_params"] == large["num_params"] > 0
+  # The donated state is aliased to the new state, so it is not counted twice.
+  assert small["memory"]["aliased"] > 0
+
+
+@pytest.fixture(scope="module")
+def tpu():
+  pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -r "
+                      "requirements-accelerators.txt)")
+  return topologies.devices_for("v5e:2x2")
+
+
+def test_tpu_plan_of_the_default_config(tpu):
+  plan = compile_plan.plan(tiny(), tpu, per_device_batch=4)
+  assert plan["platform"] == "tpu" and plan["num_devices"] == 4
+  assert plan["device_kind"].startswith("TPU v5")
+  # Decided from the mesh's devices, not from this CPU host.
+  assert plan["dtype"] == "bfloat16" and plan["conv_impl"] == "xla"
+  assert plan["program"]["while_loops"] == 0  # no per-tap weight-gradient loops
+  assert plan["program"]["convolutions"] > 0
+  assert plan["status"] == "fits" and plan["memory"]["total"] < plan["memory"]["usable"]
+  kinds = {row["kind"] for row in plan["collectives"]}
+  assert kinds == {"all-reduce"}  # data parallel: no all-gather, no reduce-scatter
+  # Gradients and BN statistics are summed in float32 (the online probe's count: int).
+  floats = [row for row in plan["collectives"] if row["dtype"] not in ("s32", "u32")]
+  assert {row["dtype"] for row in floats} == {"f32"}
+  params_bytes = 4 * plan["num_params"]
+  assert sum(row["bytes"] for row in floats) >= params_bytes
+  assert plan["flops"]["source"] == "compiled" and plan["flops"]["per_image"] > 0
+  assert plan["step_time_estimate"]["utilization"] == compile_plan.DEFAULT_UTILIZATION
+  json.dumps(plan)
+
+
+def test_tpu_mesh_counts_its_own_processes(tpu):
+  del tpu
+  slice16 = topologies.devices_for("v5e-16")  # 16 chips on 4 hosts
+  mesh = sharding.create_mesh(slice16.devices)
+  assert sharding.mesh_platform(mesh) == "tpu"
+  assert sharding.check_global_batch(64, mesh) == 16
+
+
+def test_a_batch_that_cannot_fit_is_an_answer_not_a_crash(tpu):
+  del tpu
+  # 512 px views through the tiny ResNet's stride-1 stem: about 0.7 GiB per example.
+  result = subprocess.run(
+      [sys.executable, "-m", "mixsiam_jax.compile_plan", "--config=configs/cifar10.py:tiny",
+       "--topology=v5e:2x2", "--config.image_size=512", "--config.batch_size=128"],
+      cwd=ROOT, capture_output=True, text=True, timeout=900,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == compile_plan.EXIT_DOES_NOT_FIT, result.stderr[-2000:]
+  assert "DOES NOT FIT" in result.stdout
+  assert "Traceback" not in result.stderr
+
+
+def test_gpu_plan_where_the_cuda_plugin_is_installed(tmp_path):
+  pytest.importorskip("jax_plugins.xla_cuda12", reason="jax-cuda12-plugin is not installed")
+  out = tmp_path / "plan.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "mixsiam_jax.compile_plan", "--config=configs/cifar10.py:tiny",
+       "--topology=h100x2", f"--out={out}"], cwd=ROOT, capture_output=True, text=True,
+      timeout=900, env=dict(os.environ, JAX_PLATFORMS="cpu", JAX_SKIP_CUDA_CONSTRAINTS_CHECK="1"))
+  assert result.returncode == 0, result.stderr[-2000:]
+  plan = json.loads(out.read_text())
+  assert plan["platform"] == "gpu" and plan["device_kind"] == "NVIDIA H100 80GB HBM3"
+  assert plan["dtype"] == "bfloat16" and plan["conv_impl"] == "xla"
+  assert plan["status"] == "fits"
+  assert {row["kind"] for row in plan["collectives"]} == {"all-reduce"}
+  assert {r["dtype"] for r in plan["collectives"] if r["dtype"] not in ("s32", "u32")} == {"f32"}

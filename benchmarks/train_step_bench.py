@@ -4,7 +4,7 @@ One command (CPU; the defaults finish in a few minutes on 2 cores):
 
   python benchmarks/train_step_bench.py
 
-Bigger runs, e.g. the issue's CPU case and the accelerator target:
+Bigger runs, e.g. batch 128 on a CPU and ResNet-50 at 224 px on a GPU:
 
   python benchmarks/train_step_bench.py --width=32 --batch_size=128
   python benchmarks/train_step_bench.py --depth=50 --width=64 --image_size=224 \
@@ -19,9 +19,9 @@ Rows (one image = three views: x1, x2 and the mixed view, fwd + bwd + update):
   * bare JAX: the same Flax network and loss under a plain
     jax.jit(value_and_grad + optax SGD update), no metrics, no donation, views
     precomputed on device (a lower bound on what any JAX step can cost);
-  * torch: a PyTorch model of the same network written here (torchvision layout,
-    CIFAR or ImageNet stem, width knob, BN per view by running the encoder once
-    per view, 2-/3-layer projector, predictor), the same loss, torch.optim.SGD
+  * torch: a PyTorch model of the same network (benchmarks/torch_reference.py:
+    torchvision layout, CIFAR or ImageNet stem, width knob, BN per view by running
+    the encoder once per view, 2-/3-layer projector, predictor), the same loss, torch.optim.SGD
     (momentum 0.9, weight decay), torch.set_num_threads(--threads). It runs in a
     child interpreter (--torch_python, default this one) so that torch stays out
     of the project's dependencies and its memory is measured on its own; it is
@@ -38,166 +38,20 @@ options); --rows picks a subset of rows. Run by hand, never as a timed test.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
+
+import torch_reference  # the sibling module (this script's folder is on sys.path)
 
 PHOTOMETRIC = dict(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.2,
                    blur_sigma=(0.1, 2.0))
 ROWS = ("ours", "ours_photo", "bare", "torch")
 
 
-def _max_rss_mib() -> float:
-  """Peak resident memory of this process (VmHWM; getrusage's max RSS survives exec)."""
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) / 1024.0
-  except OSError:
-    pass
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _stem(args) -> str:
-  return args.stem or ("cifar" if args.image_size <= 64 else "imagenet")
-
-
-def _projector_layers(args) -> int:
-  return args.projector_layers or (2 if _stem(args) == "cifar" else 3)
-
-
-# ----------------------------------------------------------------------------- torch reference
-
-
-def torch_worker(args) -> dict:
-  """Builds the PyTorch reference, times --steps steps after --warmup, returns a dict."""
-  import torch  # pylint: disable=g-import-not-at-top
-  import torch.nn as nn  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
-
-  torch.set_num_threads(args.threads)
-  torch.manual_seed(0)
-  device = torch.device("cuda" if args.torch_device == "cuda" else "cpu")
-
-  class Basic(nn.Module):
-    expansion = 1
-
-    def __init__(self, inp, planes, stride):
-      super().__init__()
-      self.conv1 = nn.Conv2d(inp, planes, 3, stride, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(planes)
-      self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      nn.init.zeros_(self.bn2.weight)
-      self.downsample = None
-      if stride != 1 or inp != planes:
-        self.downsample = nn.Sequential(nn.Conv2d(inp, planes, 1, stride, bias=False),
-                                        nn.BatchNorm2d(planes))
-
-    def forward(self, x):
-      y = F.relu(self.bn1(self.conv1(x)))
-      y = self.bn2(self.conv2(y))
-      return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-  class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inp, planes, stride):
-      super().__init__()
-      self.conv1 = nn.Conv2d(inp, planes, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(planes)
-      self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-      self.bn3 = nn.BatchNorm2d(planes * 4)
-      nn.init.zeros_(self.bn3.weight)
-      self.downsample = None
-      if stride != 1 or inp != planes * 4:
-        self.downsample = nn.Sequential(nn.Conv2d(inp, planes * 4, 1, stride, bias=False),
-                                        nn.BatchNorm2d(planes * 4))
-
-    def forward(self, x):
-      y = F.relu(self.bn1(self.conv1(x)))
-      y = F.relu(self.bn2(self.conv2(y)))
-      y = self.bn3(self.conv3(y))
-      return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-  stages = {18: (Basic, (2, 2, 2, 2)), 34: (Basic, (3, 4, 6, 3)),
-            50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3)),
-            152: (Bottleneck, (3, 8, 36, 3))}
-  block, counts = stages[args.depth]
-  w = args.width
-  if _stem(args) == "cifar":
-    layers = [nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
-  else:
-    layers = [nn.Conv2d(3, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
-              nn.MaxPool2d(3, 2, 1)]
-  inp = w
-  for stage, n in enumerate(counts):
-    for b in range(n):
-      layers.append(block(inp, w * 2**stage, 2 if stage > 0 and b == 0 else 1))
-      inp = w * 2**stage * block.expansion
-  layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-  proj = []
-  dim = inp
-  for _ in range(_projector_layers(args) - 1):
-    proj += [nn.Linear(dim, args.projector_dim, bias=False), nn.BatchNorm1d(args.projector_dim),
-             nn.ReLU()]
-    dim = args.projector_dim
-  proj += [nn.Linear(dim, args.projector_dim, bias=False),
-           nn.BatchNorm1d(args.projector_dim, affine=False)]
-  encoder = nn.Sequential(nn.Sequential(*layers), nn.Sequential(*proj))
-  predictor = nn.Sequential(nn.Linear(args.projector_dim, args.predictor_hidden_dim, bias=False),
-                            nn.BatchNorm1d(args.predictor_hidden_dim), nn.ReLU(),
-                            nn.Linear(args.predictor_hidden_dim, args.projector_dim))
-  model = nn.ModuleDict({"encoder": encoder, "predictor": predictor}).to(device)
-  fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-  model = model.to(memory_format=fmt)
-  opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=args.weight_decay)
-  gen = torch.Generator().manual_seed(0)
-  x1, x2 = (torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen)
-            .to(device).contiguous(memory_format=fmt) for _ in range(2))
-  autocast = args.dtype == "bfloat16"
-
-  def d(p, z):
-    return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
-
-  def step():
-    xm = 0.5 * x1 + 0.5 * x2
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-      zs = [model["encoder"](x) for x in (x1, x2, xm)]  # BN statistics per view
-      ps = [model["predictor"](z) for z in zs]
-    zs = [z.float() for z in zs]
-    ps = [p.float() for p in ps]
-    loss_siam = 0.5 * d(ps[0], zs[1]) + 0.5 * d(ps[1], zs[0])
-    loss_mix = d(ps[2], torch.maximum(zs[0], zs[1]))
-    loss = 0.5 * loss_siam + 0.5 * loss_mix
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss
-
-  sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-  for _ in range(args.warmup):
-    step()
-  sync()
-  start = time.perf_counter()
-  for _ in range(args.steps):
-    loss = step()
-  sync()
-  elapsed = time.perf_counter() - start
-  out = {"images_per_s": args.batch_size * args.steps / elapsed, "loss": float(loss),
-         "max_rss_mib": _max_rss_mib(), "threads": torch.get_num_threads(),
-         "torch": torch.__version__}
-  if device.type == "cuda":
-    out["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-  return out
-
-
 def run_torch(args, python: str) -> dict:
+  """Runs torch_reference.torch_worker in ``python``; {'error': message} when that fails."""
   cmd = [python, os.path.abspath(__file__), "--torch_worker"] + args.argv
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode != 0:
@@ -209,19 +63,18 @@ def run_torch(args, python: str) -> dict:
 
 
 def build_jax(args):
-  """Returns {row: (compiled, run_fn)} plus compile times and memory analyses."""
+  """Returns ({row: run_fn(n_steps)}, {row: {'compile_s', 'memory'}}) for the JAX rows."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
 
-  from mixsiam_jax import augment, losses, optim, pretrain, sharding, train  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import optim, pretrain, sharding, train  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.options import MethodOptions, ModelOptions, PhotometricOptions  # pylint: disable=g-import-not-at-top
 
   mesh = sharding.create_mesh(jax.devices()[:1])
   model = ModelOptions(
-      depth=args.depth, width=args.width, stem=_stem(args),
-      projector_layers=_projector_layers(args), projector_hidden_dim=args.projector_dim,
+      depth=args.depth, width=args.width, stem=torch_reference.stem(args),
+      projector_layers=torch_reference.projector_layers(args),
+      projector_hidden_dim=args.projector_dim,
       projector_dim=args.projector_dim, predictor_hidden_dim=args.predictor_hidden_dim,
       half_precision=args.dtype == "bfloat16", conv_impl=args.conv_impl)
   network = pretrain.create_network(model, sharding.mesh_platform(mesh))
@@ -258,38 +111,51 @@ def build_jax(args):
     built[row] = run
 
   if "bare" in args.rows:
-    variables = network.init(jax.random.key(0),
-                             jnp.zeros((1, 2, args.image_size, args.image_size, 3)), train=True)
-    params, stats = variables["params"], variables["batch_stats"]
-    bare_tx = optax.chain(optax.add_decayed_weights(args.weight_decay),
-                          optax.sgd(0.05, momentum=0.9))
-    opt_state = bare_tx.init(params)
-    v = augment.normalize(jnp.asarray(host["views"], jnp.float32) / 255.0)
-    views = jnp.concatenate([v, 0.5 * (v[:, :1] + v[:, 1:])], axis=1)
-
-    def bare_step(params, stats, opt_state, views):
-      def loss_fn(params):
-        out, upd = network.apply({"params": params, "batch_stats": stats}, views, train=True,
-                                 mutable=["batch_stats"])
-        return losses.mixsiam_loss(out["p"], out["z"], lam=0.5)[0], upd["batch_stats"]
-      (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      updates, opt_state = bare_tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), new_stats, opt_state, loss
-
-    start = time.perf_counter()
-    compiled = jax.jit(bare_step).lower(params, stats, opt_state, views).compile()
-    info["bare"] = {"compile_s": time.perf_counter() - start,
-                    "memory": _memory_analysis(compiled)}
-    holder = {"carry": (params, stats, opt_state)}
-
-    def run_bare(n, compiled=compiled, holder=holder):
-      carry = holder["carry"]
-      for _ in range(n):
-        *carry, loss = compiled(*carry, views)
-      jax.block_until_ready(loss)
-      holder["carry"] = tuple(carry)
-    built["bare"] = run_bare
+    built["bare"], info["bare"] = _build_bare(args, network, host["views"])
   return built, info
+
+
+def _build_bare(args, network, host_views):
+  """The bare row: plain jax.jit of value_and_grad + optax SGD, views precomputed on device.
+
+  Returns:
+    (run_fn, {'compile_s', 'memory'}).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import augment, losses  # pylint: disable=g-import-not-at-top
+
+  variables = network.init(jax.random.key(0),
+                           jnp.zeros((1, 2, args.image_size, args.image_size, 3)), train=True)
+  params, stats = variables["params"], variables["batch_stats"]
+  bare_tx = optax.chain(optax.add_decayed_weights(args.weight_decay),
+                        optax.sgd(0.05, momentum=0.9))
+  opt_state = bare_tx.init(params)
+  v = augment.normalize(jnp.asarray(host_views, jnp.float32) / 255.0)
+  views = jnp.concatenate([v, 0.5 * (v[:, :1] + v[:, 1:])], axis=1)
+
+  def bare_step(params, stats, opt_state, views):
+    def loss_fn(params):
+      out, upd = network.apply({"params": params, "batch_stats": stats}, views, train=True,
+                               mutable=["batch_stats"])
+      return losses.mixsiam_loss(out["p"], out["z"], lam=0.5)[0], upd["batch_stats"]
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = bare_tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+  start = time.perf_counter()
+  compiled = jax.jit(bare_step).lower(params, stats, opt_state, views).compile()
+  info = {"compile_s": time.perf_counter() - start, "memory": _memory_analysis(compiled)}
+  holder = {"carry": (params, stats, opt_state)}
+
+  def run_bare(n, compiled=compiled, holder=holder):
+    carry = holder["carry"]
+    for _ in range(n):
+      *carry, loss = compiled(*carry, views)
+    jax.block_until_ready(loss)
+    holder["carry"] = tuple(carry)
+  return run_bare, info
 
 
 def _memory_analysis(compiled) -> dict:
@@ -302,7 +168,8 @@ def _memory_analysis(compiled) -> dict:
     return {}
 
 
-def main(argv=None):
+def parse_args(argv):
+  """The benchmark's flags; argv without the program name."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--depth", type=int, default=18)
   parser.add_argument("--width", type=int, default=32)
@@ -322,43 +189,22 @@ def main(argv=None):
   parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
   parser.add_argument("--rows", default=",".join(ROWS),
                       help=f"subset of {ROWS}, in run order; a row may repeat (ours,bare,ours,bare)")
-  parser.add_argument("--torch_python", default=sys.executable)
+  parser.add_argument("--torch_python", default=sys.executable,
+                      help="interpreter with torch for the torch row (default: this one)")
   parser.add_argument("--torch_device", default="auto", help="auto | cpu | cuda")
   parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS")
   parser.add_argument("--json", default="", help="also write the results to this file")
   parser.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
-  argv = sys.argv[1:] if argv is None else argv
   args = parser.parse_args(argv)
   args.argv = [a for a in argv if a != "--torch_worker"]
   args.rows = tuple(r for r in args.rows.split(",") if r)
   if set(args.rows) - set(ROWS):
     parser.error(f"--rows: unknown {sorted(set(args.rows) - set(ROWS))}; choose from {ROWS}")
+  return args
 
-  if args.torch_worker:
-    print(json.dumps(torch_worker(args)))
-    return
 
-  if args.xla_flags:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  import jax  # pylint: disable=g-import-not-at-top
-
-  backend = jax.default_backend()
-  if args.torch_device == "auto":
-    args.torch_device = "cpu" if backend == "cpu" else "cuda"
-    args.argv.append(f"--torch_device={args.torch_device}")
-  if args.dtype == "auto":
-    args.dtype = "float32" if backend == "cpu" else "bfloat16"
-  print(f"backend={backend} device={jax.devices()[0].device_kind} cores={os.cpu_count()} "
-        f"jax={jax.__version__} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  print(f"ResNet-{args.depth} width {args.width}, {_stem(args)} stem, {args.image_size} px, "
-        f"batch {args.batch_size} x 3 views, dtype {args.dtype}, conv_impl {args.conv_impl}, projector "
-        f"{_projector_layers(args)}x{args.projector_dim}, predictor {args.predictor_hidden_dim}; "
-        f"{args.steps} steps x {args.repeats} rounds; load {os.getloadavg()[0]:.2f}", flush=True)
-
-  built, info = build_jax(args)
-  host_rss_after_compile = _max_rss_mib()
+def run_rounds(args, built):
+  """Times every row --repeats times, interleaved; returns (times per row, torch info, loads)."""
   times = {row: [] for row in args.rows}
   torch_info = {}
   loads = []
@@ -381,12 +227,12 @@ def main(argv=None):
       times[row].append(args.batch_size * args.steps / (time.perf_counter() - start))
     print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in times.items() if v)
           + f" img/s (load {loads[-1]:.2f})", flush=True)
+  return times, torch_info, loads
 
+
+def report(args, times, info, torch_info, loads, host_rss_after_compile, device_mem):
+  """Prints the table, memory, load, overhead and ratios; writes --json."""
   med = {row: statistics.median(v) for row, v in times.items() if v}
-  device_mem = None
-  stats = jax.devices()[0].memory_stats()
-  if stats:
-    device_mem = stats.get("peak_bytes_in_use", 0) / 2**20
   print()
   print(f"{'row':<20}{'images/s (median)':>18}{'compile s':>11}{'XLA temp MiB':>14}  samples")
   for row in dict.fromkeys(args.rows):  # a row listed twice runs twice per round, prints once
@@ -397,7 +243,7 @@ def main(argv=None):
     temp = f"{info[row]['memory'].get('temp_mib', float('nan')):.0f}" if row in info else "-"
     print(f"{row:<20}{med[row]:>18.1f}{compile_s:>11}{temp:>14}  {rounds}")
   print()
-  print(f"peak host RSS, this (JAX) process: {_max_rss_mib():.0f} MiB "
+  print(f"peak host RSS, this (JAX) process: {torch_reference.max_rss_mib():.0f} MiB "
         f"({host_rss_after_compile:.0f} after compiling)")
   if torch_info:
     print(f"peak host RSS, torch process: {torch_info['max_rss_mib']:.0f} MiB "
@@ -417,7 +263,43 @@ def main(argv=None):
     with open(args.json, "w") as f:
       json.dump({"args": {k: v for k, v in vars(args).items() if k != "argv"}, "times": times,
                  "median": med, "info": info, "torch": torch_info, "loads": loads,
-                 "max_rss_mib": _max_rss_mib(), "device_peak_mib": device_mem}, f, indent=1)
+                 "max_rss_mib": torch_reference.max_rss_mib(), "device_peak_mib": device_mem},
+                f, indent=1)
+
+
+def main(argv=None):
+  """Runs the benchmark (or, with --torch_worker, the torch row) and prints the results."""
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  if args.torch_worker:
+    print(json.dumps(torch_reference.torch_worker(args)))
+    return
+
+  if args.xla_flags:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  import jax  # pylint: disable=g-import-not-at-top
+
+  backend = jax.default_backend()
+  if args.torch_device == "auto":
+    args.torch_device = "cpu" if backend == "cpu" else "cuda"
+    args.argv.append(f"--torch_device={args.torch_device}")
+  if args.dtype == "auto":
+    args.dtype = "float32" if backend == "cpu" else "bfloat16"
+  print(f"backend={backend} device={jax.devices()[0].device_kind} cores={os.cpu_count()} "
+        f"jax={jax.__version__} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  print(f"ResNet-{args.depth} width {args.width}, {torch_reference.stem(args)} stem, "
+        f"{args.image_size} px, batch {args.batch_size} x 3 views, dtype {args.dtype}, "
+        f"conv_impl {args.conv_impl}, projector {torch_reference.projector_layers(args)}x"
+        f"{args.projector_dim}, predictor {args.predictor_hidden_dim}; "
+        f"{args.steps} steps x {args.repeats} rounds; load {os.getloadavg()[0]:.2f}", flush=True)
+
+  built, info = build_jax(args)
+  host_rss_after_compile = torch_reference.max_rss_mib()
+  times, torch_info, loads = run_rounds(args, built)
+  stats = jax.devices()[0].memory_stats()
+  device_mem = stats.get("peak_bytes_in_use", 0) / 2**20 if stats else None
+  report(args, times, info, torch_info, loads, host_rss_after_compile, device_mem)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ docs/accelerators.md for what a compile cannot tell). Exit status: 0 fits,
 import copy
 import dataclasses
 import json
+import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -40,12 +41,14 @@ EXIT_DOES_NOT_FIT = 2
 
 @dataclasses.dataclass(frozen=True)
 class BuiltStep:
-  """The jitted step and abstract arguments to compile it with."""
+  """The jitted step, abstract arguments to compile it with, and what initialises its state."""
   step: Any
   args: Tuple[Any, Any, Any]
   num_params: int
   dtype: str
   conv_impl: str
+  network: Any
+  tx: Any
 
 
 def _dataset_size(config: ml_collections.ConfigDict) -> Tuple[int, int]:
@@ -82,7 +85,8 @@ def build_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Bu
   platform = sharding.mesh_platform(mesh)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   return BuiltStep(training.step, (state, batch, rng), num_params,
-                   opts.model.compute_dtype(platform), opts.model.conv_implementation(platform))
+                   opts.model.compute_dtype(platform), opts.model.conv_implementation(platform),
+                   training.network, training.tx)
 
 
 def _with(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
@@ -118,6 +122,18 @@ def plan(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
   Raises:
     UserError: an invalid config value.
   """
+  return plan_and_compile(config, topology, per_device_batch=per_device_batch, remat=remat,
+                          utilization=utilization)[0]
+
+
+def plan_and_compile(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
+                     per_device_batch: Optional[int] = None, remat: Optional[bool] = None,
+                     utilization: float = DEFAULT_UTILIZATION
+                     ) -> Tuple[Dict[str, Any], Optional[BuiltStep], Any]:
+  """``plan``, also returning the built step and the compiled executable (None if too big).
+
+  For devices of this machine the executable runs: ``compiled(state, batch, rng)``.
+  """
   num_devices = len(topology.devices)
   batch = None if per_device_batch is None else per_device_batch * num_devices
   config = _with(config, batch_size=batch, remat=remat)
@@ -131,20 +147,19 @@ def plan(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
          "num_params": built.num_params, "jax_version": jax.__version__}
   start = time.perf_counter()
   try:
-    lowered = built.step.lower(*built.args)
-    compiled = lowered.compile()
+    compiled = built.step.lower(*built.args).compile()
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     out.update(status="does_not_fit", error=lines[0][:400],
                compile_seconds=time.perf_counter() - start)
-    return out
+    return out, built, None
   out["compile_seconds"] = time.perf_counter() - start
   hlo = compiled.as_text()
   out["memory"] = compile_report.memory(compiled, topology.usable_memory_bytes)
   out["status"] = {True: "fits", False: "does_not_fit", None: "unknown"}[out["memory"]["fits"]]
-  cost = compile_report.flops(compiled, lowered, num_devices)
+  cost = compile_report.flops(compiled, built.step, built.args, num_devices)
   if cost["per_device"]:
     cost["per_image"] = cost["per_device"] * num_devices / config.batch_size
   out["flops"] = cost
@@ -157,7 +172,7 @@ def plan(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
         "peak_flops": topology.chip.peak_bf16_flops, "peak_source": topology.chip.source,
         "images_per_second": config.batch_size / seconds,
         "note": "estimate from FLOPs and peak at the stated utilisation; not measured"}
-  return out
+  return out, built, compiled
 
 
 def max_batch(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
@@ -226,6 +241,11 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.topology != "local":
+    # Compile-only devices need no runtime of this host but the CPU's; a GPU or TPU
+    # runtime starting here would only search for hardware (and print about it).
+    jax.config.update("jax_platforms", "cpu")
+    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
   with cli.one_line_errors():
     topology = topologies.devices_for(FLAGS.topology)
     if not 0 < FLAGS.utilization <= 1:

@@ -8,6 +8,8 @@ import collections
 import re
 from typing import Any, Dict, List, Optional
 
+import jax
+
 GIB = 2**30
 # Bytes per element of HLO's primitive types.
 _ELEMENT_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1,
@@ -89,26 +91,37 @@ def memory(compiled: Any, usable_bytes: Optional[int]) -> Dict[str, Any]:
   return out
 
 
-def flops(compiled: Any, lowered: Any, num_devices: int) -> Dict[str, Any]:
+def flops(compiled: Any, step: Any, args: Any, num_devices: int) -> Dict[str, Any]:
   """FLOPs of one step per device, from XLA's cost analysis.
 
   The compiled module's analysis (per device, after partitioning) where the
-  backend provides it (TPU, CPU); otherwise the lowered module's (the whole
-  unpartitioned step) divided by the number of devices.
+  backend provides one (TPU, CPU). XLA:GPU provides none; then the step's
+  function is lowered, unpartitioned, for this host's CPU (lowering only, no
+  compile) and the analysis of that HLO is divided by the number of devices.
+  Loops count once in either, so a CPU step's per-tap convolution loops are
+  undercounted.
+
+  Args:
+    compiled: the compiled step.
+    step: the jitted step (its ``__wrapped__`` function is lowered for the CPU).
+    args: the abstract arguments it was compiled for.
+    num_devices: devices of the mesh.
 
   Returns:
     {'per_device': float or None, 'source': str}.
   """
-  for source, stage, divide in (("compiled", compiled, 1), ("lowered / devices", lowered,
-                                                            num_devices)):
-    try:
-      cost = stage.cost_analysis()
-    except Exception:  # pylint: disable=broad-except  (backends without the analysis raise)
-      cost = None
-    if isinstance(cost, (list, tuple)):
-      cost = cost[0] if cost else None
-    if cost and cost.get("flops", 0) > 0:
-      return {"per_device": float(cost["flops"]) / divide, "source": source}
+  cost = compiled.cost_analysis()
+  if cost and cost.get("flops", 0) > 0:
+    return {"per_device": float(cost["flops"]), "source": "compiled module"}
+  try:
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  except RuntimeError:  # no CPU backend in this process (JAX_PLATFORMS without cpu)
+    return {"per_device": None, "source": "not available"}
+  host_args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), args)
+  cost = jax.jit(step.__wrapped__).lower(*host_args).cost_analysis()
+  if cost and cost.get("flops", 0) > 0:
+    return {"per_device": float(cost["flops"]) / num_devices,
+            "source": "unpartitioned HLO (CPU lowering) / devices"}
   return {"per_device": None, "source": "not available"}
 
 
@@ -119,7 +132,9 @@ def program_shape(hlo_text: str) -> Dict[str, int]:
 
 
 def _gib(value: Optional[float]) -> str:
-  return "?" if value is None else f"{value / GIB:.2f} GiB"
+  if value is None:
+    return "?"
+  return f"{value / GIB:.2f} GiB" if value >= GIB / 4 else f"{value / 2**20:.1f} MiB"
 
 
 def summary(plan: Dict[str, Any]) -> str:
@@ -138,11 +153,11 @@ def summary(plan: Dict[str, Any]) -> str:
                f"outputs {_gib(mem['outputs'])}, aliased {_gib(mem['aliased'])}).")
   cost = plan["flops"]
   if cost["per_device"]:
-    lines.append(f"FLOPs: {cost['per_device'] / 1e12:.2f} T per device per step, "
-                 f"{cost['per_image'] / 1e9:.1f} G per image ({cost['source']}).")
+    lines.append(f"FLOPs: {cost['per_device'] / 1e12:.3g} T per device per step, "
+                 f"{cost['per_image'] / 1e9:.3g} G per image ({cost['source']}).")
   est = plan.get("step_time_estimate")
   if est:
-    lines.append(f"Step time ESTIMATE (not measured): {est['seconds'] * 1e3:.0f} ms at "
+    lines.append(f"Step time ESTIMATE (not measured): {est['seconds'] * 1e3:.3g} ms at "
                  f"{est['utilization']:.0%} of {est['peak_flops'] / 1e12:.0f} TFLOP/s peak = "
                  f"{est['images_per_second']:,.0f} images/s.")
   for row in plan["collectives"] or [{"kind": "none", "dtype": "-", "count": 0, "bytes": 0}]:

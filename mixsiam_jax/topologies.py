@@ -46,7 +46,14 @@ CHIPS = {
     # (1979 with sparsity); the memory size is the one in gpu_specs/h100_sxm.txtpb.
     "h100": Chip("h100", 84942979072, 989e12, "NVIDIA H100 datasheet (SXM5): 80 GB, 989 TFLOP/s "
                  "dense bf16"),
+    # NVIDIA H200 datasheet (SXM): 141 GB HBM3e, the H100's 989 TFLOP/s dense bf16. No
+    # device description is kept for it: it is here for 'local' (a real H200's report).
+    "h200": Chip("h200", 141 * 10**9, 989e12, "NVIDIA H200 datasheet (SXM): 141 GB, 989 TFLOP/s "
+                 "dense bf16"),
 }
+# device_kind (lower case) fragments -> chip, for the devices of this machine ('local').
+_KINDS = (("h100", "h100"), ("h200", "h200"), ("v5 lite", "v5e"), ("v6 lite", "v6e"),
+          ("v5p", "v5p"), ("tpu v5", "v5p"), ("tpu v4", "v4"))
 # libtpu names the chips by their TPU generation; v4 and v5p run one JAX device per
 # chip ("megacore": both TensorCores together), as every v4/v5p training job does.
 _TPU_MEGACORE = ("v4", "v5p")
@@ -63,7 +70,8 @@ TPU_SLICES = {
 }
 GPUS_PER_HOST = 8
 HELP = ("a TPU topology ('v5e:4x4', 'v4:2x2x4') or slice ('v5e-16', 'v4-32'), N GPUs "
-        "('h100x8'; hosts of 8), or 'cpu:N' (this host's CPU devices)")
+        "('h100x8'; hosts of 8), 'cpu:N' (this host's CPU devices) or 'local' (the devices "
+        "of this machine)")
 
 
 class TopologyError(UserError):
@@ -136,6 +144,21 @@ def _gpu_devices(chip: str, count: int) -> List[jax.Device]:
         f"JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 ({str(e).splitlines()[0]}).") from e
 
 
+def _local() -> Topology:
+  """This machine's own devices (all processes'), with their chip data when known."""
+  devices = tuple(jax.devices())
+  kind = devices[0].device_kind.lower()
+  chip = next((CHIPS[c] for fragment, c in _KINDS if fragment in kind), None)
+  platform = "gpu" if devices[0].platform in ("cuda", "rocm", "gpu") else devices[0].platform
+  try:
+    usable = (devices[0].memory_stats() or {}).get("bytes_limit")
+  except Exception:  # pylint: disable=broad-except  (backends without memory stats raise)
+    usable = None
+  if usable is None and chip is not None:
+    usable = chip.memory_bytes
+  return Topology("local", platform, chip, devices, usable)
+
+
 def devices_for(name: str) -> Topology:
   """Compile-only devices for a topology name.
 
@@ -160,6 +183,8 @@ def devices_for(name: str) -> Topology:
     devices = _gpu_devices(chip.name, int(gpu.group(2)))
     return Topology(name, "gpu", chip, tuple(devices),
                     int(chip.memory_bytes * gpu_memory_fraction()))
+  if name == "local":
+    return _local()
   if cpu:
     count = int(cpu.group(1))
     available = jax.devices("cpu")

@@ -63,7 +63,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                            "or folder:PATH (PATH/<class>/<image>, e.g. /tmp/cifar10/train).")
   parser.add_argument("--tfds_data_dir", default=None,
                       help="TFDS data folder (default: TFDS_DATA_DIR or ~/tensorflow_datasets).")
-  parser.add_argument("--out", required=True, help="Directory for the data export, runs and report.")
+  parser.add_argument("--out", required=True,
+                      help="Directory for the data export, the runs and the report.")
   parser.add_argument("--rows", default=",".join(MAIN_ROWS + ABLATION_ROWS),
                       help="Comma-separated rows of configs/cifar10_study.py to pretrain.")
   parser.add_argument("--main_seeds", default="0,1",

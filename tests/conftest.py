@@ -14,6 +14,9 @@ os.environ["XLA_FLAGS"] = (
 # TensorFlow is only used for input pipelines; keep it off any accelerator and quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Tests run on CPU devices; where libtpu is installed (the compile-plan tests), this keeps
+# every test process from starting the TPU runtime, which searches for a TPU and says so.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402,F401  (must come after XLA_FLAGS)
 

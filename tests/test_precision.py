@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mixsiam_jax import augment, models, optim, sharding, train
-from mixsiam_jax.options import MethodOptions
+from mixsiam_jax.options import MethodOptions, ModelOptions
 
 IMAGE = 16
 BATCH = 16
@@ -90,12 +90,13 @@ def test_master_weights_statistics_and_optimizer_state_stay_float32(runs):
         assert leaf.dtype == jnp.float32
 
 
-def test_auto_dtype_is_float32_on_cpu():
-  if jax.default_backend() != "cpu":
-    pytest.skip("CPU-only check")
+def test_auto_dtype_is_float32_on_a_cpu_mesh():
+  # 'auto' follows the mesh's devices (options.ModelOptions), never the host's backend.
+  dtype = ModelOptions(half_precision=None).compute_dtype(
+      sharding.mesh_platform(sharding.create_mesh()))
   net = models.create_network(depth=18, width=4, stem="cifar", projector_layers=2,
                               projector_hidden_dim=8, projector_dim=8, predictor_hidden_dim=4,
-                              dtype="auto")
+                              dtype=dtype)
   assert net.dtype == jnp.float32
 
 

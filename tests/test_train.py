@@ -151,3 +151,17 @@ def test_online_probe_learns_without_touching_the_encoder():
     # same update: the probe's gradient stops at the features.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  plain[part], probed[part])
+
+
+def test_abstract_state_describes_the_initialised_state_without_computing_it():
+  mesh = sharding.create_mesh()
+  tx = optim.create_pretrain_optimizer(schedule=optim.cosine_schedule(0.05, 10), peak_lr=0.05,
+                                       weight_decay=1e-4)
+  network = tiny_network()
+  abstract = train.abstract_train_state(network, tx, image_size=IMAGE, mesh=mesh)
+  state = train.create_train_state(jax.random.key(0), network, tx, image_size=IMAGE, mesh=mesh)
+  assert jax.tree.structure(abstract) == jax.tree.structure(state)
+  for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(state)):
+    assert isinstance(a, jax.ShapeDtypeStruct)
+    assert (a.shape, a.dtype) == (s.shape, s.dtype)
+    assert a.sharding == s.sharding == sharding.replicated(mesh)

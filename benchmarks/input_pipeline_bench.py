@@ -22,7 +22,7 @@ Rows printed (examples/s; one example = two views):
   * ours, host part only: create_pretrain_dataset with crop+flip on the host,
     what the host pays when the photometric ops run on an accelerator.
   * ours, crop+flip on host + photometric on device: the same, and every batch
-    also goes through augment.device_photometric_augment, jitted, on this same
+    also goes through photometric.device_photometric_augment, jitted, on this same
     CPU (no accelerator here, so the host's cores do both halves).
   * ours, all on host: colour jitter, grayscale and blur in tf.data too.
 Then (unless --step=False) how many examples/s the jitted MixSiam train step
@@ -133,7 +133,7 @@ def write_imagenet_like(sample_dir, out_dir, num_files, num_classes, seed=0):
 def bench_ours(folder, size, n, mode, blur, batch_size, warmup=3):
   """Examples/s (each two views) of our pipeline; mode: 'host_crop', 'device', 'host_all'."""
   import jax  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import augment  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.photometric import device_photometric_augment  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.options import PhotometricOptions  # pylint: disable=g-import-not-at-top
   photometric = PhotometricOptions(**PHOTOMETRIC, blur_prob=blur)
@@ -144,7 +144,7 @@ def bench_ours(folder, size, n, mode, blur, batch_size, warmup=3):
 
   def device_part(i, views):  # [B, 2, S, S, 3] uint8 -> dispatched (async) jax.Array.
     flat = views.reshape((-1,) + views.shape[2:])
-    return augment.device_photometric_augment(jax.random.fold_in(jax.random.key(0), i), flat,
+    return device_photometric_augment(jax.random.fold_in(jax.random.key(0), i), flat,
                                               photometric)
 
   it = ds.as_numpy_iterator()

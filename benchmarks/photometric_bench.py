@@ -1,4 +1,4 @@
-r"""Images/s of the on-device photometric augmentation (augment.device_photometric_augment).
+r"""Images/s of the on-device photometric augmentation (photometric.device_photometric_augment).
 
   python benchmarks/photometric_bench.py                       # 32 images at 224 px, no blur
   python benchmarks/photometric_bench.py --image_size=32 --batch_size=512
@@ -31,7 +31,7 @@ def main(argv=None):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import augment  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import photometric  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.options import PhotometricOptions  # pylint: disable=g-import-not-at-top
 
   options = PhotometricOptions(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8,
@@ -42,12 +42,12 @@ def main(argv=None):
   print(f"backend={jax.default_backend()} cores={os.cpu_count()} jax={jax.__version__} "
         f"{args.batch_size} images at {args.image_size} px, blur_prob {args.blur_prob}; "
         f"load {os.getloadavg()[0]:.2f}", flush=True)
-  jax.block_until_ready(augment.device_photometric_augment(key, images, options))
+  jax.block_until_ready(photometric.device_photometric_augment(key, images, options))
   rates = []
   for r in range(args.repeats):
     start = time.perf_counter()
     for c in range(args.calls):
-      out = augment.device_photometric_augment(jax.random.fold_in(key, r * args.calls + c),
+      out = photometric.device_photometric_augment(jax.random.fold_in(key, r * args.calls + c),
                                                images, options)
     jax.block_until_ready(out)
     rates.append(args.batch_size * args.calls / (time.perf_counter() - start))

@@ -10,11 +10,12 @@ Starts ``main.py`` with the flags after ``--`` (plus --workdir), waits until
 its steady state), sends SIGTERM, and prints one JSON line: seconds from the
 signal to the process's exit, its exit status, the step of the checkpoint it
 left, the steps it logged, and the step time (from the last logged steps_per_sec),
-so the latency can be read in steps.
+so the latency can be read in steps, and the run's peak host memory.
 """
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -65,6 +66,7 @@ def main() -> None:
       "checkpoint_step": steps[-1] if steps else None, "last_logged_step": rows[-1]["step"],
       "step_time_s": round(1.0 / rate, 3) if rate else None,
       "latency_in_steps": round(seconds * rate, 2) if rate else None,
+      "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
       "flags": args.main_flags}))
 
 

@@ -14,7 +14,7 @@ Rows (one image = three views: x1, x2 and the mixed view, fwd + bwd + update):
   * ours: train.make_train_step + train.jit_train_step (donated state, metrics
     computed on device, never fetched in the loop), views uploaded as uint8 and
     normalised/mixed inside the step, photometric augmentation off;
-  * ours + photometric: the same with augment.device_photometric_augment
+  * ours + photometric: the same with photometric.device_photometric_augment
     (colour jitter p=0.8, grayscale 0.2; blur 0.5 at >= 96 px) inside the step;
   * bare JAX: the same Flax network and loss under a plain
     jax.jit(value_and_grad + optax SGD update), no metrics, no donation, views

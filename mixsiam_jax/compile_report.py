@@ -137,13 +137,20 @@ def _gib(value: Optional[float]) -> str:
   return f"{value / GIB:.2f} GiB" if value >= GIB / 4 else f"{value / 2**20:.1f} MiB"
 
 
+def _count(value: float) -> str:
+  for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+    if value >= scale:
+      return f"{value / scale:.3g} {unit}"
+  return f"{value:.3g}"
+
+
 def summary(plan: Dict[str, Any]) -> str:
   """The plan as a few lines of text (the JSON holds everything)."""
   lines = [f"{plan['topology']}: {plan['num_devices']} x {plan['device_kind']} "
            f"({plan['num_processes']} processes); global batch {plan['batch_size']} = "
            f"{plan['per_device_batch']} per device; {plan['dtype']}, conv {plan['conv_impl']}, "
            f"remat {plan['remat']}; {plan['num_params']:,} parameters."]
-  if plan["status"] == "does_not_fit":
+  if "error" in plan:  # the compiler's RESOURCE_EXHAUSTED
     lines.append(f"DOES NOT FIT: {plan['error']}")
     return "\n".join(lines)
   mem = plan["memory"]
@@ -153,8 +160,8 @@ def summary(plan: Dict[str, Any]) -> str:
                f"outputs {_gib(mem['outputs'])}, aliased {_gib(mem['aliased'])}).")
   cost = plan["flops"]
   if cost["per_device"]:
-    lines.append(f"FLOPs: {cost['per_device'] / 1e12:.3g} T per device per step, "
-                 f"{cost['per_image'] / 1e9:.3g} G per image ({cost['source']}).")
+    lines.append(f"FLOPs: {_count(cost['per_device'])} per device per step, "
+                 f"{_count(cost['per_image'])} per image ({cost['source']}).")
   est = plan.get("step_time_estimate")
   if est:
     lines.append(f"Step time ESTIMATE (not measured): {est['seconds'] * 1e3:.3g} ms at "

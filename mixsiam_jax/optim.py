@@ -8,7 +8,7 @@
 - LARS (linear probe) follows the official code: weight decay and the trust
   ratio apply only to parameters with more than one dimension.
 """
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import jax
 import optax

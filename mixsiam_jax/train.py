@@ -6,7 +6,6 @@ batch sharded) and donates the old state. Randomness comes from
 ``fold_in(rng, state.step)``, so a step's augmentations depend only on the seed
 and the step number.
 """
-import functools
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
@@ -18,6 +17,7 @@ from jax.sharding import Mesh
 
 from mixsiam_jax import augment, losses, sharding
 from mixsiam_jax.options import MethodOptions, PhotometricOptions
+from mixsiam_jax.photometric import device_photometric_augment
 
 Batch = Dict[str, jax.Array]
 Metrics = Dict[str, jax.Array]
@@ -141,7 +141,7 @@ def make_view_fn(method: MethodOptions, photometric: Optional[PhotometricOptions
     batch_size = raw.shape[0]
     flat = raw.reshape((batch_size * 2,) + raw.shape[2:])
     if photometric is not None:
-      images = augment.device_photometric_augment(rng_photo, flat, photometric)
+      images = device_photometric_augment(rng_photo, flat, photometric)
     elif raw.dtype == jnp.uint8:
       images = flat.astype(jnp.float32) / 255.0
     else:

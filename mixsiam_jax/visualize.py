@@ -17,7 +17,7 @@ import numpy as np
 from ml_collections import config_flags
 from PIL import Image
 
-from mixsiam_jax import augment
+from mixsiam_jax import augment, photometric
 from mixsiam_jax import pretrain
 from mixsiam_jax.data import decode, host_augment, pipeline, sources
 
@@ -65,7 +65,7 @@ def main(argv):
   views = batch["views"].astype(np.float32) / 255.0
   rng = jax.random.key(opts.seed)
   if opts.photometric_on_device:
-    v = augment.device_photometric_augment(rng, views.reshape((-1,) + views.shape[2:]),
+    v = photometric.device_photometric_augment(rng, views.reshape((-1,) + views.shape[2:]),
                                            opts.photometric)
     views = np.asarray(v).reshape(views.shape)
   m = opts.method

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 import tensorflow as tf
 
-from mixsiam_jax import augment
+from mixsiam_jax import augment, photometric
 from mixsiam_jax.data import host_augment
 from mixsiam_jax.options import PhotometricOptions
 
@@ -19,7 +19,7 @@ def _images(n=256, size=8, seed=0):
 
 def _photometric(rng, images, **options):
   """The device chain with PhotometricOptions(**options) (defaults: SimSiam's, no blur)."""
-  return augment.device_photometric_augment(rng, images, PhotometricOptions(**options))
+  return photometric.device_photometric_augment(rng, images, PhotometricOptions(**options))
 
 
 def _is_gray(x):
@@ -52,18 +52,18 @@ def test_grayscale_rate_and_jitter_rate():
 
 def test_brightness_contrast_saturation_hue_match_definitions():
   x = jnp.asarray(_images(4))
-  np.testing.assert_allclose(augment.adjust_brightness(x, 1.3), np.clip(x * 1.3, 0, 1), atol=1e-6)
-  gray = (x * jnp.asarray(augment.GRAY_WEIGHTS)).sum(-1, keepdims=True)
-  np.testing.assert_allclose(augment.adjust_saturation(x, 0.6),
+  np.testing.assert_allclose(photometric.adjust_brightness(x, 1.3), np.clip(x * 1.3, 0, 1), atol=1e-6)
+  gray = (x * jnp.asarray(photometric.GRAY_WEIGHTS)).sum(-1, keepdims=True)
+  np.testing.assert_allclose(photometric.adjust_saturation(x, 0.6),
                              np.clip(0.6 * x + 0.4 * gray, 0, 1), atol=1e-6)
   mean = gray.mean(axis=(1, 2, 3), keepdims=True)
-  np.testing.assert_allclose(augment.adjust_contrast(x, 1.4),
+  np.testing.assert_allclose(photometric.adjust_contrast(x, 1.4),
                              np.clip(1.4 * x + (1 - 1.4) * mean, 0, 1), atol=1e-6)
   # Hue: same as TensorFlow's HSV-based adjust_hue (torchvision's definition).
-  np.testing.assert_allclose(augment.adjust_hue(x, 0.1),
+  np.testing.assert_allclose(photometric.adjust_hue(x, 0.1),
                              np.clip(tf.image.adjust_hue(np.asarray(x), 0.1).numpy(), 0, 1),
                              atol=1e-5)
-  np.testing.assert_allclose(augment.adjust_hue(x, 0.0), x, atol=1e-6)
+  np.testing.assert_allclose(photometric.adjust_hue(x, 0.0), x, atol=1e-6)
 
 
 def test_jitter_factor_ranges():
@@ -78,15 +78,15 @@ def test_jitter_factor_ranges():
 
 
 def test_blur_reduces_variance_and_kernel_radius():
-  assert augment.blur_kernel_radius(2.0) == 6  # 13 taps: 3 sigma of sigma_max.
+  assert photometric.blur_kernel_radius(2.0) == 6  # 13 taps: 3 sigma of sigma_max.
   img = np.random.default_rng(0).uniform(size=(16, 16, 3)).astype(np.float32)
-  small = augment.gaussian_blur(jnp.asarray(img), 0.1, 6)
-  big = augment.gaussian_blur(jnp.asarray(img), 2.0, 6)
+  small = photometric.gaussian_blur(jnp.asarray(img), 0.1, 6)
+  big = photometric.gaussian_blur(jnp.asarray(img), 2.0, 6)
   np.testing.assert_allclose(small, img, atol=1e-4)  # sigma 0.1: essentially identity.
   assert float(jnp.std(big)) < 0.5 * float(np.std(img))
   # A constant image is unchanged (edge replication, normalised kernel).
   const = jnp.full((8, 8, 3), 0.3)
-  np.testing.assert_allclose(augment.gaussian_blur(const, 1.5, 6), const, atol=1e-6)
+  np.testing.assert_allclose(photometric.gaussian_blur(const, 1.5, 6), const, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(1, 4), (3, 2), (9, 31)])
@@ -105,9 +105,9 @@ def test_blur_matches_direct_float64_convolution(shape, sigma):
       ys = np.clip(np.arange(h) + a - r, 0, h - 1)
       xs = np.clip(np.arange(w) + b - r, 0, w - 1)
       ref += ta * tb * x[ys][:, xs]
-  got = augment.gaussian_blur(jnp.asarray(x, jnp.float32), sigma, r)
+  got = photometric.gaussian_blur(jnp.asarray(x, jnp.float32), sigma, r)
   np.testing.assert_allclose(np.asarray(got), np.clip(ref, 0, 1), atol=1e-6)  # float32 sums.
-  np.testing.assert_allclose(np.asarray(augment.blur_matrix(w, sigma, r)).sum(1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(photometric.blur_matrix(w, sigma, r)).sum(1), 1.0, rtol=1e-6)
 
 
 def test_blur_sigma_range_shows_in_smoothing():
@@ -116,7 +116,7 @@ def test_blur_sigma_range_shows_in_smoothing():
   y = np.asarray(_photometric(
       jax.random.key(4), x, color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=1.0,
       blur_sigma=(0.1, 2.0)))
-  blur = jax.vmap(augment.gaussian_blur, in_axes=(0, None, None))
+  blur = jax.vmap(photometric.gaussian_blur, in_axes=(0, None, None))
   lo = np.asarray(blur(jnp.asarray(x), 2.0, 6)).std(axis=(1, 2, 3))
   hi = np.asarray(blur(jnp.asarray(x), 0.1, 6)).std(axis=(1, 2, 3))
   got = y.std(axis=(1, 2, 3))

@@ -43,3 +43,26 @@ def test_memory_total_counts_donated_buffers_once():
   assert mem["total"] == 100 + 90 - 80 + 50 + 5 and mem["fits"]
   assert not compile_report.memory(compiled, usable_bytes=164)["fits"]
   assert compile_report.memory(compiled, usable_bytes=None)["fits"] is None
+
+
+def _plan(**changes):
+  plan = {"topology": "h100x8", "num_devices": 8, "device_kind": "NVIDIA H100 80GB HBM3",
+          "num_processes": 1, "batch_size": 4096, "per_device_batch": 512, "dtype": "bfloat16",
+          "conv_impl": "xla", "remat": False, "num_params": 40_000_000, "status": "fits",
+          "memory": {"total": 70 * 2**30, "usable": 60 * 2**30, "fits": False, "arguments": 1,
+                     "temporaries": 2, "outputs": 3, "aliased": 3},
+          "flops": {"per_device": 2e13, "per_image": 4e10, "source": "compiled module"},
+          "collectives": [], "program": {"while_loops": 0, "convolutions": 9},
+          "compile_seconds": 12.0}
+  plan.update(changes)
+  return plan
+
+
+def test_summary_says_whether_it_fits_from_memory_or_from_the_compiler():
+  text = compile_report.summary(_plan(status="does_not_fit"))
+  assert "DOES NOT FIT: 70.00 GiB per device of 60.00 GiB usable" in text
+  assert "collective none" in text  # no collective is said as much
+  text = compile_report.summary(_plan(status="does_not_fit", error="RESOURCE_EXHAUSTED: x"))
+  assert text.splitlines()[-1] == "DOES NOT FIT: RESOURCE_EXHAUSTED: x"
+  assert "FITS: 70.00 GiB" in compile_report.summary(
+      _plan(memory={**_plan()["memory"], "fits": True}))

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixsiam_jax import augment, models, optim, sharding, train
+from mixsiam_jax import augment, models, optim, photometric, sharding, train
 from mixsiam_jax.options import MethodOptions, ModelOptions
 
 IMAGE = 16
@@ -102,13 +102,13 @@ def test_auto_dtype_is_float32_on_a_cpu_mesh():
 
 def _sequential_jitter(rng, img, color_jitter):
   """Reference: torchvision's ColorJitter, the four ops applied one by one in the drawn order."""
-  ranges = augment.jitter_ranges(color_jitter)
+  ranges = photometric.jitter_ranges(color_jitter)
   rng_order, rng_factors = jax.random.split(rng)
   factors = jax.random.uniform(rng_factors, (4,), img.dtype, jnp.asarray([r[0] for r in ranges]),
                                jnp.asarray([r[1] for r in ranges]))
   order = np.asarray(jax.random.permutation(rng_order, 4))
-  ops = (augment.adjust_brightness, augment.adjust_contrast, augment.adjust_saturation,
-         augment.adjust_hue)
+  ops = (photometric.adjust_brightness, photometric.adjust_contrast, photometric.adjust_saturation,
+         photometric.adjust_hue)
   for i in order:
     if color_jitter[i] > 0:
       img = ops[i](img, factors[i])

@@ -1,7 +1,7 @@
 """Host-side image ops in TensorFlow, per example and stateless.
 
 - RandomResizedCrop + horizontal flip (crop_flip_views), as torchvision draws them;
-- the TensorFlow twin of ``augment.device_photometric_augment`` (colour jitter in
+- the TensorFlow twin of ``photometric.device_photometric_augment`` (colour jitter in
   a random order, grayscale, Gaussian blur) for runs that do them on the host;
 - the deterministic evaluation transform.
 Every random draw comes from a stateless seed, so a view is a pure function of
@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from mixsiam_jax import augment
+from mixsiam_jax import photometric
 from mixsiam_jax.options import PhotometricOptions
 
 EVAL_TRANSFORMS = ("identity", "resize_center_crop")
@@ -107,7 +107,7 @@ def crop_flip_views(seed: tf.Tensor, image: tf.Tensor, image_size: int, crop_sca
 
 
 def _grayscale(img):
-  return tf.reduce_sum(img * tf.constant(augment.GRAY_WEIGHTS, img.dtype), -1, keepdims=True)
+  return tf.reduce_sum(img * tf.constant(photometric.GRAY_WEIGHTS, img.dtype), -1, keepdims=True)
 
 
 def _blend(a, b, f):
@@ -115,7 +115,7 @@ def _blend(a, b, f):
 
 
 def gaussian_blur(img: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
-  """Separable Gaussian blur with edge replication (``augment.gaussian_blur`` in TF).
+  """Separable Gaussian blur with edge replication (``photometric.gaussian_blur`` in TF).
 
   Each pass is one matmul with a banded matrix (edge taps folded into the
   border columns): on a CPU host faster than 2 * (2 radius + 1) shifted slices.
@@ -156,7 +156,7 @@ def _color_ops(seeds, img, options: PhotometricOptions):
   """Colour jitter (random order, probability) and grayscale of one float image."""
   color_jitter = options.color_jitter
   if options.color_jitter_prob > 0 and any(v > 0 for v in color_jitter):
-    ranges = augment.jitter_ranges(color_jitter)
+    ranges = photometric.jitter_ranges(color_jitter)
     lows = tf.constant([r[0] for r in ranges], tf.float32)
     highs = tf.constant([r[1] for r in ranges], tf.float32)
     factors = lows + (highs - lows) * tf.random.stateless_uniform([4], seeds[0])
@@ -186,7 +186,7 @@ def _color_ops(seeds, img, options: PhotometricOptions):
 
 def host_photometric_fn(options: PhotometricOptions) -> Callable[[tf.Tensor, tf.Tensor],
                                                                  tf.Tensor]:
-  """The host (TensorFlow) twin of ``augment.device_photometric_augment``, one image.
+  """The host (TensorFlow) twin of ``photometric.device_photometric_augment``, one image.
 
   Same operations and distribution (torchvision ColorJitter in random order
   with probability ``color_jitter_prob``, grayscale, Gaussian blur), drawn
@@ -205,7 +205,7 @@ def host_photometric_fn(options: PhotometricOptions) -> Callable[[tf.Tensor, tf.
       options.color_jitter_prob > 0 and any(v > 0 for v in options.color_jitter))
   color_ops = tf.function(functools.partial(_color_ops, options=options), jit_compile=True)
   blur_sigma = options.blur_sigma
-  radius = augment.blur_kernel_radius(blur_sigma[1])
+  radius = photometric.blur_kernel_radius(blur_sigma[1])
 
   def fn(seed, image):
     seeds = tf.random.experimental.stateless_split(seed, 8)

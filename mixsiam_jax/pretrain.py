@@ -12,7 +12,7 @@ import functools
 import itertools
 import json
 import os
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -210,6 +210,46 @@ def _describe_data(config: ml_collections.ConfigDict, train_info: sources.Datase
   return described
 
 
+def state_functions(opts: PretrainOptions, training: Training, mesh: Mesh):
+  """(step rng, init, state -> checkpoint tree, (state, tree) -> state) of a pretraining run.
+
+  Args:
+    opts: the run's options (the seed).
+    training: from build_training.
+    mesh: the data-parallel mesh.
+
+  Returns:
+    The replicated base key of the steps, a function building the initial
+    TrainState on ``mesh``, and the two checkpoint conversions.
+
+
+  The seed's key splits into the initialisation key and the run's base key, which
+  drives every step's augmentations through fold_in.
+  """
+  init_rng, step_rng = jax.random.split(jax.random.key(opts.seed))
+  step_rng = sharding.replicated_key(step_rng, mesh)
+  init = functools.partial(train.create_train_state, init_rng, training.network, training.tx,
+                           image_size=opts.image_size, mesh=mesh)
+  to_tree = lambda state: checkpoint.state_tree(state, step_rng)
+  from_tree = lambda state, tree: state.replace(
+      step=tree["step"], params=tree["params"], batch_stats=tree["batch_stats"],
+      opt_state=tree["opt_state"])
+  return step_rng, init, to_tree, from_tree
+
+
+def _write_preview(writer: Any, batches: Iterator[Any], training: Training, rng: jax.Array,
+                   step: jax.Array, start_step: int) -> Iterator[Any]:
+  """Writes x1 / x2 / x_m of the first batch to TensorBoard; returns the batches, that one first.
+
+  Every process computes the views (a global computation); process 0 writes them.
+  """
+  first = next(batches)
+  views = training.views(first, rng, step)
+  if jax.process_index() == 0:
+    writer.write_images(start_step + 1, {"views": _preview_images(views)})
+  return itertools.chain([first], batches)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: Optional[Sequence[jax.Device]] = None) -> Dict[str, float]:
   """Pretrains MixSiam as configured, resuming from ``workdir`` if it holds a run.
@@ -256,14 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       skip_bad_images=config.data.skip_bad_images), start_step=start_step)
   knn_monitor = _make_knn_monitor(config, training.network, mesh)
 
-  init_rng, step_rng = jax.random.split(jax.random.key(opts.seed))
-  step_rng = sharding.replicated_key(step_rng, mesh)
-  init = functools.partial(train.create_train_state, init_rng, training.network, training.tx,
-                           image_size=opts.image_size, mesh=mesh)
-  to_tree = lambda state: checkpoint.state_tree(state, step_rng)
-  from_tree = lambda state, tree: state.replace(
-      step=tree["step"], params=tree["params"], batch_stats=tree["batch_stats"],
-      opt_state=tree["opt_state"])
+  step_rng, init, to_tree, from_tree = state_functions(opts, training, mesh)
   manager = checkpoint.create_manager(
       directory, keep=config.keep_checkpoints,
       keep_every_steps=config.keep_checkpoints_every_steps,
@@ -275,18 +308,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     workdir_lib.start_run(path, config_dict, start_step)
     workdir_lib.atomic_write_text(os.path.join(path, DATA_FILE),
                                   json.dumps(described, indent=2) + "\n")
-    is_main = jax.process_index() == 0
-    writer = metric_writer.create_writer(path, is_main)
+    writer = metric_writer.create_writer(path, jax.process_index() == 0)
     if start_step == 0:
       writer.write_hparams({k: v for k, v in workdir_lib.flatten_config(config_dict).items()
                             if isinstance(v, (int, float, str, bool))})
     batches = sharding.prefetch_to_mesh(data.as_numpy_iterator(), mesh, config.data.prefetch)
-    first = next(batches)  # A global computation: every process runs the preview.
-    preview = training.views(first, step_rng, state.step)
-    if is_main:
-      writer.write_images(start_step + 1, {"views": _preview_images(preview)})
+    batches = _write_preview(writer, batches, training, step_rng, state.step, start_step)
     hooks = []
-    if is_main and config.profile_steps:
+    if jax.process_index() == 0 and config.profile_steps:
       hooks.append(periodic_actions.Profile(logdir=path, num_profile_steps=config.profile_steps,
                                             first_profile=start_step + 10))
     on_error.pop_all()
@@ -301,7 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                           "batch_stats": state.batch_stats})
   return loop.run(
       lambda state, batch: training.step(state, batch, step_rng), state,
-      itertools.chain([first], batches), start_step=start_step, options=loop_options,
+      batches, start_step=start_step, options=loop_options,
       manager=manager, to_tree=to_tree, meta=meta, writer=writer,
       num_processes=jax.process_count(), evaluate=evaluate, hooks=hooks)
 

@@ -235,8 +235,7 @@ def random_init_knn(folder: str, seed: int, overrides: Sequence[str]) -> Dict[st
 
   The parameters are exactly those a pretraining run with this seed starts from.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import pretrain, sharding, train  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import pretrain, sharding  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.evaluation import knn  # pylint: disable=g-import-not-at-top
   pipeline.hide_accelerators_from_tensorflow()  # TensorFlow only reads the folder.
@@ -248,9 +247,7 @@ def random_init_knn(folder: str, seed: int, overrides: Sequence[str]) -> Dict[st
   info = sources.get_dataset_info(config.dataset, config.train_split)
   opts = pretrain.options_from_config(config, info.num_classes)
   training = pretrain.build_training(opts, mesh, info.num_examples)
-  init_rng, _ = jax.random.split(jax.random.key(opts.seed))
-  state = train.create_train_state(init_rng, training.network, training.tx,
-                                   image_size=opts.image_size, mesh=mesh)
+  state = pretrain.state_functions(opts, training, mesh)[1]()  # The initial state.
   monitor = knn.monitor_for_network(training.network, mesh, knn.knn_options(config))
   return monitor({"params": state.params, "batch_stats": state.batch_stats})
 

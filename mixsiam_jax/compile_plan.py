@@ -165,7 +165,8 @@ def plan_and_compile(config: ml_collections.ConfigDict, topology: topologies.Top
   out["flops"] = cost
   out["collectives"] = compile_report.collectives(hlo)
   out["program"] = compile_report.program_shape(hlo)
-  if cost["per_device"] and topology.chip:
+  # The chips' peaks are bf16 peaks: a float32 step has no estimate.
+  if cost["per_device"] and topology.chip and built.dtype != "float32":
     seconds = cost["per_device"] / (topology.chip.peak_bf16_flops * utilization)
     out["step_time_estimate"] = {
         "seconds": seconds, "utilization": utilization,

@@ -176,7 +176,7 @@ def jitter_ranges(color_jitter: Sequence[float]) -> Tuple[Tuple[float, float], .
           (max(0.0, 1 - s), 1 + s), (-h, h))
 
 
-def _color_jitter_one(rng: jax.Array, img: jax.Array,
+def color_jitter_one(rng: jax.Array, img: jax.Array,
                       color_jitter: Sequence[float]) -> jax.Array:
   """ColorJitter on one image: four ops in a random order, random factors.
 
@@ -230,7 +230,7 @@ def _photometric_one(rng: jax.Array, img: jax.Array, color_jitter, color_jitter_
   """The SimSiam photometric chain on one float image [H, W, 3] in [0, 1]."""
   rng_cj, rng_cj_apply, rng_gray, rng_blur, rng_sigma = jax.random.split(rng, 5)
   if color_jitter_prob > 0 and any(v > 0 for v in color_jitter):
-    jittered = _color_jitter_one(rng_cj, img, color_jitter)
+    jittered = color_jitter_one(rng_cj, img, color_jitter)
     img = jnp.where(jax.random.bernoulli(rng_cj_apply, color_jitter_prob), jittered, img)
   if grayscale_prob > 0:
     gray = jnp.broadcast_to(_grayscale(img), img.shape)

@@ -37,6 +37,24 @@ def test_cpu_plan_uses_cpu_decisions_and_memory_grows_with_batch():
   assert small["memory"]["aliased"] > 0
 
 
+@pytest.mark.parametrize("limit,start,expected", [(300, 512, 288), (300, 8, 288), (0, 4, 0),
+                                                     (1, 64, 1), (5000, 2, 4608)])
+def test_max_batch_search(monkeypatch, limit, start, expected):
+  tried = []
+
+  def fake_plan(config, topology, *, per_device_batch, remat):
+    del config, topology, remat
+    tried.append(per_device_batch)
+    return {"status": "fits" if per_device_batch <= limit else "does_not_fit"}
+
+  monkeypatch.setattr(compile_plan, "plan", fake_plan)
+  found = compile_plan.max_batch(None, None, remat=True, start=start)
+  assert found["per_device_batch"] == expected and found["remat"]
+  assert [b for b, _ in found["tried"]] == tried
+  if expected:  # within 1/8 below the limit, multiples of 8 from 64 up
+    assert limit - expected < max(1, expected // 8) and len(tried) <= 16
+
+
 @pytest.fixture(scope="module")
 def tpu():
   pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -r "

@@ -122,7 +122,7 @@ def test_color_jitter_equals_sequential_composition(color_jitter):
   n = 24  # 24 = 4!: many different orders
   keys = jax.random.split(jax.random.key(5), n)
   imgs = jax.random.uniform(jax.random.key(6), (n, 6, 6, 3))
-  fused = jax.jit(jax.vmap(lambda k, x: augment._color_jitter_one(k, x, color_jitter)))(  # pylint: disable=protected-access
+  fused = jax.jit(jax.vmap(lambda k, x: photometric.color_jitter_one(k, x, color_jitter)))(
       keys, imgs)
   orders = set()
   for k, x, y in zip(keys, imgs, np.asarray(fused)):

@@ -21,6 +21,7 @@ compares the whole float32-compute gradient with the bfloat16-compute one.
 Prints one JSON line per replica count.
 """
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -31,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from mixsiam_jax import losses, models  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax.options import ModelOptions  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def _images(count: int, size: int, folder: str) -> np.ndarray:
@@ -85,11 +87,11 @@ def _worst_leaf(tree, reference) -> float:
 
 def measure(replicas: int, per_replica: int, width: int, size: int, folder: str) -> dict:
   """Errors of the four reductions for ``replicas`` partial gradients."""
-  kwargs = dict(depth=18, width=width, stem="cifar", projector_layers=2,
-                projector_hidden_dim=4 * width, projector_dim=4 * width,
-                predictor_hidden_dim=width)
-  net16 = models.create_network(**kwargs, dtype="bfloat16")
-  net32 = models.create_network(**kwargs, dtype="float32")
+  model = ModelOptions(depth=18, width=width, stem="cifar", projector_layers=2,
+                       projector_hidden_dim=4 * width, projector_dim=4 * width,
+                       predictor_hidden_dim=width, conv_impl="xla")
+  net16 = models.MixSiamNetwork(dataclasses.replace(model, half_precision=True), "cpu")
+  net32 = models.MixSiamNetwork(dataclasses.replace(model, half_precision=False), "cpu")
   images = _images(replicas * per_replica, size, folder)
   noise = np.random.default_rng(1).normal(scale=0.1, size=images.shape).astype(np.float32)
   views = np.stack([images, images[:, :, ::-1] + noise], axis=1)  # two "augmentations"

@@ -186,13 +186,13 @@ def bench_train_step(depth, width, batch_size, image_size, reps, blur):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import models, optim, sharding, train  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax.options import MethodOptions, PhotometricOptions  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.options import MethodOptions, ModelOptions, PhotometricOptions  # pylint: disable=g-import-not-at-top
   stem = "cifar" if image_size <= 64 else "imagenet"
-  network = models.create_network(depth=depth, width=width, stem=stem,
-                                  projector_layers=2 if stem == "cifar" else 3,
-                                  projector_hidden_dim=2048, projector_dim=2048,
-                                  predictor_hidden_dim=512)
   mesh = sharding.create_mesh(jax.devices()[:1])
+  # The dtype and convolution main.py would pick for this machine's devices.
+  network = models.MixSiamNetwork(
+      ModelOptions(depth=depth, width=width, stem=stem,
+                   projector_layers=2 if stem == "cifar" else 3), sharding.mesh_platform(mesh))
   schedule = optim.cosine_schedule(0.03 * batch_size / 256, 1000)
   tx = optim.create_pretrain_optimizer(schedule=schedule, peak_lr=0.03 * batch_size / 256,
                                        weight_decay=5e-4)

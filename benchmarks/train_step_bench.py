@@ -67,7 +67,7 @@ def build_jax(args):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from mixsiam_jax import optim, pretrain, sharding, train  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import models, optim, sharding, train  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.options import MethodOptions, ModelOptions, PhotometricOptions  # pylint: disable=g-import-not-at-top
 
   mesh = sharding.create_mesh(jax.devices()[:1])
@@ -77,7 +77,7 @@ def build_jax(args):
       projector_hidden_dim=args.projector_dim,
       projector_dim=args.projector_dim, predictor_hidden_dim=args.predictor_hidden_dim,
       half_precision=args.dtype == "bfloat16", conv_impl=args.conv_impl)
-  network = pretrain.create_network(model, sharding.mesh_platform(mesh))
+  network = models.MixSiamNetwork(model, sharding.mesh_platform(mesh))
   sched = optim.cosine_schedule(0.05, 10_000)
   tx = optim.create_pretrain_optimizer(schedule=sched, peak_lr=0.05,
                                        weight_decay=args.weight_decay)

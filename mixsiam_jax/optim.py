@@ -13,7 +13,7 @@ from typing import Any, Union
 import jax
 import optax
 
-OPTIMIZERS = ("sgd", "lars")
+from mixsiam_jax.options import OptimOptions
 
 
 def scaled_learning_rate(base_lr: float, global_batch_size: int) -> float:
@@ -115,10 +115,25 @@ def create_lars(*, schedule: Union[float, optax.Schedule], momentum: float = 0.9
       optax.scale_by_learning_rate(schedule))
 
 
-def create_optimizer(name: str, **kwargs) -> optax.GradientTransformation:
-  """Dispatches to create_pretrain_optimizer ('sgd') or create_lars ('lars')."""
-  if name == "sgd":
-    return create_pretrain_optimizer(**kwargs)
-  if name == "lars":
-    return create_lars(**kwargs)
-  raise ValueError(f"optim.name={name!r} must be one of {OPTIMIZERS}.")
+def create_optimizer(options: OptimOptions, schedule: optax.Schedule, peak_lr: float, *,
+                     has_predictor: bool) -> optax.GradientTransformation:
+  """The optimiser that ``options`` names, with its hyper-parameters.
+
+  Args:
+    options: validated optimiser options ('sgd' or 'lars').
+    schedule: learning-rate schedule (see cosine_schedule).
+    peak_lr: the predictor's constant learning rate when options.fix_predictor_lr.
+    has_predictor: whether the parameters have a top-level 'predictor' (the
+      pretraining network) whose learning rate fix_predictor_lr may hold; a
+      linear classifier has none.
+
+  Returns:
+    An optax GradientTransformation.
+  """
+  if options.name == "lars":
+    return create_lars(schedule=schedule, momentum=options.momentum,
+                       weight_decay=options.weight_decay)
+  return create_pretrain_optimizer(
+      schedule=schedule, peak_lr=peak_lr, momentum=options.momentum,
+      weight_decay=options.weight_decay,
+      fix_predictor_lr=options.fix_predictor_lr and has_predictor)

@@ -121,16 +121,6 @@ def model_meta(model: ModelOptions) -> Dict[str, Any]:
               conv_impl=model.conv_impl, num_classes=model.num_classes)
 
 
-def create_network(model: ModelOptions, platform: str) -> nn.Module:
-  """The MixSiam network for ``model`` with the dtype and convolution chosen for ``platform``."""
-  return models.create_network(
-      depth=model.depth, width=model.width, stem=model.stem,
-      projector_layers=model.projector_layers, projector_hidden_dim=model.projector_hidden_dim,
-      projector_dim=model.projector_dim, predictor_hidden_dim=model.predictor_hidden_dim,
-      dtype=model.compute_dtype(platform), remat=model.remat,
-      conv_impl=model.conv_implementation(platform), num_classes=model.num_classes)
-
-
 @dataclasses.dataclass(frozen=True)
 class Training:
   """What the loop needs, built from the options and a mesh.
@@ -163,17 +153,14 @@ def build_training(opts: PretrainOptions, mesh: Mesh, num_examples: int) -> Trai
     A Training.
   """
   platform = sharding.mesh_platform(mesh)
-  network = create_network(opts.model, platform)
+  network = models.MixSiamNetwork(opts.model, platform)
   num_steps = loop.steps("num_train_steps", steps=opts.num_train_steps, epochs=opts.num_epochs,
                          num_examples=num_examples, batch_size=opts.batch_size)
   warmup_steps = loop.steps("optim.warmup_epochs", steps=0, epochs=opts.optim.warmup_epochs,
                             num_examples=num_examples, batch_size=opts.batch_size)
   peak_lr = optim.scaled_learning_rate(opts.optim.base_lr, opts.batch_size)
   schedule = optim.cosine_schedule(peak_lr, num_steps, warmup_steps)
-  tx = optim.create_pretrain_optimizer(schedule=schedule, peak_lr=peak_lr,
-                                       momentum=opts.optim.momentum,
-                                       weight_decay=opts.optim.weight_decay,
-                                       fix_predictor_lr=opts.optim.fix_predictor_lr)
+  tx = optim.create_optimizer(opts.optim, schedule, peak_lr, has_predictor=True)
   photometric = opts.photometric if opts.photometric_on_device else None
   step = train.jit_train_step(train.make_train_step(schedule, opts.method, photometric), mesh)
   rep = sharding.replicated(mesh)

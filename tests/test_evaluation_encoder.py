@@ -9,12 +9,13 @@ import pytest
 from mixsiam_jax import checkpoint, sharding, weights
 from mixsiam_jax.evaluation import encoder
 from mixsiam_jax.models import MixSiamNetwork, ResNet
-from mixsiam_jax.options import OptionsError
+from mixsiam_jax.options import ModelOptions, OptionsError
 
 
 def test_embed_fn_is_the_networks_backbone_in_inference_mode():
-  network = MixSiamNetwork(depth=18, width=4, stem="cifar", projector_layers=2,
-                           projector_hidden_dim=8, projector_dim=8, predictor_hidden_dim=4)
+  network = MixSiamNetwork(ModelOptions(depth=18, width=4, stem="cifar", projector_layers=2,
+                                        projector_hidden_dim=8, projector_dim=8,
+                                        predictor_hidden_dim=4, conv_impl="xla"), "cpu")
   images = jax.random.normal(jax.random.key(1), (8, 8, 8, 3))
   variables = network.init(jax.random.key(0), images[:, None], train=True)
   # Non-trivial running statistics, so inference mode is visible.

@@ -7,6 +7,13 @@ import pytest
 
 from mixsiam_jax import models
 from mixsiam_jax.models import ResNet, ViewBatchNorm, precision
+from mixsiam_jax.options import ModelOptions
+
+
+def network(dtype="float32", conv_impl="xla", **model):
+  """A MixSiamNetwork with the given compute dtype and convolution (no platform default)."""
+  options = ModelOptions(half_precision=dtype == "bfloat16", conv_impl=conv_impl, **model)
+  return models.MixSiamNetwork(options, "cpu")
 
 
 def jit_init(module, shape, **kwargs):
@@ -60,15 +67,6 @@ def test_last_bn_of_every_block_starts_at_zero():
     assert np.all(params[name]["bn1"]["scale"] == 1), name
 
 
-def test_unknown_depth_is_refused():
-  with pytest.raises(ValueError, match="model.depth=20"):
-    models.create_network(depth=20, width=64, stem="cifar", projector_layers=2,
-                          projector_hidden_dim=8, projector_dim=8, predictor_hidden_dim=4)
-  with pytest.raises(ValueError, match="model.stem='vit'"):
-    models.create_network(depth=18, width=64, stem="vit", projector_layers=2,
-                          projector_hidden_dim=8, projector_dim=8, predictor_hidden_dim=4)
-
-
 def test_heads_shapes_and_affine_free_last_bn():
   proj = models.Projector(hidden_dim=32, out_dim=24, num_layers=3)
   v = proj.init(jax.random.key(0), jnp.zeros((4, 16)), train=True)
@@ -112,8 +110,8 @@ def test_view_batchnorm_matches_numpy_per_view():
 
 def test_one_pass_over_views_equals_one_encoder_call_per_view():
   """What the official code does (one call per view, state threaded) equals our single pass."""
-  net = models.create_network(depth=18, width=4, stem="cifar", projector_layers=2,
-                              projector_hidden_dim=16, projector_dim=16, predictor_hidden_dim=8)
+  net = network(depth=18, width=4, stem="cifar", projector_layers=2,
+                projector_hidden_dim=16, projector_dim=16, predictor_hidden_dim=8)
   views = jax.random.normal(jax.random.key(0), (6, 3, 8, 8, 3))
   variables = jit_init(net, views.shape)
   apply = jax.jit(lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats"]))
@@ -129,9 +127,9 @@ def test_one_pass_over_views_equals_one_encoder_call_per_view():
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
-  net = models.create_network(depth=18, width=4, stem="cifar", projector_layers=2,
-                              projector_hidden_dim=16, projector_dim=16, predictor_hidden_dim=8,
-                              dtype="bfloat16")
+  net = network(depth=18, width=4, stem="cifar", projector_layers=2,
+                projector_hidden_dim=16, projector_dim=16, predictor_hidden_dim=8,
+                dtype="bfloat16")
   views = jax.random.normal(jax.random.key(0), (4, 2, 8, 8, 3))
   variables = jit_init(net, views.shape)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
@@ -143,8 +141,8 @@ def test_remat_keeps_parameters_and_gradients_and_recomputes_every_block():
   """nn.remat on the residual blocks: same parameter tree and gradients, one barrier per block."""
   kwargs = dict(depth=18, width=4, stem="cifar", projector_layers=2, projector_hidden_dim=16,
                 projector_dim=16, predictor_hidden_dim=8)
-  plain = models.create_network(**kwargs)
-  remat = models.create_network(**kwargs, remat=True)
+  plain = network(**kwargs)
+  remat = network(**kwargs, remat=True)
   views = jax.random.normal(jax.random.key(0), (8, 2, 16, 16, 3))
   variables = jit_init(plain, views.shape)
   assert jax.tree.structure(jit_init(remat, views.shape)) == jax.tree.structure(variables)
@@ -172,7 +170,7 @@ def test_conv_impl_keeps_parameters_outputs_and_gradients(depth, stem):
   """XLA convolutions vs per-tap matmul weight gradients: one model, two speeds."""
   kwargs = dict(depth=depth, width=4, stem=stem, projector_layers=2, projector_hidden_dim=16,
                 projector_dim=16, predictor_hidden_dim=8)
-  nets = [models.create_network(**kwargs, conv_impl=c) for c in ("xla", "matmul_weight_grad")]
+  nets = [network(**kwargs, conv_impl=c) for c in ("xla", "matmul_weight_grad")]
   views = jax.random.normal(jax.random.key(0), (4, 2, 32, 32, 3))
   variables = jit_init(nets[0], views.shape)
   assert jax.tree.structure(jit_init(nets[1], views.shape)) == jax.tree.structure(variables)
@@ -191,20 +189,16 @@ def test_conv_impl_keeps_parameters_outputs_and_gradients(depth, stem):
       a, b, rtol=1e-4, atol=1e-5 * float(np.abs(a).max())), g0, g1)
 
 
-def test_conv_impl_must_be_known():
-  with pytest.raises(ValueError, match="model.conv_impl"):
-    models.create_network(depth=18, width=8, stem="cifar", projector_layers=2,
-                          projector_hidden_dim=16, projector_dim=16, predictor_hidden_dim=8,
-                          conv_impl="cudnn")
-
-
-@pytest.mark.parametrize("field", ["dtype", "conv_impl"])
-def test_auto_is_resolved_by_the_caller_not_the_host(field):
-  """'auto' depends on the devices of the mesh, which the network cannot know."""
-  with pytest.raises(ValueError, match=f"{field}='auto'.*mesh's platform"):
-    models.create_network(depth=18, width=8, stem="cifar", projector_layers=2,
-                          projector_hidden_dim=16, projector_dim=16, predictor_hidden_dim=8,
-                          **{field: "auto"})
+@pytest.mark.parametrize("platform,dtype,conv_impl", [
+    ("cpu", jnp.float32, "matmul_weight_grad"), ("tpu", jnp.bfloat16, "xla"),
+    ("gpu", jnp.bfloat16, "xla")])
+def test_platform_of_the_mesh_decides_dtype_and_convolution(platform, dtype, conv_impl):
+  """The default options leave both to the platform the network is built for."""
+  backbone = models.MixSiamNetwork(ModelOptions(), platform).bind({}).backbone
+  assert (backbone.dtype, backbone.conv_impl) == (dtype, conv_impl)
+  forced = ModelOptions(half_precision=False, conv_impl="xla")
+  backbone = models.MixSiamNetwork(forced, platform).bind({}).backbone
+  assert (backbone.dtype, backbone.conv_impl) == (jnp.float32, "xla")
 
 
 def test_every_bottleneck_convolution_uses_conv_impl():
@@ -214,7 +208,7 @@ def test_every_bottleneck_convolution_uses_conv_impl():
   views = jnp.zeros((2, 2, 32, 32, 3))
 
   def loops(conv_impl):
-    net = models.create_network(**kwargs, conv_impl=conv_impl)
+    net = network(**kwargs, conv_impl=conv_impl)
     variables = jax.eval_shape(lambda: net.init(jax.random.key(0), views, train=True))
     loss = lambda p, s: net.apply({"params": p, "batch_stats": s}, views, train=True,
                                   mutable=["batch_stats"])[0]["p"].sum()
@@ -246,7 +240,7 @@ def test_bfloat16_network_gradients_are_float32_and_close_to_float32_compute():
   kwargs = dict(depth=18, width=4, stem="cifar", projector_layers=2, projector_hidden_dim=16,
                 projector_dim=16, predictor_hidden_dim=8)
   views = jax.random.normal(jax.random.key(0), (8, 2, 8, 8, 3))
-  nets = [models.create_network(**kwargs, dtype=d) for d in ("float32", "bfloat16")]
+  nets = [network(**kwargs, dtype=d) for d in ("float32", "bfloat16")]
   variables = jit_init(nets[0], views.shape)
 
   def grads(net):

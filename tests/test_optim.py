@@ -1,6 +1,7 @@
 """Optimisers and schedules against NumPy re-implementations of the PyTorch reference."""
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ import optax
 import pytest
 
 from mixsiam_jax import optim
+from mixsiam_jax.options import OptimOptions
 
 
 def test_linear_scaling_rule():
@@ -103,6 +105,27 @@ def test_lars_matches_official_simsiam_lars():
     np.testing.assert_allclose(p[k], ref[k], rtol=1e-5, atol=1e-6)
 
 
-def test_unknown_optimizer_is_refused():
-  with pytest.raises(ValueError, match="optim.name='adam'"):
-    optim.create_optimizer("adam", schedule=0.1)
+def _first_update(tx, params, grads):
+  updates, _ = tx.update(grads, tx.init(params), params)
+  return updates
+
+
+def test_create_optimizer_follows_the_options():
+  """sgd holds the predictor at peak_lr only with a predictor; lars is create_lars."""
+  params = {"backbone": jnp.ones((3, 2)), "predictor": jnp.ones((3, 2))}
+  grads = {"backbone": jnp.full((3, 2), 2.0), "predictor": jnp.full((3, 2), 2.0)}
+  schedule = lambda step: 0.5  # the encoder's lr at step 0; peak_lr below is 1.0
+  sgd = OptimOptions(name="sgd", momentum=0.9, weight_decay=0.0, fix_predictor_lr=True)
+  held = _first_update(optim.create_optimizer(sgd, schedule, 1.0, has_predictor=True),
+                       params, grads)
+  np.testing.assert_allclose(held["backbone"], -1.0)   # -0.5 x 2
+  np.testing.assert_allclose(held["predictor"], -2.0)  # -1.0 x 2
+  plain = _first_update(optim.create_optimizer(sgd, schedule, 1.0, has_predictor=False),
+                        params, grads)
+  np.testing.assert_allclose(plain["predictor"], -1.0)
+  lars = OptimOptions(name="lars", momentum=0.9, weight_decay=1e-3)
+  got = _first_update(optim.create_optimizer(lars, schedule, 1.0, has_predictor=False),
+                      params, grads)
+  want = _first_update(optim.create_lars(schedule=schedule, momentum=0.9, weight_decay=1e-3),
+                       params, grads)
+  chex.assert_trees_all_close(got, want, rtol=0, atol=0)

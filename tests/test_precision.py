@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixsiam_jax import augment, models, optim, photometric, sharding, train
+from mixsiam_jax import models, optim, photometric, sharding, train
 from mixsiam_jax.options import MethodOptions, ModelOptions
 
 IMAGE = 16
@@ -33,11 +33,17 @@ UPDATE_NORM_RTOL = 0.10
 PARAM_RTOL_OF_UPDATE = 0.30
 
 
+def network(dtype="float32", conv_impl="xla", **model):
+  """A MixSiamNetwork with the given compute dtype and convolution (no platform default)."""
+  options = ModelOptions(half_precision=dtype == "bfloat16", conv_impl=conv_impl, **model)
+  return models.MixSiamNetwork(options, "cpu")
+
+
 def _run(dtype):
   mesh = sharding.create_mesh(jax.devices()[:1])
-  net = models.create_network(depth=18, width=8, stem="cifar", projector_layers=2,
-                              projector_hidden_dim=64, projector_dim=64, predictor_hidden_dim=16,
-                              dtype=dtype)
+  net = network(depth=18, width=8, stem="cifar", projector_layers=2,
+                projector_hidden_dim=64, projector_dim=64, predictor_hidden_dim=16,
+                dtype=dtype)
   sched = optim.cosine_schedule(0.1, 100)
   tx = optim.create_pretrain_optimizer(schedule=sched, peak_lr=0.1, weight_decay=5e-4)
   state = train.create_train_state(jax.random.key(0), net, tx, image_size=IMAGE, mesh=mesh)
@@ -92,12 +98,9 @@ def test_master_weights_statistics_and_optimizer_state_stay_float32(runs):
 
 def test_auto_dtype_is_float32_on_a_cpu_mesh():
   # 'auto' follows the mesh's devices (options.ModelOptions), never the host's backend.
-  dtype = ModelOptions(half_precision=None).compute_dtype(
-      sharding.mesh_platform(sharding.create_mesh()))
-  net = models.create_network(depth=18, width=4, stem="cifar", projector_layers=2,
-                              projector_hidden_dim=8, projector_dim=8, predictor_hidden_dim=4,
-                              dtype=dtype)
-  assert net.dtype == jnp.float32
+  platform = sharding.mesh_platform(sharding.create_mesh())
+  net = models.MixSiamNetwork(ModelOptions(half_precision=None), platform)
+  assert net.bind({}).backbone.dtype == jnp.float32
 
 
 def _sequential_jitter(rng, img, color_jitter):

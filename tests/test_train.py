@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mixsiam_jax import models, optim, sharding, train
-from mixsiam_jax.options import MethodOptions, PhotometricOptions
+from mixsiam_jax.options import MethodOptions, ModelOptions, PhotometricOptions
 
 IMAGE = 8
 BATCH = 16
@@ -13,9 +13,15 @@ PHOTOMETRIC = PhotometricOptions(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter
                                  grayscale_prob=0.2, blur_prob=0.5, blur_sigma=(0.1, 2.0))
 
 
+def network(dtype="float32", conv_impl="xla", **model):
+  """A MixSiamNetwork with the given compute dtype and convolution (no platform default)."""
+  options = ModelOptions(half_precision=dtype == "bfloat16", conv_impl=conv_impl, **model)
+  return models.MixSiamNetwork(options, "cpu")
+
+
 def tiny_network():
-  return models.create_network(depth=18, width=4, stem="cifar", projector_layers=2,
-                               projector_hidden_dim=32, projector_dim=32, predictor_hidden_dim=8)
+  return network(depth=18, width=4, stem="cifar", projector_layers=2,
+                 projector_hidden_dim=32, projector_dim=32, predictor_hidden_dim=8)
 
 
 def make(mesh, lam=0.5, photometric=PHOTOMETRIC, **method):
@@ -137,7 +143,7 @@ def test_online_probe_learns_without_touching_the_encoder():
   batch["label"][0] = -1  # unlabelled examples are ignored by the probe
   after = {}
   for classes in (0, 10):
-    net = models.create_network(**kwargs, num_classes=classes)
+    net = network(**kwargs, num_classes=classes)
     state = train.create_train_state(jax.random.key(0), net, tx, image_size=IMAGE, mesh=mesh)
     step = train.jit_train_step(train.make_train_step(sched, MethodOptions()), mesh)
     state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.key(1))

@@ -216,11 +216,7 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str, config_dict: Dict[
   warmup = loop.steps("optim.warmup_epochs", steps=0, epochs=opts.optim.warmup_epochs, **duration)
   peak_lr = optim.scaled_learning_rate(opts.optim.base_lr, opts.batch_size)
   schedule = optim.cosine_schedule(peak_lr, num_steps, warmup)
-  hyper = dict(schedule=schedule, momentum=opts.optim.momentum,
-               weight_decay=opts.optim.weight_decay)
-  if opts.optim.name == "sgd":  # Plain SGD: a classifier has no predictor to hold at peak_lr.
-    hyper.update(peak_lr=peak_lr, fix_predictor_lr=False)
-  tx = optim.create_optimizer(opts.optim.name, **hyper)
+  tx = optim.create_optimizer(opts.optim, schedule, peak_lr, has_predictor=False)
   return _Probe(opts=opts, mesh=mesh, frozen=frozen, data=data, num_classes=info.num_classes,
                 num_steps=num_steps, schedule=schedule, tx=tx, start_step=start_step)
 

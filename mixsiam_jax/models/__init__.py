@@ -1,8 +1,8 @@
 """Flax Linen models: ResNet family, projector, predictor and the MixSiam network."""
 from mixsiam_jax.models.heads import Predictor, Projector
-from mixsiam_jax.models.mixsiam import MixSiamNetwork, create_network
+from mixsiam_jax.models.mixsiam import MixSiamNetwork
 from mixsiam_jax.models.norm import ViewBatchNorm
 from mixsiam_jax.models.resnet import ResNet, RESNET_STAGES
 
-__all__ = ["Predictor", "Projector", "MixSiamNetwork", "create_network", "ViewBatchNorm",
+__all__ = ["Predictor", "Projector", "MixSiamNetwork", "ViewBatchNorm",
            "ResNet", "RESNET_STAGES"]

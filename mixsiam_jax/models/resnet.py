@@ -6,8 +6,7 @@ Padding is explicit and symmetric as in PyTorch, so imported torchvision weights
 give the same features. The output is the globally average-pooled feature
 vector (no classifier).
 """
-from functools import partial
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -54,43 +53,38 @@ def conv_layer(features: int, kernel: int, stride: int, dtype: Any, conv_impl: s
                  conv_general_dilated=conv_function(conv_impl, dtype), **extra, **kwargs)
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convolutions with an identity or 1x1 projection shortcut."""
+class ResidualBlock(nn.Module):
+  """torchvision's residual blocks: 'basic' (3x3 -> 3x3) or 'bottleneck' (1x1 ->
+  3x3, strided as in torchvision v1.5 -> 1x1 x4), with an identity or 1x1
+  projection shortcut.
+
+  Parameters are named conv1, bn1, conv2, ... and downsample_conv/_bn, as in
+  torchvision, whichever the kind.
+  """
+  kind: str
   features: int
   stride: int
   dtype: Any = jnp.float32
   conv_impl: str = "xla"
-  expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool, num_views: int):
-    bn = partial(ViewBatchNorm, dtype=self.dtype)
-    y = conv_layer(self.features, 3, self.stride, self.dtype, self.conv_impl, name="conv1")(x)
-    y = nn.relu(bn(name="bn1")(y, train, num_views))
-    y = conv_layer(self.features, 3, 1, self.dtype, self.conv_impl, name="conv2")(y)
-    # Zero-init of the last scale makes each block start as the identity.
-    y = bn(name="bn2", scale_init=nn.initializers.zeros)(y, train, num_views)
-    return nn.relu(y + _shortcut(self, x, self.features, train, num_views))
-
-
-class Bottleneck(nn.Module):
-  """1x1 -> 3x3 (strided, as in torchvision v1.5) -> 1x1 x4 with a shortcut."""
-  features: int
-  stride: int
-  dtype: Any = jnp.float32
-  conv_impl: str = "xla"
-  expansion = 4
-
-  @nn.compact
-  def __call__(self, x, train: bool, num_views: int):
-    bn = partial(ViewBatchNorm, dtype=self.dtype)
-    y = conv_layer(self.features, 1, 1, self.dtype, self.conv_impl, name="conv1")(x)
-    y = nn.relu(bn(name="bn1")(y, train, num_views))
-    y = conv_layer(self.features, 3, self.stride, self.dtype, self.conv_impl, name="conv2")(y)
-    y = nn.relu(bn(name="bn2")(y, train, num_views))
-    y = conv_layer(self.features * 4, 1, 1, self.dtype, self.conv_impl, name="conv3")(y)
-    y = bn(name="bn3", scale_init=nn.initializers.zeros)(y, train, num_views)
-    return nn.relu(y + _shortcut(self, x, self.features * 4, train, num_views))
+    # (output channels, kernel, stride) of each convolution.
+    if self.kind == "basic":
+      convs = [(self.features, 3, self.stride), (self.features, 3, 1)]
+    else:
+      convs = [(self.features, 1, 1), (self.features, 3, self.stride),
+               (self.features * 4, 1, 1)]
+    y = x
+    for i, (features, kernel, stride) in enumerate(convs, start=1):
+      last = i == len(convs)
+      y = conv_layer(features, kernel, stride, self.dtype, self.conv_impl, name=f"conv{i}")(y)
+      # Zero-init of the last scale makes each block start as the identity.
+      y = ViewBatchNorm(dtype=self.dtype, name=f"bn{i}",
+                        scale_init=nn.initializers.zeros if last else nn.initializers.ones
+                        )(y, train, num_views)
+      y = y if last else nn.relu(y)
+    return nn.relu(y + _shortcut(self, x, convs[-1][0], train, num_views))
 
 
 def _shortcut(block: nn.Module, x, out_features: int, train: bool, num_views: int):
@@ -155,7 +149,7 @@ class ResNet(nn.Module):
     """
     check_resnet_options(self.depth, self.width, self.stem)
     kind, stages = RESNET_STAGES[self.depth]
-    block_cls = BasicBlock if kind == "basic" else Bottleneck
+    block_cls = ResidualBlock
     if self.remat:
       # `train` and `num_views` (positions 2 and 3, counting self) select Python branches.
       block_cls = nn.remat(block_cls, static_argnums=(2, 3))
@@ -170,6 +164,6 @@ class ResNet(nn.Module):
     for stage, num_blocks in enumerate(stages):
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = block_cls(self.width * 2**stage, stride, self.dtype, self.conv_impl,
+        x = block_cls(kind, self.width * 2**stage, stride, self.dtype, self.conv_impl,
                       name=f"layer{stage + 1}_{block}")(x, train, num_views)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -73,6 +73,27 @@ def main(argv):
             else contextlib.nullcontext())
     with lock:
       _program(program)(config, FLAGS.workdir)
+  _exit_without_teardown()
+
+
+def _exit_without_teardown() -> None:
+  """Ends a finished or preempted run at once, its outputs written and closed.
+
+  The program has returned: its checkpoints are committed, its metric writers
+  and checkpoint manager closed, and the workdir lock released. What Python's
+  teardown would still do is free the tf.data iterator, whose destructor joins
+  TensorFlow's autotuning thread, and that thread sleeps out its optimisation
+  period (growing to 60 s) without waking: measured 5-56 s between "Stopped at
+  step N" and the exit, more than a preemption's grace period leaves. Skipping
+  the teardown skips only that wait and the final garbage collection.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:
+    jax.distributed.shutdown()  # The barrier at the end of a multi-process run.
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(0)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

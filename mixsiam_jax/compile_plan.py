@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -177,7 +177,8 @@ def plan_and_compile(config: ml_collections.ConfigDict, topology: topologies.Top
 
 
 def max_batch(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
-              remat: bool, start: int) -> Dict[str, Any]:
+              remat: bool, start: int, known: Optional[Dict[int, bool]] = None,
+              report: Callable[[str], None] = lambda line: None) -> Dict[str, Any]:
   """The largest per-device batch whose step fits: powers of two, then bisection.
 
   Doubling (or halving) from ``start`` finds a fitting power of two and the next
@@ -185,15 +186,30 @@ def max_batch(config: ml_collections.ConfigDict, topology: topologies.Topology, 
   batch (multiples of 8 from batch 64 up), so the answer is within 12.5% below
   the true limit.
 
+  Args:
+    config: the pretraining config.
+    topology: the devices to compile for.
+    remat: search with remat on or off.
+    start: the per-device batch to start from.
+    known: per-device batch -> fits, for batches already compiled with this
+      ``remat`` (not compiled again).
+    report: called with one line per compile (a search takes many minutes).
+
   Returns:
     {'remat', 'per_device_batch' (0: not even 1 fits), 'tried': [[batch, fits]]}.
   """
   tried: List[List[Any]] = []
+  known = dict(known or {})
 
   def fits(batch: int) -> bool:
-    result = plan(config, topology, per_device_batch=batch, remat=remat)
-    tried.append([batch, result["status"] != "does_not_fit"])
-    return tried[-1][1]
+    if batch not in known:
+      result = plan(config, topology, per_device_batch=batch, remat=remat)
+      known[batch] = result["status"] != "does_not_fit"
+      report(f"  remat {remat}, {batch} per device: "
+             f"{'fits' if known[batch] else 'does not fit'} "
+             f"(compiled in {result.get('compile_seconds', 0):.0f} s)")
+    tried.append([batch, known[batch]])
+    return known[batch]
 
   batch = max(1, 2 ** (max(1, start).bit_length() - 1))
   if fits(batch):
@@ -256,7 +272,10 @@ def main(argv):
     print(compile_report.summary(result), flush=True)
     if FLAGS.max_batch:
       start = result["per_device_batch"]
-      result["max_batch"] = [max_batch(config, topology, remat=r, start=start)
+      known = {False: {}, True: {}}
+      known[bool(result["remat"])][start] = result["status"] != "does_not_fit"
+      result["max_batch"] = [max_batch(config, topology, remat=r, start=start, known=known[r],
+                                       report=lambda line: print(line, flush=True))
                              for r in (False, True)]
       for row in result["max_batch"]:
         print(f"largest per-device batch that fits, remat {row['remat']}: "

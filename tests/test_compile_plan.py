@@ -48,9 +48,16 @@ def test_max_batch_search(monkeypatch, limit, start, expected):
     return {"status": "fits" if per_device_batch <= limit else "does_not_fit"}
 
   monkeypatch.setattr(compile_plan, "plan", fake_plan)
-  found = compile_plan.max_batch(None, None, remat=True, start=start)
+  lines = []
+  found = compile_plan.max_batch(None, None, remat=True, start=start, report=lines.append)
   assert found["per_device_batch"] == expected and found["remat"]
   assert [b for b, _ in found["tried"]] == tried
+  assert len(lines) == len(tried)  # one progress line per compile
+  # A batch already compiled (the plan's own) is not compiled again.
+  first, tried[:] = list(tried), []
+  compile_plan.max_batch(None, None, remat=True, start=start,
+                         known={b: b <= limit for b in first[:1]})
+  assert tried == first[1:]
   if expected:  # within 1/8 below the limit, multiples of 8 from 64 up
     assert limit - expected < max(1, expected // 8) and len(tried) <= 16
 

@@ -81,12 +81,20 @@ def create_train_state(rng: jax.Array, network: nn.Module, tx: optax.GradientTra
   abstract = abstract_train_state(network, tx, image_size=image_size, mesh=mesh)
   lowered = jax.jit(_init_fn(network, tx, image_size),
                     out_shardings=jax.tree.map(lambda x: x.sharding, abstract)).lower(rng)
-  # Initialisation runs once; on CPU, XLA's optimiser spends tens of seconds on the
-  # dozens of unrolled random-number kernels for nothing, so skip it there. The
-  # option exists only for XLA:CPU, so it follows the mesh's devices, not the host.
-  cpu = sharding.mesh_platform(mesh) == "cpu"
-  options = {"xla_backend_optimization_level": 0} if cpu else None
-  return lowered.compile(compiler_options=options)(rng)
+  return lowered.compile(compiler_options=init_compiler_options(mesh))(rng)
+
+
+def init_compiler_options(mesh: Mesh) -> Optional[Dict[str, Any]]:
+  """XLA options for compiling the initialisation on ``mesh`` (None: the defaults).
+
+  Initialisation runs once; on CPU, XLA's optimiser spends tens of seconds on the
+  dozens of unrolled random-number kernels for nothing, so it is skipped there.
+  The option exists only for XLA:CPU, so it follows the mesh's devices, never the
+  host's backend (a TPU mesh built on a CPU host gets the defaults).
+  """
+  if sharding.mesh_platform(mesh) == "cpu":
+    return {"xla_backend_optimization_level": 0}
+  return None
 
 
 def _collapse_std(z: jax.Array) -> jax.Array:

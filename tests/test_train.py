@@ -171,3 +171,13 @@ def test_abstract_state_describes_the_initialised_state_without_computing_it():
     assert isinstance(a, jax.ShapeDtypeStruct)
     assert (a.shape, a.dtype) == (s.shape, s.dtype)
     assert a.sharding == s.sharding == sharding.replicated(mesh)
+
+
+def test_init_compiler_options_follow_the_mesh_not_the_host():
+  """The XLA:CPU-only option is for CPU meshes; a TPU mesh built on this CPU host gets none."""
+  assert train.init_compiler_options(sharding.create_mesh()) == {
+      "xla_backend_optimization_level": 0}
+  pytest.importorskip("libtpu", reason="libtpu is not installed (requirements-accelerators.txt)")
+  from mixsiam_jax import topologies  # pylint: disable=g-import-not-at-top
+  tpu_mesh = sharding.create_mesh(topologies.devices_for("v5e:2x2").devices)
+  assert train.init_compiler_options(tpu_mesh) is None

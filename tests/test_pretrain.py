@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import cifar10
+from configs import cifar10, imagenet
 from mixsiam_jax import pretrain, workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -137,3 +137,13 @@ def test_negative_learning_rate_is_refused(tmp_path):
   config.optim.base_lr = -1.0
   with pytest.raises(ValueError, match=r"optim\.base_lr=-1\.0 must be a positive number"):
     pretrain.train_and_evaluate(config, str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("variant,batch,warmup", [("", 128, 0), ("b512", 512, 0),
+                                                  ("b4096", 4096, 10)])
+def test_imagenet_variants_are_valid_recipes(variant, batch, warmup):
+  """Batch and warm-up of each variant; lr by the linear rule (0.05 x batch / 256)."""
+  opts = pretrain.options_from_config(imagenet.get_config(variant))
+  assert (opts.batch_size, opts.optim.warmup_epochs) == (batch, warmup)
+  assert (opts.model.depth, opts.model.stem, opts.image_size) == (50, "imagenet", 224)
+  assert opts.optim.base_lr == 0.05

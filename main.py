@@ -81,11 +81,12 @@ def _exit_without_teardown() -> None:
 
   The program has returned: its checkpoints are committed, its metric writers
   and checkpoint manager closed, and the workdir lock released. What Python's
-  teardown would still do is free the tf.data iterator, whose destructor joins
-  TensorFlow's autotuning thread, and that thread sleeps out its optimisation
-  period (growing to 60 s) without waking: measured 5-56 s between "Stopped at
-  step N" and the exit, more than a preemption's grace period leaves. Skipping
-  the teardown skips only that wait and the final garbage collection.
+  teardown would still do is wait for the threads releasing tf.data iterators
+  (data/iterate.py): each release joins TensorFlow's autotuning thread, which
+  sleeps out its optimisation period (growing to 60 s) without waking. Measured
+  5-56 s between "Stopped at step N" and the exit, more than a preemption's
+  grace period leaves. Skipping the teardown skips only that wait and the
+  final garbage collection.
   """
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_count() > 1:

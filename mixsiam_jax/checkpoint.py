@@ -13,6 +13,7 @@ import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
@@ -56,9 +57,28 @@ def create_manager(directory: str, *, keep: int = 3, keep_every_steps: int = 0,
       preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
       enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
       save_interval_steps=0 if read_only else 1)
+  state_handler = ocp.PyTreeCheckpointHandler(type_handler_registry=_handlers_without_slicing())
   return ocp.CheckpointManager(
       directory, options=options,
-      item_handlers={STATE: ocp.PyTreeCheckpointHandler(), META: ocp.JsonCheckpointHandler()})
+      item_handlers={STATE: state_handler, META: ocp.JsonCheckpointHandler()})
+
+
+def _handlers_without_slicing() -> ocp.type_handlers.TypeHandlerRegistry:
+  """Orbax's numeric type handlers, with each replicated array written whole by replica 0.
+
+  Orbax's default (replica-parallel, except where JAX_PLATFORMS names a GPU)
+  splits every replicated array across its replicas, slicing it with a small
+  XLA program per array shape and replica. Those programs compile at the first
+  save of each process: 3.3 s instead of 0.45 s for 100 small arrays on 8 CPU
+  devices, and most of the 10-20 s between SIGTERM and the stop of the tiny
+  CIFAR config, whose preemption save is often the first save after a resume.
+  Sharded arrays are still written shard by shard by their owners.
+  """
+  scalar = ocp.type_handlers.ScalarHandler()
+  return ocp.type_handlers.create_type_handler_registry(
+      (int, scalar), (float, scalar), (np.number, scalar),
+      (np.ndarray, ocp.type_handlers.NumpyHandler()),
+      (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False)))
 
 
 def latest_step(directory: str) -> int:

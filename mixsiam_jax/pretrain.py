@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from mixsiam_jax import augment, checkpoint, loop, models, optim, sharding, train
 from mixsiam_jax import metric_writer, workdir as workdir_lib
-from mixsiam_jax.data import pipeline, sources
+from mixsiam_jax.data import iterate, pipeline, sources
 from mixsiam_jax.options import (MethodOptions, ModelOptions, OptimOptions, OptionsError,
                                  PhotometricOptions)
 
@@ -299,7 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if start_step == 0:
       writer.write_hparams({k: v for k, v in workdir_lib.flatten_config(config_dict).items()
                             if isinstance(v, (int, float, str, bool))})
-    batches = sharding.prefetch_to_mesh(data.as_numpy_iterator(), mesh, config.data.prefetch)
+    batches = sharding.prefetch_to_mesh(iterate.numpy_batches(data), mesh, config.data.prefetch)
     batches = _write_preview(writer, batches, training, step_rng, state.step, start_step)
     hooks = []
     if jax.process_index() == 0 and config.profile_steps:

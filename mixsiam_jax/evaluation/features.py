@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from mixsiam_jax import augment, sharding
-from mixsiam_jax.data import DatasetError, host_augment, pipeline, sources
+from mixsiam_jax.data import DatasetError, host_augment, iterate, pipeline, sources
 from mixsiam_jax.options import OptionsError
 
 
@@ -145,7 +145,7 @@ def dataset_features(embed_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, dat
   ds = pipeline.create_eval_dataset(dataset, split, global_batch_size=batch_size,
                                     image_size=image_size, transform=transform,
                                     skip_bad_images=skip_bad_images, field=field)
-  batches = sharding.prefetch_to_mesh(ds.as_numpy_iterator(), mesh, 2)
+  batches = sharding.prefetch_to_mesh(iterate.numpy_batches(ds), mesh, 2)
   return extract_features(embed_fn, batches)
 
 

@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from mixsiam_jax import checkpoint, loop, optim, sharding
 from mixsiam_jax import metric_writer, workdir as workdir_lib
-from mixsiam_jax.data import pipeline
+from mixsiam_jax.data import iterate, pipeline
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.evaluation import encoder, features, program
 from mixsiam_jax.options import OptimOptions, OptionsError
@@ -229,7 +229,7 @@ def _train_batches(p: _Probe, embed: Callable[[jax.Array], jax.Array]) -> Iterat
         dataset=p.data.dataset, split=p.data.train_split, global_batch_size=p.opts.batch_size,
         image_size=p.data.image_size, seed=p.opts.seed, crop_scale=p.opts.crop_scale,
         skip_bad_images=p.data.skip_bad_images, num_views=1), start_step=p.start_step)
-    return ({"image": b["views"][:, 0], "label": b["label"]} for b in ds.as_numpy_iterator())
+    return ({"image": b["views"][:, 0], "label": b["label"]} for b in iterate.numpy_batches(ds))
   # Fast variant: features of the un-augmented training images, computed once.
   feats, labels = features.split_features(embed, p.mesh, p.data, "train")
   return feature_batches(feats, labels, batch_size=p.opts.batch_size, seed=p.opts.seed,

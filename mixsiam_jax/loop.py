@@ -274,6 +274,10 @@ def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: in
         if evaluate is not None and (eval_step or last_step):
           writer.write_scalars(step, evaluate(state))
         if save_now:
+          # A run killed once this checkpoint exists resumes after it: its
+          # metrics must be on disk first (the JSONL writer holds a step's row
+          # until the next step arrives, to merge evaluations into it).
+          writer.flush()
           checkpoint.save(manager, step, to_tree(state), meta)
         if stop_now:
           logging.warning("Stopped at step %d on request; rerun the same command to resume.", step)

@@ -47,12 +47,13 @@ class ListWriter:
 
   def __init__(self):
     self.rows, self.closed = [], False
+    self.flushed_through = 0  # the newest step written when last flushed
 
   def write_scalars(self, step, scalars):
     self.rows.append((step, dict(scalars)))
 
   def flush(self):
-    pass
+    self.flushed_through = max([step for step, _ in self.rows], default=0)
 
   def close(self):
     self.closed = True
@@ -105,6 +106,23 @@ def test_logs_means_with_progress_and_checkpoints_the_end(tmp_path):
   assert "uptime" in logged[4] and logged[6]["steps_per_sec"] > 0
   assert evaluations == [6] and writer.closed
   assert saved_steps(tmp_path) == [3, 6]
+
+
+def test_a_step_is_flushed_to_the_metrics_before_its_checkpoint_starts(tmp_path, monkeypatch):
+  """A kill after checkpoint s exists must not lose step s's metrics (the resume starts at s+1)."""
+  flushed_at_save, original, writer = {}, checkpoint.save, ListWriter()
+
+  def recording_save(manager, step, tree, meta):
+    flushed_at_save[step] = writer.flushed_through
+    original(manager, step, tree, meta)
+
+  monkeypatch.setattr(checkpoint, "save", recording_save)
+  manager = checkpoint.create_manager(str(tmp_path / "ckpt"), async_save=False)
+  options = loop.LoopOptions(num_steps=9, log_every_steps=1, checkpoint_every_steps=3)
+  loop.run(FakeProgram().step, {"step": 0, "w": np.zeros(3, np.float32)},
+           iter(np.ones(9, np.float32)), start_step=0, options=options, manager=manager,
+           to_tree=lambda s: {"w": s["w"]}, meta={}, writer=writer)
+  assert flushed_at_save == {3: 3, 6: 6, 9: 9}
 
 
 def test_progress_times_finished_steps_and_leaves_out_the_first(tmp_path):

@@ -253,6 +253,7 @@ def interrupted(straight, cifar_jpeg_folder, tmp_path_factory):
   return facts
 
 
+@pytest.mark.xdist_group("interrupted")  # one ~200 s fixture for the four
 def test_sigterm_saves_current_step_and_exits_zero(interrupted):
   """Promise 3: SIGTERM -> checkpoint at the step it arrived in, fully written, exit 0."""
   f = interrupted
@@ -269,6 +270,7 @@ def test_sigterm_saves_current_step_and_exits_zero(interrupted):
   assert f"at step {stop}." in f["b_log"], f["b_log"][-3000:]
 
 
+@pytest.mark.xdist_group("interrupted")  # one ~200 s fixture for the four
 def test_sigterm_exit_follows_the_stop_at_once(interrupted):
   """After 'Stopped at step N' only the pending save remains: no teardown wait.
 
@@ -280,6 +282,7 @@ def test_sigterm_exit_follows_the_stop_at_once(interrupted):
   assert seconds is not None and seconds < 5.0, f"exit {seconds} s after the stop message"
 
 
+@pytest.mark.xdist_group("interrupted")  # one ~200 s fixture for the four
 def test_partial_save_is_never_latest(interrupted):
   """Promise 2: a crashed save (Orbax's tmp directory) is invisible; the previous step is used."""
   f = interrupted
@@ -292,6 +295,7 @@ def test_partial_save_is_never_latest(interrupted):
   assert steps_on_disk(f["workdir"])[1] == STEPS
 
 
+@pytest.mark.xdist_group("interrupted")  # one ~200 s fixture for the four
 def test_resume_after_sigterm_sigkill_and_crash_is_bit_exact(interrupted, straight):
   """Promise 1 (+8): the interrupted run ends bit-identical to the straight one.
 
@@ -414,35 +418,51 @@ def test_changed_config_on_resume_is_refused_untouched(straight, cifar_jpeg_fold
 # ---------------------------------------------------------------------------
 # Promise 4: two processes.
 # ---------------------------------------------------------------------------
-def start_pair(workdir, data, *extra, port, ids=False):
+def start_pair(workdir, data, *extra, port, ids=False, attempt=1):
   return [start(workdir, data, f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                f"--process_id={i}", *extra, devices=4, log=pathlib.Path(f"{workdir}.p{i}.log"),
+                f"--process_id={i}", *extra, devices=4,
+                log=pathlib.Path(f"{workdir}.{attempt}.p{i}.log"),
                 ids_file=pathlib.Path(f"{workdir}.ids{i}.jsonl") if ids else None)
           for i in range(2)]
 
 
-def test_two_processes_match_one(straight, cifar_jpeg_folder, tmp_path):
+def test_two_processes_stop_together_and_match_one(straight, cifar_jpeg_folder, tmp_path):
   """2 processes x 4 devices (jax.distributed on localhost) = the 8-device 1-process run.
 
-  Each step's global batch is the straight run's, row for row (process 0 loads
-  rows 0-7, process 1 rows 8-15); logged metrics agree to float32 round-off
-  (cross-process sums run in another order); both processes write one checkpoint.
+  A preemption notice reaching one host (SIGTERM to process 1 once step 2 is
+  logged): both processes save the same step and exit 0. The save is collective,
+  so they agree on the step through JAX's preemption service
+  (multihost_utils.reached_preemption_sync_point). Rerun, they finish the run:
+  each step's global batch is the straight run's, row for row (process 0 loads
+  rows 0-7, process 1 rows 8-15); logged metrics and final parameters agree to
+  float32 round-off (cross-process sums run in another order).
   """
   ref_dir, ref_ids = straight
   workdir = tmp_path / "run"
   procs = start_pair(workdir, cifar_jpeg_folder, port=free_port(), ids=True)
+  wait_for(lambda: (workdir / "metrics.jsonl").exists(), procs[0], what="step 2")
+  procs[1].send_signal(signal.SIGTERM)
+  rcs = [finish(p, timeout=200) for p in procs]
+  assert rcs == [0, 0], "\n".join(output(p)[-2000:] for p in procs)
+  stopped = [re.search(r"Stopped at step (\d+) on request", output(p)) for p in procs]
+  assert all(stopped), "\n".join(output(p)[-2000:] for p in procs)
+  step = int(stopped[0].group(1))
+  assert int(stopped[1].group(1)) == step and 2 <= step < STEPS
+  assert steps_on_disk(workdir)[1] == step
+
+  procs = start_pair(workdir, cifar_jpeg_folder, port=free_port(), ids=True, attempt=2)
   rcs = [finish(p, timeout=400) for p in procs]
   assert rcs == [0, 0], "\n".join(output(p)[-2000:] for p in procs)
   ids = [read_ids(f"{workdir}.ids{i}.jsonl") for i in range(2)]
   assert [a + b for a, b in zip(*ids)] == ref_ids, "the global batches differ from 1 process"
-  got, ref = curves(tmp_path / "run"), curves(ref_dir)
+  got, ref = curves(workdir), curves(ref_dir)
   assert sorted(got) == list(range(1, STEPS + 1))
-  for step in got:
+  for n in got:
     for key in LOSS_KEYS:
-      np.testing.assert_allclose(got[step][key], ref[step][key], rtol=2e-4, atol=2e-5,
-                                 err_msg=f"{key} at step {step}")
-  assert steps_on_disk(tmp_path / "run")[0] == [6, 9, 12]
-  mine, _ = restore_all(tmp_path / "run", jax.devices()[:1])
+      np.testing.assert_allclose(got[n][key], ref[n][key], rtol=2e-4, atol=2e-5,
+                                 err_msg=f"{key} at step {n}")
+  assert steps_on_disk(workdir)[0] == [6, 9, 12]
+  mine, _ = restore_all(workdir, jax.devices()[:1])
   theirs, _ = restore_all(ref_dir, jax.devices()[:1])
   for k, v in leaves(mine["params"]).items():
     np.testing.assert_allclose(v, leaves(theirs["params"])[k], rtol=1e-3, atol=1e-5, err_msg=k)
@@ -463,23 +483,3 @@ def test_killing_one_process_stops_the_other(cifar_jpeg_folder, tmp_path):
   assert elapsed < 120, f"process 0 took {elapsed:.0f}s to stop"  # heartbeat 10 s + slack
   assert "Terminating process because the JAX distributed service detected fatal errors" in log
   assert "stopped sending heartbeats" in log
-
-
-def test_sigterm_to_one_process_stops_both_at_the_same_step(cifar_jpeg_folder, tmp_path):
-  """A preemption notice reaching one host: every process saves the same step and exits 0.
-
-  The save is collective, so the processes agree on the step through JAX's
-  preemption service (multihost_utils.reached_preemption_sync_point).
-  """
-  workdir = tmp_path / "run"
-  procs = start_pair(workdir, cifar_jpeg_folder, "--config.num_train_steps=100000",
-                     "--config.checkpoint_every_steps=100000", port=free_port())
-  wait_for(lambda: (workdir / "metrics.jsonl").exists(), procs[0], what="step 2")
-  procs[1].send_signal(signal.SIGTERM)
-  rcs = [finish(p, timeout=200) for p in procs]
-  assert rcs == [0, 0], "\n".join(output(p)[-2000:] for p in procs)
-  stopped = [re.search(r"Stopped at step (\d+) on request", output(p)) for p in procs]
-  assert all(stopped), "\n".join(output(p)[-2000:] for p in procs)
-  step = int(stopped[0].group(1))
-  assert int(stopped[1].group(1)) == step >= 2
-  assert steps_on_disk(workdir) == ([step], step)

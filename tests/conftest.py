@@ -58,3 +58,14 @@ def tiny_pretrained(cifar_jpeg_folder, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("tiny_pretrained")
   pretrain.train_and_evaluate(config, str(workdir))
   return workdir
+
+
+def pytest_collection_modifyitems(config, items):
+  """Runs the slow end-to-end tests first (stable order otherwise).
+
+  With -n 2, xdist hands tests out in collection order: started last, a few
+  minutes-long tests leave one worker busy while the other idles; started
+  first, the short tests fill both workers' ends.
+  """
+  del config
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -3,7 +3,7 @@ r"""Throughput of the shared loop against the number of steps it lets run ahead.
   python benchmarks/loop_in_flight_bench.py [--config=configs/cifar10.py:tiny] \
       [--in_flight=1,2,1000] [--steps=40] [--reps=3] [--batch_size=64]
 
-Runs the real pretraining step (pretrain.build_training on the config) through
+Runs the real pretraining step (recipe.build_training on the config) through
 loop.run on synthetic uint8 batches already on the devices, for each value of
 ``steps_in_flight`` (1000 stands for "unbounded"), interleaved over ``reps``
 repetitions, and prints steps/s per value (median) as one JSON line: wall time
@@ -33,16 +33,16 @@ def main() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import checkpoint, loop, pretrain, sharding, train  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import checkpoint, loop, recipe, sharding, train  # pylint: disable=g-import-not-at-top
 
   path, _, variant = args.config.partition(":")
   module = config_flags.config_flags._LoadConfigModule("bench_config", path)  # pylint: disable=protected-access
   config = module.get_config(variant)
   config.batch_size = args.batch_size
   config.num_train_steps = args.steps
-  opts = pretrain.options_from_config(config)
+  opts = recipe.options_from_config(config)
   mesh = sharding.create_mesh()
-  training = pretrain.build_training(opts, mesh, num_examples=args.steps * args.batch_size)
+  training = recipe.build_training(opts, mesh, num_examples=args.steps * args.batch_size)
   rng = np.random.default_rng(0)
   size = opts.image_size
   batch = sharding.global_batch(

@@ -8,7 +8,7 @@ r"""Compile the real pretraining step for a TPU slice or GPU host from any machi
       --config=configs/imagenet.py --topology=h100x8 --max_batch --out=plan.json
 
 The step is built by the pretraining program's own functions
-(``pretrain.options_from_config``, ``pretrain.build_training``,
+(``recipe.options_from_config``, ``recipe.build_training``,
 ``train.abstract_train_state``) on a mesh of compile-only devices
 (mixsiam_jax/topologies.py), so dtype and convolutions are those the devices
 get. Nothing runs: the report holds per-device memory against the chip's,
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 
-from mixsiam_jax import cli, compile_report, pretrain, sharding, topologies, train
+from mixsiam_jax import cli, compile_report, recipe, sharding, topologies, train
 from mixsiam_jax.errors import UserError
 
 # (examples, classes) of the data sets the configs name; they set the schedule's
@@ -75,8 +75,8 @@ def build_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Bu
   """
   sharding.check_global_batch(config.batch_size, mesh)
   num_examples, num_classes = _dataset_size(config)
-  opts = pretrain.options_from_config(config, num_classes)
-  training = pretrain.build_training(opts, mesh, num_examples)
+  opts = recipe.options_from_config(config, num_classes)
+  training = recipe.build_training(opts, mesh, num_examples)
   state = train.abstract_train_state(training.network, training.tx, image_size=opts.image_size,
                                      mesh=mesh)
   rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype,

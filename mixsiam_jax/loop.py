@@ -39,35 +39,6 @@ class TrainingError(UserError):
   """Training cannot go on (e.g. a non-finite loss); the message says what to change."""
 
 
-def steps(name: str, *, steps: int, epochs: float, num_examples: int,  # pylint: disable=redefined-outer-name
-          batch_size: int) -> int:
-  """Turns a duration given in steps or in epochs into steps (big_vision's ``u.steps``).
-
-  Args:
-    name: what the duration is, for the error message (e.g. 'num_train_steps').
-    steps: the duration in steps; used when > 0.
-    epochs: the duration in epochs of ``num_examples``, used when ``steps`` <= 0.
-    num_examples: size of the data set one epoch goes through.
-    batch_size: global examples per step.
-
-  Returns:
-    The number of steps (an epoch is num_examples // batch_size full batches).
-
-  Raises:
-    UserError: the duration is empty, or the batch is larger than the data set.
-  """
-  if steps > 0:
-    return int(steps)
-  if epochs <= 0:
-    return 0
-  steps_per_epoch = num_examples // batch_size
-  if steps_per_epoch == 0:
-    raise UserError(f"batch_size={batch_size} is larger than the data set ({num_examples} "
-                    f"examples), so {name} cannot be derived from epochs; lower "
-                    "--config.batch_size.")
-  return int(epochs * steps_per_epoch)
-
-
 class StopRequest:
   """Whether to save and stop now because the preemption notice (SIGTERM) arrived.
 

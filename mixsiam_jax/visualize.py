@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from PIL import Image
 
 from mixsiam_jax import augment, photometric
-from mixsiam_jax import pretrain
+from mixsiam_jax import recipe
 from mixsiam_jax.data import decode, host_augment, pipeline, sources
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -51,7 +51,7 @@ def main(argv):
   del argv
   pipeline.hide_accelerators_from_tensorflow()
   config = _CONFIG.value
-  opts = pretrain.options_from_config(config)
+  opts = recipe.options_from_config(config)
   n, size = _NUM.value, opts.image_size
   data = pipeline.TrainDataOptions(
       dataset=config.dataset, split=config.train_split, global_batch_size=n, image_size=size,

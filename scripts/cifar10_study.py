@@ -235,7 +235,7 @@ def random_init_knn(folder: str, seed: int, overrides: Sequence[str]) -> Dict[st
 
   The parameters are exactly those a pretraining run with this seed starts from.
   """
-  from mixsiam_jax import pretrain, sharding  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import pretrain, recipe, sharding  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.evaluation import knn  # pylint: disable=g-import-not-at-top
   pipeline.hide_accelerators_from_tensorflow()  # TensorFlow only reads the folder.
@@ -245,8 +245,8 @@ def random_init_knn(folder: str, seed: int, overrides: Sequence[str]) -> Dict[st
   _apply_overrides(config, overrides)
   mesh = sharding.create_mesh()
   info = sources.get_dataset_info(config.dataset, config.train_split)
-  opts = pretrain.options_from_config(config, info.num_classes)
-  training = pretrain.build_training(opts, mesh, info.num_examples)
+  opts = recipe.options_from_config(config, info.num_classes)
+  training = recipe.build_training(opts, mesh, info.num_examples)
   state = pretrain.state_functions(opts, training, mesh)[1]()  # The initial state.
   monitor = knn.monitor_for_network(training.network, mesh, knn.knn_options(config))
   return monitor({"params": state.params, "batch_stats": state.batch_stats})

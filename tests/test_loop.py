@@ -148,15 +148,6 @@ def test_any_non_finite_loss_term_stops_the_run():
     loop.check_finite({"loss": 1.0, "probe_loss": float("inf")}, 7)
 
 
-def test_steps_from_steps_or_epochs():
-  assert loop.steps("n", steps=7, epochs=3, num_examples=100, batch_size=10) == 7
-  assert loop.steps("n", steps=-1, epochs=3, num_examples=105, batch_size=10) == 30
-  assert loop.steps("n", steps=0, epochs=0.5, num_examples=100, batch_size=10) == 5
-  assert loop.steps("n", steps=-1, epochs=0, num_examples=100, batch_size=10) == 0
-  with pytest.raises(UserError, match=r"batch_size=200 is larger than the data set \(100"):
-    loop.steps("n", steps=-1, epochs=1, num_examples=100, batch_size=200)
-
-
 def test_loop_options_refuse_non_positive_periods():
   with pytest.raises(UserError, match="log_every_steps=0"):
     loop.LoopOptions(num_steps=5, log_every_steps=0, checkpoint_every_steps=1)

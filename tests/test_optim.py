@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from mixsiam_jax import optim
+from mixsiam_jax.errors import UserError
 from mixsiam_jax.options import OptimOptions
 
 
@@ -129,3 +130,12 @@ def test_create_optimizer_follows_the_options():
   want = _first_update(optim.create_lars(schedule=schedule, momentum=0.9, weight_decay=1e-3),
                        params, grads)
   chex.assert_trees_all_close(got, want, rtol=0, atol=0)
+
+
+def test_steps_from_steps_or_epochs():
+  assert optim.steps("n", steps=7, epochs=3, num_examples=100, batch_size=10) == 7
+  assert optim.steps("n", steps=-1, epochs=3, num_examples=105, batch_size=10) == 30
+  assert optim.steps("n", steps=0, epochs=0.5, num_examples=100, batch_size=10) == 5
+  assert optim.steps("n", steps=-1, epochs=0, num_examples=100, batch_size=10) == 0
+  with pytest.raises(UserError, match=r"batch_size=200 is larger than the data set \(100"):
+    optim.steps("n", steps=-1, epochs=1, num_examples=100, batch_size=200)

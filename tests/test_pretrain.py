@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import cifar10, imagenet
+from configs import cifar10
 from mixsiam_jax import pretrain, workdir as workdir_lib
 from mixsiam_jax.models import resnet
 
@@ -116,17 +116,6 @@ def test_bad_config_values_fail_before_compiling(tmp_path, field, value, needle)
     pretrain.train_and_evaluate(config, str(tmp_path / "w"))
 
 
-@pytest.mark.parametrize("half_precision,meta_dtype,cpu,tpu", [
-    (None, "auto", "float32", "bfloat16"), (True, "bfloat16", "bfloat16", "bfloat16"),
-    (False, "float32", "float32", "float32")])
-def test_half_precision_switch_picks_the_compute_dtype(half_precision, meta_dtype, cpu, tpu):
-  config = cifar10.get_config("tiny")
-  config.half_precision = half_precision
-  model = pretrain.options_from_config(config).model
-  assert pretrain.model_meta(model)["dtype"] == meta_dtype
-  assert (model.compute_dtype("cpu"), model.compute_dtype("tpu")) == (cpu, tpu)
-
-
 def test_half_precision_refuses_non_booleans():
   # The config field is typed: the command line cannot set it to anything else.
   with pytest.raises(TypeError):
@@ -146,13 +135,3 @@ def test_negative_learning_rate_is_refused(tmp_path):
   config.optim.base_lr = -1.0
   with pytest.raises(ValueError, match=r"optim\.base_lr=-1\.0 must be a positive number"):
     pretrain.train_and_evaluate(config, str(tmp_path / "w"))
-
-
-@pytest.mark.parametrize("variant,batch,warmup", [("", 128, 0), ("b512", 512, 0),
-                                                  ("b4096", 4096, 10)])
-def test_imagenet_variants_are_valid_recipes(variant, batch, warmup):
-  """Batch and warm-up of each variant; lr by the linear rule (0.05 x batch / 256)."""
-  opts = pretrain.options_from_config(imagenet.get_config(variant))
-  assert (opts.batch_size, opts.optim.warmup_epochs) == (batch, warmup)
-  assert (opts.model.depth, opts.model.stem, opts.image_size) == (50, "imagenet", 224)
-  assert opts.optim.base_lr == 0.05

@@ -159,7 +159,8 @@ def plan_and_compile(config: ml_collections.ConfigDict, topology: topologies.Top
   hlo = compiled.as_text()
   out["memory"] = compile_report.memory(compiled, topology.usable_memory_bytes)
   out["status"] = {True: "fits", False: "does_not_fit", None: "unknown"}[out["memory"]["fits"]]
-  cost = compile_report.flops(compiled, built.step, built.args, num_devices)
+  cost = compile_report.flops(compiled, built.step, built.args, num_devices,
+                              topology.platform)
   if cost["per_device"]:
     cost["per_image"] = cost["per_device"] * num_devices / config.batch_size
   out["flops"] = cost

@@ -126,6 +126,7 @@ def test_gpu_plan_where_the_cuda_plugin_is_installed(tmp_path):
   assert plan["platform"] == "gpu" and plan["device_kind"] == "NVIDIA H100 80GB HBM3"
   assert plan["dtype"] == "bfloat16" and plan["conv_impl"] == "xla"
   assert plan["status"] == "fits"
-  assert plan["flops"]["per_image"] > 0  # XLA:GPU has no cost analysis: the CPU lowering's
+  assert plan["flops"]["per_image"] > 0
+  assert plan["flops"]["source"].startswith("unpartitioned HLO")  # not XLA:GPU's count
   assert {row["kind"] for row in plan["collectives"]} == {"all-reduce"}
   assert {r["dtype"] for r in plan["collectives"] if r["dtype"] not in ("s32", "u32")} == {"f32"}

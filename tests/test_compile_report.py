@@ -1,6 +1,11 @@
 """Reading collectives, loops and memory out of compiled HLO."""
 import types
 
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import lax
+
 from mixsiam_jax import compile_report
 
 HLO = """
@@ -43,6 +48,21 @@ def test_memory_total_counts_donated_buffers_once():
   assert mem["total"] == 100 + 90 - 80 + 50 + 5 and mem["fits"]
   assert not compile_report.memory(compiled, usable_bytes=164)["fits"]
   assert compile_report.memory(compiled, usable_bytes=None)["fits"] is None
+
+
+def test_gpu_flops_come_from_the_lowered_step_not_from_the_gpu_module():
+  """XLA:GPU's count leaves out cuDNN's convolutions; the plan counts the step itself:
+  2 x (6 x 6 outputs x 16 channels x 4 images) x (3 x 3 x 3 taps), for 2 devices."""
+  step = jax.jit(lambda x, w: lax.conv_general_dilated(
+      x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  args = (jax.ShapeDtypeStruct((4, 8, 8, 3), jnp.float32),
+          jax.ShapeDtypeStruct((3, 3, 3, 16), jnp.float32))
+  gpu_module = types.SimpleNamespace(cost_analysis=lambda: {"flops": 10.0})
+  gpu = compile_report.flops(gpu_module, step, args, num_devices=2, platform="gpu")
+  assert gpu["per_device"] == pytest.approx(2 * (4 * 6 * 6 * 16) * (3 * 3 * 3) / 2, rel=0.01)
+  assert gpu["source"].startswith("unpartitioned HLO")
+  tpu = compile_report.flops(gpu_module, step, args, num_devices=2, platform="tpu")
+  assert tpu == {"per_device": 10.0, "source": "compiled module"}
 
 
 def _plan(**changes):

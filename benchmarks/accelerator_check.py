@@ -38,9 +38,10 @@ RECIPES = {
 
 
 def _peak_bytes(device) -> dict:
-  """The allocator's peak and limit on ``device`` (empty where not reported)."""
+  """The allocator's peak so far, in use now and limit on ``device`` (empty where not reported)."""
   stats = device.memory_stats() or {}
-  return {k: int(stats[k]) for k in ("peak_bytes_in_use", "bytes_limit") if k in stats}
+  return {k: int(stats[k]) for k in ("peak_bytes_in_use", "bytes_in_use", "bytes_limit")
+          if k in stats}
 
 
 def _timed(compiled, state, batch, rng, steps: int):
@@ -70,6 +71,8 @@ def measure(name: str, smoke: bool, per_device_batch: int, steps: int, warmup: i
   config.half_precision = True
   config.model.remat = remat
   plan, built, compiled = compile_plan.plan_and_compile(config, topology)
+  # The process's peak after each stage: compiling (autotuning), initialising, stepping.
+  memory = {"after_compile": _peak_bytes(topology.devices[0])}
   out = {"plan": plan}
   if compiled is None:
     return out
@@ -84,6 +87,7 @@ def measure(name: str, smoke: bool, per_device_batch: int, steps: int, warmup: i
   batch = {k: rng.integers(0, 256 if k == "views" else 10, size=v.shape).astype(v.dtype)
            for k, v in batch_shapes.items()}
   batch = sharding.global_batch(batch, mesh)
+  memory["after_init"] = _peak_bytes(topology.devices[0])
   start = time.perf_counter()
   state, metrics, _ = _timed(compiled, state, batch, step_rng, warmup)
   out["warmup_seconds"] = time.perf_counter() - start
@@ -94,7 +98,7 @@ def measure(name: str, smoke: bool, per_device_batch: int, steps: int, warmup: i
   out.update(step_seconds=seconds, step_seconds_rounds=[first, second], timed_steps=steps,
              images_per_second=config.batch_size / seconds,
              loss=float(metrics["loss"]), loss_finite=bool(np.isfinite(float(metrics["loss"]))),
-             memory=_peak_bytes(topology.devices[0]),
+             memory=_peak_bytes(topology.devices[0]), memory_stages=memory,
              predicted_bytes_per_device=plan["memory"]["total"])
   if plan["flops"]["per_device"] and topology.chip:
     out["model_flops_per_second_per_device"] = plan["flops"]["per_device"] / seconds

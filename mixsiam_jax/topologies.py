@@ -106,7 +106,7 @@ def _tpu_devices(topology: str) -> List[jax.Device]:
     import libtpu  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     raise TopologyError(f"--topology={topology} needs libtpu: pip install -r "
-                        "requirements-accelerators.txt (libtpu==0.0.42.*).") from None
+                        "requirements-accelerators.txt (libtpu==0.0.43.2).") from None
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   # Deviceless use: no TPU metadata server to ask, and other JAX processes on this
   # host may hold libtpu's lock file without using a TPU either.

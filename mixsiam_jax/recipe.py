@@ -1,4 +1,4 @@
-"""The pretraining recipe: a config's validated options, and the network, optimiser and step they make.
+"""The pretraining recipe: validated options from a config, and the network, optimiser and step.
 
 ``options_from_config`` reads a pretraining config once; ``build_training`` turns
 the options and a mesh into the network (dtype and convolutions for the mesh's

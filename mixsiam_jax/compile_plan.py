@@ -239,6 +239,30 @@ def max_batch(config: ml_collections.ConfigDict, topology: topologies.Topology, 
   return {"remat": remat, "per_device_batch": low, "tried": tried}
 
 
+def max_batch_remats(values: List[str], topology: topologies.Topology) -> Tuple[bool, ...]:
+  """The remat settings of a --max_batch search, checked against the topology.
+
+  Args:
+    values: the --max_batch_remat values ('false' and/or 'true').
+    topology: the devices to compile for.
+
+  Returns:
+    The remat settings, in the given order.
+
+  Raises:
+    UserError: an unknown value, or devices without a memory limit (every batch
+      would fit, so the search would never end).
+  """
+  if topology.usable_memory_bytes is None:
+    raise UserError(f"--max_batch needs devices with a memory limit; --topology="
+                    f"{topology.name} has none. Use a TPU or GPU topology.")
+  names = {"false": False, "true": True}
+  unknown = [v for v in values if v.lower() not in names]
+  if unknown or not values:
+    raise UserError(f"--max_batch_remat={','.join(values)}: use false, true or false,true.")
+  return tuple(names[v.lower()] for v in values)
+
+
 FLAGS = flags.FLAGS
 
 
@@ -250,6 +274,8 @@ def define_flags() -> None:
   flags.DEFINE_string("topology", None, f"Devices to compile for: {topologies.HELP}.")
   flags.DEFINE_bool("max_batch", False, "Also search the largest per-device batch that fits, "
                     "with and without remat (one compile per try).")
+  flags.DEFINE_list("max_batch_remat", ["false", "true"],
+                    "With --max_batch: search without remat ('false'), with it ('true'), or both.")
   flags.DEFINE_float("utilization", DEFAULT_UTILIZATION,
                      "Fraction of peak FLOP/s assumed by the step-time estimate.")
   flags.DEFINE_string("out", None, "Write the plan as JSON here.")
@@ -269,6 +295,7 @@ def main(argv):
     if not 0 < FLAGS.utilization <= 1:
       raise UserError(f"--utilization={FLAGS.utilization} must lie in (0, 1].")
     config = FLAGS.config
+    remats = max_batch_remats(FLAGS.max_batch_remat, topology) if FLAGS.max_batch else ()
     result = plan(config, topology, utilization=FLAGS.utilization)
     print(compile_report.summary(result), flush=True)
     if FLAGS.max_batch:
@@ -277,7 +304,7 @@ def main(argv):
       known[bool(result["remat"])][start] = result["status"] != "does_not_fit"
       result["max_batch"] = [max_batch(config, topology, remat=r, start=start, known=known[r],
                                        report=lambda line: print(line, flush=True))
-                             for r in (False, True)]
+                             for r in remats]
       for row in result["max_batch"]:
         print(f"largest per-device batch that fits, remat {row['remat']}: "
               f"{row['per_device_batch']} (tried {row['tried']})", flush=True)

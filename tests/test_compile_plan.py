@@ -14,6 +14,7 @@ import pytest
 
 from configs import cifar10
 from mixsiam_jax import compile_plan, sharding, topologies
+from mixsiam_jax.errors import UserError
 from mixsiam_jax.models import resnet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -69,6 +70,17 @@ def test_max_batch_search(monkeypatch, limit, start, expected):
   assert tried == first[1:]
   if expected:  # within 1/8 below the limit, multiples of 8 from 64 up
     assert limit - expected < max(1, expected // 8) and len(tried) <= 16
+
+
+def test_max_batch_remat_values_and_devices_without_a_memory_limit():
+  gpu_like = topologies.Topology("h100x1", "gpu", topologies.CHIPS["h100"], (), 1 << 30)
+  assert compile_plan.max_batch_remats(["false"], gpu_like) == (False,)
+  assert compile_plan.max_batch_remats(["True", "false"], gpu_like) == (True, False)
+  with pytest.raises(UserError, match=r"--max_batch_remat=yes: use false, true"):
+    compile_plan.max_batch_remats(["yes"], gpu_like)
+  # No memory limit: every batch "fits", so the search would double forever.
+  with pytest.raises(UserError, match=r"--topology=cpu:1 has none"):
+    compile_plan.max_batch_remats(["false"], topologies.devices_for("cpu:1"))
 
 
 @pytest.fixture(scope="module")

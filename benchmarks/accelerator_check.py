@@ -71,9 +71,11 @@ def measure(name: str, smoke: bool, per_device_batch: int, steps: int, warmup: i
   config.half_precision = True
   config.model.remat = remat
   plan, built, compiled = compile_plan.plan_and_compile(config, topology)
+  machine = {"devices": len(topology.devices), "device_kind": topology.devices[0].device_kind,
+             "platform": topology.platform, "jax": jax.__version__}
   # The process's peak after each stage: compiling (autotuning), initialising, stepping.
   memory = {"after_compile": _peak_bytes(topology.devices[0])}
-  out = {"plan": plan}
+  out = {"plan": plan, "machine": machine}
   if compiled is None:
     return out
   mesh = sharding.create_mesh(topology.devices)
@@ -142,11 +144,10 @@ def main():
     result = measure(args.recipe, args.smoke, args.per_device_batch, args.steps, args.warmup)
     pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
     return
-  import jax  # pylint: disable=g-import-not-at-top
-  devices = jax.devices()
-  report = {"devices": len(devices), "device_kind": devices[0].device_kind,
-            "platform": devices[0].platform, "jax": jax.__version__,
-            "date": time.strftime("%Y-%m-%d"), "smoke": args.smoke, "recipes": {}}
+  # The parent never starts a JAX backend: on a GPU that would hold memory (and a
+  # context) that the recipes' processes then lack. The machine is described by the
+  # first recipe that reports.
+  report = {"date": time.strftime("%Y-%m-%d"), "smoke": args.smoke, "recipes": {}}
   deadline = time.monotonic() + args.budget_seconds
   only = args.only.split(",")
   unknown = sorted(set(only) - set(RECIPES))
@@ -170,6 +171,9 @@ def main():
             "error": f"exit status {done.returncode} (its output is above)"}
       except subprocess.TimeoutExpired:
         result = {"error": f"stopped at the budget of {args.budget_seconds:.0f} s"}
+    for key in ("devices", "device_kind", "platform", "jax"):
+      if key in result.get("machine", {}):
+        report.setdefault(key, result["machine"][key])
     report["recipes"][name] = result
     pathlib.Path(args.out).write_text(json.dumps(report, indent=1))
     print(_summary(name, result), flush=True)

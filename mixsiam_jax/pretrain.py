@@ -24,8 +24,8 @@ from mixsiam_jax import augment, checkpoint, loop, sharding, train
 from mixsiam_jax import metric_writer, workdir as workdir_lib
 from mixsiam_jax.data import iterate, pipeline, sources
 from mixsiam_jax.options import OptionsError
-from mixsiam_jax.recipe import Training, PretrainOptions, build_training, model_meta
-from mixsiam_jax.recipe import options_from_config
+from mixsiam_jax.recipe import (PretrainOptions, Training, build_training, model_meta,
+                                options_from_config)
 
 # Re-exported: tests and callers catch it from the program they ran.
 TrainingError = loop.TrainingError

@@ -69,3 +69,12 @@ def pytest_collection_modifyitems(config, items):
   """
   del config
   items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture
+def one_block_per_stage(monkeypatch):
+  """ResNet-18's structure with one basic block per stage: the same layers, wrapping,
+  collectives and decisions, compiled in about half the time. For tests whose subject
+  is not the network's depth."""
+  from mixsiam_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(resnet.RESNET_STAGES, 18, ("basic", (1, 1, 1, 1)))

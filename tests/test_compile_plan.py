@@ -15,16 +15,9 @@ import pytest
 from configs import cifar10
 from mixsiam_jax import compile_plan, sharding, topologies
 from mixsiam_jax.errors import UserError
-from mixsiam_jax.models import resnet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture
-def one_block_per_stage(monkeypatch):
-  """ResNet-18's structure with one basic block per stage: the same kinds of layers,
-  collectives and decisions, compiled in about half the time."""
-  monkeypatch.setitem(resnet.RESNET_STAGES, 18, ("basic", (1, 1, 1, 1)))
 
 
 def tiny(**fields):

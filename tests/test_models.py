@@ -137,12 +137,12 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   assert out["z"].dtype == jnp.float32 and out["p"].dtype == jnp.float32
 
 
-def test_remat_keeps_parameters_and_gradients_and_recomputes_every_block(monkeypatch):
+@pytest.mark.usefixtures("one_block_per_stage")
+def test_remat_keeps_parameters_and_gradients_and_recomputes_every_block():
   """nn.remat on the residual blocks: same parameter tree and gradients, one barrier per block.
 
   One block per stage (4 blocks): half the compile of ResNet-18's 8, the same wrapping.
   """
-  monkeypatch.setitem(resnet.RESNET_STAGES, 18, ("basic", (1, 1, 1, 1)))
   kwargs = dict(depth=18, width=4, stem="cifar", projector_layers=2, projector_hidden_dim=16,
                 projector_dim=16, predictor_hidden_dim=8)
   plain = network(**kwargs)
@@ -246,8 +246,8 @@ def test_dense_with_bfloat16_compute_accumulates_the_kernel_gradient_in_float32(
   np.testing.assert_allclose(dw, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
 
 
-def test_bfloat16_network_gradients_are_float32_and_close_to_float32_compute(monkeypatch):
-  monkeypatch.setitem(resnet.RESNET_STAGES, 18, ("basic", (1, 1, 1, 1)))  # half the compile
+@pytest.mark.usefixtures("one_block_per_stage")
+def test_bfloat16_network_gradients_are_float32_and_close_to_float32_compute():
   kwargs = dict(depth=18, width=4, stem="cifar", projector_layers=2, projector_hidden_dim=16,
                 projector_dim=16, predictor_hidden_dim=8)
   views = jax.random.normal(jax.random.key(0), (8, 2, 8, 8, 3))

@@ -14,17 +14,10 @@ import tensorflow_datasets as tfds
 
 from configs import cifar10
 from mixsiam_jax import pretrain, workdir as workdir_lib
-from mixsiam_jax.models import resnet
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOSS_KEYS = ("loss", "loss_siam", "loss_mix", "z_std", "grad_norm", "lr")
 
-
-@pytest.fixture
-def one_block_per_stage(monkeypatch):
-  """ResNet-18's structure with one basic block per stage: the program is the same, its
-  compile about half as long (these runs compile the step twice each)."""
-  monkeypatch.setitem(resnet.RESNET_STAGES, 18, ("basic", (1, 1, 1, 1)))
 
 
 def tiny_config(dataset):
@@ -41,8 +34,8 @@ def curves(workdir):
 
 
 @pytest.mark.slow
-def test_tiny_run_on_folder_writes_everything_and_resumes_exactly(cifar_jpeg_folder, tmp_path,
-                                                                  one_block_per_stage):
+@pytest.mark.usefixtures("one_block_per_stage")  # the runs compile the step twice each
+def test_tiny_run_on_folder_writes_everything_and_resumes_exactly(cifar_jpeg_folder, tmp_path):
   config = tiny_config(f"folder:{cifar_jpeg_folder}")
   config.log_every_steps = 1  # logged values are then single steps, not window means
   workdir = tmp_path / "run"
@@ -71,7 +64,8 @@ def test_tiny_run_on_folder_writes_everything_and_resumes_exactly(cifar_jpeg_fol
 
 
 @pytest.mark.slow
-def test_tiny_run_on_mock_tfds_and_device_counts_agree(tmp_path, one_block_per_stage):
+@pytest.mark.usefixtures("one_block_per_stage")
+def test_tiny_run_on_mock_tfds_and_device_counts_agree(tmp_path):
   config = tiny_config("tfds:cifar10")
   config.num_train_steps = 4
   with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from mixsiam_jax import models, optim, sharding, train
-from mixsiam_jax.models import resnet
 from mixsiam_jax.options import MethodOptions, ModelOptions, PhotometricOptions
 
 IMAGE = 8
@@ -14,11 +13,8 @@ PHOTOMETRIC = PhotometricOptions(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter
                                  grayscale_prob=0.2, blur_prob=0.5, blur_sigma=(0.1, 2.0))
 
 
-@pytest.fixture(autouse=True)
-def one_block_per_stage(monkeypatch):
-  """ResNet-18's structure with one basic block per stage: what the step does is the same,
-  and it compiles in about half the time (the tests below compile a dozen steps)."""
-  monkeypatch.setitem(resnet.RESNET_STAGES, 18, ("basic", (1, 1, 1, 1)))
+# Every test here: ResNet-18 with one block per stage (conftest.py); the step is the same.
+pytestmark = pytest.mark.usefixtures("one_block_per_stage")
 
 
 def network(dtype="float32", conv_impl="xla", **model):

@@ -212,7 +212,7 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str, config_dict: Dict[
   info = features.check_classes(data, "the linear probe")
   duration = dict(num_examples=info.num_examples, batch_size=opts.batch_size)
   num_steps = optim.steps("num_train_steps", steps=opts.num_train_steps, epochs=opts.num_epochs,
-                         **duration)
+                          **duration)
   warmup = optim.steps("optim.warmup_epochs", steps=0, epochs=opts.optim.warmup_epochs, **duration)
   peak_lr = optim.scaled_learning_rate(opts.optim.base_lr, opts.batch_size)
   schedule = optim.cosine_schedule(peak_lr, num_steps, warmup)

@@ -60,14 +60,35 @@ def tiny_pretrained(cifar_jpeg_folder, tmp_path_factory):
   return workdir
 
 
-def pytest_collection_modifyitems(config, items):
-  """Runs the slow end-to-end tests first (stable order otherwise).
+# Fixtures that take a minute or more to build, and the xdist group of the tests using them:
+# with -n 2 --dist loadgroup, each group runs on one worker, so each fixture is built once.
+SHARED_FIXTURE_GROUPS = {
+    "straight": "reliability_straight_run",    # test_reliability: a 12-step run (+ "interrupted")
+    "tiny_pretrained": "tiny_pretrained_run",  # evaluation and main tests: a 6-step run
+    "precision_runs": "precision_runs",        # test_precision: bf16 and f32 runs
+}
 
-  With -n 2, xdist hands tests out in collection order: started last, a few
-  minutes-long tests leave one worker busy while the other idles; started
-  first, the short tests fill both workers' ends.
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook, which reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+  """Groups the tests of each expensive shared fixture; runs the slow tests first.
+
+  Groups: a test using a fixture of SHARED_FIXTURE_GROUPS gets that fixture's
+  xdist_group mark. xdist hands out the largest groups first, so the long ones
+  start at once.
+  Order: with -n 2, xdist hands out the other tests in collection order. Started
+  last, a few minutes-long tests leave one worker busy while the other idles;
+  started first, the short tests fill both workers' ends.
   """
   del config
+  for item in items:
+    groups = {SHARED_FIXTURE_GROUPS[name] for name in getattr(item, "fixturenames", ())
+              if name in SHARED_FIXTURE_GROUPS}
+    if len(groups) > 1:
+      raise pytest.UsageError(f"{item.nodeid} uses fixtures of two xdist groups {sorted(groups)}; "
+                              "one worker cannot hold both: merge the groups.")
+    if groups:
+      item.add_marker(pytest.mark.xdist_group(groups.pop()))
   items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

@@ -62,20 +62,20 @@ def _run(dtype):
 
 
 @pytest.fixture(scope="module")
-def runs():
+def precision_runs():
   return {dtype: _run(dtype) for dtype in ("float32", "bfloat16")}
 
 
-def test_bfloat16_loss_curve_matches_float32(runs):
-  (_, _, f32), (_, _, bf16) = runs["float32"][0:3], runs["bfloat16"][0:3]
+def test_bfloat16_loss_curve_matches_float32(precision_runs):
+  (_, _, f32), (_, _, bf16) = precision_runs["float32"][0:3], precision_runs["bfloat16"][0:3]
   assert np.all(np.isfinite(bf16))
   np.testing.assert_allclose(bf16, f32, atol=LOSS_ATOL, err_msg=f"f32 {f32} bf16 {bf16}")
   assert f32[-1] < f32[0]  # the run really trains, so the comparison means something
 
 
-def test_bfloat16_params_close_relative_to_update(runs):
-  initial, state32, _ = runs["float32"]
-  _, state16, _ = runs["bfloat16"]
+def test_bfloat16_params_close_relative_to_update(precision_runs):
+  initial, state32, _ = precision_runs["float32"]
+  _, state16, _ = precision_runs["bfloat16"]
   flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
   delta32 = flat(state32.params) - flat(initial)
   delta16 = flat(state16.params) - flat(initial)
@@ -88,8 +88,8 @@ def test_bfloat16_params_close_relative_to_update(runs):
   assert gap < PARAM_RTOL_OF_UPDATE * update, (gap, update)
 
 
-def test_master_weights_statistics_and_optimizer_state_stay_float32(runs):
-  _, state16, _ = runs["bfloat16"]
+def test_master_weights_statistics_and_optimizer_state_stay_float32(precision_runs):
+  _, state16, _ = precision_runs["bfloat16"]
   for tree in (state16.params, state16.batch_stats, state16.opt_state):
     for leaf in jax.tree.leaves(tree):
       if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating):

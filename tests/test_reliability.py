@@ -253,7 +253,6 @@ def interrupted(straight, cifar_jpeg_folder, tmp_path_factory):
   return facts
 
 
-@pytest.mark.xdist_group("interrupted")  # one ~200 s fixture for the four
 def test_sigterm_saves_current_step_and_exits_zero(interrupted):
   """Promise 3: SIGTERM -> checkpoint at the step it arrived in, fully written, exit 0."""
   f = interrupted
@@ -270,7 +269,6 @@ def test_sigterm_saves_current_step_and_exits_zero(interrupted):
   assert f"at step {stop}." in f["b_log"], f["b_log"][-3000:]
 
 
-@pytest.mark.xdist_group("interrupted")  # one ~200 s fixture for the four
 def test_sigterm_exit_follows_the_stop_at_once(interrupted):
   """After 'Stopped at step N' only the pending save remains: no teardown wait.
 
@@ -282,7 +280,6 @@ def test_sigterm_exit_follows_the_stop_at_once(interrupted):
   assert seconds is not None and seconds < 5.0, f"exit {seconds} s after the stop message"
 
 
-@pytest.mark.xdist_group("interrupted")  # one ~200 s fixture for the four
 def test_partial_save_is_never_latest(interrupted):
   """Promise 2: a crashed save (Orbax's tmp directory) is invisible; the previous step is used."""
   f = interrupted
@@ -295,7 +292,6 @@ def test_partial_save_is_never_latest(interrupted):
   assert steps_on_disk(f["workdir"])[1] == STEPS
 
 
-@pytest.mark.xdist_group("interrupted")  # one ~200 s fixture for the four
 def test_resume_after_sigterm_sigkill_and_crash_is_bit_exact(interrupted, straight):
   """Promise 1 (+8): the interrupted run ends bit-identical to the straight one.
 

@@ -8,12 +8,7 @@ import pytest
 from mixsiam_jax import models
 from mixsiam_jax.models import ResNet, ViewBatchNorm, precision, resnet
 from mixsiam_jax.options import ModelOptions
-
-
-def network(dtype="float32", conv_impl="xla", **model):
-  """A MixSiamNetwork with the given compute dtype and convolution (no platform default)."""
-  options = ModelOptions(half_precision=dtype == "bfloat16", conv_impl=conv_impl, **model)
-  return models.MixSiamNetwork(options, "cpu")
+from tests.helpers import network
 
 
 def jit_init(module, shape, **kwargs):

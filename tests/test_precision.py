@@ -14,6 +14,7 @@ import pytest
 
 from mixsiam_jax import models, optim, photometric, sharding, train
 from mixsiam_jax.options import MethodOptions, ModelOptions
+from tests.helpers import network
 
 IMAGE = 16
 BATCH = 16
@@ -31,12 +32,6 @@ LOSS_ATOL = 2e-2
 UPDATE_MIN_COSINE = 0.95
 UPDATE_NORM_RTOL = 0.10
 PARAM_RTOL_OF_UPDATE = 0.30
-
-
-def network(dtype="float32", conv_impl="xla", **model):
-  """A MixSiamNetwork with the given compute dtype and convolution (no platform default)."""
-  options = ModelOptions(half_precision=dtype == "bfloat16", conv_impl=conv_impl, **model)
-  return models.MixSiamNetwork(options, "cpu")
 
 
 def _run(dtype):

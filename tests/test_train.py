@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixsiam_jax import models, optim, sharding, train
-from mixsiam_jax.options import MethodOptions, ModelOptions, PhotometricOptions
+from mixsiam_jax import optim, sharding, train
+from mixsiam_jax.options import MethodOptions, PhotometricOptions
+from tests.helpers import network
 
 IMAGE = 8
 BATCH = 16
@@ -15,12 +16,6 @@ PHOTOMETRIC = PhotometricOptions(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter
 
 # Every test here: ResNet-18 with one block per stage (conftest.py); the step is the same.
 pytestmark = pytest.mark.usefixtures("one_block_per_stage")
-
-
-def network(dtype="float32", conv_impl="xla", **model):
-  """A MixSiamNetwork with the given compute dtype and convolution (no platform default)."""
-  options = ModelOptions(half_precision=dtype == "bfloat16", conv_impl=conv_impl, **model)
-  return models.MixSiamNetwork(options, "cpu")
 
 
 def tiny_network():

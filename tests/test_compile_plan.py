@@ -19,7 +19,6 @@ from mixsiam_jax.errors import UserError
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-
 def tiny(**fields):
   config = cifar10.get_config("tiny")
   for name, value in fields.items():

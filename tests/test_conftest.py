@@ -1,4 +1,5 @@
 """The test set-up's grouping: tests sharing an expensive fixture run on one xdist worker."""
+import os
 import pathlib
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def test_users_of_a_shared_fixture_build_it_once_under_two_workers(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup", "-p",
        "no:cacheprovider", "--rootdir", str(tmp_path), "-c", "/dev/null", str(tmp_path)],
-      cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+      cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
       capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert "12 passed" in result.stdout, result.stdout[-3000:]

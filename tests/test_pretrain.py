@@ -19,7 +19,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 LOSS_KEYS = ("loss", "loss_siam", "loss_mix", "z_std", "grad_norm", "lr")
 
 
-
 def tiny_config(dataset):
   config = cifar10.get_config("tiny")
   config.dataset = dataset

@@ -12,6 +12,7 @@ leaves nothing behind that would refuse the corrected rerun:
      which creates the workdir, writes config.json (or records the safe changes
      of a resume) and drops metric lines the resumed run logs again.
 """
+import errno
 import json
 import os
 import tempfile
@@ -24,6 +25,11 @@ from mixsiam_jax.errors import UserError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
+# checkpoint.CHECKPOINT_DIR, named here because this module stays free of Orbax and JAX
+# (main.py imports it before the flags are parsed).
+CHECKPOINT_DIR = "checkpoints"
+# Refused differences listed in one message; config.json holds the rest.
+MAX_LISTED_DIFFERENCES = 8
 
 # Fields that may change when a run is resumed: they do not change what is trained.
 SAFE_TO_CHANGE = (
@@ -44,6 +50,16 @@ class WorkdirError(UserError):
   """A workdir that cannot be used as asked."""
 
 
+class _Absent:
+  """The value of a field that one of two configs does not have (see config_differences)."""
+
+  def __repr__(self):
+    return "absent"
+
+
+ABSENT = _Absent()
+
+
 def check_workdir(workdir: str) -> str:
   """Checks that ``workdir`` can be used, without creating or writing anything.
 
@@ -54,7 +70,7 @@ def check_workdir(workdir: str) -> str:
     The absolute path.
 
   Raises:
-    WorkdirError: the path is empty, a file, or cannot be written (or created).
+    WorkdirError: the path is empty, a file, too long, or cannot be written (or created).
   """
   if not workdir:
     raise WorkdirError("--workdir is required: the directory for checkpoints and logs.")
@@ -70,7 +86,22 @@ def check_workdir(workdir: str) -> str:
   if not os.access(existing, os.W_OK | os.X_OK):
     raise WorkdirError(f"--workdir={workdir} is not writable ({existing} does not allow it); "
                        "choose a directory you can write to.")
+  if _too_long(path, existing):
+    raise _creation_error(workdir, path, OSError(errno.ENAMETOOLONG, "File name too long"))
   return path
+
+
+def _too_long(path: str, existing: str) -> bool:
+  """Whether the file system holding ``existing`` refuses ``path`` (a name or the whole)."""
+  def limit(name, default):
+    try:
+      return os.pathconf(existing, name)
+    except (OSError, ValueError):
+      return default
+  encoded = os.fsencode(path)
+  # PATH_MAX counts the terminating NUL byte.
+  return (len(encoded) >= limit("PC_PATH_MAX", 4096)
+          or max(len(part) for part in encoded.split(b"/")) > limit("PC_NAME_MAX", 255))
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -86,14 +117,74 @@ def prepare_workdir(workdir: str) -> str:
     WorkdirError: the path is a file, or not writable.
   """
   path = check_workdir(workdir)
+  created = create_directories(path, workdir)
   try:
-    os.makedirs(path, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
       pass
   except OSError as e:
+    remove_directories(created)
     raise WorkdirError(f"--workdir={workdir} is not writable ({e.strerror}); "
                        "choose a directory you can write to.") from None
   return path
+
+
+def create_directories(path: str, workdir: str) -> List[str]:
+  """Creates ``path`` and its missing parents; on failure removes those it created.
+
+  Args:
+    path: the absolute directory to create (from check_workdir).
+    workdir: the --workdir value as given, for the message.
+
+  Returns:
+    The directories created, outermost first ([] if ``path`` existed).
+
+  Raises:
+    WorkdirError: one line naming the flag and the reason (for a path longer than
+      the file system allows, that it is too long); nothing created is left behind.
+  """
+  missing = []
+  existing = path
+  while not os.path.isdir(existing):
+    missing.append(existing)
+    existing = os.path.dirname(existing)
+  created = []
+  for directory in reversed(missing):
+    try:
+      os.mkdir(directory)
+    except OSError as e:
+      if isinstance(e, FileExistsError) and os.path.isdir(directory):
+        continue  # another process made it meanwhile
+      remove_directories(created)
+      raise _creation_error(workdir, path, e) from None
+    created.append(directory)
+  return created
+
+
+def _creation_error(workdir: str, path: str, error: OSError) -> WorkdirError:
+  if error.errno == errno.ENAMETOOLONG:
+    return WorkdirError(f"--workdir={_shorten(workdir)} is too long for the file system "
+                        f"({len(path)} characters; a name may have at most 255 and a path "
+                        "about 4096): choose a shorter path.")
+  return WorkdirError(f"--workdir={_shorten(workdir)} could not be created ({error.strerror} "
+                      f"at {_shorten(str(error.filename or path))}); choose a directory you "
+                      "can write to.")
+
+
+def remove_directories(created: List[str]) -> None:
+  """Removes the directories create_directories made, deepest first, while they are empty."""
+  for directory in reversed(created):
+    try:
+      os.rmdir(directory)
+    except OSError:  # not empty: something was written into it, keep it
+      return
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+  """``text``, its middle elided when longer than ``limit`` (a path in a one-line message)."""
+  if len(text) <= limit:
+    return text
+  half = (limit - 5) // 2
+  return f"{text[:half]} ... {text[-half:]}"
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -136,14 +227,17 @@ def flatten_config(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[Difference]:
-  """Lists (field, old value, new value) for every field that differs (dotted names)."""
+  """Lists (field, old value, new value) for every field that differs (dotted names).
+
+  A field that one config lacks has the value ABSENT there; a field absent on
+  one side and None on the other does not differ (an unset optional field).
+  """
   a, b = flatten_config(old), flatten_config(new)
-  missing = object()
   diffs = []
   for key in sorted(set(a) | set(b)):
-    va, vb = a.get(key, missing), b.get(key, missing)
-    if va != vb:
-      diffs.append((key, None if va is missing else va, None if vb is missing else vb))
+    va, vb = a.get(key, ABSENT), b.get(key, ABSENT)
+    if va != vb and not (va is ABSENT and vb is None or vb is ABSENT and va is None):
+      diffs.append((key, va, vb))
   return diffs
 
 
@@ -151,7 +245,26 @@ def _is_safe(field: str) -> bool:
   return any(field == s or field.startswith(s + ".") for s in SAFE_TO_CHANGE)
 
 
-def check_resume_config(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[Difference]:
+# How messages name the programs of configs/*.py (config.program).
+_PROGRAMS = {"pretrain": "pretraining", "knn": "kNN", "linear_probe": "linear-probe"}
+
+
+def _program(config: Mapping[str, Any]) -> str:
+  return str(config.get("program", "pretrain"))  # main.py's default: pretraining configs
+
+
+def _other_program(old: str, new: str, where: str) -> WorkdirError:
+  """The error for a workdir of another program: the one difference that matters."""
+  name = lambda p: _PROGRAMS.get(p, repr(p))
+  fix = f"give the {name(new)} program its own --workdir"
+  if old == "pretrain" and new in ("knn", "linear_probe"):
+    fix += (" (it reads the pretraining run through --config.pretrained=" +
+            (where.partition("=")[2] or "PRETRAINING_WORKDIR") + ")")
+  return WorkdirError(f"{where} holds a {name(old)} run, not a {name(new)} run: {fix}.")
+
+
+def check_resume_config(old: Mapping[str, Any], new: Mapping[str, Any], *,
+                        workdir: str = "") -> List[Difference]:
   """Refuses a resume whose config changes what is trained.
 
   A change of the run's length (LENGTH_FIELDS) is allowed when ``new`` sets
@@ -161,19 +274,28 @@ def check_resume_config(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[
   Args:
     old: the config.json already in the workdir.
     new: the config of this run (as a dict).
+    workdir: the workdir, named in the message.
 
   Returns:
     The allowed differences (logging, evaluation, an allowed run length), to be recorded.
 
   Raises:
-    WorkdirError: one line listing every refused difference and the way out.
+    WorkdirError: one line: that the workdir holds another program's run, or the
+      first MAX_LISTED_DIFFERENCES refused differences and the way out.
   """
+  where = f"--workdir={workdir}" if workdir else "this workdir"
+  if _program(old) != _program(new):
+    raise _other_program(_program(old), _program(new), where)
   allow_length = new.get(ALLOW_LENGTH_CHANGE) is True
   diffs = config_differences(old, new)
   allowed = [d for d in diffs if _is_safe(d[0]) or (allow_length and d[0] in LENGTH_FIELDS)]
   refused = [d for d in diffs if d not in allowed]
   if refused:
-    listed = "; ".join(f"{k}: {a!r} in the workdir, {b!r} now" for k, a, b in refused)
+    listed = "; ".join(f"{k}: {a!r} in the workdir, {b!r} now"
+                       for k, a, b in refused[:MAX_LISTED_DIFFERENCES])
+    saved = os.path.join(workdir, CONFIG_FILE) if workdir else CONFIG_FILE
+    if len(refused) > MAX_LISTED_DIFFERENCES:
+      listed += f"; and {len(refused) - MAX_LISTED_DIFFERENCES} more, see {saved}"
     hint = ""
     if any(k in LENGTH_FIELDS for k, _, _ in refused):
       hint = (f" To change the run's length on purpose (e.g. extend a finished run), add "
@@ -181,14 +303,58 @@ def check_resume_config(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[
               "for the new length, so the steps after the resume differ from a run started "
               "with that length.")
     raise WorkdirError(
-        "This workdir holds a run with a different configuration; resuming would mix two "
-        f"experiments ({listed}). Use a new --workdir, or rerun with the workdir's settings "
-        f"(see its config.json).{hint}")
+        f"{where} holds a run with a different configuration ({listed}); resuming would mix "
+        f"two experiments. Use a new --workdir, or rerun with the workdir's settings (see "
+        f"{saved}).{hint}")
   return allowed
+
+
+def checkpoint_steps(workdir: str) -> List[int]:
+  """The step directories in ``workdir``/checkpoints, by name and unread (see checkpoint.py)."""
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  try:
+    names = os.listdir(directory)
+  except (FileNotFoundError, NotADirectoryError):
+    return []
+  return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def _positive(value: Any) -> int:
+  return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _check_no_lost_checkpoints(workdir: str, old: Mapping[str, Any],
+                               new: Mapping[str, Any]) -> None:
+  """Refuses a workdir whose metrics prove that a checkpoint was written, when none is left.
+
+  A run that logged step s has committed the checkpoint at step
+  checkpoint_every_steps once s is past it; with asynchronous checkpointing only
+  once s is past the next save too (a save waits for the previous one, and a
+  step's metrics are written before its own save starts). The larger interval
+  of the two configs and either's asynchrony are assumed, so a run killed before
+  its first checkpoint is never refused.
+  """
+  every = max(_positive(old.get("checkpoint_every_steps")),
+              _positive(new.get("checkpoint_every_steps")))
+  if not every:
+    return  # a program without checkpoints (kNN)
+  written_by = every * (2 if old.get("async_checkpointing") or new.get("async_checkpointing")
+                        else 1)
+  logged = [r["step"] for r in read_metrics(workdir) if _positive(r.get("step"))]
+  if logged and max(logged) > written_by:
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    raise WorkdirError(
+        f"--workdir={workdir} has metrics up to step {max(logged)} ({METRICS_FILE}) but no "
+        f"checkpoint in {directory}, though one was written at step {every}: the checkpoints "
+        "were deleted or moved. Put them back to resume, or start over in a new --workdir.")
 
 
 def check_resume(workdir: str, config: Mapping[str, Any]) -> List[Difference]:
   """Checks ``config`` against the run already in ``workdir``; creates and writes nothing.
+
+  Beyond the config (check_resume_config), the workdir must be whole: checkpoints
+  without config.json (their settings unknown) are refused, and so is config.json
+  with metrics proving that checkpoints existed when none is left.
 
   Args:
     workdir: the run's directory (from check_workdir; it need not exist yet).
@@ -198,10 +364,26 @@ def check_resume(workdir: str, config: Mapping[str, Any]) -> List[Difference]:
     The allowed differences ([] for a new run).
 
   Raises:
-    WorkdirError: the workdir holds a different experiment, or an unreadable config.json.
+    WorkdirError: one line: the workdir holds another program's run or a
+      different experiment, has lost its config.json or its checkpoints, or has an
+      unreadable config.json or metrics.jsonl.
   """
   old = read_config(workdir)
-  return [] if old is None else check_resume_config(old, config)
+  steps = checkpoint_steps(workdir)
+  if old is None:
+    if steps:
+      directory = os.path.join(workdir, CHECKPOINT_DIR)
+      raise WorkdirError(
+          f"--workdir={workdir} holds checkpoints (steps {steps} in {directory}) but no "
+          f"{CONFIG_FILE}, so the settings they were trained with are unknown and a resume could "
+          f"change them unnoticed. Put the run's {CONFIG_FILE} back to resume, or move the "
+          f"checkpoints away (mv {directory} {directory}_without_config) to start over, or use "
+          "a new --workdir.")
+    return []
+  allowed = check_resume_config(old, config, workdir=workdir)
+  if not steps:
+    _check_no_lost_checkpoints(workdir, old, config)
+  return allowed
 
 
 def save_config(workdir: str, config: Mapping[str, Any], step: int) -> None:
@@ -223,13 +405,14 @@ def save_config(workdir: str, config: Mapping[str, Any], step: int) -> None:
   if old is None:
     atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True))
     return
-  changes = check_resume_config(old, config)
+  changes = check_resume_config(old, config, workdir=workdir)
   if not changes:
     return
   with open(os.path.join(workdir, CONFIG_CHANGES_FILE), "a") as f:
     f.write(json.dumps({"step": step, "changes": [
-        {"field": k, "old": a, "new": b} for k, a, b in changes]}) + "\n")
-  lengths = [(k, a, b) for k, a, b in changes if k in LENGTH_FIELDS]
+        {"field": k, **({} if a is ABSENT else {"old": a}), **({} if b is ABSENT else {"new": b})}
+        for k, a, b in changes]}) + "\n")
+  lengths = [(k, a, b) for k, a, b in changes if k in LENGTH_FIELDS and b is not ABSENT]
   if lengths:
     atomic_write_text(path, json.dumps({**old, **{k: b for k, _, b in lengths}},
                                        indent=2, sort_keys=True))
@@ -254,8 +437,10 @@ def start_run(workdir: str, config: Mapping[str, Any], step: int) -> str:
     The absolute path of the workdir.
 
   Raises:
-    WorkdirError: the workdir cannot be written, or holds a different experiment.
+    WorkdirError: the workdir cannot be written, holds a different experiment, or
+      is not whole (see check_resume).
   """
+  check_resume(check_workdir(workdir), config)  # for callers that skipped it
   path = prepare_workdir(workdir)
   save_config(path, config, step)
   truncate_metrics(path, step)

@@ -21,7 +21,8 @@ from typing import Any, Dict, Iterator, Optional
 
 from absl import logging
 
-from mixsiam_jax.workdir import WorkdirError, check_workdir
+from mixsiam_jax.workdir import (WorkdirError, check_workdir, create_directories,
+                                 remove_directories)
 
 LOCK_FILE = ".lock"
 # flock fails with these where the file system has no locks (some FUSE and NFS mounts).
@@ -48,36 +49,19 @@ def lock_workdir(workdir: str) -> Iterator[str]:
       owner's pid and host), or the workdir cannot be created or written.
   """
   path = check_workdir(workdir)
-  existing = path  # the deepest directory that exists already
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise WorkdirError(f"--workdir={workdir} could not be created ({e.strerror}); "
-                       "choose a directory you can write to.") from None
+  created = create_directories(path, workdir)
   lock_path = os.path.join(path, LOCK_FILE)
   try:
     fd = _acquire(lock_path)
   except BaseException:
-    _remove_created(path, existing)
+    remove_directories(created)
     raise
   try:
     yield path
   finally:
     if fd is not None:
       _release(fd, lock_path)
-    _remove_created(path, existing)
-
-
-def _remove_created(path: str, existing: str) -> None:
-  """Removes the directories above ``existing`` that lock_workdir created, while they are empty."""
-  while path != existing:
-    try:
-      os.rmdir(path)
-    except OSError:  # not empty: the run wrote something, keep it
-      return
-    path = os.path.dirname(path)
+    remove_directories(created)
 
 
 def read_owner(lock_path: str) -> Optional[Dict[str, Any]]:

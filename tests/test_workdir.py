@@ -105,3 +105,124 @@ def test_start_run_drops_metrics_the_resume_logs_again(tmp_path):
       "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (2, 4, 6)))
   workdir_lib.start_run(str(tmp_path), config_dict(), step=4)
   assert [r["step"] for r in workdir_lib.read_metrics(str(tmp_path))] == [2, 4]
+
+
+def test_checkpoints_without_config_json_are_refused_and_nothing_is_written(tmp_path):
+  (tmp_path / "checkpoints" / "9").mkdir(parents=True)
+  (tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-1").mkdir()  # not a step
+  with pytest.raises(workdir_lib.WorkdirError) as err:
+    workdir_lib.check_resume(str(tmp_path), config_dict(**{"optim.base_lr": 0.5}))
+  message = str(err.value)
+  assert "\n" not in message
+  assert f"--workdir={tmp_path} holds checkpoints (steps [9] in {tmp_path}/checkpoints) but no " \
+         "config.json" in message
+  assert f"mv {tmp_path}/checkpoints {tmp_path}/checkpoints_without_config" in message
+  with pytest.raises(workdir_lib.WorkdirError, match="but no config.json"):
+    workdir_lib.start_run(str(tmp_path), config_dict(), step=0)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+  # An empty checkpoints/ (a run killed before its first save) is a new run.
+  empty = tmp_path / "empty"
+  (empty / "checkpoints").mkdir(parents=True)
+  assert workdir_lib.check_resume(str(empty), config_dict()) == []
+
+
+@pytest.mark.parametrize("async_checkpointing,last_kept,first_refused", [
+    (False, 3, 4),  # the tiny config saves every 3 steps; step 4 is logged after save 3 returned
+    (True, 6, 7),   # asynchronous: step 7 is logged after save 6 waited for save 3
+])
+def test_lost_checkpoints_are_refused_but_a_run_killed_before_its_first_is_not(
+    tmp_path, async_checkpointing, last_kept, first_refused):
+  config = config_dict(async_checkpointing=async_checkpointing)
+  workdir_lib.start_run(str(tmp_path), config, step=0)
+  metrics = tmp_path / "metrics.jsonl"
+  metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n"
+                             for s in range(1, last_kept + 1)))
+  assert workdir_lib.check_resume(str(tmp_path), config) == []
+  workdir_lib.start_run(str(tmp_path), config, step=0)  # restarts from step 0 ...
+  assert workdir_lib.read_metrics(str(tmp_path)) == []  # ... and logs those steps again
+  metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n"
+                             for s in range(1, first_refused + 1)))
+  with pytest.raises(workdir_lib.WorkdirError) as err:
+    workdir_lib.check_resume(str(tmp_path), config)
+  assert str(err.value) == (
+      f"--workdir={tmp_path} has metrics up to step {first_refused} (metrics.jsonl) but no "
+      f"checkpoint in {tmp_path}/checkpoints, though one was written at step 3: the "
+      "checkpoints were deleted or moved. Put them back to resume, or start over in a new "
+      "--workdir.")
+  with pytest.raises(workdir_lib.WorkdirError, match="checkpoints were deleted or moved"):
+    workdir_lib.start_run(str(tmp_path), config, step=0)
+  assert len(workdir_lib.read_metrics(str(tmp_path))) == first_refused  # nothing dropped
+
+
+def test_another_programs_workdir_is_named_first_and_alone(tmp_path):
+  from configs import knn  # pylint: disable=g-import-not-at-top
+  workdir_lib.start_run(str(tmp_path), config_dict(), step=0)
+  knn_config = knn.get_config()
+  knn_config.pretrained = str(tmp_path)
+  with pytest.raises(workdir_lib.WorkdirError) as err:
+    workdir_lib.check_resume(str(tmp_path), json.loads(knn_config.to_json_best_effort()))
+  assert str(err.value) == (
+      f"--workdir={tmp_path} holds a pretraining run, not a kNN run: give the kNN program its "
+      f"own --workdir (it reads the pretraining run through --config.pretrained={tmp_path}).")
+
+
+def test_only_real_differences_are_listed_absent_ones_as_absent_and_at_most_eight(tmp_path):
+  old = config_dict()
+  old["half_precision"] = None
+  old["retired_field"] = 3
+  new = config_dict()
+  del new["half_precision"]  # absent here, None there: the same unset field
+  assert workdir_lib.config_differences(old, new) == [
+      ("retired_field", 3, workdir_lib.ABSENT)]
+  workdir_lib.start_run(str(tmp_path), old, step=0)
+  for i, field in enumerate(("depth", "width", "projector_layers", "projector_dim",
+                             "projector_hidden_dim", "predictor_hidden_dim", "stem")):
+    new["model"][field] = {"stem": "imagenet", "depth": 34}.get(field, 4 + i)
+  new["method"]["lam"] = 0.25
+  new["seed"] = 7
+  with pytest.raises(workdir_lib.WorkdirError) as err:
+    workdir_lib.check_resume(str(tmp_path), new)
+  message = str(err.value)
+  assert message.startswith(f"--workdir={tmp_path} holds a run with a different configuration "
+                            "(method.lam: 0.5 in the workdir, 0.25 now; model.depth: 18 in the "
+                            "workdir, 34 now;")
+  assert "retired_field: 3 in the workdir, absent now" not in message  # the ninth and tenth
+  assert f"; and 2 more, see {tmp_path}/config.json)" in message
+  assert "None" not in message and "half_precision" not in message
+  assert len(message) < 900
+
+
+def test_safe_changes_of_absent_fields_are_recorded_without_a_value(tmp_path):
+  old = config_dict()
+  del old["knn"]
+  workdir_lib.start_run(str(tmp_path), old, step=0)
+  workdir_lib.start_run(str(tmp_path), config_dict(), step=3)
+  record = json.loads((tmp_path / "config_changes.jsonl").read_text())
+  assert {"field": "knn.k", "new": 20} in record["changes"]
+
+
+def test_a_too_long_workdir_is_refused_before_anything_is_created(tmp_path):
+  long_path = str(tmp_path / "/".join(["d" * 200] * 30))  # 6,000 characters, as reported
+  for check in (workdir_lib.check_workdir, workdir_lib.prepare_workdir):
+    with pytest.raises(workdir_lib.WorkdirError) as err:
+      check(long_path)
+    message = str(err.value)
+    assert "is too long for the file system" in message and "choose a shorter path" in message
+    assert len(message) < 500
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_creation_removes_exactly_what_it_created(tmp_path):
+  (tmp_path / "kept").mkdir()
+  target = tmp_path / "kept" / "a" / "b" / ("x" * 300) / "c"  # the fourth name is too long
+  with pytest.raises(workdir_lib.WorkdirError, match="is too long for the file system"):
+    workdir_lib.create_directories(str(target), str(target))
+  assert [p.name for p in tmp_path.rglob("*")] == ["kept"]
+  assert workdir_lib.create_directories(str(tmp_path / "kept" / "a"), "x") == [
+      str(tmp_path / "kept" / "a")]
+  assert workdir_lib.create_directories(str(tmp_path / "kept" / "a"), "x") == []
+
+
+def test_checkpoint_dir_names_agree():
+  from mixsiam_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  assert workdir_lib.CHECKPOINT_DIR == checkpoint.CHECKPOINT_DIR

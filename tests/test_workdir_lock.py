@@ -76,3 +76,21 @@ def test_an_unusable_workdir_is_refused(tmp_path):
   with pytest.raises(workdir_lib.WorkdirError, match="a_file is a file"):
     with workdir_lock.lock_workdir(str(tmp_path / "a_file")):
       pass
+
+
+def test_a_too_long_workdir_ends_in_one_line_and_leaves_nothing(tmp_path):
+  long_path = tmp_path / "/".join(["d" * 200] * 30)  # 6,000 characters, as reported
+  with pytest.raises(workdir_lib.WorkdirError, match="is too long for the file system"):
+    with workdir_lock.lock_workdir(str(long_path)):
+      pass
+  assert list(tmp_path.iterdir()) == []
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+  result = subprocess.run([sys.executable, "main.py", "--config=configs/cifar10.py:tiny",
+                           f"--workdir={long_path}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=env)
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: --workdir=") and "is too long for the file system" in last, last
+  assert len(last) < 500
+  assert list(tmp_path.iterdir()) == []

@@ -106,7 +106,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Global batch size (all devices and hosts).
   config.batch_size = 512
   config.num_epochs = 800
-  # Total steps; -1 derives it from num_epochs.
+  # Total steps (a positive number), or -1 to derive them from num_epochs.
   config.num_train_steps = -1
   # A resume refuses a changed num_train_steps / num_epochs unless this is true (e.g. to
   # extend a finished run); the cosine lr schedule is then recomputed for the new length.

@@ -39,7 +39,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Global batch of the classifier.
   config.batch_size = 4096
   config.num_epochs = 90
-  # Total steps; -1 derives it from num_epochs.
+  # Total steps (a positive number), or -1 to derive them from num_epochs.
   config.num_train_steps = -1
   # A resume refuses a changed num_train_steps / num_epochs unless this is true (e.g. to
   # extend a finished run); the cosine lr schedule is then recomputed for the new length.

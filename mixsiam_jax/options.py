@@ -37,6 +37,33 @@ def _bool(field: str, value: bool) -> None:
     raise OptionsError(f"{field}={value!r} must be true or false.")
 
 
+# num_train_steps that derives the run's length from num_epochs.
+STEPS_FROM_EPOCHS = -1
+
+
+def check_duration(num_train_steps: int, num_epochs: float) -> None:
+  """Checks a run's length: a positive num_train_steps, or -1 and a positive num_epochs.
+
+  Args:
+    num_train_steps: steps, or STEPS_FROM_EPOCHS (-1) to derive them from num_epochs.
+    num_epochs: epochs of the training set (used when num_train_steps is -1).
+
+  Raises:
+    OptionsError: naming the bad value (0 and other negative step counts too:
+      they would silently mean "from epochs").
+  """
+  if isinstance(num_train_steps, bool) or not isinstance(num_train_steps, int) or not (
+      num_train_steps > 0 or num_train_steps == STEPS_FROM_EPOCHS):
+    raise OptionsError(f"num_train_steps={num_train_steps!r} must be -1 (derive it from "
+                       "num_epochs) or a positive number of steps.")
+  if num_train_steps == STEPS_FROM_EPOCHS and (
+      isinstance(num_epochs, bool) or not isinstance(num_epochs, (int, float))
+      or not num_epochs > 0):
+    raise OptionsError(f"num_epochs={num_epochs!r} must be a positive number when "
+                       "num_train_steps=-1 (the length comes from it); or set num_train_steps "
+                       "to a positive number of steps.")
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodOptions:
   """MixSiam's objective and mixed view (config.method).

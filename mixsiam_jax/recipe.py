@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from mixsiam_jax import models, optim, sharding, train
 from mixsiam_jax.options import (MethodOptions, ModelOptions, OptimOptions, OptionsError,
-                                 PhotometricOptions)
+                                 PhotometricOptions, check_duration)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +32,8 @@ class PretrainOptions:
     batch_size: global batch over all devices and processes.
     image_size: side of the square training crops.
     seed: seed of initialisation, data order and augmentations.
-    num_train_steps: training length in steps (<= 0: from num_epochs).
-    num_epochs: training length in epochs, when num_train_steps <= 0.
+    num_train_steps: training length in steps (-1: from num_epochs).
+    num_epochs: training length in epochs, when num_train_steps is -1.
   """
   method: MethodOptions
   model: ModelOptions
@@ -51,9 +51,7 @@ class PretrainOptions:
       value = getattr(self, name)
       if isinstance(value, bool) or not (isinstance(value, int) and value > 0):
         raise OptionsError(f"{name}={value!r} must be a positive integer.")
-    if self.num_train_steps <= 0 and self.num_epochs <= 0:
-      raise OptionsError(f"num_train_steps={self.num_train_steps} and num_epochs="
-                         f"{self.num_epochs}: set one of them to a positive value.")
+    check_duration(self.num_train_steps, self.num_epochs)
     if self.optim.name != "sgd":
       raise OptionsError(f"optim.name={self.optim.name!r}: pretraining uses 'sgd' (LARS is "
                          "for the linear probe).")

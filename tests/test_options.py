@@ -1,5 +1,6 @@
 """Option objects: every invalid value is refused when built, naming the config field."""
 import dataclasses
+import re
 
 import pytest
 
@@ -82,3 +83,22 @@ def test_options_errors_are_user_errors():
   assert issubclass(options.OptionsError, UserError)
   with pytest.raises(ValueError):  # main.py and callers may catch ValueError
     options.MethodOptions(lam=2.0)
+
+
+@pytest.mark.parametrize("steps,epochs,needle", [
+    (-5, 800, "num_train_steps=-5 must be -1 (derive it from num_epochs) or a positive number"),
+    (0, 800, "num_train_steps=0 must be -1"),
+    (-2, 800, "num_train_steps=-2 must be -1"),
+    (True, 800, "num_train_steps=True must be -1"),
+    (2.5, 800, "num_train_steps=2.5 must be -1"),
+    (-1, 0, "num_epochs=0 must be a positive number when num_train_steps=-1"),
+    (-1, -3.0, "num_epochs=-3.0 must be a positive number"),
+])
+def test_a_run_length_is_minus_one_or_positive(steps, epochs, needle):
+  with pytest.raises(options.OptionsError, match=re.escape(needle)):
+    options.check_duration(steps, epochs)
+
+
+@pytest.mark.parametrize("steps,epochs", [(-1, 800), (-1, 0.5), (6, 0), (6, -1)])
+def test_valid_run_lengths_pass(steps, epochs):
+  options.check_duration(steps, epochs)

@@ -64,3 +64,16 @@ def test_the_recipe_and_the_compile_planner_import_no_tensorflow():
                        env={"JAX_PLATFORMS": "cpu", "PATH": ""}, cwd=recipe.__file__.rsplit(
                            "/mixsiam_jax/", 1)[0])
   assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("steps", [-5, 0])
+def test_the_pretraining_program_refuses_a_run_length_that_would_mean_epochs(steps, tmp_path):
+  from mixsiam_jax import pretrain  # pylint: disable=g-import-not-at-top
+  config = cifar10.get_config("tiny")
+  config.dataset = "folder:/nonexistent"  # never reached: the options are checked first
+  config.num_train_steps = steps
+  with pytest.raises(OptionsError, match=rf"^num_train_steps={steps} must be -1 \(derive it "
+                                         r"from num_epochs\) or a positive number of steps\.$"):
+    pretrain.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+

@@ -9,8 +9,10 @@ A checkpoint step holds two items:
 Orbax writes each step into a temporary directory and renames it when complete,
 so a crash mid-save leaves the previous step as the newest one.
 """
+import contextlib
+import logging as logging_lib
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import jax
 import numpy as np
@@ -58,9 +60,33 @@ def create_manager(directory: str, *, keep: int = 3, keep_every_steps: int = 0,
       enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
       save_interval_steps=0 if read_only else 1)
   state_handler = ocp.PyTreeCheckpointHandler(type_handler_registry=_handlers_without_slicing())
-  return ocp.CheckpointManager(
-      directory, options=options,
-      item_handlers={STATE: state_handler, META: ocp.JsonCheckpointHandler()})
+  with _without_read_only_notice():
+    return ocp.CheckpointManager(
+        directory, options=options,
+        item_handlers={STATE: state_handler, META: ocp.JsonCheckpointHandler()})
+
+
+class _ReadOnlyNotice(logging_lib.Filter):
+  """Drops Orbax's 'Given directory is read only' warning, which every read-only manager logs.
+
+  The evaluation programs and the checks before a run open checkpoints read-only
+  on purpose; the warning would appear on every resume and evaluation.
+  """
+
+  def filter(self, record):
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _without_read_only_notice() -> Iterator[None]:
+  """Installs _ReadOnlyNotice on absl's logger (Orbax logs through it) for the block."""
+  logger = logging_lib.getLogger("absl")
+  notice = _ReadOnlyNotice()
+  logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notice)
 
 
 def _handlers_without_slicing() -> ocp.type_handlers.TypeHandlerRegistry:
@@ -82,17 +108,76 @@ def _handlers_without_slicing() -> ocp.type_handlers.TypeHandlerRegistry:
 
 
 def latest_step(directory: str) -> int:
-  """The newest complete step in ``directory``, 0 if none (or no directory); writes nothing.
+  """The newest step in ``directory``, read and checked; 0 if none (or no directory).
 
-  For the checks before a run starts: create_manager makes the directory.
+  For the checks before a run starts (create_manager makes the directory); writes
+  nothing. The newest step directory is read, not judged by its name: its
+  metadata and the step number saved in its state must be there, and that
+  number must be the directory's name.
+
+  Args:
+    directory: a checkpoints/ directory.
+
+  Returns:
+    The newest step.
+
+  Raises:
+    CheckpointError: one line naming the newest step directory when it is empty,
+      incomplete or holds another step, with an intact older step and the
+      command that makes the next run use it (as restore does).
   """
   if not os.path.isdir(directory):
     return 0
   manager = create_manager(directory, read_only=True, async_save=False)
   try:
-    return manager.latest_step() or 0
+    step = manager.latest_step()
+    if not step:
+      return 0
+    try:
+      read_step(manager, step)
+    except Exception as e:  # Orbax raises several types for missing or unreadable files.
+      raise _broken(manager, step, e, lambda s: read_step(manager, s)) from e
+    return step
   finally:
     manager.close()
+
+
+def read_step(manager: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
+  """Reads what a step saved besides its arrays and checks that it is that step.
+
+  Reads the state's structure, the 'meta' JSON and the saved step number (a
+  scalar), not the arrays: cheap enough for every start.
+
+  Args:
+    manager: the manager holding ``step``.
+    step: the step directory's number.
+
+  Returns:
+    The step's metadata dict.
+
+  Raises:
+    Exception: Orbax's own errors for a missing or unreadable item, or a
+      ValueError for a saved step number other than ``step`` (callers turn
+      either into a CheckpointError, see _broken).
+  """
+  if not os.listdir(_describe(str(manager.directory), step)):
+    raise ValueError("the directory is empty")
+  try:
+    saved = manager.item_metadata(step)[STATE]
+  except KeyError:
+    saved = None
+  if saved is None:
+    raise ValueError(f"it has no '{STATE}' item")
+  meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+  if "step" in saved:
+    restored = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+        {"step": 0}, restore_args={"step": ocp.RestoreArgs(restore_type=np.ndarray)},
+        partial_restore=True)}))
+    number = int(np.asarray(restored[STATE]["step"]))
+    if number != step:
+      raise ValueError(f"it holds the state of step {number}: a renamed or copied step "
+                       "directory")
+  return dict(meta or {})
 
 
 def state_tree(state: Any, rng: jax.Array) -> Dict[str, Any]:

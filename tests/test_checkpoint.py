@@ -1,7 +1,9 @@
 """Checkpoints: a broken newest step is named, with the intact older step and how to use it."""
+import logging
 import pathlib
 import re
 import shlex
+import shutil
 import subprocess
 
 import jax
@@ -126,3 +128,65 @@ def test_first_save_of_a_replicated_state_compiles_nothing(tmp_path):
   for key, value in host.items():
     np.testing.assert_array_equal(np.asarray(restored[key]), value)
   assert restored["rows"].sharding.spec == split.spec
+
+
+def test_a_stray_or_renamed_newest_step_directory_is_read_and_refused(tmp_path):
+  directory = saved_run(tmp_path, (3, 6))
+  (directory / "99").mkdir()
+  with pytest.raises(checkpoint.CheckpointError) as err:
+    checkpoint.latest_step(str(directory))
+  message = str(err.value)
+  assert "\n" not in message
+  assert message == (
+      f"checkpoint {directory}/99 is unreadable or incomplete (the directory is empty); step 6 "
+      f"is intact: move the broken step away (mv {directory}/99 {tmp_path}/broken_checkpoint_99) "
+      "and rerun the same command to use step 6.")
+  (directory / "99").rmdir()
+  shutil.copytree(directory / "6", directory / "99")  # a complete step under another name
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r"checkpoints/99 is unreadable or incomplete \(it holds the state of "
+                           r"step 6: a renamed or copied step directory\); step 6 is intact"):
+    checkpoint.latest_step(str(directory))
+  shutil.rmtree(directory / "99")
+  assert checkpoint.latest_step(str(directory)) == 6
+
+
+def test_read_only_managers_do_not_announce_themselves_but_real_warnings_pass(tmp_path, caplog):
+  directory = saved_run(tmp_path, (3,))
+  (directory / "7").mkdir()
+  with caplog.at_level(logging.INFO):
+    with pytest.raises(checkpoint.CheckpointError):
+      checkpoint.latest_step(str(directory))
+    checkpoint.create_manager(str(directory), read_only=True, async_save=False).close()
+  messages = [r.getMessage() for r in caplog.records]
+  assert not [m for m in messages if "read only" in m], messages
+  assert any("Metadata file does not exist" in m and "/7/" in m for m in messages), messages
+  assert logging.getLogger("absl").filters == []  # nothing left installed
+
+
+def _snapshot(directory):
+  return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+          if p.is_file()}
+
+
+@pytest.mark.slow
+def test_pretraining_refuses_a_stray_step_directory_and_resumes_once_it_is_moved(
+    tiny_pretrained, cifar_jpeg_folder, tmp_path):
+  from configs import cifar10  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import pretrain  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  shutil.copytree(tiny_pretrained, run)
+  (run / "checkpoints" / "99").mkdir()
+  before = _snapshot(run)
+  config = cifar10.get_config("tiny")
+  config.dataset = config.eval_dataset = f"folder:{cifar_jpeg_folder}"
+  config.async_checkpointing = False
+  with pytest.raises(checkpoint.CheckpointError) as err:
+    pretrain.train_and_evaluate(config, str(run))
+  message = str(err.value)
+  assert message.startswith(f"checkpoint {run}/checkpoints/99 is unreadable or incomplete "
+                            "(the directory is empty); step 6 is intact")
+  assert _snapshot(run) == before and (run / "checkpoints" / "99").is_dir()
+  subprocess.run(shlex.split(re.search(r"\((mv [^)]*)\)", message).group(1)), check=True)
+  assert pretrain.train_and_evaluate(config, str(run)) == {}  # finished at step 6 of 6
+  assert (run / "broken_checkpoint_99").is_dir()

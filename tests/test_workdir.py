@@ -1,5 +1,6 @@
 """The workdir's checks, config.json, and the two phases (check, then start the run)."""
 import json
+import shutil
 
 import pytest
 
@@ -226,3 +227,54 @@ def test_a_failed_creation_removes_exactly_what_it_created(tmp_path):
 def test_checkpoint_dir_names_agree():
   from mixsiam_jax import checkpoint  # pylint: disable=g-import-not-at-top
   assert workdir_lib.CHECKPOINT_DIR == checkpoint.CHECKPOINT_DIR
+
+
+def _tiny_config(folder, **overrides):
+  """The config of the tiny_pretrained fixture's run."""
+  config = cifar10.get_config("tiny")
+  config.dataset = config.eval_dataset = f"folder:{folder}"
+  config.async_checkpointing = False
+  for key, value in overrides.items():
+    section, _, name = key.rpartition(".")
+    (config[section] if section else config)[name] = value
+  return config
+
+
+def _snapshot(directory):
+  return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+          if p.is_file()}
+
+
+@pytest.mark.slow
+def test_pretraining_refuses_checkpoints_whose_config_json_is_gone(
+    tiny_pretrained, cifar_jpeg_folder, tmp_path):
+  from mixsiam_jax import pretrain  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  shutil.copytree(tiny_pretrained, run)
+  (run / "config.json").rename(tmp_path / "config.json")
+  before = _snapshot(run)
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r"holds checkpoints \(steps \[3, 6\] in .*\) but no config.json"):
+    pretrain.train_and_evaluate(_tiny_config(cifar_jpeg_folder, **{"optim.base_lr": 0.5}),
+                                str(run))
+  assert _snapshot(run) == before
+  (tmp_path / "config.json").rename(run / "config.json")  # put back: the run is whole again
+  with pytest.raises(workdir_lib.WorkdirError, match="optim.base_lr: 0.03 in the workdir, 0.5 now"):
+    pretrain.train_and_evaluate(_tiny_config(cifar_jpeg_folder, **{"optim.base_lr": 0.5}),
+                                str(run))
+  assert pretrain.train_and_evaluate(_tiny_config(cifar_jpeg_folder), str(run)) == {}
+
+
+@pytest.mark.slow
+def test_pretraining_refuses_a_workdir_whose_checkpoints_are_gone(
+    tiny_pretrained, cifar_jpeg_folder, tmp_path):
+  from mixsiam_jax import pretrain  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  shutil.copytree(tiny_pretrained, run)
+  shutil.rmtree(run / "checkpoints")
+  before = _snapshot(run)
+  with pytest.raises(workdir_lib.WorkdirError) as err:
+    pretrain.train_and_evaluate(_tiny_config(cifar_jpeg_folder), str(run))
+  assert str(err.value).startswith(f"--workdir={run} has metrics up to step 6 (metrics.jsonl) "
+                                   "but no checkpoint")
+  assert _snapshot(run) == before

@@ -9,6 +9,7 @@ Several processes (GPU hosts, TPU pods): start one process per host with
 """
 import contextlib
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,7 +48,11 @@ def _program(name):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    cli.exit_with(f"unexpected argument(s) {' '.join(argv[1:])}: every option is a flag, e.g. "
+                  "--config=configs/cifar10.py --workdir=DIR (see --help).")
+  # Ctrl-C before the training loop has nothing to save: it ends the process at once, even
+  # inside a compile. The loop installs its own handler (save, then stop).
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
   logging.get_absl_handler().addFilter(cli.QuietLibraryInfo())
   sys.unraisablehook = cli.drop_abandoned_reads(sys.unraisablehook)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -64,37 +69,46 @@ def main(argv):
   config = FLAGS.config
   program = config.get("program", "pretrain")
   if program not in PROGRAMS:
-    raise app.UsageError(f"config.program={program!r} must be one of {PROGRAMS}.")
-  # Boundary checks end in one line (the traceback with --v=1); anything else is a bug.
-  with cli.one_line_errors():
+    cli.exit_with(f"config.program={program!r} must be one of {PROGRAMS}.")
+
+  def run():
     # One run per workdir. Only process 0 locks it: the other processes of this
     # run share its workdir, and a second run is stopped by its own process 0.
     lock = (workdir_lock.lock_workdir(FLAGS.workdir) if jax.process_index() == 0
             else contextlib.nullcontext())
     with lock:
       _program(program)(config, FLAGS.workdir)
-  _exit_without_teardown()
+
+  status = cli.run_program(run)
+  _exit_without_teardown(status, finished=status in (cli.EXIT_FINISHED, cli.EXIT_INTERRUPTED))
 
 
-def _exit_without_teardown() -> None:
-  """Ends a finished or preempted run at once, its outputs written and closed.
+def _exit_without_teardown(status: int, finished: bool) -> None:
+  """Ends the process at once with ``status``; the program has closed what it owns.
 
-  The program has returned: its checkpoints are committed, its metric writers
-  and checkpoint manager closed, and the workdir lock released. What Python's
-  teardown would still do is wait for the threads releasing tf.data iterators
-  (data/iterate.py): each release joins TensorFlow's autotuning thread, which
-  sleeps out its optimisation period (growing to 60 s) without waking. Measured
-  5-56 s between "Stopped at step N" and the exit, more than a preemption's
-  grace period leaves. Skipping the teardown skips only that wait and the
-  final garbage collection.
+  Every way out of a program (finished, stopped on a signal, an error) has
+  committed or abandoned its checkpoint, closed its metric writers, checkpoint
+  manager and data streams, and released the workdir lock. What Python's
+  teardown would still do is wait for threads: the ones releasing tf.data
+  iterators (data/iterate.py) join TensorFlow's autotuning thread, which sleeps
+  out its optimisation period (growing to 60 s) without waking (measured 5-56 s
+  between "Stopped at step N" and the exit), and after an error a thread of a
+  library may never end at all. Skipping the teardown skips only those waits
+  and the final garbage collection.
+
+  Args:
+    status: the exit status (mixsiam_jax/cli.py).
+    finished: the program ended normally or stopped on a signal; several
+      processes then meet at JAX's shutdown barrier, which a failed process
+      must not wait at (its peers stop when its heartbeats do).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_count() > 1:
+  if finished and jax.process_count() > 1:
     jax.distributed.shutdown()  # The barrier at the end of a multi-process run.
   logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()
-  os._exit(0)  # pylint: disable=protected-access
+  os._exit(status)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

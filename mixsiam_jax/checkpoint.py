@@ -10,8 +10,11 @@ Orbax writes each step into a temporary directory and renames it when complete,
 so a crash mid-save leaves the previous step as the newest one.
 """
 import contextlib
+import errno
 import logging as logging_lib
 import os
+import re
+import shutil
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import jax
@@ -188,9 +191,98 @@ def state_tree(state: Any, rng: jax.Array) -> Dict[str, Any]:
 
 def save(manager: ocp.CheckpointManager, step: int, tree: Dict[str, Any],
          meta: Dict[str, Any]) -> None:
-  """Starts saving ``tree`` and ``meta`` as ``step`` (asynchronously if so configured)."""
-  manager.save(step, args=ocp.args.Composite(
-      **{STATE: ocp.args.PyTreeSave(tree), META: ocp.args.JsonSave(meta)}), force=True)
+  """Starts saving ``tree`` and ``meta`` as ``step`` (asynchronously if so configured).
+
+  Raises:
+    CheckpointSaveError: this save, or a pending asynchronous one, failed to
+      write (see save_failure).
+  """
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        **{STATE: ocp.args.PyTreeSave(tree), META: ocp.args.JsonSave(meta)}), force=True)
+  except Exception as e:  # pylint: disable=broad-except  (storage faults come in many types)
+    raise save_failure(manager, step, e) from e
+
+
+def wait_until_saved(manager: ocp.CheckpointManager, step: int) -> None:
+  """Waits for the pending asynchronous save (of ``step``) to be complete on disk.
+
+  Raises:
+    CheckpointSaveError: the save failed to write (see save_failure).
+  """
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    raise save_failure(manager, step, e) from e
+
+
+class CheckpointSaveError(CheckpointError):
+  """A checkpoint could not be written (disk full, permission, I/O error); training stopped."""
+  exit_status = 4
+
+
+# TensorStore's status codes and OS error numbers mark a failure of the storage, not of the program.
+_STORAGE_FAULT = re.compile(r"os_error_code|^(RESOURCE_EXHAUSTED|PERMISSION_DENIED|NOT_FOUND|"
+                            r"FAILED_PRECONDITION|UNAVAILABLE|DATA_LOSS|ABORTED|UNKNOWN|"
+                            r"INTERNAL|ALREADY_EXISTS):")
+
+
+def save_failure(manager: ocp.CheckpointManager, step: int, error: BaseException
+                 ) -> BaseException:
+  """The one-line error of a failed save; the half-written step directory is removed.
+
+  Args:
+    manager: the run's manager.
+    step: the step being saved (or the newest pending one).
+    error: what Orbax raised.
+
+  Returns:
+    A CheckpointSaveError naming the directory, the OS error (with the free
+    space when the disk is full) and the newest intact step to resume from;
+    ``error`` itself if it is not a storage fault (a bug keeps its traceback).
+  """
+  text = str(error)
+  if not (isinstance(error, OSError) or _STORAGE_FAULT.search(text.strip())):
+    return error
+  directory = str(manager.directory)
+  for name in (os.listdir(directory) if os.path.isdir(directory) else []):
+    if name.startswith(f"{step}{ocp.path.step.TMP_DIR_SUFFIX}"):
+      # Never resumed from (Orbax renames only complete steps), but it holds disk space.
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+  code = re.search(r"os_error_code='?(\d+)", text)
+  errno_value = int(code.group(1)) if code else getattr(error, "errno", None)
+  reason = os.strerror(errno_value).lower() if errno_value else _reason(error)
+  if errno_value == errno.ENOSPC:
+    reason += f", {_free_space(directory)} free"
+  intact = [s for s in _complete_steps(directory) if s < step]
+  resume = (f"the newest intact checkpoint is step {max(intact)}" if intact
+            else "no earlier checkpoint exists")
+  return CheckpointSaveError(
+      f"cannot save checkpoint {step} in {directory}: {reason}; {resume}. Fix the storage "
+      "(free space, permissions) and rerun the same command to resume.")
+
+
+def _free_space(directory: str) -> str:
+  path = directory
+  while path and not os.path.exists(path):
+    path = os.path.dirname(path)
+  try:
+    free = shutil.disk_usage(path or "/").free
+  except OSError:
+    return "unknown space"
+  for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+    if free < 1024 or unit == "TiB":
+      return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
+    free /= 1024.0
+  return ""
+
+
+def _complete_steps(directory: str):
+  """Step directories Orbax has committed (renamed from their temporary names)."""
+  try:
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+  except OSError:
+    return []
 
 
 def _describe(directory: str, step: int) -> str:

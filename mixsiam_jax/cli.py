@@ -1,13 +1,24 @@
-"""Command-line plumbing of main.py: errors as one line, library noise kept off the console.
+"""Command-line plumbing of main.py: every way out as one exit status, library noise kept quiet.
 
 A user's mistake (a misspelt config field, a bad flag value, a config file that
 does not load, any UserError raised by a program) ends the program with one
-line, ``error: ...``, and a non-zero exit status; every other exception is a bug
-and keeps its traceback.
+line, ``error: ...``; a stop on a signal with one line saying so; every other
+exception is a bug and keeps its traceback. The exit statuses (README, "Exit
+status"):
+
+  0    finished (or had finished before), or preempted by SIGTERM with the
+       checkpoint saved (the last line says which);
+  1    an input error: flags, config, data, workdir, checkpoint (one line);
+  3    training diverged (a non-finite loss or norm); the newest checkpoint is good;
+  4    a checkpoint could not be written (disk full, permission, I/O error);
+  70   an unexpected error (a bug): the traceback is printed;
+  130  interrupted by Ctrl-C with the checkpoint saved (a second Ctrl-C ends
+       the process at once, killed by SIGINT).
 """
 import contextlib
 import logging as logging_lib
 import re
+import signal
 import sys
 import traceback
 from typing import Callable, Iterator, List, NoReturn, Sequence
@@ -15,16 +26,25 @@ from typing import Callable, Iterator, List, NoReturn, Sequence
 from absl import flags, logging
 
 from mixsiam_jax.errors import UserError
+from mixsiam_jax.stopping import Stopped
+
+EXIT_FINISHED = 0
+EXIT_BUG = 70
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
-def exit_with(message: str) -> NoReturn:
-  """Ends the program with ``error: message`` on stderr and exit status 1."""
-  sys.exit(f"error: {message}")
+def exit_with(message: str, status: int = 1) -> NoReturn:
+  """Ends the program with ``error: message`` on stderr and ``status``."""
+  if status == 1:
+    sys.exit(f"error: {message}")  # SystemExit prints its text and exits with 1.
+  sys.stderr.write(f"error: {message}\n")
+  sys.stderr.flush()
+  sys.exit(status)
 
 
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
-  """Turns a UserError raised inside the block into one line and exit status 1.
+  """Turns a UserError raised inside the block into one line and its exit status.
 
   The traceback is logged at debug level (--v=1 shows it).
   """
@@ -32,7 +52,51 @@ def one_line_errors() -> Iterator[None]:
     yield
   except UserError as e:
     logging.debug("Traceback of the error below:", exc_info=True)
-    exit_with(str(e))
+    exit_with(str(e), e.exit_status)
+
+
+def run_program(program: Callable[[], object]) -> int:
+  """Runs ``program`` and returns the exit status of however it ended (module docstring).
+
+  Prints one line on stderr for a user error or a stop on a signal, and the
+  traceback for anything else. Nothing is left to Python's teardown: the
+  caller ends the process with the status.
+
+  Args:
+    program: the whole program, resources included (it closes what it opens).
+
+  Returns:
+    The exit status.
+  """
+  try:
+    program()
+    return EXIT_FINISHED
+  except Stopped as e:
+    _line(str(e))
+    return EXIT_INTERRUPTED if e.signum == signal.SIGINT else EXIT_FINISHED
+  except UserError as e:
+    logging.debug("Traceback of the error below:", exc_info=True)
+    _line(f"error: {e}")
+    return e.exit_status
+  except KeyboardInterrupt:
+    _line("interrupted (Ctrl-C) before training started; nothing to save.")
+    return EXIT_INTERRUPTED
+  except SystemExit as e:
+    if isinstance(e.code, str):
+      _line(e.code)  # What Python would print at its exit, which the caller skips.
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  except BaseException:  # pylint: disable=broad-except  (a bug: its traceback, then the exit)
+    logging.flush()
+    traceback.print_exc()
+    _line(f"error: unexpected {sys.exc_info()[0].__name__} (a bug; the traceback is above). "
+          "The newest checkpoint is intact: rerun the same command to resume.")
+    return EXIT_BUG
+
+
+def _line(text: str) -> None:
+  logging.flush()
+  sys.stderr.write(text + "\n")
+  sys.stderr.flush()
 
 
 def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS,
@@ -102,10 +166,20 @@ def _unknown_field_line(error: BaseException, argv: Sequence[str], config_flag: 
 
 
 class QuietLibraryInfo(logging_lib.Filter):
-  """Drops Orbax's per-save INFO chatter (dozens of lines per checkpoint); keeps warnings."""
+  """Drops Orbax's per-save INFO chatter (dozens of lines per checkpoint) and its error echoes.
+
+  A failed save makes each of Orbax's threads log the same error with its
+  traceback (hundreds of lines for a full disk); checkpoint.py raises that
+  error once, as one line, so Orbax's own ERROR records are shown only with
+  --v=1. Orbax's warnings are kept.
+  """
 
   def filter(self, record):
-    return record.levelno >= logging_lib.WARNING or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    if record.levelno >= logging_lib.ERROR:
+      return logging.level_debug()
+    return record.levelno >= logging_lib.WARNING
 
 
 def drop_abandoned_reads(previous: Callable[..., None]) -> Callable[..., None]:

@@ -7,4 +7,10 @@ exception, JAX's own ValueErrors included, is a bug and keeps its traceback.
 
 
 class UserError(ValueError):
-  """An input (config value, path, file) is wrong; the message names it and the fix."""
+  """An input (config value, path, file) is wrong; the message names it and the fix.
+
+  Attributes:
+    exit_status: main.py's exit status for this error (subclasses for
+      divergence and failed saves have their own; README, "Exit status").
+  """
+  exit_status = 1

@@ -14,7 +14,6 @@ import collections
 import dataclasses
 import math
 import signal
-import threading
 import time
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
@@ -22,10 +21,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from jax.experimental import multihost_utils
 
 from mixsiam_jax import checkpoint
 from mixsiam_jax.errors import UserError
+from mixsiam_jax.stopping import Interrupted, StopRequest, Stopped
 
 State = Any
 Metrics = Dict[str, Any]
@@ -37,42 +36,7 @@ FINITE_METRICS = ("loss", "grad_norm", "param_norm")
 
 class TrainingError(UserError):
   """Training cannot go on (e.g. a non-finite loss); the message says what to change."""
-
-
-class StopRequest:
-  """Whether to save and stop now because the preemption notice (SIGTERM) arrived.
-
-  One process: a SIGTERM handler sets a flag, polled once per step. Several
-  processes: they must stop at the same step (the save is collective), so we
-  ask JAX's preemption service, which jax.distributed.initialize() starts and
-  which agrees on a step across hosts; installing our own handler there would
-  replace its signal handler.
-  """
-
-  def __init__(self, num_processes: int):
-    self._requested = False
-    self._previous = None
-    self._multiprocess = num_processes > 1
-
-  def __enter__(self):
-    if not self._multiprocess and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    logging.warning("Received signal %d: saving a checkpoint and exiting.", signum)
-    self._requested = True
-
-  def requested(self, step: int) -> bool:
-    """True if training should save at ``step`` and stop (the same step on every process)."""
-    if self._multiprocess:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._requested
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+  exit_status = 3
 
 
 def mean_metrics(history: Sequence[Metrics]) -> Dict[str, float]:
@@ -188,6 +152,11 @@ def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: in
         hooks: Sequence[Callable[[int], None]] = ()) -> Dict[str, float]:
   """Runs steps start_step + 1 .. options.num_steps, then waits for the last checkpoint.
 
+  A step's checkpoint is started before its evaluation, so an evaluation that
+  fails or is interrupted costs no checkpoint. However the loop ends, it closes
+  ``batches`` (if it has close()), waits for the pending save, and closes
+  ``manager`` and ``writer``.
+
   Args:
     step_fn: the jitted step ``(state, batch) -> (state, metrics)``.
     state: the state at ``start_step``.
@@ -207,55 +176,96 @@ def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: in
 
   Raises:
     TrainingError: a non-finite loss or norm (nothing non-finite is saved).
+    Stopped: SIGTERM or SIGINT arrived; the checkpoint of the step named in it
+      is complete.
+    checkpoint.CheckpointSaveError: a checkpoint could not be written (one
+      line: the directory, the OS error, the newest intact step).
   """
   history, last = [], {}
   in_flight = collections.deque()
   progress = Progress(options.num_steps)
+  saved = start_step  # the newest step whose checkpoint exists or is being written
 
   def wait_for_oldest():
     jax.block_until_ready(in_flight.popleft()[1])
 
-  with StopRequest(num_processes) as stop:
-    try:
-      for step in range(start_step + 1, options.num_steps + 1):
-        while len(in_flight) >= options.steps_in_flight:
-          wait_for_oldest()
-        state, metrics = step_fn(state, next(batches))
-        in_flight.append((step, metrics))
-        if step == start_step + 1:  # Start the clock once the compiled first step is done.
-          jax.block_until_ready(metrics)
-          progress.mark(step)
-        history.append(metrics)
-        for hook in hooks:
-          hook(step)
-        last_step = step == options.num_steps
-        stop_now = stop.requested(step)
-        save_now = stop_now or last_step or step % options.checkpoint_every_steps == 0
-        if step % options.log_every_steps == 0 or last_step:
-          last = mean_metrics(history)
-          history = []
-          check_finite(last, step)
-          while in_flight:
+  def save(step, state):
+    nonlocal saved
+    # A run killed once this checkpoint exists resumes after it: its metrics
+    # must be on disk first (the JSONL writer holds a step's row until the next
+    # step arrives, to merge evaluations into it).
+    writer.flush()
+    checkpoint.save(manager, step, to_tree(state), meta)
+    saved = step
+
+  try:
+    with StopRequest(num_processes) as stop:
+      try:
+        for step in range(start_step + 1, options.num_steps + 1):
+          while len(in_flight) >= options.steps_in_flight:
             wait_for_oldest()
-          progress.mark(step)
-          writer.write_scalars(step, {**last, **progress.report()})
-        elif save_now:
-          check_finite(mean_metrics([metrics]), step)
-        eval_step = options.eval_every_steps and step % options.eval_every_steps == 0
-        if evaluate is not None and (eval_step or last_step):
-          writer.write_scalars(step, evaluate(state))
-        if save_now:
-          # A run killed once this checkpoint exists resumes after it: its
-          # metrics must be on disk first (the JSONL writer holds a step's row
-          # until the next step arrives, to merge evaluations into it).
+          try:
+            with stop.waiting():  # a stalled source must not keep a signal waiting
+              batch = next(batches)
+          except Interrupted as e:
+            # Nothing of this step ran: the state is the previous step's.
+            if history:
+              check_finite(mean_metrics(history), step - 1)
+            if step - 1 > saved:
+              save(step - 1, state)
+            raise Stopped(step - 1, e.signum) from None
+          state, metrics = step_fn(state, batch)
+          in_flight.append((step, metrics))
+          if step == start_step + 1:  # Start the clock once the compiled first step is done.
+            jax.block_until_ready(metrics)
+            progress.mark(step)
+          history.append(metrics)
+          for hook in hooks:
+            hook(step)
+          last_step = step == options.num_steps
+          stop_now = stop.requested(step)
+          save_now = stop_now or last_step or step % options.checkpoint_every_steps == 0
+          if step % options.log_every_steps == 0 or last_step:
+            last = mean_metrics(history)
+            history = []
+            check_finite(last, step)
+            while in_flight:
+              wait_for_oldest()
+            progress.mark(step)
+            writer.write_scalars(step, {**last, **progress.report()})
+          elif save_now:
+            check_finite(mean_metrics([metrics]), step)
+          if save_now:
+            save(step, state)
+          eval_step = options.eval_every_steps and step % options.eval_every_steps == 0
+          if evaluate is not None and (eval_step or last_step) and not stop_now:
+            try:
+              with stop.waiting():
+                writer.write_scalars(step, evaluate(state))
+            except Interrupted:
+              logging.warning("The evaluation at step %d was interrupted; its checkpoint is "
+                              "kept.", step)
+              if step > saved:
+                save(step, state)
+              stop_now = True
+          if stop_now:
+            raise Stopped(step, stop.signum or signal.SIGTERM)  # None: another process's notice
+      finally:
+        _close(batches)
+        try:
+          checkpoint.wait_until_saved(manager, saved)
+        finally:
+          manager.close()
           writer.flush()
-          checkpoint.save(manager, step, to_tree(state), meta)
-        if stop_now:
-          logging.warning("Stopped at step %d on request; rerun the same command to resume.", step)
-          break
-    finally:
-      manager.wait_until_finished()
-      manager.close()
-      writer.flush()
-      writer.close()
+          writer.close()
+  except Stopped as e:
+    logging.warning("Stopped at step %d on request; rerun the same command to resume.", e.step)
+    raise
   return last
+
+
+def _close(batches: Any) -> None:
+  """Closes an iterator of batches that can be closed (a generator, a data stream)."""
+  close = getattr(batches, "close", None)
+  if close is not None:
+    close()

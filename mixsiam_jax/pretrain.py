@@ -8,7 +8,6 @@ checks the data and the workdir before writing anything, then hands the step to
 """
 import contextlib
 import functools
-import itertools
 import json
 import os
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
@@ -22,7 +21,7 @@ from jax.sharding import Mesh
 
 from mixsiam_jax import augment, checkpoint, loop, sharding, train
 from mixsiam_jax import metric_writer, workdir as workdir_lib
-from mixsiam_jax.data import iterate, pipeline, sources
+from mixsiam_jax.data import DatasetError, decode, iterate, pipeline, sources
 from mixsiam_jax.options import OptionsError
 from mixsiam_jax.recipe import (PretrainOptions, Training, build_training, model_meta,
                                 options_from_config)
@@ -87,17 +86,45 @@ def state_functions(opts: PretrainOptions, training: Training, mesh: Mesh):
   return step_rng, init, to_tree, from_tree
 
 
-def _write_preview(writer: Any, batches: Iterator[Any], training: Training, rng: jax.Array,
-                   step: jax.Array, start_step: int) -> Iterator[Any]:
-  """Writes x1 / x2 / x_m of the first batch to TensorBoard; returns the batches, that one first.
+def _with_preview(writer: Any, batches: Iterator[Any], training: Training, rng: jax.Array,
+                  step: jax.Array, start_step: int) -> Iterator[Any]:
+  """The batches; the first one's x1 / x2 / x_m are written to TensorBoard when it is taken.
 
-  Every process computes the views (a global computation); process 0 writes them.
+  Every process computes the views (a global computation); process 0 writes
+  them. Closing this generator closes ``batches``.
   """
-  first = next(batches)
-  views = training.views(first, rng, step)
-  if jax.process_index() == 0:
-    writer.write_images(start_step + 1, {"views": _preview_images(views)})
-  return itertools.chain([first], batches)
+  try:
+    first = next(batches)
+    views = training.views(first, rng, step)
+    if jax.process_index() == 0:
+      writer.write_images(start_step + 1, {"views": _preview_images(views)})
+    yield first
+    yield from batches
+  finally:
+    batches.close()
+
+
+def _check_same_data(path: str, described: Dict[str, Dict[str, Any]]) -> None:
+  """Refuses a resume on data sets that differ from the ones data.json recorded."""
+  recorded_path = os.path.join(path, DATA_FILE)
+  if not os.path.exists(recorded_path):
+    return
+  try:
+    with open(recorded_path) as f:
+      recorded = json.load(f)
+  except (OSError, ValueError) as e:
+    raise workdir_lib.WorkdirError(f"{recorded_path} is unreadable ({e}); restore it or use a "
+                                   "fresh --workdir.") from None
+  for role, now in described.items():
+    before = recorded.get(role)
+    keys = ("dataset", "split", "num_examples", "num_classes")
+    if before and any(before.get(k) != now[k] for k in keys):
+      raise DatasetError(
+          f"the {role} data set differs from the one this run started on ({DATA_FILE}: "
+          f"{before.get('num_examples')} examples in {before.get('num_classes')} classes of "
+          f"{before.get('dataset')} split {before.get('split')!r}; now {now['num_examples']} in "
+          f"{now['num_classes']} of {now['dataset']} split {now['split']!r}). Restore the data "
+          "and rerun, or start a new run in a new --workdir.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -139,11 +166,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  training.num_steps)
     return {}
   described = _describe_data(config, info)
-  data = pipeline.create_pretrain_dataset(pipeline.TrainDataOptions(
+  _check_same_data(path, described)
+  data_options = pipeline.TrainDataOptions(
       dataset=config.dataset, split=config.train_split, global_batch_size=opts.batch_size,
       image_size=opts.image_size, seed=opts.seed, crop_scale=tuple(config.data.crop_scale),
       host_photometric=None if opts.photometric_on_device else opts.photometric,
-      skip_bad_images=config.data.skip_bad_images), start_step=start_step)
+      skip_bad_images=config.data.skip_bad_images)
+  pipeline.create_pretrain_dataset(data_options, start_step=start_step)  # Checks before writing.
+  bad_images = decode.BadImageLog()
+
+  def training_data(step, checked):
+    return pipeline.create_pretrain_dataset(data_options, start_step=step, expect=info,
+                                            bad_images=bad_images, checked_decoding=checked)
   knn_monitor = _make_knn_monitor(config, training.network, mesh)
 
   step_rng, init, to_tree, from_tree = state_functions(opts, training, mesh)
@@ -162,8 +196,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if start_step == 0:
       writer.write_hparams({k: v for k, v in workdir_lib.flatten_config(config_dict).items()
                             if isinstance(v, (int, float, str, bool))})
-    batches = sharding.prefetch_to_mesh(iterate.numpy_batches(data), mesh, config.data.prefetch)
-    batches = _write_preview(writer, batches, training, step_rng, state.step, start_step)
+    stream = iterate.numpy_batches(training_data, start=start_step,
+                                   name=f"--config.dataset={config.dataset}")
+    batches = sharding.prefetch_to_mesh(stream, mesh, config.data.prefetch)
+    batches = _with_preview(writer, batches, training, step_rng, state.step, start_step)
     hooks = []
     if jax.process_index() == 0 and config.profile_steps:
       hooks.append(periodic_actions.Profile(logdir=path, num_profile_steps=config.profile_steps,

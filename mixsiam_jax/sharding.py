@@ -99,18 +99,24 @@ def prefetch_to_mesh(batches: Iterable[Any], mesh: Mesh, size: int = 2) -> Itera
     size: number of batches kept in flight (>= 1).
 
   Yields:
-    Global sharded batches, in order.
+    Global sharded batches, in order. Closing the generator closes ``batches``.
   """
   queue = collections.deque()
   iterator = iter(batches)
-  for batch in itertools.islice(iterator, max(size, 1)):
-    queue.append(global_batch(batch, mesh))
-  while queue:
-    ready = queue.popleft()
-    # Refill before handing out, so `size` batches are in flight while the step runs.
-    for batch in itertools.islice(iterator, 1):
+  try:
+    for batch in itertools.islice(iterator, max(size, 1)):
       queue.append(global_batch(batch, mesh))
-    yield ready
+    while queue:
+      ready = queue.popleft()
+      # Refill before handing out, so `size` batches are in flight while the step runs.
+      for batch in itertools.islice(iterator, 1):
+        queue.append(global_batch(batch, mesh))
+      yield ready
+  finally:
+    # Closing this generator closes its source (e.g. a data/iterate.py stream and its thread).
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()
 
 
 def replicated_key(key: jax.Array, mesh: Mesh) -> jax.Array:

@@ -1,19 +1,23 @@
-"""Tests of mixsiam_jax/data/iterate.py: NumPy iteration that never blocks on the release."""
+"""Tests of mixsiam_jax/data/iterate.py: reading on a helper thread, faults retried or named."""
+import os
+import signal
 import threading
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import logging
 
-from mixsiam_jax.data import iterate
+from mixsiam_jax import stopping
+from mixsiam_jax.data import DatasetError, iterate
 
 
 class SlowToRelease:
   """An iterator whose destructor blocks, as a tf.data iterator's can (up to 60 s)."""
 
-  def __init__(self, items, delay):
-    self.items, self.delay = iter(items), delay
+  def __init__(self, items, delay, log):
+    self.items, self.delay, self.log = iter(items), delay, log
 
   def __iter__(self):
     return self
@@ -23,22 +27,17 @@ class SlowToRelease:
 
   def __del__(self):
     time.sleep(self.delay)
-    SlowToRelease.log.append(threading.current_thread().name)
-    SlowToRelease.done.set()
+    self.log.append(threading.current_thread().name)
 
 
 class FakeDataset:
-  def __init__(self, items, delay):
-    self.items, self.delay = items, delay
+  """A stand-in for tf.data.Dataset: as_numpy_iterator() gives ``new_iterator()``."""
+
+  def __init__(self, new_iterator):
+    self.new_iterator = new_iterator
 
   def as_numpy_iterator(self):
-    return SlowToRelease(self.items, self.delay)
-
-
-@pytest.fixture
-def release_log():
-  SlowToRelease.log, SlowToRelease.done = [], threading.Event()
-  yield SlowToRelease
+    return self.new_iterator()
 
 
 def test_yields_the_same_elements_as_tf_data():
@@ -54,8 +53,10 @@ def test_yields_the_same_elements_as_tf_data():
 
 
 @pytest.mark.parametrize("how", ["close", "drop", "exhaust"])
-def test_a_slow_release_happens_on_a_helper_thread(release_log, how):
-  batches = iterate.numpy_batches(FakeDataset([1, 2, 3], delay=1.5))
+def test_the_iterator_is_released_on_the_reading_thread(how):
+  released = []
+  batches = iterate.numpy_batches(FakeDataset(lambda: SlowToRelease([1, 2, 3], 1.5, released)),
+                                  name="fake")
   assert next(batches) == 1
   started = time.monotonic()
   if how == "close":
@@ -65,13 +66,103 @@ def test_a_slow_release_happens_on_a_helper_thread(release_log, how):
   else:
     assert list(batches) == [2, 3]
   assert time.monotonic() - started < 0.75, "the caller waited for the release"
-  assert release_log.done.wait(10.0), "the iterator was never released"
-  assert release_log.log == ["release-tf.data-iterator"]
+  deadline = time.monotonic() + 10
+  while not released and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert released == ["read fake"]
 
 
-def test_release_in_background_empties_the_owner_on_its_thread(release_log):
-  owner = [SlowToRelease([], delay=0.0)]
-  thread = iterate.release_in_background(owner)
-  thread.join(10.0)
-  assert owner == [] and not thread.is_alive()
-  assert release_log.log == ["release-tf.data-iterator"]
+def make_flaky(failures, error):
+  """make(start, checked) over elements 0..9; the first ``failures`` builds fail at element 4."""
+  calls = []
+
+  def make(start, checked):
+    calls.append((start, checked))
+    fail = len([c for c in calls if not c[1]]) <= failures
+
+    def elements():
+      for i in range(start, 10):
+        if fail and i == 4 and not checked:
+          raise error
+        yield i if not checked else -i
+
+    return FakeDataset(elements)
+
+  return make, calls
+
+
+def not_found():
+  return tf.errors.NotFoundError(None, None, "Error in user-defined function passed to "
+                                 "MapDataset:1 transformation with iterator: Iterator::Root::"
+                                 "ParallelMapV2: /data/cat/4.jpg; No such file or directory")
+
+
+def test_an_unreadable_file_is_retried_and_the_stream_continues_where_it_was():
+  make, calls = make_flaky(2, not_found())
+  stream = iterate.numpy_batches(make, read_retry_delays=(0.01, 0.01, 0.01))
+  assert list(stream) == list(range(10))  # exactly the undisturbed elements
+  assert calls == [(0, False), (4, False), (4, False)]  # rebuilt at element 4, twice
+
+
+def test_a_file_that_stays_unreadable_ends_the_stream_with_one_line_naming_it():
+  make, calls = make_flaky(100, not_found())
+  stream = iterate.numpy_batches(make, name="--config.dataset=folder:/data",
+                                 read_retry_delays=(0.01, 0.02))
+  assert [next(stream) for _ in range(4)] == [0, 1, 2, 3]
+  with pytest.raises(DatasetError) as error:
+    next(stream)
+  assert str(error.value) == ("--config.dataset=folder:/data: cannot read /data/cat/4.jpg; "
+                              "No such file or directory.")
+  assert len(calls) == 3  # the first build and two retries
+  with pytest.raises(StopIteration):
+    next(stream)
+
+
+def test_a_batch_that_does_not_decode_is_built_again_with_checked_decoding():
+  make, calls = make_flaky(1, tf.errors.InvalidArgumentError(
+      None, None, "jpeg::Uncompress failed. Invalid JPEG data or crop window."))
+  got = list(iterate.numpy_batches(make))
+  assert got == [0, 1, 2, 3, -4, 5, 6, 7, 8, 9]  # only batch 4 comes from the checked build
+  assert calls == [(0, False), (4, True), (5, False)]
+
+
+def test_a_project_error_inside_tensorflow_is_its_own_one_line_message():
+  error = tf.errors.InvalidArgumentError(
+      None, None, "Error in user-defined function passed to MapDataset:3: DatasetError: "
+      "Unreadable image /d/x.jpg: broken. Remove it, or set "
+      "--config.data.skip_bad_images=True to skip it.\nTraceback (most recent call last): ...")
+  make, _ = make_flaky(100, error)
+  stream = iterate.numpy_batches(make)
+  with pytest.raises(DatasetError, match=r"^Unreadable image /d/x.jpg: broken\. Remove it"):
+    list(stream)
+
+
+def test_a_bug_keeps_its_type_and_traceback():
+  make, _ = make_flaky(100, KeyError("a bug"))
+  with pytest.raises(KeyError):
+    list(iterate.numpy_batches(make))
+
+
+class Stalled:
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    threading.Event().wait(30)
+    raise StopIteration
+
+
+def test_a_stalled_source_is_reported_and_a_signal_interrupts_the_wait(monkeypatch):
+  warnings = []
+  monkeypatch.setattr(logging, "warning", lambda msg, *args: warnings.append(msg % args))
+  stream = iterate.numpy_batches(FakeDataset(Stalled), name="the stalled data",
+                                 stall_warning_seconds=0.3)
+  threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+  started = time.monotonic()
+  with stopping.StopRequest(1) as stop, pytest.raises(stopping.Interrupted):
+    with stop.waiting():
+      next(stream)
+  assert time.monotonic() - started < 5
+  stream.close()
+  stalls = [w for w in warnings if w.startswith("No batch from the stalled data")]
+  assert len(stalls) >= 1, warnings

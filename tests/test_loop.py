@@ -1,12 +1,14 @@
 """The shared loop: durations, bounded steps in flight, stop on SIGTERM, logging, checkpoints."""
 import os
 import signal
+import threading
 import time
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from mixsiam_jax import checkpoint, loop
+from mixsiam_jax import checkpoint, loop, stopping
 from mixsiam_jax.errors import UserError
 
 
@@ -85,13 +87,127 @@ def test_at_most_k_steps_run_ahead_of_the_newest_finished_one(tmp_path, in_fligh
     assert set(range(1, step - in_flight + 1)) <= finished, (step, finished)
 
 
-def test_sigterm_saves_the_current_step_at_once_and_returns(tmp_path):
+def test_sigterm_saves_the_current_step_at_once_and_stops(tmp_path):
   program = FakeProgram(sigterm_at=4)
   previous = signal.getsignal(signal.SIGTERM)
-  run_fake(tmp_path, program, num_steps=10, log_every=100, checkpoint_every=100)
+  with pytest.raises(stopping.Stopped) as stopped:
+    run_fake(tmp_path, program, num_steps=10, log_every=100, checkpoint_every=100)
+  assert (stopped.value.step, stopped.value.signum) == (4, signal.SIGTERM)
   assert max(program.log["finished_when_dispatched"]) == 4  # nothing dispatched after step 4
   assert saved_steps(tmp_path) == [4]
   assert signal.getsignal(signal.SIGTERM) == previous  # the handler is restored
+
+
+def test_first_ctrl_c_saves_and_stops_and_arms_the_second_to_kill(tmp_path):
+  seen = {}
+
+  class CtrlC(FakeProgram):
+    def step(self, state, batch):
+      if state["step"] + 1 == 3:
+        os.kill(os.getpid(), signal.SIGINT)
+        seen["after_first"] = signal.getsignal(signal.SIGINT)
+      return super().step(state, batch)
+
+  previous = signal.getsignal(signal.SIGINT)
+  with pytest.raises(stopping.Stopped) as stopped:
+    run_fake(tmp_path, CtrlC(), num_steps=10, log_every=100, checkpoint_every=100)
+  assert (stopped.value.step, stopped.value.signum) == (3, signal.SIGINT)
+  assert "interrupted (Ctrl-C) at step 3, checkpoint saved" in str(stopped.value)
+  assert seen["after_first"] == signal.SIG_DFL  # a second Ctrl-C ends the process at once
+  assert saved_steps(tmp_path) == [3]
+  assert signal.getsignal(signal.SIGINT) == previous
+
+
+class Stalling:
+  """Batches that stop coming after ``count`` (a source that hangs); records close()."""
+
+  def __init__(self, count):
+    self.left, self.closed = count, False
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self.left == 0:
+      threading.Event().wait()  # An interruptible wait, like data/iterate.py's queue.
+    self.left -= 1
+    return np.float32(1.0)
+
+  def close(self):
+    self.closed = True
+
+
+def _signal_after(seconds, signum=signal.SIGTERM):
+  timer = threading.Timer(seconds, os.kill, (os.getpid(), signum))
+  timer.start()
+  return timer
+
+
+def test_a_signal_while_waiting_for_a_batch_saves_the_last_step_and_stops(tmp_path):
+  manager = checkpoint.create_manager(str(tmp_path / "ckpt"), async_save=False)
+  batches = Stalling(5)
+  options = loop.LoopOptions(num_steps=10, log_every_steps=100, checkpoint_every_steps=100)
+  timer = _signal_after(1.0)
+  started = time.monotonic()
+  with pytest.raises(stopping.Stopped) as stopped:
+    loop.run(FakeProgram().step, {"step": 0, "w": np.zeros(3, np.float32)}, batches,
+             start_step=0, options=options, manager=manager, to_tree=lambda s: {"w": s["w"]},
+             meta={}, writer=ListWriter())
+  timer.join()
+  assert time.monotonic() - started < 10
+  assert stopped.value.step == 5 and saved_steps(tmp_path) == [5]
+  assert batches.closed
+
+
+def test_checkpoint_is_written_before_the_evaluation_that_fails(tmp_path):
+  def failing_evaluation(state):
+    raise RuntimeError("evaluation broke")
+
+  program = FakeProgram()
+  with pytest.raises(RuntimeError, match="evaluation broke"):
+    run_fake(tmp_path, program, num_steps=6, log_every=3, checkpoint_every=3,
+             evaluate=failing_evaluation)
+  assert saved_steps(tmp_path) == [3, 6]  # the last step's checkpoint survives its evaluation
+
+
+def test_a_signal_during_an_evaluation_stops_with_that_steps_checkpoint(tmp_path):
+  def stalled_evaluation(state):
+    _signal_after(0.5)
+    threading.Event().wait()
+
+  with pytest.raises(stopping.Stopped) as stopped:
+    run_fake(tmp_path, FakeProgram(), num_steps=6, log_every=3, checkpoint_every=3,
+             evaluate=stalled_evaluation)
+  assert stopped.value.step == 6 and saved_steps(tmp_path) == [3, 6]
+
+
+def test_a_failed_save_is_one_line_naming_the_step_the_error_and_the_intact_step(
+    tmp_path, monkeypatch):
+  manager = checkpoint.create_manager(str(tmp_path / "ckpt"), async_save=False)
+  original = manager.save
+
+  def full_disk(step, *args, **kwargs):
+    if step == 6:
+      os.makedirs(tmp_path / "ckpt" / f"6{ocp.path.step.TMP_DIR_SUFFIX}")  # half written
+      raise ValueError("RESOURCE_EXHAUSTED: Failed to write 2 bytes to file 7: No space left on "
+                       "device [os_error_code='28']")
+    return original(step, *args, **kwargs)
+
+  monkeypatch.setattr(manager, "save", full_disk)
+  batches = Stalling(10)
+  options = loop.LoopOptions(num_steps=10, log_every_steps=100, checkpoint_every_steps=3)
+  writer = ListWriter()
+  with pytest.raises(checkpoint.CheckpointSaveError) as failed:
+    loop.run(FakeProgram().step, {"step": 0, "w": np.zeros(3, np.float32)}, batches,
+             start_step=0, options=options, manager=manager, to_tree=lambda s: {"w": s["w"]},
+             meta={}, writer=writer)
+  message = str(failed.value)
+  assert "\n" not in message
+  assert "cannot save checkpoint 6" in message and "no space left on device" in message
+  assert " free" in message and "newest intact checkpoint is step 3" in message
+  assert failed.value.exit_status == 4
+  assert sorted(os.listdir(tmp_path / "ckpt")) == ["3"]  # the half-written step is removed
+  assert batches.closed and writer.closed
 
 
 def test_logs_means_with_progress_and_checkpoints_the_end(tmp_path):

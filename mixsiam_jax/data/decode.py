@@ -6,7 +6,10 @@ TensorFlow's decoder; files that fail it go through PIL (``tf.py_function``),
 which also reads what TensorFlow cannot (CMYK JPEGs, palette images, odd
 headers). Files PIL cannot read either are reported to a BadImageLog: with
 ``skip`` they are logged once each and flagged (the pipeline replaces or masks
-them), otherwise they raise DatasetError.
+them), otherwise they raise DatasetError. A file that passes the check and
+still fails TensorFlow's decoder (corrupt entropy data) fails its batch; the
+stream (iterate.py) then rebuilds that batch with ``checked=True``, which
+decodes every file in Python and so reports that one as above.
 """
 import io
 import threading
@@ -23,8 +26,12 @@ class BadImageLog:
   """The unreadable images of a program, each logged once; safe across tf.data threads.
 
   The program creates one and passes it to every stream it builds, so a file
-  that several streams read is reported once.
+  that several streams read is reported once. The first NAMED_WARNINGS files
+  are named on the console one by one; after that one line per tenfold count
+  (100, 1000, ...) keeps a data set full of bad files from flooding it, and
+  snapshot() has them all.
   """
+  NAMED_WARNINGS = 20
 
   def __init__(self):
     self._lock = threading.Lock()
@@ -49,8 +56,12 @@ class BadImageLog:
         return
       self._bad[name] = reason
       count = len(self._bad)
-    logging.warning("Skipping unreadable image %s (%s); %d bad image(s) so far.", name, reason,
-                    count)
+    if count <= self.NAMED_WARNINGS:
+      logging.warning("Skipping unreadable image %s (%s); %d bad image(s) so far.", name,
+                      reason, count)
+    elif count == 10 ** len(str(count - 1)) or count == self.NAMED_WARNINGS + 1:
+      logging.warning("Skipping unreadable images: %d so far (the newest: %s, %s); only every "
+                      "tenfold count is reported from here on.", count, name, reason)
 
   def snapshot(self) -> Dict[str, str]:
     """Returns {name: reason} of every unreadable image recorded so far."""
@@ -74,11 +85,20 @@ def _looks_decodable(data: tf.Tensor) -> tf.Tensor:
   return (n > 0) & (is_jpeg | is_png | is_gif | is_bmp)
 
 
-def _pil_decoder(log: BadImageLog, skip: bool):
-  """Returns a numpy function decoding bytes with PIL (CMYK, palette, odd files)."""
+def _pil_decoder(log: BadImageLog, skip: bool, tensorflow_first: bool = False):
+  """Returns a numpy function decoding bytes with PIL (CMYK, palette, odd files).
+
+  With ``tensorflow_first`` TensorFlow's decoder is tried first, so that a file
+  it reads gives the same pixels as on the fast path.
+  """
   def decode(data, name) -> Tuple[np.ndarray, bool]:
     from PIL import Image  # pylint: disable=g-import-not-at-top
     name = name.numpy().decode("utf-8", "replace")
+    if tensorflow_first and data.numpy():
+      try:
+        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy(), True
+      except tf.errors.InvalidArgumentError:
+        pass  # PIL reads some files TensorFlow cannot; else the file is reported below.
     try:
       with Image.open(io.BytesIO(data.numpy())) as im:
         im.seek(0)  # First frame of animations.
@@ -94,7 +114,7 @@ def _pil_decoder(log: BadImageLog, skip: bool):
 
 
 def decode_image(data: tf.Tensor, name: tf.Tensor, log: BadImageLog,
-                 skip: bool = True) -> Tuple[tf.Tensor, tf.Tensor]:
+                 skip: bool = True, checked: bool = False) -> Tuple[tf.Tensor, tf.Tensor]:
   """Decodes an encoded image to RGB uint8, flagging unreadable files.
 
   Args:
@@ -102,6 +122,9 @@ def decode_image(data: tf.Tensor, name: tf.Tensor, log: BadImageLog,
     name: scalar tf.string naming the file in reports.
     log: where unreadable files are reported.
     skip: report and flag (True) or raise (False) on unreadable files.
+    checked: decode every file in a tf.py_function that catches the decoder's
+      errors (slower): for rebuilding a batch in which a file passed the cheap
+      check but failed TensorFlow's decoder, which cannot be caught in a graph.
 
   Returns:
     (uint8 [h, w, 3], bool ok). An unreadable file gives a 1x1 black image, ok False.
@@ -111,8 +134,12 @@ def decode_image(data: tf.Tensor, name: tf.Tensor, log: BadImageLog,
     return image, tf.constant(True)
 
   def slow():
-    image, ok = tf.py_function(_pil_decoder(log, skip), [data, name], [tf.uint8, tf.bool])
+    image, ok = tf.py_function(_pil_decoder(log, skip, tensorflow_first=checked), [data, name],
+                               [tf.uint8, tf.bool])
     return tf.ensure_shape(image, [None, None, 3]), tf.ensure_shape(ok, [])
 
-  image, ok = tf.cond(_looks_decodable(data), fast, slow)
+  if checked:
+    image, ok = slow()
+  else:
+    image, ok = tf.cond(_looks_decodable(data), fast, slow)
   return tf.ensure_shape(image, [None, None, 3]), ok

@@ -28,9 +28,14 @@ Bad images (decode.py) are, with ``skip_bad_images``, replaced in their
 training batch by another example of the same batch (so batch shapes and the
 position arithmetic above stay exact) or masked out of evaluation batches. A
 file that passes decode.py's check and still fails TensorFlow's decoder (rare:
-corrupt entropy data) is dropped by ``ignore_errors`` when skipping, which
-shifts later positions by one; runs stay reproducible but ``start_step``
-resume is then only exact up to that shift.
+corrupt entropy data) fails its batch; the reader (iterate.py) builds that
+batch again with ``checked_decoding``, which reports the file by name, so
+positions never shift. Files that cannot be read at all fail the stream, and
+the reader retries, then stops naming the file; no error is ever dropped.
+
+Both streams check that the data set lists as ``expect`` says (the number of
+examples and the class names the run started with), so a stream rebuilt after
+a fault never trains on a data set that changed under the run.
 """
 import dataclasses
 from typing import Optional, Tuple
@@ -124,9 +129,22 @@ def _process_slice(global_batch_size, process_index, process_count):
   return process_index, process_count, global_batch_size // process_count
 
 
-def _open(dataset, split, field, tfds_options, log, skip) -> sources.Source:
-  """Opens a source and reports its non-image files (raising unless ``skip``)."""
+def _open(dataset, split, field, tfds_options, log, skip,
+          expect: Optional[sources.DatasetInfo] = None) -> sources.Source:
+  """Opens a source and reports its non-image files (raising unless ``skip``).
+
+  Raises:
+    DatasetError: the source does not list as ``expect`` says (it changed).
+  """
   source = sources.open_source(dataset, split, field=field, tfds_options=tfds_options)
+  if expect is not None and (source.info.num_examples, source.info.class_names) != (
+      expect.num_examples, expect.class_names):
+    now = source.info
+    raise DatasetError(
+        f"--config.{field}={dataset} (split {split!r}) changed while the run was reading it: it "
+        f"now holds {now.num_examples} examples in {max(now.num_classes, 1)} class(es), the run "
+        f"started with {expect.num_examples} in {max(expect.num_classes, 1)} (data.json). "
+        "Restore the data and rerun the same command, or start a new run in a new --workdir.")
   for other in source.non_images:
     log.report(other, "not an image file (extension)", skip)
   return source
@@ -183,13 +201,14 @@ def _replace_bad_rows(batch):
   return {k: tf.gather(v, src) for k, v in batch.items()}
 
 
-def _views_fn(options: TrainDataOptions, log: decode.BadImageLog):
+def _views_fn(options: TrainDataOptions, log: decode.BadImageLog, checked: bool):
   """Element {'bytes', 'name', 'epoch', 'index', 'label'} -> augmented uint8 views."""
   photometric = (host_augment.host_photometric_fn(options.host_photometric)
                  if options.host_photometric is not None else None)
 
   def views_fn(el):
-    image, ok = decode.decode_image(el["bytes"], el["name"], log, options.skip_bad_images)
+    image, ok = decode.decode_image(el["bytes"], el["name"], log, options.skip_bad_images,
+                                    checked=checked)
     seeds = tf.random.experimental.stateless_split(
         _example_seed(options.seed, el["epoch"], el["index"]), 3)
     views = host_augment.crop_flip_views(seeds[0], image, options.image_size, options.crop_scale,
@@ -206,7 +225,9 @@ def _views_fn(options: TrainDataOptions, log: decode.BadImageLog):
 def create_pretrain_dataset(options: TrainDataOptions, *, start_step: int = 0,
                             process_index: Optional[int] = None,
                             process_count: Optional[int] = None,
-                            bad_images: Optional[decode.BadImageLog] = None) -> tf.data.Dataset:
+                            bad_images: Optional[decode.BadImageLog] = None,
+                            checked_decoding: bool = False,
+                            expect: Optional[sources.DatasetInfo] = None) -> tf.data.Dataset:
   """Infinite per-process stream of augmented training batches (see the module docstring).
 
   Args:
@@ -214,6 +235,9 @@ def create_pretrain_dataset(options: TrainDataOptions, *, start_step: int = 0,
     start_step: first step to produce (exact resume).
     process_index, process_count: this process's shard; default from jax.
     bad_images: where unreadable images are reported (default: a new log).
+    checked_decoding: decode every image in Python (decode.decode_image's
+      ``checked``): slower, for rebuilding a batch whose decoding failed.
+    expect: the size and classes the data set must still have (None: any).
 
   Returns:
     tf.data.Dataset of {'views': uint8 [B_local, num_views, S, S, 3],
@@ -225,7 +249,7 @@ def create_pretrain_dataset(options: TrainDataOptions, *, start_step: int = 0,
                                                              process_index, process_count)
   log = bad_images if bad_images is not None else decode.BadImageLog()
   source = _open(options.dataset, options.split, options.field, options.tfds_options, log,
-                 options.skip_bad_images)
+                 options.skip_bad_images, expect)
   n = source.info.num_examples
   if n // process_count < local_batch:
     raise DatasetError(f"--config.{options.field}={options.dataset} ({n} examples) is too "
@@ -244,10 +268,8 @@ def create_pretrain_dataset(options: TrainDataOptions, *, start_step: int = 0,
   else:
     ds = _sequential_stream(source, seed=options.seed, start=start, process_index=process_index,
                             process_count=process_count, shuffle_buffer=options.shuffle_buffer)
-  ds = ds.map(_views_fn(options, log), num_parallel_calls=tf.data.AUTOTUNE,
+  ds = ds.map(_views_fn(options, log, checked_decoding), num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True)
-  if options.skip_bad_images:
-    ds = ds.ignore_errors(log_warning=True)
   ds = ds.batch(local_batch, drop_remainder=True).map(_replace_bad_rows)
   tf_options = tf.data.Options()
   tf_options.deterministic = True
@@ -255,8 +277,10 @@ def create_pretrain_dataset(options: TrainDataOptions, *, start_step: int = 0,
   return ds.with_options(tf_options).prefetch(options.prefetch)
 
 
-def _eval_elements(source, *, global_batch_size, local_batch, process_index) -> tf.data.Dataset:
-  """This process's elements {'bytes', 'label', 'name', 'valid'}, padded to whole batches."""
+def _eval_elements(source, *, global_batch_size, local_batch, process_index,
+                   start_batch) -> tf.data.Dataset:
+  """This process's elements {'bytes', 'label', 'name', 'valid'} from batch ``start_batch`` on,
+  padded to whole batches."""
   n = source.info.num_examples
   num_batches = -(-n // global_batch_size)
   block_start = process_index * local_batch
@@ -270,7 +294,7 @@ def _eval_elements(source, *, global_batch_size, local_batch, process_index) -> 
       data, label, name = source.fetch(tf.minimum(g, n - 1))
       return {"bytes": data, "label": label, "name": name, "valid": g < n}
 
-    return tf.data.Dataset.range(num_batches * local_batch).map(
+    return tf.data.Dataset.range(start_batch * local_batch, num_batches * local_batch).map(
         read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   mine = source.sequential.filter(
       lambda ex: (ex["index"] % global_batch_size) // local_batch == process_index)
@@ -280,7 +304,8 @@ def _eval_elements(source, *, global_batch_size, local_batch, process_index) -> 
   pad = tf.data.Dataset.from_tensors({"bytes": tf.constant(b""), "label": tf.constant(-1),
                                       "name": tf.constant("padding"),
                                       "valid": tf.constant(False)})
-  return mine.concatenate(pad.repeat(num_batches * local_batch - count))
+  return mine.concatenate(pad.repeat(num_batches * local_batch - count)).skip(
+      start_batch * local_batch)
 
 
 def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, image_size: int,
@@ -288,7 +313,9 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
                         process_count: Optional[int] = None, skip_bad_images: bool = True,
                         field: str = "dataset",
                         tfds_options: sources.TfdsOptions = sources.TfdsOptions(),
-                        bad_images: Optional[decode.BadImageLog] = None) -> tf.data.Dataset:
+                        bad_images: Optional[decode.BadImageLog] = None, start_batch: int = 0,
+                        checked_decoding: bool = False,
+                        expect: Optional[sources.DatasetInfo] = None) -> tf.data.Dataset:
   """Finite, ordered, per-process evaluation batches with a padding mask.
 
   Global batch b holds examples [b * G, (b + 1) * G) (G = global_batch_size);
@@ -307,6 +334,8 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
     field: the config field that gave ``dataset``, named in errors.
     tfds_options: how to read a TFDS data set.
     bad_images: where unreadable images are reported (default: a new log).
+    start_batch: the first batch to produce (a stream rebuilt after a fault).
+    checked_decoding, expect: as in create_pretrain_dataset.
 
   Returns:
     tf.data.Dataset of {'image': uint8 [B_local, S, S, 3], 'label': int32
@@ -318,13 +347,14 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
   process_index, process_count, local_batch = _process_slice(global_batch_size, process_index,
                                                              process_count)
   log = bad_images if bad_images is not None else decode.BadImageLog()
-  source = _open(dataset, split, field, tfds_options, log, skip_bad_images)
+  source = _open(dataset, split, field, tfds_options, log, skip_bad_images, expect)
   ds = _eval_elements(source, global_batch_size=global_batch_size, local_batch=local_batch,
-                      process_index=process_index)
+                      process_index=process_index, start_batch=start_batch)
 
   def transform_fn(el):
     def real():
-      image, ok = decode.decode_image(el["bytes"], el["name"], log, skip_bad_images)
+      image, ok = decode.decode_image(el["bytes"], el["name"], log, skip_bad_images,
+                                      checked=checked_decoding)
       return host_augment.eval_transform(image, image_size, transform), ok
 
     def padding():

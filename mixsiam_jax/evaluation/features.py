@@ -14,7 +14,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from mixsiam_jax import augment, sharding
-from mixsiam_jax.data import DatasetError, host_augment, iterate, pipeline, sources
+from mixsiam_jax.data import (DatasetError, decode, folders, host_augment, iterate, pipeline,
+                              sources)
 from mixsiam_jax.options import OptionsError
 
 
@@ -40,8 +41,12 @@ class EvalData:
   skip_bad_images: bool = True
 
   def __post_init__(self):
-    sources.parse_dataset(self.dataset, "dataset")
-    sources.parse_dataset(self.eval_dataset, "eval_dataset")
+    for field, dataset, split_field, split in (
+        ("dataset", self.dataset, "train_split", self.train_split),
+        ("eval_dataset", self.eval_dataset, "eval_split", self.eval_split)):
+      kind, _ = sources.parse_dataset(dataset, field)
+      if kind == "folder":
+        _check_folder_split(split_field, split)
     for name, value in (("image_size", self.image_size), ("eval_batch_size", self.batch_size)):
       if isinstance(value, bool) or not (isinstance(value, int) and value > 0):
         raise OptionsError(f"{name}={value!r} must be a positive integer.")
@@ -50,6 +55,15 @@ class EvalData:
                          f"{host_augment.EVAL_TRANSFORMS}.")
     if not isinstance(self.skip_bad_images, bool):
       raise OptionsError(f"data.skip_bad_images={self.skip_bad_images!r} must be true or false.")
+
+
+def _check_folder_split(field: str, split: str) -> None:
+  """Refuses a bad split of a folder data set, naming its config field (not its data set's)."""
+  try:
+    folders.parse_folder_split(split)
+  except DatasetError as e:
+    raise DatasetError(f"{field}={split!r} is not a split of a folder data set; accepted: "
+                       f"{folders.FOLDER_SPLIT_SYNTAX}.") from e
 
 
 def check_classes(data: EvalData, user: str) -> sources.DatasetInfo:
@@ -142,11 +156,20 @@ def dataset_features(embed_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, dat
   Returns:
     (features [N, F], labels [N]) on the host.
   """
-  ds = pipeline.create_eval_dataset(dataset, split, global_batch_size=batch_size,
-                                    image_size=image_size, transform=transform,
-                                    skip_bad_images=skip_bad_images, field=field)
-  batches = sharding.prefetch_to_mesh(iterate.numpy_batches(ds), mesh, 2)
-  return extract_features(embed_fn, batches)
+  bad_images = decode.BadImageLog()
+
+  def make(start_batch, checked):
+    return pipeline.create_eval_dataset(
+        dataset, split, global_batch_size=batch_size, image_size=image_size,
+        transform=transform, skip_bad_images=skip_bad_images, field=field,
+        bad_images=bad_images, start_batch=start_batch, checked_decoding=checked)
+
+  batches = sharding.prefetch_to_mesh(
+      iterate.numpy_batches(make, name=f"--config.{field}={dataset}"), mesh, 2)
+  try:
+    return extract_features(embed_fn, batches)
+  finally:
+    batches.close()  # Stops the reading thread however the extraction ended.
 
 
 def split_features(embed_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, data: EvalData,

@@ -25,10 +25,10 @@ from jax.sharding import Mesh
 
 from mixsiam_jax import checkpoint, loop, optim, sharding
 from mixsiam_jax import metric_writer, workdir as workdir_lib
-from mixsiam_jax.data import iterate, pipeline
+from mixsiam_jax.data import decode, iterate, pipeline
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.evaluation import encoder, features, program
-from mixsiam_jax.options import OptimOptions, OptionsError
+from mixsiam_jax.options import OptimOptions, OptionsError, check_duration
 
 
 class ProbeError(UserError):
@@ -46,8 +46,8 @@ class ProbeOptions:
   Attributes:
     augment: crop + flip every step (official) or features of the plain images.
     batch_size: global batch of the classifier.
-    num_train_steps: training length in steps (<= 0: from num_epochs).
-    num_epochs: training length in epochs of the training split.
+    num_train_steps: training length in steps (-1: from num_epochs).
+    num_epochs: training length in epochs of the training split, when num_train_steps is -1.
     optim: 'lars' or 'sgd' with its learning rate, momentum and weight decay.
     crop_scale: RandomResizedCrop area range of the augmented variant.
     seed: classifier initialisation and data order.
@@ -66,9 +66,7 @@ class ProbeOptions:
     if isinstance(self.batch_size, bool) or not (isinstance(self.batch_size, int)
                                                  and self.batch_size > 0):
       raise OptionsError(f"batch_size={self.batch_size!r} must be a positive integer.")
-    if self.num_train_steps <= 0 and self.num_epochs <= 0:
-      raise OptionsError(f"num_train_steps={self.num_train_steps} and num_epochs="
-                         f"{self.num_epochs}: set one of them to a positive value.")
+    check_duration(self.num_train_steps, self.num_epochs)
 
 
 def probe_options(config: ml_collections.ConfigDict) -> ProbeOptions:
@@ -165,37 +163,73 @@ class _Probe:
   start_step: int
 
 
-def _recorded_start(workdir: str) -> Tuple[int, Optional[int]]:
-  """(newest step, pretraining step it was trained on) of a probe workdir; (0, None) if new."""
+def _recorded_start(workdir: str) -> Tuple[int, Dict[str, Any]]:
+  """(newest step, its metadata) of a probe workdir, the step read and checked; (0, {}) if new."""
   directory = checkpoint.checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    return 0, None
+  step = checkpoint.latest_step(directory)
+  if not step:
+    return 0, {}
   manager = checkpoint.create_manager(directory, read_only=True, async_save=False)
   try:
-    step = manager.latest_step()
-    return (step, checkpoint.read_meta(manager, step).get("pretrained_step")) if step else (0, None)
+    return step, checkpoint.read_meta(manager, step)
   finally:
     manager.close()
 
 
 def _restore_recorded(config: ml_collections.ConfigDict, mesh: Mesh, workdir: str,
-                      recorded: Optional[int]) -> encoder.FrozenEncoder:
-  """The encoder of a new probe (newest step) or of a resumed one (the step it started on)."""
-  if recorded is None or config.pretrained.endswith(encoder.WEIGHT_FILE_SUFFIXES):
+                      recorded: Dict[str, Any]) -> encoder.FrozenEncoder:
+  """The encoder of a new probe (newest step), or of a resumed one: the one it started on.
+
+  A resumed probe restores the pretraining step its checkpoints record and
+  checks the encoder's fingerprint against the recorded one, so a pretraining
+  workdir replaced by another run (same path, same steps) is refused.
+
+  Args:
+    config: the probe's config.
+    mesh: where the variables go.
+    workdir: the probe's workdir, for messages.
+    recorded: the metadata of the probe's newest checkpoint ({} for a new probe).
+
+  Returns:
+    The FrozenEncoder.
+
+  Raises:
+    ProbeError: the recorded step is gone, or the encoder is not the one the
+      probe started on.
+  """
+  if not recorded:
     return program.restore(config, mesh)
-  directory = checkpoint.checkpoint_dir(config.pretrained)
-  if os.path.isdir(directory):
-    manager = checkpoint.create_manager(directory, read_only=True, async_save=False)
-    try:
-      steps = sorted(manager.all_steps())
-    finally:
-      manager.close()
-    if recorded not in steps:
-      raise ProbeError(
-          f"--workdir={workdir} holds a linear probe of step {recorded} of pretrained="
-          f"{config.pretrained}, which no longer has that checkpoint (it has {steps}); a resumed "
-          "probe keeps its backbone, so probe the newest checkpoint in a fresh --workdir.")
-  return program.restore(config, mesh, step=recorded)
+  step = recorded.get("pretrained_step")
+  if step is None or config.pretrained.endswith(encoder.WEIGHT_FILE_SUFFIXES):
+    frozen = program.restore(config, mesh)
+  else:
+    directory = checkpoint.checkpoint_dir(config.pretrained)
+    if os.path.isdir(directory):
+      manager = checkpoint.create_manager(directory, read_only=True, async_save=False)
+      try:
+        steps = sorted(manager.all_steps())
+      finally:
+        manager.close()
+      if step not in steps:
+        raise ProbeError(
+            f"--workdir={workdir} holds a linear probe of step {step} of pretrained="
+            f"{config.pretrained}, which no longer has that checkpoint (it has {steps}); a "
+            "resumed probe keeps its backbone, so probe the newest checkpoint in a fresh "
+            "--workdir.")
+    frozen = program.restore(config, mesh, step=step)
+  expected = recorded.get("pretrained_fingerprint")
+  if expected is None:
+    logging.warning("--workdir=%s was written before probes recorded their encoder's "
+                    "fingerprint: cannot check that %s (step %d) is still the encoder the "
+                    "probe started on.", workdir, frozen.source, frozen.step)
+  elif expected != frozen.fingerprint:
+    raise ProbeError(
+        f"--workdir={workdir} holds a linear probe of another encoder: pretrained="
+        f"{config.pretrained} (step {frozen.step}) now has parameter hash "
+        f"{frozen.fingerprint[:12]}, the probe started on {expected[:12]} (was the pretraining "
+        "run replaced or retrained?). A resumed probe must keep its encoder: probe this one in "
+        "a new --workdir, or put the original pretraining run back.")
+  return frozen
 
 
 def _prepare(config: ml_collections.ConfigDict, workdir: str, config_dict: Dict[str, Any]
@@ -204,7 +238,8 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str, config_dict: Dict[
   opts = probe_options(config)
   mesh = sharding.create_mesh()
   sharding.check_global_batch(opts.batch_size, mesh)
-  workdir_lib.check_resume(workdir_lib.check_workdir(workdir), config_dict)
+  workdir = workdir_lib.check_workdir(workdir)
+  workdir_lib.check_resume(workdir, config_dict)
   start_step, recorded = _recorded_start(workdir)
   frozen = _restore_recorded(config, mesh, workdir, recorded)
   data = program.eval_data(config, program.resolve_image_size(config.image_size, frozen))
@@ -225,15 +260,30 @@ def _train_batches(p: _Probe, embed: Callable[[jax.Array], jax.Array]) -> Iterat
   """Host batches from step start_step + 1 on: one augmented view, or precomputed features."""
   if p.opts.augment:
     # Official protocol: RandomResizedCrop + flip, features recomputed every step.
-    ds = pipeline.create_pretrain_dataset(pipeline.TrainDataOptions(
+    options = pipeline.TrainDataOptions(
         dataset=p.data.dataset, split=p.data.train_split, global_batch_size=p.opts.batch_size,
         image_size=p.data.image_size, seed=p.opts.seed, crop_scale=p.opts.crop_scale,
-        skip_bad_images=p.data.skip_bad_images, num_views=1), start_step=p.start_step)
-    return ({"image": b["views"][:, 0], "label": b["label"]} for b in iterate.numpy_batches(ds))
+        skip_bad_images=p.data.skip_bad_images, num_views=1)
+    pipeline.create_pretrain_dataset(options, start_step=p.start_step)  # Checks the data now.
+    bad_images = decode.BadImageLog()
+    stream = iterate.numpy_batches(
+        lambda step, checked: pipeline.create_pretrain_dataset(
+            options, start_step=step, bad_images=bad_images, checked_decoding=checked),
+        start=p.start_step, name=f"--config.dataset={p.data.dataset}")
+    return _first_views(stream)
   # Fast variant: features of the un-augmented training images, computed once.
   feats, labels = features.split_features(embed, p.mesh, p.data, "train")
   return feature_batches(feats, labels, batch_size=p.opts.batch_size, seed=p.opts.seed,
                          start_step=p.start_step)
+
+
+def _first_views(stream: iterate.BatchStream) -> Iterator[Dict[str, Any]]:
+  """{'image', 'label'} of each batch's single view; closing it closes ``stream``."""
+  try:
+    for batch in stream:
+      yield {"image": batch["views"][:, 0], "label": batch["label"]}
+  finally:
+    stream.close()
 
 
 def _results(p: _Probe, head: nn.Module, params: Any,
@@ -255,8 +305,11 @@ def run_linear_probe(config: ml_collections.ConfigDict, workdir: str) -> Dict[st
 
   Returns:
     The results (also in workdir/results.json): probe_top1, probe_top5 (percent),
-    pretrained, pretrained_step, probe_steps, image_size; {} if stopped by SIGTERM
-    before the end (rerun the same command to resume).
+    pretrained, pretrained_step, probe_steps, image_size.
+
+  Raises:
+    stopping.Stopped: SIGTERM or Ctrl-C; the probe's checkpoint is saved (rerun
+      the same command to resume).
   """
   config_dict = json.loads(config.to_json_best_effort())
   p = _prepare(config, workdir, config_dict)
@@ -291,6 +344,7 @@ def run_linear_probe(config: ml_collections.ConfigDict, workdir: str) -> Dict[st
                                       checkpoint_every_steps=config.checkpoint_every_steps),
              manager=manager, to_tree=to_tree,
              meta={"pretrained": p.frozen.source, "pretrained_step": p.frozen.step,
+                   "pretrained_fingerprint": p.frozen.fingerprint,
                    "image_size": p.data.image_size},
              writer=metric_writer.create_writer(workdir, jax.process_index() == 0),
              num_processes=jax.process_count(), evaluate=evaluate)

@@ -1,0 +1,131 @@
+"""Stop requests: SIGTERM (a preemption notice) and Ctrl-C (SIGINT) become a save, then a stop.
+
+While the training loop runs, the first SIGTERM or SIGINT asks it to save a
+checkpoint at the next step and stop (``Stopped``). A second SIGINT ends the
+process at once: the first one restores the default action, so the kernel ends
+the process even while it waits inside a library call.
+
+Waiting. A Python signal handler runs only between bytecodes of the main thread,
+so a program blocked on a batch from a stalled data source, or inside an
+evaluation, would never reach the next step's check. Code that may wait long
+runs inside ``StopRequest.waiting()``: a signal arriving there raises
+``Interrupted`` in the main thread (the waits below it, such as the batch
+queue of data/iterate.py, are interruptible Python waits), and the loop then
+saves what it has and stops.
+
+Several processes: they must stop at the same step (the save is collective),
+so SIGTERM is left to JAX's preemption service (``jax.distributed.initialize``
+installs it), which agrees on a step across hosts; a SIGINT is forwarded to it
+as a SIGTERM of this process.
+"""
+import contextlib
+import os
+import signal
+import threading
+from typing import Iterator, Optional
+
+from absl import logging
+
+# What each signal means to the user, in log lines and exit messages.
+SIGNAL_MEANING = {signal.SIGTERM: "preempted (SIGTERM)", signal.SIGINT: "interrupted (Ctrl-C)"}
+
+
+class Interrupted(Exception):
+  """A stop signal arrived while the program was waiting (for a batch, an evaluation).
+
+  Attributes:
+    signum: the signal.
+  """
+
+  def __init__(self, signum: int):
+    super().__init__(f"{SIGNAL_MEANING.get(signum, signum)} while waiting")
+    self.signum = signum
+
+
+class Stopped(Exception):
+  """The run saved its checkpoint and stopped on a signal; rerunning the command resumes it.
+
+  Attributes:
+    step: the step of the saved checkpoint (the run's newest).
+    signum: the signal that asked for the stop.
+  """
+
+  def __init__(self, step: int, signum: int):
+    super().__init__(f"{SIGNAL_MEANING.get(signum, f'signal {signum}')} at step {step}, "
+                     "checkpoint saved; rerun the same command to resume.")
+    self.step, self.signum = step, signum
+
+
+class StopRequest:
+  """Whether to save and stop, set by SIGTERM or SIGINT; a context manager installing the handlers.
+
+  Handlers are installed only from the main thread (Python's rule) and the
+  previous ones are restored on exit.
+  """
+
+  def __init__(self, num_processes: int):
+    self._multiprocess = num_processes > 1
+    self._signum: Optional[int] = None
+    self._waiting = 0
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    signals = (signal.SIGINT,) if self._multiprocess else (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+      self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
+
+  @property
+  def signum(self) -> Optional[int]:
+    """The first stop signal received, or None."""
+    return self._signum
+
+  def _handle(self, signum, frame):
+    del frame
+    first = self._signum is None
+    if first:
+      self._signum = signum
+    if signum == signal.SIGINT:
+      # A second Ctrl-C must work even while the main thread is inside a library call.
+      signal.signal(signal.SIGINT, signal.SIG_DFL)
+      if first:
+        logging.warning("Interrupted (Ctrl-C): saving a checkpoint and stopping; press Ctrl-C "
+                        "again to stop at once without saving.")
+      if self._multiprocess:
+        os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption service stops every process.
+        return
+    elif first:
+      logging.warning("Received signal %d (%s): saving a checkpoint and stopping.", signum,
+                      SIGNAL_MEANING.get(signum, "stop"))
+    if self._waiting:
+      raise Interrupted(signum)
+
+  def requested(self, step: int) -> bool:
+    """True if training should save at ``step`` and stop (the same step on every process)."""
+    if self._multiprocess:
+      # Imported here: main.py's command-line plumbing imports this module before JAX loads.
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signum is not None
+
+  @contextlib.contextmanager
+  def waiting(self) -> Iterator[None]:
+    """A block that a stop signal interrupts with ``Interrupted`` (single-process runs).
+
+    Raises:
+      Interrupted: on entry if a signal has already arrived, or when one arrives.
+    """
+    if self._signum is not None and not self._multiprocess:
+      raise Interrupted(self._signum)
+    self._waiting += 1
+    try:
+      yield
+    finally:
+      self._waiting -= 1

@@ -110,3 +110,11 @@ def test_exported_weights_restore_like_the_workdir(tiny_pretrained, tmp_path):
   with pytest.raises(weights.WeightsError, match="ResNet-34"):
     encoder.restore_encoder(str(exported), mesh,
                             file_architecture=encoder.FileArchitecture(34, 8, "cifar", 16))
+
+
+def test_a_file_of_another_architecture_is_named_with_the_architecture(tmp_path):
+  np.savez(tmp_path / "other.npz", a=np.zeros(3, np.float32))
+  with pytest.raises(encoder.EncoderError,
+                     match=rf"^pretrained={tmp_path}/other.npz does not hold the ResNet-50 \(width "
+                           r"64, imagenet stem\) that --config.pretrained_model describes: "):
+    encoder.restore_encoder(str(tmp_path / "other.npz"), sharding.create_mesh())

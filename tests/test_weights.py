@@ -489,3 +489,27 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert proc.returncode == 1
     lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_unreadable_files_are_one_clear_error(tmp_path):
+  np.save(tmp_path / "single.npy", np.zeros(3))
+  np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}], dtype=object))
+  cases = {
+      "garbage.npz": (np.random.default_rng(0).bytes(3000), "not a zip archive"),
+      "cut.npz": (b"PK\x03\x04cut short", "File is not a zip file"),
+      "single.npz": ((tmp_path / "single.npy").read_bytes(), "a single .npy array"),
+      "objects.npz": ((tmp_path / "objects.npz").read_bytes(), "Object arrays cannot be loaded"),
+  }
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    cases["garbage.pth"] = (np.random.default_rng(1).bytes(3000), "")
+  except ImportError:
+    pass
+  for name, (content, reason) in cases.items():
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(weights.WeightsError) as err:
+      weights.load_state_dict_file(str(path))
+    message = str(err.value)
+    assert message.startswith(f"{path} is not a readable state-dict file ("), message
+    assert reason in message and "\n" not in message and len(message) < 500, message

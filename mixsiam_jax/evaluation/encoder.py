@@ -167,9 +167,14 @@ def _restore_workdir(pretrained: str, mesh: Mesh, step: Optional[int]):
 def _load_file(path: str, mesh: Mesh, arch: FileArchitecture):
   """(ResNet, backbone variables) of a torchvision / official SimSiam state-dict file."""
   from mixsiam_jax import weights  # pylint: disable=g-import-not-at-top
-  params, batch_stats = weights.import_torch_state_dict(
-      weights.load_state_dict_file(path), depth=arch.depth, width=arch.width, stem=arch.stem,
-      include_heads=False)
+  state_dict = weights.load_state_dict_file(path)  # its errors name the file
+  try:
+    params, batch_stats = weights.import_torch_state_dict(
+        state_dict, depth=arch.depth, width=arch.width, stem=arch.stem, include_heads=False)
+  except weights.WeightsError as e:
+    raise EncoderError(
+        f"pretrained={path} does not hold the ResNet-{arch.depth} (width {arch.width}, "
+        f"{arch.stem} stem) that --config.pretrained_model describes: {e}") from e
   variables = jax.device_put({"params": params["backbone"],
                               "batch_stats": batch_stats["backbone"]},
                              sharding.replicated(mesh))

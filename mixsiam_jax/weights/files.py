@@ -3,6 +3,8 @@
   python -m mixsiam_jax.weights export --workdir=DIR --out=FILE.npz   # or .pth (needs torch)
 """
 import os
+import pickle
+import zipfile
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import jax
@@ -72,23 +74,52 @@ def load_state_dict_file(path: str) -> Dict[str, np.ndarray]:
   Raises:
     WeightsFileNotFoundError: naming the path.
     TorchMissingError: for a torch file when torch is not installed (says what to do).
-    WeightsError: for an unknown suffix or a file that holds no state dict.
+    WeightsError: for an unknown suffix, a file its reader cannot parse (one line
+      naming it and the reason), or a file that holds no state dict.
   """
   if not os.path.isfile(path):
     raise WeightsFileNotFoundError(f"State dict file {path!r} does not exist.")
   if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as data:
-      return {k: data[k] for k in data.files}
+    return _load_npz(path)
   if not path.endswith(TORCH_SUFFIXES):
     raise convert.WeightsError(f"Cannot read {path!r}: expected a .pth, .pth.tar, .pt or .npz "
                                "file.")
   torch = _import_torch(path, reading=True)
-  state = _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
+  try:
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+  except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError,
+          zipfile.BadZipFile) as e:
+    raise _unreadable(path, e, "torch.save") from e
+  state = _unwrap(loaded, path)
   out = {k: convert.to_numpy(v) for k, v in state.items()
          if hasattr(v, "detach") or isinstance(v, np.ndarray)}
   if not out:
     raise convert.WeightsError(f"{path} holds no tensors (keys: {sorted(state)[:10]}).")
   return out
+
+
+def _load_npz(path: str) -> Dict[str, np.ndarray]:
+  """key -> array of an .npz file; WeightsError for anything else under that name."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(6)
+    if head.startswith(b"\x93NUMPY"):
+      raise ValueError("a single .npy array, not named arrays")
+    if not head.startswith(b"PK"):  # an .npz is a zip archive
+      raise ValueError("not a zip archive, which an .npz file is")
+    with np.load(path, allow_pickle=False) as data:
+      return {k: data[k] for k in data.files}
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+    raise _unreadable(path, e, "numpy.savez") from e
+
+
+def _unreadable(path: str, error: BaseException, writer: str) -> convert.WeightsError:
+  """The one-line error for a weight file that its reader cannot parse."""
+  lines = str(error).strip().splitlines()
+  reason = (lines[0] if lines else type(error).__name__)[:200]
+  return convert.WeightsError(
+      f"{path} is not a readable state-dict file ({reason}); pass a file written by {writer} "
+      "(e.g. python -m mixsiam_jax.weights export) or a pretraining workdir.")
 
 
 def _check_export_target(out: str) -> Optional[Any]:

@@ -107,7 +107,8 @@ def test_exported_weights_restore_like_the_workdir(tiny_pretrained, tmp_path):
   np.testing.assert_array_equal(
       np.asarray(encoder.make_embed_fn(from_file.resnet, mesh)(from_file.variables, images)),
       np.asarray(encoder.make_embed_fn(from_workdir.resnet, mesh)(from_workdir.variables, images)))
-  with pytest.raises(weights.WeightsError, match="ResNet-34"):
+  with pytest.raises(encoder.EncoderError,
+                     match=f"pretrained={exported} does not hold the ResNet-34"):
     encoder.restore_encoder(str(exported), mesh,
                             file_architecture=encoder.FileArchitecture(34, 8, "cifar", 16))
 

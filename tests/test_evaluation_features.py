@@ -42,3 +42,14 @@ def test_eval_data_is_checked_when_built():
     features.EvalData(**ok, transform="crop")
   with pytest.raises(DatasetError, match="eval_dataset='cifar10'"):
     features.EvalData(**{**ok, "eval_dataset": "cifar10"})
+
+
+@pytest.mark.parametrize("field,split", [("eval_split", "test[:"), ("train_split", "[1%:20]")])
+def test_a_bad_folder_split_names_its_own_field(field, split):
+  ok = dict(dataset="folder:/x", train_split="", eval_dataset="folder:/y", eval_split="",
+            image_size=32, batch_size=64)
+  with pytest.raises(DatasetError) as err:
+    features.EvalData(**{**ok, field: split})
+  message = str(err.value)
+  assert message.startswith(f"{field}={split!r} is not a split of a folder data set; accepted: ")
+  assert "dataset" not in message.split("accepted")[0]

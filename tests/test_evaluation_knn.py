@@ -1,5 +1,10 @@
 """evaluation/knn.py: the kNN math on toy problems with known answers, the monitor, the program."""
 import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +19,8 @@ from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.data import DatasetError
 from mixsiam_jax.evaluation import features, knn
 from mixsiam_jax.options import OptionsError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def numpy_knn_scores(bank, bank_labels, queries, num_classes, k, temperature):
@@ -233,4 +240,54 @@ def test_knn_program_with_a_missing_data_folder_writes_nothing(tiny_pretrained, 
   config = _knn_config(str(missing), tiny_pretrained)
   with pytest.raises(DatasetError, match="no_such_folder.*does not exist"):
     knn.run_knn(config, str(tmp_path / "knn"))
+  assert not (tmp_path / "knn").exists()
+
+
+@pytest.mark.slow
+def test_knn_program_names_eval_split_for_a_bad_folder_split(tiny_pretrained, cifar_jpeg_folder,
+                                                              tmp_path):
+  config = _knn_config(cifar_jpeg_folder, tiny_pretrained, eval_split="test[:")
+  with pytest.raises(DatasetError, match=r"^eval_split='test\[:' is not a split of a folder"):
+    knn.run_knn(config, str(tmp_path / "knn"))
+  assert not (tmp_path / "knn").exists()
+
+
+def _run_main(*args):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"}
+  return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, env=env)
+
+
+def _error_line(result):
+  """The one line a refused run ends with (asserting there is nothing else to it)."""
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: "), result.stderr[-3000:]
+  return last
+
+
+@pytest.mark.slow
+def test_main_refuses_knn_in_a_pretraining_workdir_and_a_garbage_file_in_one_line(
+    tiny_pretrained, cifar_jpeg_folder, tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(tiny_pretrained, run)
+  before = _snapshot(run)
+  data = f"--config.dataset=folder:{cifar_jpeg_folder}"
+  line = _error_line(_run_main("--config=configs/knn.py", f"--workdir={run}", data,
+                               f"--config.eval_dataset=folder:{cifar_jpeg_folder}",
+                               f"--config.pretrained={run}"))
+  assert line == (f"error: --workdir={run} holds a pretraining run, not a kNN run: give the kNN "
+                  "program its own --workdir (it reads the pretraining run through "
+                  f"--config.pretrained={run}).")
+  assert _snapshot(run) == before
+
+  garbage = tmp_path / "garbage.npz"
+  garbage.write_bytes(np.random.default_rng(0).bytes(3000))
+  line = _error_line(_run_main("--config=configs/knn.py", f"--workdir={tmp_path / 'knn'}", data,
+                               f"--config.eval_dataset=folder:{cifar_jpeg_folder}",
+                               f"--config.pretrained={garbage}"))
+  assert line.startswith(f"error: {garbage} is not a readable state-dict file (not a zip "
+                         "archive, which an .npz file is)")
   assert not (tmp_path / "knn").exists()

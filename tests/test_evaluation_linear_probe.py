@@ -1,15 +1,17 @@
 """evaluation/linear_probe.py: the probe's step, and the program on the shared loop."""
 import json
+import os
 import shutil
 
+import jax
 import numpy as np
 import optax
 import pytest
 
 from configs import linear_probe as probe_config
-from mixsiam_jax import sharding
+from mixsiam_jax import checkpoint, sharding
 from mixsiam_jax import workdir as workdir_lib
-from mixsiam_jax.evaluation import linear_probe
+from mixsiam_jax.evaluation import linear_probe, program
 from mixsiam_jax.options import OptionsError
 
 
@@ -75,7 +77,9 @@ def test_augmented_probe_trains_on_one_view_resumes_and_leaves_the_run_untouched
   config = _probe_config(cifar_jpeg_folder, tiny_pretrained)
   probe_dir = tmp_path / "probe"
   probe = linear_probe.run_linear_probe(config, str(probe_dir))
-  assert views == [1]  # One crop per image and step, not two with one thrown away.
+  # One crop per image and step, not two with one thrown away (the program opens the
+  # stream once to check the data, then once to read it).
+  assert views and set(views) == {1}
   assert probe["probe_steps"] == 6 and 0 <= probe["probe_top1"] <= probe["probe_top5"] <= 100
   assert probe["pretrained_step"] == 6 and probe["image_size"] == 16
   assert json.loads((probe_dir / "results.json").read_text()) == probe
@@ -110,3 +114,53 @@ def test_a_resumed_probe_keeps_the_pretraining_step_it_started_with(
                      match=r"linear probe of step 3 of pretrained=.*no longer has that "
                            r"checkpoint \(it has \[6\]\)"):
     linear_probe.run_linear_probe(config, str(probe_dir))
+
+
+@pytest.mark.parametrize("steps", [-5, 0])
+def test_the_probe_refuses_a_run_length_that_would_mean_epochs(steps, tmp_path):
+  config = _probe_config(tmp_path / "no_data", tmp_path / "no_run", num_train_steps=steps)
+  with pytest.raises(OptionsError, match=rf"^num_train_steps={steps} must be -1 \(derive it "
+                                         r"from num_epochs\) or a positive number of steps\.$"):
+    linear_probe.run_linear_probe(config, str(tmp_path / "probe"))
+  assert not (tmp_path / "probe").exists()
+
+
+def _replace_with_another_run(pretrained):
+  """Rewrites the checkpoints of a pretraining workdir with other parameters of the same
+  shapes: the workdir of another run of the same config, at the same path and steps."""
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  directory = checkpoint.checkpoint_dir(str(pretrained))
+  for step in sorted(int(n) for n in os.listdir(directory) if n.isdigit()):
+    tree, meta, _ = checkpoint.restore_replicated(
+        str(pretrained), mesh, step, items=("step", "params", "batch_stats"))
+    tree["params"] = jax.tree.map(lambda x: x * 1.01, tree["params"])
+    shutil.rmtree(os.path.join(directory, str(step)))
+    manager = checkpoint.create_manager(directory, async_save=False)
+    checkpoint.save(manager, step, tree, meta)
+    manager.close()
+
+
+@pytest.mark.slow
+def test_a_probe_refuses_to_resume_on_a_replaced_pretraining_run(
+    tiny_pretrained, cifar_jpeg_folder, tmp_path):
+  pretrained = tmp_path / "pretrained"
+  shutil.copytree(tiny_pretrained, pretrained)
+  config = _probe_config(cifar_jpeg_folder, pretrained, "fast", num_train_steps=3)
+  probe_dir = tmp_path / "probe"
+  linear_probe.run_linear_probe(config, str(probe_dir))
+  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(str(probe_dir)), read_only=True)
+  meta = checkpoint.read_meta(manager, 3)
+  manager.close()
+  recorded = meta["pretrained_fingerprint"]
+  assert meta["pretrained_step"] == 6 and meta["pretrained"] == str(pretrained)
+  assert recorded == program.restore(config, sharding.create_mesh()).fingerprint
+
+  _replace_with_another_run(pretrained)
+  before = _snapshot(probe_dir)
+  with pytest.raises(linear_probe.ProbeError) as err:
+    linear_probe.run_linear_probe(config, str(probe_dir))
+  message = str(err.value)
+  assert message.startswith(f"--workdir={probe_dir} holds a linear probe of another encoder: "
+                            f"pretrained={pretrained} (step 6) now has parameter hash ")
+  assert f"the probe started on {recorded[:12]}" in message and "new --workdir" in message
+  assert _snapshot(probe_dir) == before

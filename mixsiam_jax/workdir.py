@@ -3,7 +3,8 @@
 A workdir holds checkpoints/ (Orbax), TensorBoard event files, metrics.jsonl
 (one JSON object per logged step) and config.json (the resolved config of the
 run). Rerunning in the same workdir resumes; config changes that would make the
-resumed run a different experiment are refused.
+resumed run a different experiment are refused, and so is a workdir that has lost
+its config.json or its checkpoints (a resume could not be told from a new run).
 
 A program uses this module in two phases, so that a run refused for bad input
 leaves nothing behind that would refuse the corrected rerun:

@@ -245,10 +245,15 @@ def save_failure(manager: ocp.CheckpointManager, step: int, error: BaseException
   if not (isinstance(error, OSError) or _STORAGE_FAULT.search(text.strip())):
     return error
   directory = str(manager.directory)
+  failed = []
   for name in (os.listdir(directory) if os.path.isdir(directory) else []):
-    if name.startswith(f"{step}{ocp.path.step.TMP_DIR_SUFFIX}"):
-      # Never resumed from (Orbax renames only complete steps), but it holds disk space.
+    prefix, tmp, _ = name.partition(ocp.path.step.TMP_DIR_SUFFIX)
+    if tmp and prefix.isdigit():
+      # Never resumed from (Orbax renames only complete steps), but it holds disk space. No
+      # save is in flight now: an asynchronous one that failed surfaces only here.
+      failed.append(int(prefix))
       shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+  step = min(failed, default=step)
   code = re.search(r"os_error_code='?(\d+)", text)
   errno_value = int(code.group(1)) if code else getattr(error, "errno", None)
   reason = os.strerror(errno_value).lower() if errno_value else _reason(error)

@@ -111,8 +111,9 @@ def test_a_file_that_stays_unreadable_ends_the_stream_with_one_line_naming_it():
   assert [next(stream) for _ in range(4)] == [0, 1, 2, 3]
   with pytest.raises(DatasetError) as error:
     next(stream)
-  assert str(error.value) == ("--config.dataset=folder:/data: cannot read /data/cat/4.jpg; "
-                              "No such file or directory.")
+  assert str(error.value) == (
+      "--config.dataset=folder:/data stopped being readable at batch 4 (tried 3 times over 0 s): "
+      "--config.dataset=folder:/data: cannot read /data/cat/4.jpg; No such file or directory.")
   assert len(calls) == 3  # the first build and two retries
   with pytest.raises(StopIteration):
     next(stream)

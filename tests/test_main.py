@@ -1,7 +1,9 @@
 """main.py as users run it: mistakes end in one line, one run per workdir, resuming on purpose."""
 import os
 import pathlib
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,10 +23,15 @@ def run_main(*args, timeout=300):
                         text=True, timeout=timeout, env=env)
 
 
+# Printed by TensorFlow's C++ logging on some CPUs (with oneDNN notices) before absl starts.
+ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
+
+
 def errors_of(result):
-  """stderr without absl's log lines (they start with a level letter and a date)."""
+  """stderr without log lines (absl's and C++'s start with a level letter and a date)."""
   return [line for line in result.stderr.splitlines()
-          if line.strip() and not (line[:1] in "IWEF" and line[1:5].isdigit())]
+          if line.strip() and not (line[:1] in "IWEF" and line[1:5].isdigit())
+          and not line.startswith(ABSL_PREAMBLE)]
 
 
 @pytest.mark.parametrize("override,needles", [
@@ -102,3 +109,159 @@ def test_a_finished_run_is_extended_on_purpose_and_a_broken_newest_step_is_named
   assert rows[-2:] == [8, 9]
   assert "9" in os.listdir(run / "checkpoints")
   assert workdir_lib.read_config(str(run))["num_train_steps"] == 9
+
+
+# ---------------------------------------------------------------------------
+# Every way out ends the process promptly, with its exit status (cli.py) and one line.
+# ---------------------------------------------------------------------------
+LONG = ("--config.num_train_steps=2000", "--config.log_every_steps=1",
+        "--config.checkpoint_every_steps=3")
+
+
+def start_main(workdir, data, *args):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"}
+  return subprocess.Popen(
+      [sys.executable, "main.py", *TINY, f"--config.dataset=folder:{data}",
+       f"--workdir={workdir}", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_step(workdir, step, proc, timeout=240):
+  """Waits until metrics.jsonl has logged ``step`` (log_every_steps=1)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    rows = [r for r in workdir_lib.read_metrics(str(workdir)) if "loss" in r]
+    if rows and rows[-1]["step"] >= step:
+      return
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    time.sleep(0.05)
+  proc.kill()
+  raise AssertionError(f"step {step} never logged")
+
+
+def ended_within(proc, seconds):
+  """(exit status, stderr lines that are not log lines); fails if the process outlives ``seconds``."""
+  try:
+    _, stderr = proc.communicate(timeout=seconds)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    raise AssertionError(f"still running {seconds} s after its cause: "
+                         f"{proc.communicate()[1][-3000:]}") from None
+  result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+  return proc.returncode, errors_of(result)
+
+
+def checkpoint_steps(workdir):
+  return sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())
+
+
+def copy_folder(source, target):
+  shutil.copytree(source, target)
+  return target
+
+
+@pytest.mark.slow
+def test_divergence_ends_with_status_3_and_one_line(cifar_jpeg_folder, tmp_path):
+  result = run_main(*TINY, f"--config.dataset=folder:{cifar_jpeg_folder}",
+                    f"--workdir={tmp_path / 'run'}", "--config.num_train_steps=20",
+                    "--config.optim.base_lr=1e12", timeout=120)
+  assert result.returncode == 3, result.stderr[-3000:]
+  lines = errors_of(result)
+  assert len(lines) == 1 and lines[0].startswith("error: non-finite "), result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_step_and_ends_with_status_130(cifar_jpeg_folder, tmp_path):
+  workdir = tmp_path / "run"
+  proc = start_main(workdir, cifar_jpeg_folder, *LONG)
+  wait_for_step(workdir, 4, proc)
+  proc.send_signal(signal.SIGINT)
+  status, lines = ended_within(proc, 30)
+  assert status == 130, lines
+  assert len(lines) == 1, lines
+  step = int(re.match(r"interrupted \(Ctrl-C\) at step (\d+), checkpoint saved; rerun the same "
+                      r"command to resume\.$", lines[0]).group(1))
+  assert step >= 4 and checkpoint_steps(workdir)[-1] == step
+
+
+@pytest.mark.slow
+def test_a_vanished_data_folder_ends_the_run_in_one_line_within_10_s(cifar_jpeg_folder,
+                                                                     tmp_path):
+  data = copy_folder(cifar_jpeg_folder, tmp_path / "data")
+  workdir = tmp_path / "run"
+  proc = start_main(workdir, data, *LONG)
+  wait_for_step(workdir, 4, proc)
+  shutil.rmtree(data)
+  status, lines = ended_within(proc, 10)
+  assert status == 1 and len(lines) == 1, lines
+  assert lines[0].startswith(f"error: --config.dataset=folder:{data} stopped being readable"), lines
+  assert f"Image folder '{data}' does not exist" in lines[0]
+  assert checkpoint_steps(workdir)[-1] >= 3  # what was saved is intact
+
+
+@pytest.mark.slow
+def test_deleted_classes_stop_the_run_naming_the_change(cifar_jpeg_folder, tmp_path):
+  data = copy_folder(cifar_jpeg_folder, tmp_path / "data")
+  workdir = tmp_path / "run"
+  proc = start_main(workdir, data, *LONG)
+  wait_for_step(workdir, 4, proc)
+  for name in ("cat", "dog", "frog"):
+    shutil.rmtree(data / name)
+  status, lines = ended_within(proc, 10)
+  assert status == 1 and len(lines) == 1, lines
+  assert "changed while the run was reading it: it now holds 140 examples in 7 class(es), " \
+         "the run started with 200 in 10 (data.json)" in lines[0], lines
+
+
+def small_disk(path, megabytes):
+  """A tmpfs of ``megabytes`` at ``path`` (root only); False where it cannot be mounted."""
+  path.mkdir()
+  if os.geteuid() != 0 or not shutil.which("mount"):
+    return False
+  return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+                        capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_in_one_line_and_the_run_resumes_once_there_is_space(
+    cifar_jpeg_folder, tmp_path):
+  disk = tmp_path / "disk"
+  if not small_disk(disk, 3):
+    pytest.skip("needs root to mount a small tmpfs")
+  try:
+    workdir = disk / "run"
+    args = ("--config.num_train_steps=12", "--config.checkpoint_every_steps=2",
+            "--config.model.width=16")
+    result = run_main(*TINY, f"--config.dataset=folder:{cifar_jpeg_folder}",
+                      f"--workdir={workdir}", *args, timeout=180)
+    assert result.returncode == 4, result.stderr[-3000:]
+    lines = errors_of(result)
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert re.match(rf"error: cannot save checkpoint (\d+) in {workdir}/checkpoints: no space "
+                    r"left on device, [\d.]+ \w+ free; ", lines[0]), lines
+    intact = checkpoint_steps(workdir)
+    assert not [n for n in os.listdir(workdir / "checkpoints") if not n.isdigit()]
+    assert subprocess.run(["mount", "-o", "remount,size=64m", str(disk)]).returncode == 0
+    result = run_main(*TINY, f"--config.dataset=folder:{cifar_jpeg_folder}",
+                      f"--workdir={workdir}", *args, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    if intact:
+      assert f"at step {intact[-1]}." in result.stderr  # "Resumed from ... at step N."
+    assert checkpoint_steps(workdir)[-1] == 12
+  finally:
+    subprocess.run(["umount", "-l", str(disk)])
+
+
+@pytest.mark.slow
+def test_a_failing_knn_monitor_keeps_the_checkpoint_of_its_step(cifar_jpeg_folder, tmp_path):
+  evaluation = copy_folder(cifar_jpeg_folder, tmp_path / "eval")
+  workdir = tmp_path / "run"
+  proc = start_main(workdir, cifar_jpeg_folder, *LONG, f"--config.eval_dataset=folder:{evaluation}",
+                    "--config.eval_split=[:2]", "--config.eval_every_steps=6")
+  wait_for_step(workdir, 2, proc)
+  shutil.rmtree(evaluation)
+  status, lines = ended_within(proc, 120)
+  assert status == 1 and len(lines) == 1, lines
+  assert f"Image folder '{evaluation}' does not exist" in lines[0], lines
+  assert checkpoint_steps(workdir)[-1] == 6  # saved before the evaluation that failed

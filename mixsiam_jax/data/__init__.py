@@ -19,3 +19,7 @@ from mixsiam_jax.errors import UserError
 
 class DatasetError(UserError):
   """A data set cannot be used; the message names it and says how to fix it."""
+
+
+class DataChangedError(DatasetError):
+  """A data set lists differently from when the run started (files or classes gone or added)."""

@@ -15,12 +15,13 @@ batches from the tf.data iterator into a small queue, and the caller's
 Faults. Given a factory ``make(start, safe)`` (the pipeline from batch
 ``start`` on; ``safe`` decodes every image through the checked decoder of
 data/decode.py) the stream tells two faults apart:
-  * a file that cannot be read (gone, renamed, permission, I/O error), or a
-    data set that no longer lists as it did: the stream is rebuilt at the same
-    batch after each of READ_RETRY_DELAYS (for network filesystems that drop a
-    file for a moment), which gives exactly the batches an undisturbed stream
-    gives (they are a pure function of the position); if it still fails, the
-    stream ends with one DatasetError naming the file;
+  * a file that cannot be read (gone, renamed, permission, I/O error): the
+    stream is rebuilt at the same batch after each of READ_RETRY_DELAYS (for
+    network filesystems that drop a file or a folder for a moment), which
+    gives exactly the batches an undisturbed stream gives (they are a pure
+    function of the position); if it still fails, the stream ends with one
+    DatasetError naming the file or folder. A rebuilt data set that lists
+    differently (classes or files gone: DataChangedError) ends it at once;
   * a file that reads but does not decode: that one batch is rebuilt with
     ``safe=True``, which names the bad image and replaces or masks it
     (skip_bad_images) or raises a DatasetError naming it.
@@ -35,7 +36,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 from absl import logging
 import tensorflow as tf
 
-from mixsiam_jax.data import DatasetError
+from mixsiam_jax.data import DataChangedError, DatasetError
 
 # Seconds between the tries to rebuild a stream whose files could not be read:
 # 6 s in all, then the run stops naming the file.
@@ -171,14 +172,21 @@ class _Reader:
         except (DatasetError, tf.errors.OpError) as e:
           if isinstance(e, tf.errors.InvalidArgumentError) and not _is_read_error(e):
             raise
-          if isinstance(e, DatasetError) and not tries:
-            raise  # The data set as the program found it at its start: nothing to wait for.
+          if isinstance(e, DataChangedError) or (isinstance(e, DatasetError) and not tries):
+            # A data set that lists differently, or as the program found it at its start:
+            # nothing to wait for.
+            raise
           _release_in_background(owner)
           if not self._rebuildable or tries == len(self._delays):
-            raise user_error(e, self._name) from e
+            if not tries:
+              raise user_error(e, self._name) from e
+            raise DatasetError(
+                f"{self._name} stopped being readable at batch {position} (tried {tries + 1} "
+                f"times over {sum(self._delays[:tries]):.0f} s): "
+                f"{str(user_error(e, self._name)).rstrip('.')}.") from e
           delay, tries = self._delays[tries], tries + 1
-          logging.warning("%s: %s; reading batch %d again in %.0f s (try %d of %d).",
-                          self._name, str(user_error(e, self._name)), position, delay, tries,
+          logging.warning("%s (reading batch %d again in %.0f s, try %d of %d).",
+                          str(user_error(e, self._name)).rstrip("."), position, delay, tries,
                           len(self._delays))
           if self._stop.wait(delay):
             return

@@ -42,7 +42,7 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from mixsiam_jax.data import DatasetError
+from mixsiam_jax.data import DataChangedError, DatasetError
 from mixsiam_jax.data import decode
 from mixsiam_jax.data import folders
 from mixsiam_jax.data import host_augment
@@ -140,7 +140,7 @@ def _open(dataset, split, field, tfds_options, log, skip,
   if expect is not None and (source.info.num_examples, source.info.class_names) != (
       expect.num_examples, expect.class_names):
     now = source.info
-    raise DatasetError(
+    raise DataChangedError(
         f"--config.{field}={dataset} (split {split!r}) changed while the run was reading it: it "
         f"now holds {now.num_examples} examples in {max(now.num_classes, 1)} class(es), the run "
         f"started with {expect.num_examples} in {max(expect.num_classes, 1)} (data.json). "

@@ -12,6 +12,7 @@ from typing import Any, Dict, Mapping, Optional
 from clu import metric_writers
 from clu.metric_writers import interface
 
+from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.workdir import METRICS_FILE
 
 
@@ -26,14 +27,18 @@ class JsonlWriter(interface.MetricWriter):
   """clu MetricWriter appending one JSON object per step to metrics.jsonl.
 
   Scalars written for the same step (training metrics, then kNN accuracy) are
-  merged into one line, written when a later step arrives or on flush. Images,
-  videos, audio, texts and histograms belong in TensorBoard and are not written.
+  merged into one line, written when a later step arrives or on flush. A step
+  flushed already (the loop flushes before each checkpoint, and evaluates
+  after it) gets its later scalars merged into its line, which is rewritten
+  atomically. Images, videos, audio, texts and histograms belong in
+  TensorBoard and are not written.
   """
 
   def __init__(self, workdir: str):
     self._path = os.path.join(workdir, METRICS_FILE)
     self._step: Optional[int] = None
     self._row: Dict[str, Any] = {}
+    self._flushed: Optional[Dict[str, Any]] = None  # the last line written
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     step = int(step)
@@ -45,8 +50,16 @@ class JsonlWriter(interface.MetricWriter):
   def flush(self):
     if self._step is None:
       return
-    with open(self._path, "a") as f:
-      f.write(json.dumps({"step": self._step, **self._row}) + "\n")
+    row = {"step": self._step, **self._row}
+    if self._flushed is not None and self._flushed["step"] == self._step:
+      row = {**self._flushed, **self._row}
+      with open(self._path) as f:
+        lines = f.read().splitlines(keepends=True)
+      workdir_lib.atomic_write_text(self._path, "".join(lines[:-1]) + json.dumps(row) + "\n")
+    else:
+      with open(self._path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    self._flushed = row
     self._step, self._row = None, {}
 
   def close(self):

@@ -3,18 +3,23 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mixsiam_jax import sharding
 from mixsiam_jax.data import DatasetError
 from mixsiam_jax.data import decode
 from mixsiam_jax.data import folders
+from mixsiam_jax.data import iterate
 from mixsiam_jax.data import pipeline
 from mixsiam_jax.data import sources
+from mixsiam_jax.evaluation import features
 from mixsiam_jax.options import OptionsError, PhotometricOptions
 
 PER_CLASS = 20  # conftest's cifar_jpeg_folder: 200 real JPEGs in 10 classes.
@@ -296,3 +301,91 @@ def test_prefetch_to_mesh_builds_global_arrays(cifar_jpeg_folder):
   batch = next(sharding.prefetch_to_mesh(ds.as_numpy_iterator(), mesh, 2))
   assert isinstance(batch["views"], jax.Array) and batch["views"].shape == (16, 2, 16, 16, 3)
   assert batch["views"].sharding.is_equivalent_to(sharding.batch_sharded(mesh), 5)
+
+
+# ---------------------------------------------------------------------------
+# Faults during a run, through the reader of data/iterate.py.
+# ---------------------------------------------------------------------------
+# Valid JPEG start and end markers around garbage: passes decode.py's cheap check,
+# then fails TensorFlow's decoder (and PIL's).
+CORRUPT_JPEG = b"\xff\xd8\xff" + bytes(range(256)) * 2 + b"\xff\xd9"
+
+
+def _stream(dataset, log, start_step=0, **kw):
+  options = _options(dataset, **kw)
+  return iterate.numpy_batches(
+      lambda step, checked: pipeline.create_pretrain_dataset(
+          options, start_step=step, process_index=0, process_count=1, bad_images=log,
+          checked_decoding=checked),
+      start=start_step, name=f"--config.dataset={dataset}", read_retry_delays=(1.0, 2.0, 3.0))
+
+
+def _first(stream, n):
+  try:
+    return [next(stream) for _ in range(n)]
+  finally:
+    stream.close()
+
+
+@pytest.fixture
+def corrupt_folder(tmp_path, cifar_jpeg_folder):
+  root = shutil.copytree(cifar_jpeg_folder, tmp_path / "corrupt")
+  (root / "cat" / "0005.jpg").write_bytes(CORRUPT_JPEG)
+  return root
+
+
+def test_a_marker_valid_corrupt_jpeg_is_named_and_replaced_without_shifting_positions(
+    corrupt_folder, cifar_jpeg_folder):
+  log = decode.BadImageLog()
+  epoch = 200 // 16
+  got = _first(_stream(f"folder:{corrupt_folder}", log), epoch)
+  want = _first(_stream(f"folder:{cifar_jpeg_folder}", decode.BadImageLog()), epoch)
+  assert list(log.snapshot()) == [str(corrupt_folder / "cat" / "0005.jpg")]
+  bad = folders.list_folder(str(corrupt_folder)).paths.index(str(corrupt_folder / "cat" /
+                                                                 "0005.jpg"))
+  for g, w in zip(got, want):
+    rows = np.flatnonzero(w["index"] != bad)
+    # Every position is where the undisturbed stream has it; the bad row is replaced.
+    np.testing.assert_array_equal(g["index"][rows], w["index"][rows])
+    np.testing.assert_array_equal(g["views"][rows], w["views"][rows])
+    assert bad not in g["index"]
+
+
+def test_a_corrupt_jpeg_without_skipping_is_one_line_naming_it(corrupt_folder):
+  stream = _stream(f"folder:{corrupt_folder}", decode.BadImageLog(), skip_bad_images=False)
+  with pytest.raises(DatasetError) as error:
+    _first(stream, 200 // 16)
+  message = str(error.value)
+  assert message.startswith(f"Unreadable image {corrupt_folder / 'cat' / '0005.jpg'}: ")
+  assert "\n" not in message and "skip_bad_images=True" in message
+
+
+def test_evaluation_streams_skip_and_name_a_corrupt_jpeg(corrupt_folder, cifar_jpeg_folder):
+  calls = []
+
+  def embed(images):
+    calls.append(images.shape)
+    return images.reshape(images.shape[0], -1)[:, :4]
+
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  feats, labels = features.dataset_features(embed, mesh, f"folder:{corrupt_folder}", "[:10]",
+                                            image_size=16, batch_size=40, transform="identity")
+  assert len(feats) == len(labels) == 99  # 100 images, the corrupt one masked out
+  with pytest.raises(DatasetError, match=r"^Unreadable image .*cat/0005\.jpg: "):
+    features.dataset_features(embed, mesh, f"folder:{corrupt_folder}", "[:10]", image_size=16,
+                              batch_size=40, transform="identity", skip_bad_images=False)
+
+
+def test_a_folder_renamed_for_a_moment_gives_the_undisturbed_batches(cifar_jpeg_folder,
+                                                                      tmp_path):
+  data = shutil.copytree(cifar_jpeg_folder, tmp_path / "data")
+  want = _first(_stream(f"folder:{data}", decode.BadImageLog(), start_step=3), 30)
+  stream = _stream(f"folder:{data}", decode.BadImageLog(), start_step=3)
+  got = [next(stream) for _ in range(2)]
+  # The reader has read ahead a little; what it has not read yet fails while the folder is gone.
+  data.rename(tmp_path / "elsewhere")
+  threading.Timer(2.5, (tmp_path / "elsewhere").rename, (data,)).start()
+  got += _first(stream, 28)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g["index"], w["index"])
+    np.testing.assert_array_equal(g["views"], w["views"])

@@ -51,5 +51,5 @@ def test_a_bad_folder_split_names_its_own_field(field, split):
   with pytest.raises(DatasetError) as err:
     features.EvalData(**{**ok, field: split})
   message = str(err.value)
-  assert message.startswith(f"{field}={split!r} is not a split of a folder data set; accepted: ")
+  assert message.startswith(f"{field}={split!r} is not a valid split of a folder (")
   assert "dataset" not in message.split("accepted")[0]

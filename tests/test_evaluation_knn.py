@@ -247,7 +247,8 @@ def test_knn_program_with_a_missing_data_folder_writes_nothing(tiny_pretrained, 
 def test_knn_program_names_eval_split_for_a_bad_folder_split(tiny_pretrained, cifar_jpeg_folder,
                                                               tmp_path):
   config = _knn_config(cifar_jpeg_folder, tiny_pretrained, eval_split="test[:")
-  with pytest.raises(DatasetError, match=r"^eval_split='test\[:' is not a split of a folder"):
+  with pytest.raises(DatasetError,
+                     match=r"^eval_split='test\[:' is not a valid split of a folder"):
     knn.run_knn(config, str(tmp_path / "knn"))
   assert not (tmp_path / "knn").exists()
 

@@ -187,11 +187,13 @@ def list_folder(path: str, field: str = "dataset") -> FolderListing:
                        tuple(skipped))
 
 
-def parse_folder_split(split: str) -> Tuple[Optional[float], Optional[float], bool]:
+def parse_folder_split(split: str, field: str = "train_split"
+                       ) -> Tuple[Optional[float], Optional[float], bool]:
   """Parses a folder split string (see "Splits" in the module docstring).
 
   Args:
     split: e.g. '', 'train', '[:4500]', 'train[90%:]'.
+    field: the config field that gave ``split``, named in the error.
 
   Returns:
     (start, stop, percent): slice bounds (None = open), in percent if
@@ -201,7 +203,7 @@ def parse_folder_split(split: str) -> Tuple[Optional[float], Optional[float], bo
     DatasetError: naming ``split`` and the accepted syntax.
   """
   def bad(why):
-    return DatasetError(f"Invalid split {split!r} for a folder: dataset ({why}). "
+    return DatasetError(f"{field}={split!r} is not a valid split of a folder ({why}). "
                         f"Accepted: {FOLDER_SPLIT_SYNTAX}.")
 
   match = _SPLIT_RE.match((split or "").strip())

@@ -83,7 +83,9 @@ def parse_dataset(dataset: str, field: str = "dataset") -> Tuple[str, str]:
 
 
 def _folder_source(path: str, split: str, field: str) -> Source:
-  folders.parse_folder_split(split)  # Bad split strings fail before the folder is listed.
+  # Bad split strings fail before the folder is listed, naming the split's own field.
+  folders.parse_folder_split(split, {"dataset": "train_split",
+                                     "eval_dataset": "eval_split"}.get(field, f"{field} split"))
   listing = folders.list_folder(os.path.abspath(os.path.expanduser(path)), field)
   paths, labels = listing.paths, listing.labels
   keep = folders.folder_split_indices(labels, split)

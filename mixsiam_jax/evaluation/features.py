@@ -59,11 +59,7 @@ class EvalData:
 
 def _check_folder_split(field: str, split: str) -> None:
   """Refuses a bad split of a folder data set, naming its config field (not its data set's)."""
-  try:
-    folders.parse_folder_split(split)
-  except DatasetError as e:
-    raise DatasetError(f"{field}={split!r} is not a split of a folder data set; accepted: "
-                       f"{folders.FOLDER_SPLIT_SYNTAX}.") from e
+  folders.parse_folder_split(split, field)
 
 
 def check_classes(data: EvalData, user: str) -> sources.DatasetInfo:

@@ -55,6 +55,7 @@ def create_manager(directory: str, *, keep: int = 3, keep_every_steps: int = 0,
   """
   if keep < 1:
     raise CheckpointError(f"keep_checkpoints={keep} must be >= 1.")
+  _check_not_a_file(directory)
   policies = [checkpoint_managers.LatestN(n=keep)]
   if keep_every_steps:
     policies.append(checkpoint_managers.EveryNSteps(interval_steps=keep_every_steps))
@@ -110,6 +111,14 @@ def _handlers_without_slicing() -> ocp.type_handlers.TypeHandlerRegistry:
       (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False)))
 
 
+def _check_not_a_file(directory: str) -> None:
+  """Refuses a file (or a link to nothing) where the checkpoints/ directory must be."""
+  if os.path.lexists(directory) and not os.path.isdir(directory):
+    raise CheckpointError(f"{directory} is a file, not a checkpoint directory: no checkpoint "
+                          "could be written there. Move it away and rerun, or use a new "
+                          "--workdir.")
+
+
 def latest_step(directory: str) -> int:
   """The newest step in ``directory``, read and checked; 0 if none (or no directory).
 
@@ -130,6 +139,7 @@ def latest_step(directory: str) -> int:
       command that makes the next run use it (as restore does).
   """
   if not os.path.isdir(directory):
+    _check_not_a_file(directory)
     return 0
   manager = create_manager(directory, read_only=True, async_save=False)
   try:

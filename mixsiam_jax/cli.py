@@ -11,6 +11,7 @@ status"):
   1    an input error: flags, config, data, workdir, checkpoint (one line);
   3    training diverged (a non-finite loss or norm); the newest checkpoint is good;
   4    a checkpoint could not be written (disk full, permission, I/O error);
+  5    a multi-process run lost another process (a collective failed);
   70   an unexpected error (a bug): the traceback is printed;
   130  interrupted by Ctrl-C with the checkpoint saved (a second Ctrl-C ends
        the process at once, killed by SIGINT).
@@ -29,6 +30,7 @@ from mixsiam_jax.errors import UserError
 from mixsiam_jax.stopping import Stopped
 
 EXIT_FINISHED = 0
+EXIT_LOST_PEER = 5
 EXIT_BUG = 70
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
@@ -85,12 +87,36 @@ def run_program(program: Callable[[], object]) -> int:
     if isinstance(e.code, str):
       _line(e.code)  # What Python would print at its exit, which the caller skips.
     return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-  except BaseException:  # pylint: disable=broad-except  (a bug: its traceback, then the exit)
+  except BaseException as e:  # pylint: disable=broad-except  (a bug: its traceback, then the exit)
+    if _lost_peer(e):
+      logging.debug("Traceback of the error below:", exc_info=True)
+      _line(f"error: lost contact with another process of this run ({_first_line(e)}); its "
+            "own log says why. Restart every process with the same command to resume from the "
+            "newest checkpoint.")
+      return EXIT_LOST_PEER
     logging.flush()
     traceback.print_exc()
     _line(f"error: unexpected {sys.exc_info()[0].__name__} (a bug; the traceback is above). "
           "The newest checkpoint is intact: rerun the same command to resume.")
     return EXIT_BUG
+
+
+# What a collective or the coordination service reports when a peer process is gone.
+_PEER_FAILURES = ("Gloo", "Connection reset by peer", "Connection refused", "heartbeat",
+                  "coordination service", "NCCL", "DEADLINE_EXCEEDED", "UNAVAILABLE")
+
+
+def _lost_peer(error: BaseException) -> bool:
+  """Whether ``error`` is a runtime error of a multi-process run that lost a process."""
+  jax = sys.modules.get("jax")
+  if jax is None or type(error).__name__ != "JaxRuntimeError" or jax.process_count() < 2:
+    return False
+  return any(marker in str(error) for marker in _PEER_FAILURES)
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return (lines[0] if lines else type(error).__name__)[:300]
 
 
 def _line(text: str) -> None:

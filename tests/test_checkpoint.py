@@ -190,3 +190,13 @@ def test_pretraining_refuses_a_stray_step_directory_and_resumes_once_it_is_moved
   subprocess.run(shlex.split(re.search(r"\((mv [^)]*)\)", message).group(1)), check=True)
   assert pretrain.train_and_evaluate(config, str(run)) == {}  # finished at step 6 of 6
   assert (run / "broken_checkpoint_99").is_dir()
+
+
+def test_a_file_where_the_checkpoints_directory_belongs_is_refused_in_one_line(tmp_path):
+  directory = tmp_path / "checkpoints"
+  directory.write_text("not a directory")
+  for call in (lambda: checkpoint.latest_step(str(directory)),
+               lambda: checkpoint.create_manager(str(directory))):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=rf"^{directory} is a file, not a checkpoint directory"):
+      call()

@@ -1,5 +1,6 @@
 """main.py's plumbing: user errors in one line, bugs keep their traceback, echoes dropped."""
 import asyncio
+import signal
 import sys
 import types
 
@@ -7,7 +8,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from mixsiam_jax import cli, errors
+from mixsiam_jax import checkpoint, cli, errors, loop, stopping
 
 
 def test_user_errors_end_in_one_line_and_bugs_keep_their_traceback():
@@ -67,3 +68,38 @@ def test_only_the_echoes_of_a_failed_restore_are_dropped():
                                 exc_traceback=None, err_msg=None, object=None)
   hook(other)
   assert passed == [other]
+
+
+def _raise(error):
+  def program():
+    raise error
+  return program
+
+
+@pytest.mark.parametrize("program,status,last_line", [
+    (lambda: None, 0, None),
+    (_raise(stopping.Stopped(7, signal.SIGTERM)), 0,
+     "preempted (SIGTERM) at step 7, checkpoint saved; rerun the same command to resume."),
+    (_raise(stopping.Stopped(7, signal.SIGINT)), 130,
+     "interrupted (Ctrl-C) at step 7, checkpoint saved; rerun the same command to resume."),
+    (_raise(errors.UserError("batch_size=12 must be divisible by 8.")), 1,
+     "error: batch_size=12 must be divisible by 8."),
+    (_raise(loop.TrainingError("non-finite loss at step 3.")), 3,
+     "error: non-finite loss at step 3."),
+    (_raise(checkpoint.CheckpointSaveError("cannot save checkpoint 4 in /w: no space.")), 4,
+     "error: cannot save checkpoint 4 in /w: no space."),
+    (_raise(SystemExit("error: --config.x: no such field")), 1,
+     "error: --config.x: no such field"),
+    (_raise(KeyError("a bug")), 70,
+     "error: unexpected KeyError (a bug; the traceback is above). The newest checkpoint is "
+     "intact: rerun the same command to resume."),
+])
+def test_every_way_out_of_a_program_has_its_exit_status_and_one_line(capsys, program, status,
+                                                                    last_line):
+  assert cli.run_program(program) == status
+  err = capsys.readouterr().err
+  if last_line is None:
+    assert err == ""
+  else:
+    assert err.splitlines()[-1] == last_line
+    assert ("Traceback" in err) == (status == 70)

@@ -265,3 +265,11 @@ def test_a_failing_knn_monitor_keeps_the_checkpoint_of_its_step(cifar_jpeg_folde
   assert status == 1 and len(lines) == 1, lines
   assert f"Image folder '{evaluation}' does not exist" in lines[0], lines
   assert checkpoint_steps(workdir)[-1] == 6  # saved before the evaluation that failed
+
+
+def test_an_extra_argument_is_one_line(tmp_path):
+  result = run_main(*TINY, f"--workdir={tmp_path / 'w'}", "extra", timeout=60)
+  assert result.returncode == 1
+  assert errors_of(result) == [
+      "error: unexpected argument(s) extra: every option is a flag, e.g. "
+      "--config=configs/cifar10.py --workdir=DIR (see --help)."], result.stderr

@@ -128,3 +128,22 @@ def test_negative_learning_rate_is_refused(tmp_path):
   config.optim.base_lr = -1.0
   with pytest.raises(ValueError, match=r"optim\.base_lr=-1\.0 must be a positive number"):
     pretrain.train_and_evaluate(config, str(tmp_path / "w"))
+
+
+@pytest.mark.slow
+def test_a_resume_on_a_data_set_other_than_data_json_records_is_refused(
+    tiny_pretrained, cifar_jpeg_folder, tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(tiny_pretrained, run)
+  shutil.rmtree(run / "checkpoints" / "6")  # so that the run resumes at step 3
+  described = json.loads((run / pretrain.DATA_FILE).read_text())
+  described["train"]["num_examples"] = 190  # as if 10 images had been added since
+  (run / pretrain.DATA_FILE).write_text(json.dumps(described))
+  config = cifar10.get_config("tiny")
+  config.dataset = config.eval_dataset = f"folder:{cifar_jpeg_folder}"
+  config.async_checkpointing = False
+  with pytest.raises(pretrain.DatasetError, match=r"^the train data set differs from the one "
+                     r"this run started on \(data.json: 190 examples in 10 classes .* now 200 in "
+                     r"10 "):
+    pretrain.train_and_evaluate(config, str(run))
+  assert sorted(os.listdir(run / "checkpoints")) == ["3"]

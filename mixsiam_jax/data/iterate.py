@@ -39,8 +39,9 @@ import tensorflow as tf
 from mixsiam_jax.data import DataChangedError, DatasetError
 
 # Seconds between the tries to rebuild a stream whose files could not be read:
-# 6 s in all, then the run stops naming the file.
-READ_RETRY_DELAYS = (1.0, 2.0, 3.0)
+# 3 s in all, then the run stops naming the file (a deleted data folder ends a
+# run within 10 s of its deletion, batches read ahead included).
+READ_RETRY_DELAYS = (1.0, 2.0)
 # A stream that has produced nothing for this long says so (then at 2x, 4x, ...).
 STALL_WARNING_SECONDS = 60.0
 

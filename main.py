@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mixsiam_jax import cli, workdir_lock  # noqa: E402  (light: flags parse before TF and JAX load)
+from mixsiam_jax import accelerators, cli, workdir_lock  # noqa: E402  (light: flags parse before TF and JAX load)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
@@ -32,6 +32,9 @@ flags.DEFINE_integer("process_id", None, "This process's index (multi-process ru
 flags.DEFINE_integer("distributed_heartbeat_timeout_seconds", 100,
                      "Multi-process runs: a process silent this long is declared dead and the "
                      "others stop with an error (JAX's default: 100).")
+flags.DEFINE_bool("allow_cpu", False,
+                  "Train on the CPU even though this host has GPUs or TPUs that JAX cannot use "
+                  "(by default that stops the run, naming the install command).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 PROGRAMS = ("pretrain", "linear_probe", "knn")
@@ -55,14 +58,20 @@ def main(argv):
   signal.signal(signal.SIGINT, signal.SIG_DFL)
   logging.get_absl_handler().addFilter(cli.QuietLibraryInfo())
   sys.unraisablehook = cli.drop_abandoned_reads(sys.unraisablehook)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  # TensorFlow only feeds data: keep it off the accelerators that JAX uses.
-  tf.config.set_visible_devices([], "GPU")
+  with cli.start_notices_dropped(cli.TENSORFLOW_START_NOTICES):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    # TensorFlow only feeds data: keep it off the accelerators that JAX uses.
+    tf.config.set_visible_devices([], "GPU")
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.jax_distributed or FLAGS.coordinator_address:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
                                heartbeat_timeout_seconds=FLAGS.distributed_heartbeat_timeout_seconds)
+  # The backends start here; libtpu, where installed, searches for a TPU and says so.
+  with cli.start_notices_dropped(cli.TPU_SEARCH_NOTICES, lambda: jax.default_backend() != "tpu"):
+    backend = jax.default_backend()
+  with cli.one_line_errors():
+    accelerators.check_backend(backend, allow_cpu=FLAGS.allow_cpu, environ=os.environ)
   logging.info("JAX process %d of %d; %d local of %d devices (%s).", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)

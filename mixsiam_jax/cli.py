@@ -18,9 +18,11 @@ status"):
 """
 import contextlib
 import logging as logging_lib
+import os
 import re
 import signal
 import sys
+import tempfile
 import traceback
 from typing import Callable, Iterator, List, NoReturn, Sequence
 
@@ -117,6 +119,55 @@ def _lost_peer(error: BaseException) -> bool:
 def _first_line(error: BaseException) -> str:
   lines = str(error).strip().splitlines()
   return (lines[0] if lines else type(error).__name__)[:300]
+
+
+# Lines that native libraries print to stderr while the program starts, whatever the input:
+# TensorFlow's on CPUs where it turns oneDNN on (and absl's preamble before them), and
+# libtpu's search for TPU hardware on hosts without one (when libtpu is installed).
+TENSORFLOW_START_NOTICES = (
+    "All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on",
+    "This TensorFlow binary is optimized", "To enable the following instructions",
+    "cpu_feature_guard.cc")
+TPU_SEARCH_NOTICES = (
+    "Failed to find host bounds for accelerator type", "could not determine TPU",
+    "Logging before InitGoogle() is written to STDERR", "unexpected worker hostname",
+    "=== Source Location Trace: ===", "libtpu_init_utils.cc", "Unable to initialize backend 'tpu'",
+    "TPU initialization failed")
+
+
+@contextlib.contextmanager
+def start_notices_dropped(notices: Sequence[str],
+                          drop: Callable[[], bool] = lambda: True) -> Iterator[None]:
+  """Holds back what is written to stderr (file descriptor 2) inside the block.
+
+  On exit the held-back lines are written out, except those containing one of
+  ``notices`` when ``drop()`` is true, so a start-up notice of a native library
+  never stands between the user and the program's own one-line error. Anything
+  else (a real warning) still appears, in order.
+
+  Args:
+    notices: substrings of the lines to drop.
+    drop: decides on exit whether to drop them (e.g. only when no TPU was found).
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  held = tempfile.TemporaryFile()
+  os.dup2(held.fileno(), 2)
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    held.seek(0)
+    text = held.read().decode("utf-8", "replace")
+    held.close()
+    dropping = drop()
+    kept = [line for line in text.splitlines(keepends=True)
+            if not (dropping and any(n in line for n in notices))]
+    if kept:
+      sys.stderr.write("".join(kept))
+      sys.stderr.flush()
 
 
 def _line(text: str) -> None:

@@ -1,0 +1,86 @@
+"""Tests of mixsiam_jax/accelerators.py: no silent fallback to the CPU on a host with accelerators."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from mixsiam_jax import accelerators
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def fake_dev(root, *names):
+  for name in names:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+  return str(root)
+
+
+def test_device_files_tell_gpus_and_tpus(tmp_path):
+  dev = fake_dev(tmp_path, "nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "accel0",
+                 "vfio/vfio", "null")
+  assert accelerators.visible_accelerators(dev) == {
+      "NVIDIA GPU": [f"{dev}/nvidia0", f"{dev}/nvidia1"], "TPU": [f"{dev}/accel0"]}
+  assert accelerators.visible_accelerators(fake_dev(tmp_path / "v5e", "vfio/0", "vfio/1")) == {
+      "TPU": [f"{tmp_path}/v5e/vfio/0", f"{tmp_path}/v5e/vfio/1"]}
+  assert accelerators.visible_accelerators(fake_dev(tmp_path / "cpu", "null", "vfio/vfio")) == {}
+
+
+def test_the_cpu_backend_on_a_gpu_host_stops_unless_asked_for(tmp_path):
+  dev = fake_dev(tmp_path, "nvidia0", "nvidia1")
+  with pytest.raises(accelerators.CpuFallbackError) as error:
+    accelerators.check_backend("cpu", allow_cpu=False, environ={}, dev_root=dev)
+  assert str(error.value) == (
+      f"JAX found no usable accelerator and would train on the CPU, but this host has NVIDIA "
+      f"GPUs ({dev}/nvidia0, {dev}/nvidia1). Install JAX for them on top of requirements.txt "
+      "(`pip install -r requirements-gpu.txt`; README, \"Install\"), or train on the CPU on "
+      "purpose with JAX_PLATFORMS=cpu or --allow_cpu.")
+  accelerators.check_backend("cpu", allow_cpu=True, environ={}, dev_root=dev)
+  accelerators.check_backend("cpu", allow_cpu=False, environ={"JAX_PLATFORMS": "cpu"},
+                             dev_root=dev)
+  accelerators.check_backend("gpu", allow_cpu=False, environ={}, dev_root=dev)
+  with pytest.raises(accelerators.CpuFallbackError, match="requirements-tpu.txt"):
+    accelerators.check_backend("cpu", allow_cpu=False, environ={"JAX_PLATFORMS": "cuda,cpu"},
+                               dev_root=fake_dev(tmp_path / "tpu", "accel0"))
+  accelerators.check_backend("cpu", allow_cpu=False, environ={}, dev_root=str(tmp_path / "none"))
+
+
+# main.py with the device files faked: a GPU host whose JAX is the CPU build.
+MAIN_ON_A_GPU_HOST = """
+import sys
+sys.path.insert(0, {repo!r})
+from mixsiam_jax import accelerators
+real = accelerators.visible_accelerators
+accelerators.visible_accelerators = lambda dev_root="/dev": real({dev!r})
+import main
+from absl import app
+sys.argv = ["main.py"] + {args!r}
+app.run(main.main, flags_parser=main.cli.parse_flags)
+"""
+
+
+@pytest.mark.parametrize("extra,stops", [((), True), (("--allow_cpu",), False)])
+def test_main_stops_in_one_line_on_a_gpu_host_without_gpu_jax(tmp_path, extra, stops):
+  dev = fake_dev(tmp_path / "dev", "nvidia0")
+  args = ["--config=configs/cifar10.py:tiny", "--config.dataset=folder:/nonexistent",
+          "--config.eval_dataset=", f"--workdir={tmp_path / 'w'}", *extra]
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # JAX chooses
+  result = subprocess.run([sys.executable, "-c", MAIN_ON_A_GPU_HOST.format(
+      repo=str(REPO), dev=dev, args=args)], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=120)
+  assert result.returncode == 1
+  # Nothing but the program's own log lines (absl's format) and its one error line: no
+  # TensorFlow or libtpu start-up notices, whatever the CPU and the installed libtpu.
+  lines = [line for line in result.stderr.splitlines()
+           if line.strip() and not (line[:1] in "IWEF" and line[1:5].isdigit()
+                                    and ".py:" in line.split("]")[0])]
+  assert len(lines) == 1, result.stderr
+  if stops:
+    assert lines[0].startswith("error: JAX found no usable accelerator and would train on the "
+                               f"CPU, but this host has NVIDIA GPUs ({dev}/nvidia0)."), lines
+  else:
+    assert lines[0] == ("error: Image folder '/nonexistent' does not exist; check "
+                        "--config.dataset=folder:PATH (PATH/<class>/<image>)."), lines

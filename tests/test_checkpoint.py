@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mixsiam_jax import checkpoint, errors, sharding
+from tests.helpers import snapshot
 
 
 def tree(value):
@@ -164,11 +165,6 @@ def test_read_only_managers_do_not_announce_themselves_but_real_warnings_pass(tm
   assert logging.getLogger("absl").filters == []  # nothing left installed
 
 
-def _snapshot(directory):
-  return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
-          if p.is_file()}
-
-
 @pytest.mark.slow
 def test_pretraining_refuses_a_stray_step_directory_and_resumes_once_it_is_moved(
     tiny_pretrained, cifar_jpeg_folder, tmp_path):
@@ -177,7 +173,7 @@ def test_pretraining_refuses_a_stray_step_directory_and_resumes_once_it_is_moved
   run = tmp_path / "run"
   shutil.copytree(tiny_pretrained, run)
   (run / "checkpoints" / "99").mkdir()
-  before = _snapshot(run)
+  before = snapshot(run)
   config = cifar10.get_config("tiny")
   config.dataset = config.eval_dataset = f"folder:{cifar_jpeg_folder}"
   config.async_checkpointing = False
@@ -186,7 +182,7 @@ def test_pretraining_refuses_a_stray_step_directory_and_resumes_once_it_is_moved
   message = str(err.value)
   assert message.startswith(f"checkpoint {run}/checkpoints/99 is unreadable or incomplete "
                             "(the directory is empty); step 6 is intact")
-  assert _snapshot(run) == before and (run / "checkpoints" / "99").is_dir()
+  assert snapshot(run) == before and (run / "checkpoints" / "99").is_dir()
   subprocess.run(shlex.split(re.search(r"\((mv [^)]*)\)", message).group(1)), check=True)
   assert pretrain.train_and_evaluate(config, str(run)) == {}  # finished at step 6 of 6
   assert (run / "broken_checkpoint_99").is_dir()

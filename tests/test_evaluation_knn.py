@@ -19,6 +19,7 @@ from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.data import DatasetError
 from mixsiam_jax.evaluation import features, knn
 from mixsiam_jax.options import OptionsError
+from tests.helpers import snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -151,9 +152,6 @@ def test_shard_bank_pads_to_the_mesh_and_masks_the_padding():
 
 
 # ----------------------------------------------------------------- monitor and program
-def _snapshot(directory):
-  return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.read_bytes())
-          for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def _knn_config(folder, pretrained, **overrides):
@@ -220,7 +218,7 @@ def test_pretraining_logged_the_knn_monitor(tiny_pretrained):
 @pytest.mark.slow
 def test_knn_program_uses_the_checkpoint_image_size_and_leaves_the_run_untouched(
     tiny_pretrained, cifar_jpeg_folder, tmp_path):
-  before = _snapshot(tiny_pretrained)
+  before = snapshot(tiny_pretrained, mtimes=True)
   # k and batch of the tiny pretraining config, whose monitor saw the same data at the end.
   config = _knn_config(cifar_jpeg_folder, tiny_pretrained, eval_batch_size=64, **{"knn.k": 20})
   assert config.image_size == -1  # The default: the size the checkpoint was trained at.
@@ -231,7 +229,7 @@ def test_knn_program_uses_the_checkpoint_image_size_and_leaves_the_run_untouched
   logged = [r for r in workdir_lib.read_metrics(str(tiny_pretrained)) if "knn_top1" in r][-1]
   assert result["knn_top1"] == pytest.approx(logged["knn_top1"])
   assert result["knn_top5"] == pytest.approx(logged["knn_top5"])
-  assert _snapshot(tiny_pretrained) == before
+  assert snapshot(tiny_pretrained, mtimes=True) == before
 
 
 @pytest.mark.slow
@@ -274,7 +272,7 @@ def test_main_refuses_knn_in_a_pretraining_workdir_and_a_garbage_file_in_one_lin
     tiny_pretrained, cifar_jpeg_folder, tmp_path):
   run = tmp_path / "run"
   shutil.copytree(tiny_pretrained, run)
-  before = _snapshot(run)
+  before = snapshot(run, mtimes=True)
   data = f"--config.dataset=folder:{cifar_jpeg_folder}"
   line = _error_line(_run_main("--config=configs/knn.py", f"--workdir={run}", data,
                                f"--config.eval_dataset=folder:{cifar_jpeg_folder}",
@@ -282,7 +280,7 @@ def test_main_refuses_knn_in_a_pretraining_workdir_and_a_garbage_file_in_one_lin
   assert line == (f"error: --workdir={run} holds a pretraining run, not a kNN run: give the kNN "
                   "program its own --workdir (it reads the pretraining run through "
                   f"--config.pretrained={run}).")
-  assert _snapshot(run) == before
+  assert snapshot(run, mtimes=True) == before
 
   garbage = tmp_path / "garbage.npz"
   garbage.write_bytes(np.random.default_rng(0).bytes(3000))

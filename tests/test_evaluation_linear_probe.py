@@ -13,6 +13,7 @@ from mixsiam_jax import checkpoint, sharding
 from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.evaluation import linear_probe, program
 from mixsiam_jax.options import OptionsError
+from tests.helpers import snapshot
 
 
 def test_probe_step_reports_train_accuracy_in_percent():
@@ -43,11 +44,6 @@ def test_probe_options_are_checked_when_built():
     linear_probe.probe_options(config)
 
 
-def _snapshot(directory):
-  return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.read_bytes())
-          for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
 def _probe_config(folder, pretrained, variant="", **overrides):
   config = probe_config.get_config(variant)
   config.pretrained = str(pretrained)
@@ -65,7 +61,7 @@ def _probe_config(folder, pretrained, variant="", **overrides):
 @pytest.mark.slow
 def test_augmented_probe_trains_on_one_view_resumes_and_leaves_the_run_untouched(
     tiny_pretrained, cifar_jpeg_folder, tmp_path, monkeypatch):
-  before = _snapshot(tiny_pretrained)
+  before = snapshot(tiny_pretrained, mtimes=True)
   views = []
   create = linear_probe.pipeline.create_pretrain_dataset
 
@@ -89,7 +85,7 @@ def test_augmented_probe_trains_on_one_view_resumes_and_leaves_the_run_untouched
   assert all(0.0 <= r["probe_train_top1"] <= 100.0 for r in rows)
   # Resume: the finished probe restores its classifier and gives the same numbers.
   assert linear_probe.run_linear_probe(config, str(probe_dir)) == probe
-  assert _snapshot(tiny_pretrained) == before
+  assert snapshot(tiny_pretrained, mtimes=True) == before
 
 
 @pytest.mark.slow
@@ -156,11 +152,11 @@ def test_a_probe_refuses_to_resume_on_a_replaced_pretraining_run(
   assert recorded == program.restore(config, sharding.create_mesh()).fingerprint
 
   _replace_with_another_run(pretrained)
-  before = _snapshot(probe_dir)
+  before = snapshot(probe_dir, mtimes=True)
   with pytest.raises(linear_probe.ProbeError) as err:
     linear_probe.run_linear_probe(config, str(probe_dir))
   message = str(err.value)
   assert message.startswith(f"--workdir={probe_dir} holds a linear probe of another encoder: "
                             f"pretrained={pretrained} (step 6) now has parameter hash ")
   assert f"the probe started on {recorded[:12]}" in message and "new --workdir" in message
-  assert _snapshot(probe_dir) == before
+  assert snapshot(probe_dir, mtimes=True) == before

@@ -29,6 +29,7 @@ import pytest
 
 from configs import cifar10
 from mixsiam_jax import checkpoint, optim, pretrain, sharding, workdir as workdir_lib
+from tests.helpers import snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "reliability_worker.py"
@@ -142,11 +143,6 @@ def curves(workdir, keys=LOSS_KEYS):
 def read_ids(path):
   rows = [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
   return [r["ids"] for r in rows]
-
-
-def snapshot(directory):
-  return {str(p.relative_to(directory)): p.read_bytes()
-          for p in sorted(pathlib.Path(directory).rglob("*")) if p.is_file()}
 
 
 def copy_run(src, dst, drop_steps=()):

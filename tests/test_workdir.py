@@ -6,6 +6,7 @@ import pytest
 
 from configs import cifar10
 from mixsiam_jax import errors, workdir as workdir_lib
+from tests.helpers import snapshot
 
 
 def config_dict(**overrides):
@@ -240,11 +241,6 @@ def _tiny_config(folder, **overrides):
   return config
 
 
-def _snapshot(directory):
-  return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
-          if p.is_file()}
-
-
 @pytest.mark.slow
 def test_pretraining_refuses_checkpoints_whose_config_json_is_gone(
     tiny_pretrained, cifar_jpeg_folder, tmp_path):
@@ -252,12 +248,12 @@ def test_pretraining_refuses_checkpoints_whose_config_json_is_gone(
   run = tmp_path / "run"
   shutil.copytree(tiny_pretrained, run)
   (run / "config.json").rename(tmp_path / "config.json")
-  before = _snapshot(run)
+  before = snapshot(run)
   with pytest.raises(workdir_lib.WorkdirError,
                      match=r"holds checkpoints \(steps \[3, 6\] in .*\) but no config.json"):
     pretrain.train_and_evaluate(_tiny_config(cifar_jpeg_folder, **{"optim.base_lr": 0.5}),
                                 str(run))
-  assert _snapshot(run) == before
+  assert snapshot(run) == before
   (tmp_path / "config.json").rename(run / "config.json")  # put back: the run is whole again
   with pytest.raises(workdir_lib.WorkdirError, match="optim.base_lr: 0.03 in the workdir, 0.5 now"):
     pretrain.train_and_evaluate(_tiny_config(cifar_jpeg_folder, **{"optim.base_lr": 0.5}),
@@ -272,9 +268,9 @@ def test_pretraining_refuses_a_workdir_whose_checkpoints_are_gone(
   run = tmp_path / "run"
   shutil.copytree(tiny_pretrained, run)
   shutil.rmtree(run / "checkpoints")
-  before = _snapshot(run)
+  before = snapshot(run)
   with pytest.raises(workdir_lib.WorkdirError) as err:
     pretrain.train_and_evaluate(_tiny_config(cifar_jpeg_folder), str(run))
   assert str(err.value).startswith(f"--workdir={run} has metrics up to step 6 (metrics.jsonl) "
                                    "but no checkpoint")
-  assert _snapshot(run) == before
+  assert snapshot(run) == before

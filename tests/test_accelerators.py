@@ -62,11 +62,10 @@ app.run(main.main, flags_parser=main.cli.parse_flags)
 """
 
 
-@pytest.mark.parametrize("extra,stops", [((), True), (("--allow_cpu",), False)])
-def test_main_stops_in_one_line_on_a_gpu_host_without_gpu_jax(tmp_path, extra, stops):
+def test_main_stops_in_one_line_on_a_gpu_host_without_gpu_jax(tmp_path):
   dev = fake_dev(tmp_path / "dev", "nvidia0")
   args = ["--config=configs/cifar10.py:tiny", "--config.dataset=folder:/nonexistent",
-          "--config.eval_dataset=", f"--workdir={tmp_path / 'w'}", *extra]
+          "--config.eval_dataset=", f"--workdir={tmp_path / 'w'}"]
   env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # JAX chooses
   result = subprocess.run([sys.executable, "-c", MAIN_ON_A_GPU_HOST.format(
       repo=str(REPO), dev=dev, args=args)], cwd=REPO, capture_output=True, text=True, env=env,
@@ -78,9 +77,5 @@ def test_main_stops_in_one_line_on_a_gpu_host_without_gpu_jax(tmp_path, extra, s
            if line.strip() and not (line[:1] in "IWEF" and line[1:5].isdigit()
                                     and ".py:" in line.split("]")[0])]
   assert len(lines) == 1, result.stderr
-  if stops:
-    assert lines[0].startswith("error: JAX found no usable accelerator and would train on the "
-                               f"CPU, but this host has NVIDIA GPUs ({dev}/nvidia0)."), lines
-  else:
-    assert lines[0] == ("error: Image folder '/nonexistent' does not exist; check "
-                        "--config.dataset=folder:PATH (PATH/<class>/<image>)."), lines
+  assert lines[0].startswith("error: JAX found no usable accelerator and would train on the "
+                             f"CPU, but this host has NVIDIA GPUs ({dev}/nvidia0)."), lines

@@ -227,8 +227,15 @@ def jit_train_step(step: Callable, mesh: Mesh) -> Callable:
 
   Returns:
     The compiled step; its batch must be sharded on the batch axis (see
-    sharding.global_batch), its state and rng replicated.
+    sharding.global_batch), its state and rng replicated. It is traced with
+    ``mesh`` as the context's mesh, where the bfloat16 convolutions place their
+    float32 cross-device weight-gradient sum (models/conv.py).
   """
   rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+
+  def step_in_mesh(state, batch, rng):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return step(state, batch, rng)
+
+  return jax.jit(step_in_mesh, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
                  donate_argnums=(0,))

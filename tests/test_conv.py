@@ -4,6 +4,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mixsiam_jax.models import conv
 
@@ -110,6 +111,54 @@ def test_bfloat16_compute_gives_float32_weight_gradient(conv_impl):
   # A bfloat16 result would be off by up to 2^-9 relative (~2e-3); float32 sums of
   # 8 * 6 * 6 exact bf16 products agree with float64 to ~1e-6.
   np.testing.assert_allclose(dw, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def _sharded_weight_grad(x, w, grad, mesh, strides, padding):
+  """dL/dW of conv_wide_weight_grad under jit, batch sharded on ``mesh``, traced in its context.
+
+  Returns:
+    (dL/dW, the jaxpr's text, the compiled HLO's text).
+  """
+  data = NamedSharding(mesh, P("data"))
+
+  def weight_grad(x, w, grad):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      _, vjp = jax.vjp(lambda b: conv.conv_wide_weight_grad(x, b, strides, padding,
+                                                            dimension_numbers=NHWC), w)
+      return vjp(grad)[0]
+
+  fn = jax.jit(weight_grad, in_shardings=(data, NamedSharding(mesh, P()), data))
+  jaxpr = str(jax.make_jaxpr(weight_grad)(x, w, grad))
+  return fn(x, w, grad), jaxpr, fn.lower(x, w, grad).compile().as_text()
+
+
+@pytest.mark.parametrize("replicas", [1, 8])
+def test_bfloat16_weight_gradient_in_a_mesh_sums_bfloat16_partials_in_float32(replicas):
+  """In a mesh context: one bf16 weight gradient per device, cast, then a float32 sum."""
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(16, 12, 12, 16)), jnp.bfloat16)
+  w = jnp.asarray(rng.normal(size=(3, 3, 16, 8)), jnp.float32)
+  strides, padding = (2, 2), ((1, 1), (1, 1))
+  grad = jnp.asarray(rng.normal(size=(16, 6, 6, 8)), jnp.bfloat16)
+  mesh = Mesh(np.asarray(jax.devices()[:replicas]), ("data",))
+  dw, jaxpr, hlo = _sharded_weight_grad(x, w, grad, mesh, strides, padding)
+  assert dw.dtype == jnp.float32
+  # The program: a bf16 weight-gradient convolution (no float32 result), its cast,
+  # and with several devices a psum (in shard_map) as the only cross-device sum.
+  convs = [l for l in jaxpr.splitlines() if "conv_general_dilated[" in l]
+  assert any(":bf16[3,3,16,8]" in l.replace(" ", "") for l in convs), convs
+  assert ("psum" in jaxpr) == (replicas > 1)
+  reduces = [l for l in hlo.splitlines() if " all-reduce(" in l or " all-reduce-start(" in l]
+  assert len(reduces) == (replicas > 1) and all("= f32[" in l for l in reduces), reduces
+  # Against float64: at most the bf16 rounding of each device's partial (2^-9 relative,
+  # bound 2^-8); XLA:CPU keeps excess precision (it folds the cast into the convolution),
+  # so here it is closer still.
+  rows = len(x) // replicas
+  partials = [_weight_grad_reference(x[i * rows:(i + 1) * rows], grad[i * rows:(i + 1) * rows],
+                                     w.shape, strides, padding) for i in range(replicas)]
+  ref = np.sum(partials, axis=0)
+  bound = 2.0**-8 * np.sum(np.abs(partials), axis=0) + 1e-6 * np.abs(ref).max()
+  assert np.all(np.abs(np.asarray(dw, np.float64) - ref) <= bound)
 
 
 def test_conv_function():

@@ -11,10 +11,17 @@ Two concerns live here, both about the backward pass:
   gradient as XLA's convolution (tests/test_conv.py).
 - Mixed precision: with a bfloat16 compute dtype the kernel reaches the
   convolution in float32 (see models/precision.py), is cast to bfloat16 for the
-  forward and input-gradient convolutions, and its gradient is accumulated and
-  returned in float32. Under jit with a sharded batch, XLA all-reduces the weight
-  gradient where it is produced, so this keeps that all-reduce in float32
-  (docs/accelerators.md, "Gradient all-reduce").
+  forward and input-gradient convolutions, and its gradient is returned in
+  float32, summed over the devices in float32. Inside a mesh context (the train
+  step is traced in one: train.jit_train_step) each device computes its partial
+  weight gradient with a bfloat16 convolution (cuDNN's native bf16 kernel), casts
+  it to float32 and all-reduces it over the 'data' axis (shard_map + psum). A
+  convolution with bf16 operands and a float32 result, the obvious alternative,
+  is no native cuDNN kernel: XLA:GPU converts both operands to float32 and keeps
+  those copies alive, 11 GiB more for ResNet-50 at 128 per H100
+  (docs/performance.md, "Where the GPU step's memory went"). Without a mesh
+  context nothing says where XLA will sum, so the weight gradient is that
+  float32-output convolution, whose sums are float32 wherever XLA puts them.
 
 ``conv_function`` picks the function for an implementation and a compute dtype.
 """
@@ -24,6 +31,9 @@ from typing import Callable, Tuple
 import jax
 from jax import lax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from mixsiam_jax.sharding import DATA_AXIS
 
 CONV_IMPLS = ("xla", "matmul_weight_grad")
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -77,7 +87,31 @@ def _xla_weight_grad(x, grad, kernel_shape, strides, padding, precision, out_dty
                                   preferred_element_type=out_dtype)
 
 
-_WEIGHT_GRADS = {"matmul_weight_grad": _taps_weight_grad, "xla": _xla_weight_grad}
+def _summed_weight_grad(x, grad, kernel_shape, strides, padding, precision, out_dtype):
+  """dL/dW from bf16 partials: one per device in the operands' dtype, cast, summed in ``out_dtype``.
+
+  Needs the mesh of the context (jax.sharding.get_abstract_mesh) to place the sum;
+  without one it is ``_xla_weight_grad`` in ``out_dtype`` (see the module docstring).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or DATA_AXIS not in mesh.axis_names:
+    return _xla_weight_grad(x, grad, kernel_shape, strides, padding, precision, out_dtype)
+  replicas = mesh.shape[DATA_AXIS]
+
+  def partial_sum(x, grad):
+    low = _xla_weight_grad(x, grad, kernel_shape, strides, padding, precision, x.dtype)
+    wide = low.astype(out_dtype)
+    return lax.psum(wide, DATA_AXIS) if replicas > 1 else wide
+
+  if replicas == 1:
+    return partial_sum(x, grad)
+  # The batch is sharded over 'data': each device convolves its own rows, and the
+  # psum is the only cross-device sum, in out_dtype (float32).
+  return jax.shard_map(partial_sum, mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS)),
+                       out_specs=P())(x, grad)
+
+
+_WEIGHT_GRADS = {"matmul_weight_grad": _taps_weight_grad, "xla": _summed_weight_grad}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -160,9 +194,11 @@ def conv_wide_weight_grad(lhs, rhs, window_strides, padding, lhs_dilation=None,
                           feature_group_count=1, precision=None, **kwargs):
   """XLA's convolution for a low-precision input and a float32 kernel, float32 weight gradient.
 
-  Forward and input gradient are XLA's convolutions in the input's dtype; the
-  weight gradient is XLA's backward-filter convolution with float32 accumulation
-  and output, so the cross-device sum of it that XLA inserts is float32.
+  Forward and input gradient are XLA's convolutions in the input's dtype. The
+  weight gradient comes back in float32 and its cross-device sum is float32: in a
+  mesh context, per-device partials from XLA's backward-filter convolution in the
+  input's dtype, cast to float32 and summed over the 'data' axis; without one,
+  XLA's backward-filter convolution with float32 accumulation and output.
 
   Args and Returns: as ``conv_matmul_weight_grad``.
   """

@@ -1,4 +1,4 @@
-r"""Images/s of our jitted MixSiam train step vs a PyTorch reference of the same network and loss.
+r"""Images/s of our jitted MixSiam train step vs a plain Flax network and PyTorch (eager, compiled).
 
 One command (CPU; the defaults finish in a few minutes on 2 cores):
 
@@ -14,9 +14,16 @@ Rows (one image = three views: x1, x2 and the mixed view, fwd + bwd + update):
   * ours: train.make_train_step + train.jit_train_step (donated state, metrics
     computed on device, never fetched in the loop), views uploaded as uint8 and
     normalised/mixed inside the step, photometric augmentation off;
-  * ours + photometric: the same with photometric.device_photometric_augment
+  * ours_photo: the same with photometric.device_photometric_augment
     (colour jitter p=0.8, grayscale 0.2; blur 0.5 at >= 96 px) inside the step;
-  * bare JAX: the same Flax network and loss under a plain
+  * flax_plain: the same step (train.make_train_step, jit_train_step, loss,
+    optimiser) around a network of the same depth, width, stem and heads built
+    from stock flax.linen layers only (nn.Conv, nn.Dense, nn.BatchNorm with its
+    defaults, --dtype compute), the three views as one batch with shared
+    BatchNorm statistics. It is not MixSiam (no per-view statistics, bf16 weight
+    gradients); it is what XLA makes of a plain network of the same size: the
+    bound our step should reach;
+  * bare: the same Flax network and loss as ours under a plain
     jax.jit(value_and_grad + optax SGD update), no metrics, no donation, views
     precomputed on device (a lower bound on what any JAX step can cost);
   * torch: a PyTorch model of the same network (benchmarks/torch_reference.py:
@@ -25,12 +32,17 @@ Rows (one image = three views: x1, x2 and the mixed view, fwd + bwd + update):
     (momentum 0.9, weight decay), torch.set_num_threads(--threads). It runs in a
     child interpreter (--torch_python, default this one) so that torch stays out
     of the project's dependencies and its memory is measured on its own; it is
-    skipped with a message when torch is missing.
+    skipped with a message when torch is missing;
+  * torch_compile: the torch row with the encoder and the predictor under
+    torch.compile (default mode; forward and backward compiled, compilation
+    happens in the warm-up steps), skipped with a message where torch or its
+    compiler is missing.
 The rows run in the same order in each of --repeats rounds (interleaved); each
-figure is the median over rounds of --steps timed steps. Then: compile time,
-peak host memory (getrusage max RSS) and device memory (memory_stats where the
-backend reports it; XLA's memory analysis of the compiled step otherwise), our
-overhead over the bare step, and the ratio to torch last.
+figure is the median over rounds of --steps timed steps, as images/s and views/s
+(3 views per image). Then: compile time, peak host memory (getrusage max RSS) and
+device memory (memory_stats where the backend reports it; XLA's memory analysis of
+the compiled step otherwise), our overhead over the bare step, and last the ratios
+ours / flax_plain (the bound) and ours / torch_compile (and the other torch rows).
 
 --xla_flags appends to XLA_FLAGS before jax is imported (for trying XLA:CPU
 options); --rows picks a subset of rows. Run by hand, never as a timed test.
@@ -47,16 +59,40 @@ import torch_reference  # the sibling module (this script's folder is on sys.pat
 
 PHOTOMETRIC = dict(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.2,
                    blur_sigma=(0.1, 2.0))
-ROWS = ("ours", "ours_photo", "bare", "torch")
+ROWS = ("ours", "ours_photo", "flax_plain", "bare", "torch", "torch_compile")
+TORCH_ROWS = ("torch", "torch_compile")
+VIEWS_PER_IMAGE = 3
 
 
-def run_torch(args, python: str) -> dict:
-  """Runs torch_reference.torch_worker in ``python``; {'error': message} when that fails."""
-  cmd = [python, os.path.abspath(__file__), "--torch_worker"] + args.argv
+def run_torch(args, python: str, compiled: bool = False) -> dict:
+  """Runs the torch row (``compiled``: torch_compile) in ``python``; {'error': message} on failure."""
+  cmd = ([python, os.path.abspath(__file__), "--torch_worker"] + args.argv
+         + (["--torch_compile"] if compiled else []))
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode != 0:
     return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def torch_compile_worker(args) -> dict:
+  """torch_reference.torch_worker with the encoder and predictor under torch.compile.
+
+  Runs in the child interpreter only: it swaps torch_reference.build_model for one
+  that wraps both modules in torch.compile (default mode), so the step, loss,
+  optimiser and timing are the torch row's own.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+
+  plain_build = torch_reference.build_model
+
+  def build_compiled(a):
+    model = plain_build(a)
+    for name in ("encoder", "predictor"):
+      model[name] = torch.compile(model[name])
+    return model
+
+  torch_reference.build_model = build_compiled
+  return torch_reference.torch_worker(args)
 
 
 # ----------------------------------------------------------------------------- JAX rows
@@ -89,10 +125,11 @@ def build_jax(args):
   photometric = PhotometricOptions(blur_prob=0.5 if args.image_size >= 96 else 0.0, **PHOTOMETRIC)
 
   built, info = {}, {}
-  for row in ("ours", "ours_photo"):
+  for row in ("ours", "ours_photo", "flax_plain"):
     if row not in args.rows:
       continue
-    state = train.create_train_state(jax.random.key(0), network, tx,
+    net = plain_network(args) if row == "flax_plain" else network
+    state = train.create_train_state(jax.random.key(0), net, tx,
                                      image_size=args.image_size, mesh=mesh)
     step = train.make_train_step(sched, MethodOptions(),
                                  photometric if row == "ours_photo" else None)
@@ -111,12 +148,15 @@ def build_jax(args):
     built[row] = run
 
   if "bare" in args.rows:
-    built["bare"], info["bare"] = _build_bare(args, network, host["views"])
+    built["bare"], info["bare"] = _build_bare(args, network, host["views"], mesh)
   return built, info
 
 
-def _build_bare(args, network, host_views):
+def _build_bare(args, network, host_views, mesh):
   """The bare row: plain jax.jit of value_and_grad + optax SGD, views precomputed on device.
+
+  Traced in ``mesh``'s context, as train.jit_train_step traces ours, so the bf16
+  convolutions take the same weight-gradient path (models/conv.py).
 
   Returns:
     (run_fn, {'compile_s', 'memory'}).
@@ -144,8 +184,12 @@ def _build_bare(args, network, host_views):
     updates, opt_state = bare_tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), new_stats, opt_state, loss
 
+  def bare_step_in_mesh(*step_args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return bare_step(*step_args)
+
   start = time.perf_counter()
-  compiled = jax.jit(bare_step).lower(params, stats, opt_state, views).compile()
+  compiled = jax.jit(bare_step_in_mesh).lower(params, stats, opt_state, views).compile()
   info = {"compile_s": time.perf_counter() - start, "memory": _memory_analysis(compiled)}
   holder = {"carry": (params, stats, opt_state)}
 
@@ -156,6 +200,69 @@ def _build_bare(args, network, host_views):
     jax.block_until_ready(loss)
     holder["carry"] = tuple(carry)
   return run_bare, info
+
+
+def plain_network(args):
+  """The flax_plain row's network: stock flax.linen layers, the same shape as ours.
+
+  torchvision's layout (the ResNet of --depth, --width and stem, the projector
+  and predictor of the same widths) from nn.Conv, nn.Dense and nn.BatchNorm with
+  their defaults and --dtype compute; all views go through as one batch, so the
+  BatchNorm statistics are shared by the views. It returns what
+  train.make_train_step reads of MixSiamNetwork: {'z', 'p'} as [B, V, D] float32.
+  """
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.models import RESNET_STAGES  # pylint: disable=g-import-not-at-top
+
+  dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+  kind, stages = RESNET_STAGES[args.depth]
+
+  def conv(x, features, kernel, stride, name):
+    pad = kernel // 2
+    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
+                   use_bias=False, dtype=dtype, name=name)(x)
+
+  class PlainMixSiam(nn.Module):
+    """Backbone, projector and predictor of stock layers (see plain_network)."""
+
+    @nn.compact
+    def __call__(self, views, train=True):
+      bn = lambda name, **kw: nn.BatchNorm(use_running_average=not train, dtype=dtype,
+                                           name=name, **kw)
+      batch, num_views = views.shape[:2]
+      x = views.reshape((batch * num_views,) + views.shape[2:]).astype(dtype)
+      if torch_reference.stem(args) == "imagenet":
+        x = nn.relu(bn("bn1")(conv(x, args.width, 7, 2, "conv1")))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      else:
+        x = nn.relu(bn("bn1")(conv(x, args.width, 3, 1, "conv1")))
+      for stage, count in enumerate(stages):
+        for block in range(count):
+          name, width = f"layer{stage + 1}_{block}", args.width * 2**stage
+          stride = 2 if stage > 0 and block == 0 else 1
+          convs = ([(width, 3, stride), (width, 3, 1)] if kind == "basic" else
+                   [(width, 1, 1), (width, 3, stride), (width * 4, 1, 1)])
+          y = x
+          for i, (features, kernel, s) in enumerate(convs, start=1):
+            y = bn(f"{name}_bn{i}")(conv(y, features, kernel, s, f"{name}_conv{i}"))
+            y = nn.relu(y) if i < len(convs) else y
+          if stride != 1 or x.shape[-1] != convs[-1][0]:
+            x = bn(f"{name}_down_bn")(conv(x, convs[-1][0], 1, stride, f"{name}_down_conv"))
+          x = nn.relu(y + x)
+      h = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+      for i in range(torch_reference.projector_layers(args) - 1):
+        h = nn.Dense(args.projector_dim, use_bias=False, dtype=dtype, name=f"proj_fc{i + 1}")(h)
+        h = nn.relu(bn(f"proj_bn{i + 1}")(h))
+      h = nn.Dense(args.projector_dim, use_bias=False, dtype=dtype, name="proj_out")(h)
+      z = bn("proj_out_bn", use_scale=False, use_bias=False)(h).astype(jnp.float32)
+      q = nn.Dense(args.predictor_hidden_dim, use_bias=False, dtype=dtype, name="pred_fc1")(z)
+      q = nn.relu(bn("pred_bn1")(q))
+      p = nn.Dense(args.projector_dim, dtype=dtype, name="pred_fc2")(q).astype(jnp.float32)
+      unflat = lambda a: a.reshape((batch, num_views) + a.shape[1:])
+      return {"z": unflat(z), "p": unflat(p)}
+
+  return PlainMixSiam()
 
 
 def _memory_analysis(compiled) -> dict:
@@ -195,8 +302,9 @@ def parse_args(argv):
   parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS")
   parser.add_argument("--json", default="", help="also write the results to this file")
   parser.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--torch_compile", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  args.argv = [a for a in argv if a != "--torch_worker"]
+  args.argv = [a for a in argv if a not in ("--torch_worker", "--torch_compile")]
   args.rows = tuple(r for r in args.rows.split(",") if r)
   if set(args.rows) - set(ROWS):
     parser.error(f"--rows: unknown {sorted(set(args.rows) - set(ROWS))}; choose from {ROWS}")
@@ -204,21 +312,25 @@ def parse_args(argv):
 
 
 def run_rounds(args, built):
-  """Times every row --repeats times, interleaved; returns (times per row, torch info, loads)."""
+  """Times every row --repeats times, interleaved.
+
+  Returns:
+    (images/s per row per round, {torch row: its worker's last result}, load averages).
+  """
   times = {row: [] for row in args.rows}
   torch_info = {}
   loads = []
   for r in range(args.repeats):
     loads.append(os.getloadavg()[0])
     for row in args.rows:
-      if row == "torch":
-        res = run_torch(args, args.torch_python)
+      if row in TORCH_ROWS:
+        res = run_torch(args, args.torch_python, compiled=row == "torch_compile")
         if "error" in res:
-          print(f"torch row skipped: {res['error']}")
-          times.pop("torch")
-          args.rows = tuple(x for x in args.rows if x != "torch")
+          print(f"{row} row skipped: {res['error']}")
+          times.pop(row)
+          args.rows = tuple(x for x in args.rows if x != row)
           continue
-        torch_info = res
+        torch_info[row] = res
         times[row].append(res["images_per_s"])
         continue
       built[row](1)  # untimed: first call after compile, allocator warm-up
@@ -234,35 +346,40 @@ def report(args, times, info, torch_info, loads, host_rss_after_compile, device_
   """Prints the table, memory, load, overhead and ratios; writes --json."""
   med = {row: statistics.median(v) for row, v in times.items() if v}
   print()
-  print(f"{'row':<20}{'images/s (median)':>18}{'compile s':>11}{'XLA temp MiB':>14}  samples")
+  print(f"{'row':<16}{'images/s':>10}{'views/s':>10}{'compile s':>11}{'XLA temp MiB':>14}"
+        "  images/s per round")
   for row in dict.fromkeys(args.rows):  # a row listed twice runs twice per round, prints once
     if row not in med:
       continue
     rounds = " ".join(f"{x:.1f}" for x in times[row])
     compile_s = f"{info[row]['compile_s']:.1f}" if row in info else "-"
     temp = f"{info[row]['memory'].get('temp_mib', float('nan')):.0f}" if row in info else "-"
-    print(f"{row:<20}{med[row]:>18.1f}{compile_s:>11}{temp:>14}  {rounds}")
+    print(f"{row:<16}{med[row]:>10.1f}{VIEWS_PER_IMAGE * med[row]:>10.1f}{compile_s:>11}"
+          f"{temp:>14}  {rounds}")
   print()
   print(f"peak host RSS, this (JAX) process: {torch_reference.max_rss_mib():.0f} MiB "
         f"({host_rss_after_compile:.0f} after compiling)")
-  if torch_info:
-    print(f"peak host RSS, torch process: {torch_info['max_rss_mib']:.0f} MiB "
-          f"(torch {torch_info['torch']}, {torch_info['threads']} threads)")
-    if "device_peak_mib" in torch_info:
-      print(f"torch device peak: {torch_info['device_peak_mib']:.0f} MiB")
+  for row, res in torch_info.items():
+    print(f"peak host RSS, {row} process: {res['max_rss_mib']:.0f} MiB "
+          f"(torch {res['torch']}, {res['threads']} threads)")
+    if "device_peak_mib" in res:
+      print(f"{row} device peak: {res['device_peak_mib']:.0f} MiB")
   print(f"JAX device peak: {device_mem:.0f} MiB" if device_mem is not None
         else "JAX device memory_stats: not reported by this backend")
   print(f"load average during rounds: {', '.join(f'{x:.2f}' for x in loads)}")
   if "ours" in med and "bare" in med:
     print(f"our overhead over the bare JAX step: {100 * (med['bare'] / med['ours'] - 1):+.1f}% "
           f"(time per step)")
+  # Throughput ratios (> 1: ours is faster); ours / flax_plain is the distance to the bound.
   for row in ("ours", "ours_photo", "bare"):
-    if row in med and "torch" in med:
-      print(f"ratio {row} / torch: {med[row] / med['torch']:.2f}x")
+    for other in ("flax_plain",) + TORCH_ROWS:
+      if row in med and other in med and (row == "ours" or other != "flax_plain"):
+        print(f"ratio {row} / {other}: {med[row] / med[other]:.2f}x")
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"args": {k: v for k, v in vars(args).items() if k != "argv"}, "times": times,
-                 "median": med, "info": info, "torch": torch_info, "loads": loads,
+                 "median": med, "views_per_image": VIEWS_PER_IMAGE, "info": info,
+                 "torch": torch_info, "loads": loads,
                  "max_rss_mib": torch_reference.max_rss_mib(), "device_peak_mib": device_mem},
                 f, indent=1)
 
@@ -271,7 +388,8 @@ def main(argv=None):
   """Runs the benchmark (or, with --torch_worker, the torch row) and prints the results."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
   if args.torch_worker:
-    print(json.dumps(torch_reference.torch_worker(args)))
+    worker = torch_compile_worker if args.torch_compile else torch_reference.torch_worker
+    print(json.dumps(worker(args)))
     return
 
   if args.xla_flags:

@@ -19,9 +19,9 @@ Two concerns live here, both about the backward pass:
   convolution with bf16 operands and a float32 result, the obvious alternative,
   is no native cuDNN kernel: XLA:GPU converts both operands to float32 and keeps
   those copies alive, 11 GiB more for ResNet-50 at 128 per H100
-  (docs/performance.md, "Where the GPU step's memory went"). Without a mesh
-  context nothing says where XLA will sum, so the weight gradient is that
-  float32-output convolution, whose sums are float32 wherever XLA puts them.
+  (docs/performance.md, section 7). Without a mesh context nothing says where
+  XLA will sum, so the weight gradient is that float32-output convolution, whose
+  sums are float32 wherever XLA puts them.
 
 ``conv_function`` picks the function for an implementation and a compute dtype.
 """

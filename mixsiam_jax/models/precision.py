@@ -6,9 +6,11 @@ weights is produced in bfloat16, and under jit with a sharded batch XLA
 all-reduces it across devices right there, in bfloat16, before the cast back to
 float32. Instead, the modules here receive the float32 kernel (``promote_inputs``
 casts only the activations), cast it inside an op with a custom VJP, and return
-its gradient accumulated in float32 (``dense_dot_general`` here, the
-convolutions in models/conv.py). The forward and input-gradient computations
-stay in bfloat16. See docs/accelerators.md, "Gradient all-reduce".
+its gradient in float32, summed over devices in float32: ``dense_dot_general``
+here accumulates it in float32 (bf16 operands, float32 result: a native cuBLAS
+matmul); the convolutions of models/conv.py sum per-device bf16 partials in
+float32. The forward and input-gradient computations stay in bfloat16. See
+docs/accelerators.md, "Gradient all-reduce".
 """
 from typing import Any, Optional
 

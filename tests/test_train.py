@@ -180,3 +180,20 @@ def test_init_compiler_options_follow_the_mesh_not_the_host():
   from mixsiam_jax import topologies  # pylint: disable=g-import-not-at-top
   tpu_mesh = sharding.create_mesh(topologies.devices_for("v5e:2x2").devices)
   assert train.init_compiler_options(tpu_mesh) is None
+
+
+def test_step_is_traced_in_its_mesh_context():
+  # The bf16 convolutions place their float32 weight-gradient sum on the context's
+  # 'data' axis (models/conv.py); compile_report lowers __wrapped__, the bare step.
+  mesh = sharding.create_mesh()
+  seen = []
+
+  def step(state, batch, rng):
+    seen.append(jax.sharding.get_abstract_mesh())
+    return state, {"sum": jnp.sum(batch)}
+
+  jitted = train.jit_train_step(step, mesh)
+  assert jitted.__wrapped__ is step
+  jitted.lower(jnp.zeros(()), jnp.zeros((len(mesh.devices),)), jax.random.key(0))
+  assert len(seen) == 1 and seen[0].axis_names == (sharding.DATA_AXIS,)
+  assert seen[0].shape[sharding.DATA_AXIS] == len(mesh.devices)

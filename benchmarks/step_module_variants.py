@@ -1,0 +1,191 @@
+r"""The compiled pretraining step with parts of the model swapped: memory and module counts.
+
+  JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 python benchmarks/step_module_variants.py \
+      --topology=h100x1 --variant=ours [--depth=50 --batch=128 --image=224]
+
+Compiles the real bf16 pretraining step (configs/imagenet.py, compile_plan's
+plan_and_compile) for a topology, deviceless (a GPU topology needs
+requirements-gpu.txt), and prints the plan's memory and counts read from the
+compiled module: the convolution custom calls by result and operand dtypes,
+float32 values of at least 2^20 elements in the entry computation, kernels
+(entry fusions, custom calls, copies, ...) and the bytes they read and write
+(a traffic estimate: a deviceless GPU compile reports no cost analysis),
+converts, transposes, fusions and all-reduces by dtype. The figures of
+docs/performance.md, section 7. Variants, swapped in this process only:
+  ours       the model as it is;
+  old        the convolution weight gradient as a float32-output convolution
+             (models/conv.py before its bf16 partials);
+  onepassbn  ViewBatchNorm's variance as E[x^2] - E[x]^2 (one pass);
+  stockbn    ViewBatchNorm replaced by flax's nn.BatchNorm (statistics over
+             all views together: not MixSiam);
+  plain      the flax_plain network of benchmarks/train_step_bench.py.
+"""
+import argparse
+import collections
+import os
+import pathlib
+import re
+import sys
+import time
+import types
+from typing import Any, Callable, Optional
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+VARIANTS = ("ours", "old", "onepassbn", "stockbn", "plain")
+_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "u8": 1, "pred": 1, "s8": 1}
+_KERNEL_OPS = ("fusion", "custom-call", "copy", "transpose", "reduce", "convolution", "dot",
+               "all-reduce", "all-reduce-start")
+
+
+def swap_in(variant: str, depth: int, image_size: int) -> None:
+  """Replaces parts of the model modules for ``variant`` (this process only)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import recipe  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.models import conv, heads, norm, resnet  # pylint: disable=g-import-not-at-top
+  if variant == "old":
+    conv._WEIGHT_GRADS["xla"] = conv._xla_weight_grad  # pylint: disable=protected-access
+  elif variant == "stockbn":
+    class StockBatchNorm(nn.Module):
+      """flax's BatchNorm behind ViewBatchNorm's interface."""
+      momentum: float = 0.9
+      epsilon: float = 1e-5
+      use_scale: bool = True
+      use_bias: bool = True
+      scale_init: Callable[..., Any] = nn.initializers.ones
+      dtype: Optional[Any] = None
+
+      @nn.compact
+      def __call__(self, x, train, num_views=1):
+        del num_views
+        return nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
+                            epsilon=self.epsilon, use_scale=self.use_scale,
+                            use_bias=self.use_bias, scale_init=self.scale_init,
+                            dtype=self.dtype)(x)
+
+    resnet.ViewBatchNorm = heads.ViewBatchNorm = StockBatchNorm
+  elif variant == "onepassbn":
+    class OnePassBatchNorm(norm.ViewBatchNorm):
+      """ViewBatchNorm with the variance as E[x^2] - E[x]^2."""
+
+      @nn.compact
+      def __call__(self, x, train, num_views=1):
+        features = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+        grouped = x.astype(jnp.float32).reshape((-1, num_views) + x.shape[1:])
+        axes = (0,) + tuple(range(2, grouped.ndim - 1))
+        mean = grouped.mean(axes, keepdims=True)
+        var = jnp.maximum(jnp.square(grouped).mean(axes, keepdims=True) - jnp.square(mean), 0.0)
+        if not self.is_initializing():
+          count = grouped.size // (num_views * features)
+          unbiased = var * (count / max(count - 1, 1))
+          new_mean, new_var = ra_mean.value, ra_var.value
+          for v in range(num_views):
+            new_mean = self.momentum * new_mean + (1 - self.momentum) * mean[:, v].reshape(-1)
+            new_var = self.momentum * new_var + (1 - self.momentum) * unbiased[:, v].reshape(-1)
+          ra_mean.value, ra_var.value = new_mean, new_var
+        y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        if self.use_scale:
+          y = y * self.param("scale", self.scale_init, (features,), jnp.float32)
+        if self.use_bias:
+          y = y + self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        return y.astype(self.dtype or x.dtype)
+
+    resnet.ViewBatchNorm = heads.ViewBatchNorm = OnePassBatchNorm
+  elif variant == "plain":
+    import train_step_bench  # pylint: disable=g-import-not-at-top
+    shape = types.SimpleNamespace(dtype="bfloat16", depth=depth, width=64, stem="imagenet",
+                                  image_size=image_size, projector_layers=3,
+                                  projector_dim=2048, predictor_hidden_dim=512)
+    recipe.models.MixSiamNetwork = lambda model, platform: train_step_bench.plain_network(shape)
+
+
+def _num_bytes(shape: str) -> int:
+  total = 0
+  for dtype, dims in re.findall(r"(bf16|f32|s32|u32|u8|pred|f16|s8)\[([\d,]*)\]", shape):
+    count = 1
+    for d in dims.split(","):
+      count *= int(d) if d else 1
+    total += count * _BYTES[dtype]
+  return total
+
+
+def module_counts(hlo: str) -> dict:
+  """Counts of a compiled module's text (see the module docstring)."""
+  types_of = {}
+  for line in hlo.splitlines():
+    match = re.match(r"\s*(?:ROOT )?%(\S+) = \(?(\w+)\[", line)
+    if match:
+      types_of[match.group(1)] = match.group(2)
+  convolutions = collections.Counter()
+  for line in hlo.splitlines():
+    target = re.search(r'custom_call_target="([^"]+)"', line)
+    if target and "conv" in target.group(1).lower():
+      result = re.search(r"= \(?(\w+)\[", line).group(1)
+      operands = line.split("custom-call(")[1].split(")")[0].split(",")
+      convolutions[(target.group(1), result,
+                    tuple(types_of.get(o.strip().lstrip("%"), "?") for o in operands))] += 1
+  entry = hlo[hlo.index("ENTRY "):]
+  entry = entry[:entry.index("\n}")]
+  large_f32 = 0
+  for line in entry.splitlines():
+    match = re.match(r"\s*%\S+ = f32\[([\d,]+)\]", line)
+    if match and _num_bytes(f"f32[{match.group(1)}]") >= 4 * 2**20:
+      large_f32 += 1
+  shapes, kernels, touched = {}, 0, 0
+  for line in entry.splitlines()[1:]:
+    match = re.match(r"\s*(?:ROOT )?%(\S+) = (.+?) ([\w-]+)\((.*)", line)
+    if not match:
+      continue
+    name, shape, op, rest = match.groups()
+    shapes[name] = shape
+    if op in _KERNEL_OPS:
+      kernels += 1
+      operands = re.findall(r"%([\w.-]+)", rest.split("), ")[0])
+      touched += _num_bytes(shape) + sum(_num_bytes(shapes.get(o, "")) for o in operands)
+  return {
+      "convolutions": {f"{t}: {r} ({', '.join(o)})": c
+                       for (t, r, o), c in sorted(convolutions.items())},
+      "f32_values_of_2^20_elements_or_more": large_f32, "kernels": kernels,
+      "kernel_bytes_read_and_written_gib": touched / 2**30,
+      "converts": len(re.findall(r"= \w+\[[^\]]*\]\{[^}]*\} convert\(", hlo)),
+      "transposes": hlo.count(" transpose("), "fusions": len(re.findall(r"fusion\(", hlo)),
+      "all_reduces_by_dtype": dict(collections.Counter(
+          re.findall(r"= \(?(\w+)\[[^\]]*\][^=]*? all-reduce(?:-start)?\(", hlo)))}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--topology", default="h100x1")
+  parser.add_argument("--variant", default="ours", choices=VARIANTS)
+  parser.add_argument("--depth", type=int, default=50)
+  parser.add_argument("--batch", type=int, default=128, help="global batch")
+  parser.add_argument("--image", type=int, default=224)
+  parser.add_argument("--remat", action="store_true")
+  args = parser.parse_args()
+  os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_platforms", "cpu")
+  from configs import imagenet  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import compile_plan, topologies  # pylint: disable=g-import-not-at-top
+  swap_in(args.variant, args.depth, args.image)
+  config = imagenet.get_config()
+  config.model.depth, config.batch_size, config.image_size = args.depth, args.batch, args.image
+  config.half_precision, config.model.remat = True, args.remat
+  started = time.time()
+  plan, _, compiled = compile_plan.plan_and_compile(config, topologies.devices_for(args.topology))
+  print(f"variant {args.variant}, depth {args.depth}, batch {args.batch}, {args.image} px, "
+        f"{args.topology}: compiled in {time.time() - started:.0f} s")
+  print("memory GiB: " + ", ".join(f"{k} {v / 2**30:.3f}" for k, v in plan["memory"].items()
+                                   if isinstance(v, (int, float)) and not isinstance(v, bool)))
+  if compiled is not None:
+    for key, value in module_counts(compiled.as_text()).items():
+      print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+  main()

@@ -7,10 +7,13 @@ batches from the tf.data iterator into a small queue, and the caller's
     from a stalled source (a signal handler cannot run while the main thread
     is inside TensorFlow's C++), and a source that produces nothing for
     ``stall_warning_seconds`` is reported, again at doubling intervals;
-  * releasing the tf.data iterator, which joins TensorFlow's autotuning
-    thread (it sleeps out a period growing to 60 s), happens on that thread,
-    never on the caller's; nothing is started at interpreter shutdown, and a
-    stream closed or dropped only tells its thread to stop.
+  * releasing a tf.data iterator, which joins TensorFlow's autotuning thread
+    (it sleeps out a period growing to 60 s, and other Python threads can be
+    held up meanwhile), happens on that thread once the stream has ended,
+    never on the caller's and never while batches are still wanted: an
+    iterator given up after a fault is kept until then. Nothing is started at
+    interpreter shutdown, and a stream closed or dropped only tells its thread
+    to stop.
 
 Faults. Given a factory ``make(start, safe)`` (the pipeline from batch
 ``start`` on; ``safe`` decodes every image through the checked decoder of
@@ -28,7 +31,6 @@ data/decode.py) the stream tells two faults apart:
 """
 import queue
 import re
-import sys
 import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence, Union
@@ -149,6 +151,8 @@ class _Reader:
                delays: Sequence[float], out: "queue.Queue[Any]", stop: threading.Event):
     self._make, self._start, self._rebuildable, self._name = make, start, rebuildable, name
     self._delays, self._queue, self._stop = delays, out, stop
+    # Iterators given up after a fault: released with the last one, when the stream ends.
+    self._given_up: List[Any] = []
 
   def _put(self, item) -> bool:
     while not self._stop.is_set():
@@ -177,7 +181,7 @@ class _Reader:
             # A data set that lists differently, or as the program found it at its start:
             # nothing to wait for.
             raise
-          _release_in_background(owner)
+          self._give_up(owner)
           if not self._rebuildable or tries == len(self._delays):
             if not tries:
               raise user_error(e, self._name) from e
@@ -199,7 +203,9 @@ class _Reader:
     except BaseException as e:  # pylint: disable=broad-except  (handed to the reader)
       self._put(("error", user_error(e, self._name)))
     finally:
-      owner.clear()  # Released here, on this thread, however the stream ended.
+      # Released here, on this thread, however the stream ended.
+      owner.clear()
+      self._given_up.clear()
 
   def _next(self, owner: List[Any], position: int) -> Any:
     """The batch at ``position``; a batch with an image that does not decode is built again."""
@@ -211,28 +217,22 @@ class _Reader:
       if _is_read_error(e) or not self._rebuildable or _PY_FUNCTION_ERROR.search(e.message or ""):
         raise
       # A file of this batch read but did not decode: name it through the checked decoder.
-      _release_in_background(owner)
-      safe = self._make(position, True).as_numpy_iterator()
+      self._give_up(owner)
+      checked = [self._make(position, True).as_numpy_iterator()]
       try:
-        return next(safe)
+        return next(checked[0])
       finally:
-        _release_in_background([safe])
+        self._give_up(checked)
+
+  def _give_up(self, owner: List[Any]) -> None:
+    """Moves the iterator out of ``owner`` into the ones released when the stream ends."""
+    self._given_up.extend(owner)
+    owner.clear()
 
 
 def _is_read_error(error: BaseException) -> bool:
   """Whether an InvalidArgumentError is a failed read (e.g. a folder where a file was)."""
   return "ReadFile" in (getattr(error, "message", "") or "")
-
-
-def _release_in_background(owner: List[Any]) -> None:
-  """Empties ``owner`` on a daemon thread: dropping a tf.data iterator can block for a minute."""
-  if not owner:
-    return
-  held = owner[:]
-  owner.clear()
-  if sys.is_finalizing():
-    return  # No thread can start now; the process is ending anyway.
-  threading.Thread(target=held.clear, name="release tf.data iterator", daemon=True).start()
 
 
 def numpy_batches(data: Union[tf.data.Dataset, MakeDataset], *, start: int = 0,

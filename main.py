@@ -70,8 +70,6 @@ def main(argv):
   # The backends start here; libtpu, where installed, searches for a TPU and says so.
   with cli.start_notices_dropped(cli.TPU_SEARCH_NOTICES, lambda: jax.default_backend() != "tpu"):
     backend = jax.default_backend()
-  with cli.one_line_errors():
-    accelerators.check_backend(backend, allow_cpu=FLAGS.allow_cpu, environ=os.environ)
   logging.info("JAX process %d of %d; %d local of %d devices (%s).", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
@@ -81,6 +79,7 @@ def main(argv):
     cli.exit_with(f"config.program={program!r} must be one of {PROGRAMS}.")
 
   def run():
+    accelerators.check_backend(backend, allow_cpu=FLAGS.allow_cpu, environ=os.environ)
     # One run per workdir. Only process 0 locks it: the other processes of this
     # run share its workdir, and a second run is stopped by its own process 0.
     lock = (workdir_lock.lock_workdir(FLAGS.workdir) if jax.process_index() == 0

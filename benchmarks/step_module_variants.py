@@ -28,7 +28,6 @@ import re
 import sys
 import time
 import types
-from typing import Any, Callable, Optional
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -42,21 +41,14 @@ _KERNEL_OPS = ("fusion", "custom-call", "copy", "transpose", "reduce", "convolut
 def swap_in(variant: str, depth: int, image_size: int) -> None:
   """Replaces parts of the model modules for ``variant`` (this process only)."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import recipe  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.models import conv, heads, norm, resnet  # pylint: disable=g-import-not-at-top
   if variant == "old":
     conv._WEIGHT_GRADS["xla"] = conv._xla_weight_grad  # pylint: disable=protected-access
   elif variant == "stockbn":
-    class StockBatchNorm(nn.Module):
-      """flax's BatchNorm behind ViewBatchNorm's interface."""
-      momentum: float = 0.9
-      epsilon: float = 1e-5
-      use_scale: bool = True
-      use_bias: bool = True
-      scale_init: Callable[..., Any] = nn.initializers.ones
-      dtype: Optional[Any] = None
+    class StockBatchNorm(norm.ViewBatchNorm):
+      """flax's BatchNorm behind ViewBatchNorm's interface (its attributes)."""
 
       @nn.compact
       def __call__(self, x, train, num_views=1):
@@ -71,29 +63,8 @@ def swap_in(variant: str, depth: int, image_size: int) -> None:
     class OnePassBatchNorm(norm.ViewBatchNorm):
       """ViewBatchNorm with the variance as E[x^2] - E[x]^2."""
 
-      @nn.compact
-      def __call__(self, x, train, num_views=1):
-        features = x.shape[-1]
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
-        grouped = x.astype(jnp.float32).reshape((-1, num_views) + x.shape[1:])
-        axes = (0,) + tuple(range(2, grouped.ndim - 1))
-        mean = grouped.mean(axes, keepdims=True)
-        var = jnp.maximum(jnp.square(grouped).mean(axes, keepdims=True) - jnp.square(mean), 0.0)
-        if not self.is_initializing():
-          count = grouped.size // (num_views * features)
-          unbiased = var * (count / max(count - 1, 1))
-          new_mean, new_var = ra_mean.value, ra_var.value
-          for v in range(num_views):
-            new_mean = self.momentum * new_mean + (1 - self.momentum) * mean[:, v].reshape(-1)
-            new_var = self.momentum * new_var + (1 - self.momentum) * unbiased[:, v].reshape(-1)
-          ra_mean.value, ra_var.value = new_mean, new_var
-        y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
-        if self.use_scale:
-          y = y * self.param("scale", self.scale_init, (features,), jnp.float32)
-        if self.use_bias:
-          y = y + self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-        return y.astype(self.dtype or x.dtype)
+      def variance(self, grouped, mean, axes):
+        return jnp.maximum(jnp.square(grouped).mean(axes, keepdims=True) - jnp.square(mean), 0.0)
 
     resnet.ViewBatchNorm = heads.ViewBatchNorm = OnePassBatchNorm
   elif variant == "plain":

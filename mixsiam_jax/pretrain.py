@@ -172,8 +172,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       image_size=opts.image_size, seed=opts.seed, crop_scale=tuple(config.data.crop_scale),
       host_photometric=None if opts.photometric_on_device else opts.photometric,
       skip_bad_images=config.data.skip_bad_images)
-  pipeline.create_pretrain_dataset(data_options, start_step=start_step)  # Checks before writing.
   bad_images = decode.BadImageLog()
+  # Built now, before anything is written, so that it checks the data set; read later.
+  first_data = pipeline.create_pretrain_dataset(data_options, start_step=start_step, expect=info,
+                                                bad_images=bad_images)
 
   def training_data(step, checked):
     return pipeline.create_pretrain_dataset(data_options, start_step=step, expect=info,
@@ -196,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if start_step == 0:
       writer.write_hparams({k: v for k, v in workdir_lib.flatten_config(config_dict).items()
                             if isinstance(v, (int, float, str, bool))})
-    stream = iterate.numpy_batches(training_data, start=start_step,
+    stream = iterate.numpy_batches(training_data, start=start_step, first=first_data,
                                    name=f"--config.dataset={config.dataset}")
     batches = sharding.prefetch_to_mesh(stream, mesh, config.data.prefetch)
     batches = _with_preview(writer, batches, training, step_rng, state.step, start_step)

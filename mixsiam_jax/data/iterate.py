@@ -236,7 +236,8 @@ def _is_read_error(error: BaseException) -> bool:
 
 
 def numpy_batches(data: Union[tf.data.Dataset, MakeDataset], *, start: int = 0,
-                  name: str = "the data", **stream_options) -> BatchStream:
+                  first: Optional[tf.data.Dataset] = None, name: str = "the data",
+                  **stream_options) -> BatchStream:
   """The elements of a tf.data pipeline as NumPy trees, read on a helper thread.
 
   Args:
@@ -244,6 +245,8 @@ def numpy_batches(data: Union[tf.data.Dataset, MakeDataset], *, start: int = 0,
       building the pipeline from element ``start`` on (faults then handled as
       the module docstring says).
     start: the position the stream starts at (passed to ``make``).
+    first: ``make(start, False)`` where the caller has built it already (to
+      check the data before writing anything): read first instead of built again.
     name: what the stream reads, in messages (e.g. "--config.dataset=folder:X").
     **stream_options: stall_warning_seconds, read_retry_delays, buffer (see BatchStream).
 
@@ -254,4 +257,12 @@ def numpy_batches(data: Union[tf.data.Dataset, MakeDataset], *, start: int = 0,
     dataset = data
     return BatchStream(lambda position, safe: dataset, start=start, rebuildable=False, name=name,
                        **stream_options)
+  if first is not None:
+    make, unread = data, [first]
+
+    def data(position, checked):  # pylint: disable=function-redefined
+      if unread and position == start and not checked:
+        return unread.pop()
+      return make(position, checked)
+
   return BatchStream(data, start=start, name=name, **stream_options)

@@ -264,12 +264,12 @@ def _train_batches(p: _Probe, embed: Callable[[jax.Array], jax.Array]) -> Iterat
         dataset=p.data.dataset, split=p.data.train_split, global_batch_size=p.opts.batch_size,
         image_size=p.data.image_size, seed=p.opts.seed, crop_scale=p.opts.crop_scale,
         skip_bad_images=p.data.skip_bad_images, num_views=1)
-    pipeline.create_pretrain_dataset(options, start_step=p.start_step)  # Checks the data now.
     bad_images = decode.BadImageLog()
-    stream = iterate.numpy_batches(
-        lambda step, checked: pipeline.create_pretrain_dataset(
-            options, start_step=step, bad_images=bad_images, checked_decoding=checked),
-        start=p.start_step, name=f"--config.dataset={p.data.dataset}")
+    make = lambda step, checked: pipeline.create_pretrain_dataset(  # pylint: disable=g-long-lambda
+        options, start_step=step, bad_images=bad_images, checked_decoding=checked)
+    # Built now, before the workdir is written, so that it checks the data set; read later.
+    stream = iterate.numpy_batches(make, start=p.start_step, first=make(p.start_step, False),
+                                   name=f"--config.dataset={p.data.dataset}")
     return _first_views(stream)
   # Fast variant: features of the un-augmented training images, computed once.
   feats, labels = features.split_features(embed, p.mesh, p.data, "train")

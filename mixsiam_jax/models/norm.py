@@ -59,8 +59,7 @@ class ViewBatchNorm(nn.Module):
       grouped = xf.reshape((-1, num_views) + x.shape[1:])
       axes = (0,) + tuple(range(2, grouped.ndim - 1))
       mean = grouped.mean(axes, keepdims=True)
-      # Two-pass variance: E[x^2] - E[x]^2 loses precision for large activations.
-      var = jnp.square(grouped - mean).mean(axes, keepdims=True)
+      var = self.variance(grouped, mean, axes)
       if not self.is_initializing():
         count = grouped.size // (num_views * features)
         unbiased = var * (count / max(count - 1, 1))
@@ -78,3 +77,12 @@ class ViewBatchNorm(nn.Module):
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
     return y.astype(out_dtype)
+
+  def variance(self, grouped: jax.Array, mean: jax.Array, axes) -> jax.Array:
+    """The biased variance of ``grouped`` over ``axes`` around its ``mean`` (float32).
+
+    Two passes: E[x^2] - E[x]^2 loses precision when a channel's mean is large
+    against its spread (benchmarks/step_module_variants.py measures what the
+    second pass costs on a GPU).
+    """
+    return jnp.square(grouped - mean).mean(axes, keepdims=True)

@@ -1,11 +1,13 @@
 """main.py's plumbing: user errors in one line, bugs keep their traceback, echoes dropped."""
 import asyncio
+import gc
+import logging as logging_lib
 import signal
 import sys
 import types
 
 import pytest
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from mixsiam_jax import checkpoint, cli, errors, loop, stopping
@@ -103,3 +105,39 @@ def test_every_way_out_of_a_program_has_its_exit_status_and_one_line(capsys, pro
   else:
     assert err.splitlines()[-1] == last_line
     assert ("Traceback" in err) == (status == 70)
+
+
+def unretrieved_task_records():
+  """The records asyncio logs for a task whose exception nobody retrieved, as after a failed restore."""
+  records = []
+  handler = logging_lib.Handler()
+  handler.emit = records.append
+  handler.addFilter(cli.QuietLibraryInfo())
+  asyncio_logger = logging_lib.getLogger("asyncio")
+  asyncio_logger.addHandler(handler)
+  try:
+    loop = asyncio.new_event_loop()
+
+    async def failing_read():
+      raise ValueError("DATA_LOSS: Error reading params.x/.zarray")
+
+    task = loop.create_task(failing_read())
+    loop.run_until_complete(asyncio.sleep(0))  # the task runs and fails; nobody awaits it
+    loop.close()
+    del task
+    gc.collect()
+  finally:
+    asyncio_logger.removeHandler(handler)
+  return records
+
+
+def test_unretrieved_task_errors_of_a_failed_restore_are_shown_only_at_debug_verbosity():
+  assert unretrieved_task_records() == []
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.DEBUG)
+  try:
+    records = unretrieved_task_records()
+  finally:
+    logging.set_verbosity(verbosity)
+  assert len(records) == 1
+  assert "DATA_LOSS" in str(records[0].exc_info[1])

@@ -9,13 +9,8 @@ A checkpoint step holds two items:
 Orbax writes each step into a temporary directory and renames it when complete,
 so a crash mid-save leaves the previous step as the newest one.
 """
-import contextlib
-import errno
-import logging as logging_lib
 import os
-import re
-import shutil
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -23,7 +18,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
-from mixsiam_jax import sharding
+from mixsiam_jax import checkpoint_faults, checkpoint_orbax, sharding
 from mixsiam_jax.errors import UserError
 
 STATE, META = "state", "meta"
@@ -63,52 +58,11 @@ def create_manager(directory: str, *, keep: int = 3, keep_every_steps: int = 0,
       preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
       enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
       save_interval_steps=0 if read_only else 1)
-  state_handler = ocp.PyTreeCheckpointHandler(type_handler_registry=_handlers_without_slicing())
-  with _without_read_only_notice():
+  state_handler = ocp.PyTreeCheckpointHandler(type_handler_registry=checkpoint_orbax.handlers_without_slicing())
+  with checkpoint_orbax.without_read_only_notice():
     return ocp.CheckpointManager(
         directory, options=options,
         item_handlers={STATE: state_handler, META: ocp.JsonCheckpointHandler()})
-
-
-class _ReadOnlyNotice(logging_lib.Filter):
-  """Drops Orbax's 'Given directory is read only' warning, which every read-only manager logs.
-
-  The evaluation programs and the checks before a run open checkpoints read-only
-  on purpose; the warning would appear on every resume and evaluation.
-  """
-
-  def filter(self, record):
-    return not str(record.msg).startswith("Given directory is read only")
-
-
-@contextlib.contextmanager
-def _without_read_only_notice() -> Iterator[None]:
-  """Installs _ReadOnlyNotice on absl's logger (Orbax logs through it) for the block."""
-  logger = logging_lib.getLogger("absl")
-  notice = _ReadOnlyNotice()
-  logger.addFilter(notice)
-  try:
-    yield
-  finally:
-    logger.removeFilter(notice)
-
-
-def _handlers_without_slicing() -> ocp.type_handlers.TypeHandlerRegistry:
-  """Orbax's numeric type handlers, with each replicated array written whole by replica 0.
-
-  Orbax's default (replica-parallel, except where JAX_PLATFORMS names a GPU)
-  splits every replicated array across its replicas, slicing it with a small
-  XLA program per array shape and replica. Those programs compile at the first
-  save of each process: 3.3 s instead of 0.45 s for 100 small arrays on 8 CPU
-  devices, and most of the 10-20 s between SIGTERM and the stop of the tiny
-  CIFAR config, whose preemption save is often the first save after a resume.
-  Sharded arrays are still written shard by shard by their owners.
-  """
-  scalar = ocp.type_handlers.ScalarHandler()
-  return ocp.type_handlers.create_type_handler_registry(
-      (int, scalar), (float, scalar), (np.number, scalar),
-      (np.ndarray, ocp.type_handlers.NumpyHandler()),
-      (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False)))
 
 
 def _check_not_a_file(directory: str) -> None:
@@ -173,7 +127,7 @@ def read_step(manager: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
       ValueError for a saved step number other than ``step`` (callers turn
       either into a CheckpointError, see _broken).
   """
-  if not os.listdir(_describe(str(manager.directory), step)):
+  if not os.listdir(checkpoint_faults.step_path(str(manager.directory), step)):
     raise ValueError("the directory is empty")
   try:
     saved = manager.item_metadata(step)[STATE]
@@ -231,12 +185,6 @@ class CheckpointSaveError(CheckpointError):
   exit_status = 4
 
 
-# TensorStore's status codes and OS error numbers mark a failure of the storage, not of the program.
-_STORAGE_FAULT = re.compile(r"os_error_code|^(RESOURCE_EXHAUSTED|PERMISSION_DENIED|NOT_FOUND|"
-                            r"FAILED_PRECONDITION|UNAVAILABLE|DATA_LOSS|ABORTED|UNKNOWN|"
-                            r"INTERNAL|ALREADY_EXISTS):")
-
-
 def save_failure(manager: ocp.CheckpointManager, step: int, error: BaseException
                  ) -> BaseException:
   """The one-line error of a failed save; the half-written step directory is removed.
@@ -251,106 +199,15 @@ def save_failure(manager: ocp.CheckpointManager, step: int, error: BaseException
     space when the disk is full) and the newest intact step to resume from;
     ``error`` itself if it is not a storage fault (a bug keeps its traceback).
   """
-  text = str(error)
-  if not (isinstance(error, OSError) or _STORAGE_FAULT.search(text.strip())):
-    return error
-  directory = str(manager.directory)
-  failed = []
-  for name in (os.listdir(directory) if os.path.isdir(directory) else []):
-    prefix, tmp, _ = name.partition(ocp.path.step.TMP_DIR_SUFFIX)
-    if tmp and prefix.isdigit():
-      # Never resumed from (Orbax renames only complete steps), but it holds disk space. No
-      # save is in flight now: an asynchronous one that failed surfaces only here.
-      failed.append(int(prefix))
-      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-  step = min(failed, default=step)
-  code = re.search(r"os_error_code='?(\d+)", text)
-  errno_value = int(code.group(1)) if code else getattr(error, "errno", None)
-  reason = os.strerror(errno_value).lower() if errno_value else _reason(error)
-  if errno_value == errno.ENOSPC:
-    reason += f", {_free_space(directory)} free"
-  intact = [s for s in _complete_steps(directory) if s < step]
-  resume = (f"the newest intact checkpoint is step {max(intact)}" if intact
-            else "no earlier checkpoint exists")
-  return CheckpointSaveError(
-      f"cannot save checkpoint {step} in {directory}: {reason}; {resume}. Fix the storage "
-      "(free space, permissions) and rerun the same command to resume.")
-
-
-def _free_space(directory: str) -> str:
-  path = directory
-  while path and not os.path.exists(path):
-    path = os.path.dirname(path)
-  try:
-    free = shutil.disk_usage(path or "/").free
-  except OSError:
-    return "unknown space"
-  for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-    if free < 1024 or unit == "TiB":
-      return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
-    free /= 1024.0
-  return ""
-
-
-def _complete_steps(directory: str):
-  """Step directories Orbax has committed (renamed from their temporary names)."""
-  try:
-    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
-  except OSError:
-    return []
-
-
-def _describe(directory: str, step: int) -> str:
-  return os.path.join(directory, str(step))
-
-
-def _reason(error: BaseException) -> str:
-  """The first line of a library error (TensorStore appends a multi-line spec to its own)."""
-  lines = str(error).strip().splitlines()
-  text = lines[0].split(" See full TensorStore details")[0] if lines else type(error).__name__
-  return text if len(text) <= 300 else text[:300] + "..."
-
-
-def _readable(read: Callable[[int], Any], step: int) -> bool:
-  try:
-    read(step)
-  except Exception:  # pylint: disable=broad-except  # any failure: not intact
-    return False
-  return True
+  message = checkpoint_faults.save_failure_message(str(manager.directory), step, error)
+  return error if message is None else CheckpointSaveError(message)
 
 
 def _broken(manager: ocp.CheckpointManager, step: int, error: BaseException,
             read: Callable[[int], Any]) -> CheckpointError:
-  """The one-line error for an unreadable ``step``; for the newest, an intact older one and its use.
-
-  Args:
-    manager: the manager holding ``step``.
-    step: the step that failed.
-    error: what failed.
-    read: step -> anything, raising if that step cannot be restored (tried on
-      older steps, newest first, until one works).
-
-  Returns:
-    The error to raise.
-  """
-  directory = str(manager.directory)
-  where = _describe(directory, step)
-  message = f"checkpoint {where} is unreadable or incomplete ({_reason(error)})"
-  steps = sorted(manager.all_steps(), reverse=True)
-  if not steps or step != steps[0]:
-    return CheckpointError(message + ".")
-  older = steps[1:]
-  intact = next((s for s in older if _readable(read, s)), None)
-  parked = os.path.join(os.path.dirname(directory), f"broken_checkpoint_{step}")
-  if intact is not None:
-    fix = (f"step {intact} is intact: move the broken step away (mv {where} {parked}) and rerun "
-           f"the same command to use step {intact}.")
-  elif older:
-    fix = f"no older step is intact either ({older}): start over in a new --workdir."
-  else:
-    fix = (f"it is the only checkpoint: move it away (mv {where} {parked}) to start over from "
-           "step 0, or use a new --workdir.")
-  return CheckpointError(f"{message}; {fix}")
+  """The error for an unreadable ``step`` (see checkpoint_faults.broken_message)."""
+  return CheckpointError(checkpoint_faults.broken_message(
+      str(manager.directory), manager.all_steps(), step, error, read))
 
 
 def restore(manager: ocp.CheckpointManager, step: int, target: Dict[str, Any]
@@ -385,7 +242,10 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Dict[str, Any]
     saved = manager.item_metadata(step)[STATE]
   except Exception as e:  # Orbax raises several types for unreadable metadata.
     raise _broken(manager, step, e, read) from e
-  _check_compatible(saved, abstract, _describe(str(manager.directory), step))
+  mismatch = checkpoint_faults.incompatibility(
+      saved, abstract, checkpoint_faults.step_path(str(manager.directory), step))
+  if mismatch:
+    raise CheckpointError(mismatch)
   try:
     restored = read(step)
   except Exception as e:  # Truncated files surface as many different errors.
@@ -402,36 +262,9 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
   except Exception as e:  # Orbax raises several types for unreadable files.
-    raise CheckpointError(f"checkpoint {_describe(str(manager.directory), step)} is unreadable "
-                          f"or incomplete ({_reason(e)}).") from e
+    raise CheckpointError(f"checkpoint {checkpoint_faults.step_path(str(manager.directory), step)} is unreadable "
+                          f"or incomplete ({checkpoint_faults.reason(e)}).") from e
   return dict(restored[META] or {})
-
-
-def _check_compatible(saved: Any, abstract: Any, where: str) -> None:
-  """Raises CheckpointError if the saved model's keys or shapes differ from ``abstract``.
-
-  Only 'params' and 'batch_stats' are compared: they are plain nested dicts in
-  both trees, while Orbax's metadata spells optimiser-state containers differently.
-  """
-  def flat(tree):
-    return {jax.tree_util.keystr(k): v for name in ("params", "batch_stats") if name in tree
-            for k, v in jax.tree_util.tree_flatten_with_path({name: tree[name]})[0]}
-  saved_flat, want_flat = flat(saved), flat(abstract)
-  missing = sorted(set(want_flat) - set(saved_flat))
-  unexpected = sorted(set(saved_flat) - set(want_flat))
-  if missing or unexpected:
-    raise CheckpointError(
-        f"checkpoint {where} was written by a different model or optimiser: "
-        f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-        f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. "
-        "Use the config it was trained with (its workdir's config.json) or a fresh --workdir.")
-  for key, want in want_flat.items():
-    have = getattr(saved_flat[key], "shape", None)
-    if have is not None and tuple(have) != tuple(want.shape):
-      raise CheckpointError(
-          f"checkpoint {where}: {key} has shape {tuple(have)}, the model expects "
-          f"{tuple(want.shape)} (different depth or width?). Use the config it was trained with "
-          "or a fresh --workdir.")
 
 
 def restore_replicated(workdir: str, mesh: Mesh, step: Optional[int] = None,
@@ -493,7 +326,7 @@ def _read_replicated(manager: ocp.CheckpointManager, step: int, rep: Any,
                               saved[k]) for k in items if k in saved}
   missing = [k for k in items if k not in abstract]
   if missing:
-    raise CheckpointError(f"checkpoint {_describe(str(manager.directory), step)} has no "
+    raise CheckpointError(f"checkpoint {checkpoint_faults.step_path(str(manager.directory), step)} has no "
                           f"{missing}; was it written by mixsiam_jax?")
   restored = manager.restore(step, args=ocp.args.Composite(**{
       STATE: ocp.args.PyTreeRestore(abstract, restore_args=jax.tree.map(

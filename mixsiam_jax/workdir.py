@@ -17,10 +17,11 @@ import errno
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
 from absl import logging
 
+from mixsiam_jax import resume_rules, workdir_paths
 from mixsiam_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -29,36 +30,10 @@ CONFIG_CHANGES_FILE = "config_changes.jsonl"
 # checkpoint.CHECKPOINT_DIR, named here because this module stays free of Orbax and JAX
 # (main.py imports it before the flags are parsed).
 CHECKPOINT_DIR = "checkpoints"
-# Refused differences listed in one message; config.json holds the rest.
-MAX_LISTED_DIFFERENCES = 8
-
-# Fields that may change when a run is resumed: they do not change what is trained.
-SAFE_TO_CHANGE = (
-    "log_every_steps", "checkpoint_every_steps", "eval_every_steps", "eval_dataset",
-    "eval_split", "eval_batch_size", "knn", "keep_checkpoints", "keep_checkpoints_every_steps",
-    "profile_steps", "data.prefetch", "data.skip_bad_images", "async_checkpointing",
-    "model.remat", "model.conv_impl", "allow_length_change",
-)
-# The run's length: changing it on a resume recomputes the lr schedule, so it is
-# refused unless the new config sets ALLOW_LENGTH_CHANGE.
-LENGTH_FIELDS = ("num_train_steps", "num_epochs")
-ALLOW_LENGTH_CHANGE = "allow_length_change"
-
-Difference = Tuple[str, Any, Any]
 
 
 class WorkdirError(UserError):
   """A workdir that cannot be used as asked."""
-
-
-class _Absent:
-  """The value of a field that one of two configs does not have (see config_differences)."""
-
-  def __repr__(self):
-    return "absent"
-
-
-ABSENT = _Absent()
 
 
 def check_workdir(workdir: str) -> str:
@@ -87,22 +62,10 @@ def check_workdir(workdir: str) -> str:
   if not os.access(existing, os.W_OK | os.X_OK):
     raise WorkdirError(f"--workdir={workdir} is not writable ({existing} does not allow it); "
                        "choose a directory you can write to.")
-  if _too_long(path, existing):
-    raise _creation_error(workdir, path, OSError(errno.ENAMETOOLONG, "File name too long"))
+  if workdir_paths.too_long(path, existing):
+    raise WorkdirError(workdir_paths.creation_message(
+        workdir, path, OSError(errno.ENAMETOOLONG, "File name too long")))
   return path
-
-
-def _too_long(path: str, existing: str) -> bool:
-  """Whether the file system holding ``existing`` refuses ``path`` (a name or the whole)."""
-  def limit(name, default):
-    try:
-      return os.pathconf(existing, name)
-    except (OSError, ValueError):
-      return default
-  encoded = os.fsencode(path)
-  # PATH_MAX counts the terminating NUL byte.
-  return (len(encoded) >= limit("PC_PATH_MAX", 4096)
-          or max(len(part) for part in encoded.split(b"/")) > limit("PC_NAME_MAX", 255))
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -123,7 +86,7 @@ def prepare_workdir(workdir: str) -> str:
     with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
       pass
   except OSError as e:
-    remove_directories(created)
+    workdir_paths.remove(created)
     raise WorkdirError(f"--workdir={workdir} is not writable ({e.strerror}); "
                        "choose a directory you can write to.") from None
   return path
@@ -143,49 +106,10 @@ def create_directories(path: str, workdir: str) -> List[str]:
     WorkdirError: one line naming the flag and the reason (for a path longer than
       the file system allows, that it is too long); nothing created is left behind.
   """
-  missing = []
-  existing = path
-  while not os.path.isdir(existing):
-    missing.append(existing)
-    existing = os.path.dirname(existing)
-  created = []
-  for directory in reversed(missing):
-    try:
-      os.mkdir(directory)
-    except OSError as e:
-      if isinstance(e, FileExistsError) and os.path.isdir(directory):
-        continue  # another process made it meanwhile
-      remove_directories(created)
-      raise _creation_error(workdir, path, e) from None
-    created.append(directory)
-  return created
-
-
-def _creation_error(workdir: str, path: str, error: OSError) -> WorkdirError:
-  if error.errno == errno.ENAMETOOLONG:
-    return WorkdirError(f"--workdir={_shorten(workdir)} is too long for the file system "
-                        f"({len(path)} characters; a name may have at most 255 and a path "
-                        "about 4096): choose a shorter path.")
-  return WorkdirError(f"--workdir={_shorten(workdir)} could not be created ({error.strerror} "
-                      f"at {_shorten(str(error.filename or path))}); choose a directory you "
-                      "can write to.")
-
-
-def remove_directories(created: List[str]) -> None:
-  """Removes the directories create_directories made, deepest first, while they are empty."""
-  for directory in reversed(created):
-    try:
-      os.rmdir(directory)
-    except OSError:  # not empty: something was written into it, keep it
-      return
-
-
-def _shorten(text: str, limit: int = 200) -> str:
-  """``text``, its middle elided when longer than ``limit`` (a path in a one-line message)."""
-  if len(text) <= limit:
-    return text
-  half = (limit - 5) // 2
-  return f"{text[:half]} ... {text[-half:]}"
+  try:
+    return workdir_paths.create(path)
+  except OSError as e:
+    raise WorkdirError(workdir_paths.creation_message(workdir, path, e)) from None
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -227,50 +151,9 @@ def flatten_config(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
   return flat
 
 
-def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[Difference]:
-  """Lists (field, old value, new value) for every field that differs (dotted names).
-
-  A field that one config lacks has the value ABSENT there; a field absent on
-  one side and None on the other does not differ (an unset optional field).
-  """
-  a, b = flatten_config(old), flatten_config(new)
-  diffs = []
-  for key in sorted(set(a) | set(b)):
-    va, vb = a.get(key, ABSENT), b.get(key, ABSENT)
-    if va != vb and not (va is ABSENT and vb is None or vb is ABSENT and va is None):
-      diffs.append((key, va, vb))
-  return diffs
-
-
-def _is_safe(field: str) -> bool:
-  return any(field == s or field.startswith(s + ".") for s in SAFE_TO_CHANGE)
-
-
-# How messages name the programs of configs/*.py (config.program).
-_PROGRAMS = {"pretrain": "pretraining", "knn": "kNN", "linear_probe": "linear-probe"}
-
-
-def _program(config: Mapping[str, Any]) -> str:
-  return str(config.get("program", "pretrain"))  # main.py's default: pretraining configs
-
-
-def _other_program(old: str, new: str, where: str) -> WorkdirError:
-  """The error for a workdir of another program: the one difference that matters."""
-  name = lambda p: _PROGRAMS.get(p, repr(p))
-  fix = f"give the {name(new)} program its own --workdir"
-  if old == "pretrain" and new in ("knn", "linear_probe"):
-    fix += (" (it reads the pretraining run through --config.pretrained=" +
-            (where.partition("=")[2] or "PRETRAINING_WORKDIR") + ")")
-  return WorkdirError(f"{where} holds a {name(old)} run, not a {name(new)} run: {fix}.")
-
-
 def check_resume_config(old: Mapping[str, Any], new: Mapping[str, Any], *,
-                        workdir: str = "") -> List[Difference]:
-  """Refuses a resume whose config changes what is trained.
-
-  A change of the run's length (LENGTH_FIELDS) is allowed when ``new`` sets
-  ``allow_length_change``: the program then recomputes its lr schedule for the
-  new length.
+                        workdir: str = "") -> List[resume_rules.Difference]:
+  """Refuses a resume whose config changes what is trained (see resume_rules.compare_configs).
 
   Args:
     old: the config.json already in the workdir.
@@ -282,31 +165,13 @@ def check_resume_config(old: Mapping[str, Any], new: Mapping[str, Any], *,
 
   Raises:
     WorkdirError: one line: that the workdir holds another program's run, or the
-      first MAX_LISTED_DIFFERENCES refused differences and the way out.
+      first refused differences and the way out.
   """
-  where = f"--workdir={workdir}" if workdir else "this workdir"
-  if _program(old) != _program(new):
-    raise _other_program(_program(old), _program(new), where)
-  allow_length = new.get(ALLOW_LENGTH_CHANGE) is True
-  diffs = config_differences(old, new)
-  allowed = [d for d in diffs if _is_safe(d[0]) or (allow_length and d[0] in LENGTH_FIELDS)]
-  refused = [d for d in diffs if d not in allowed]
-  if refused:
-    listed = "; ".join(f"{k}: {a!r} in the workdir, {b!r} now"
-                       for k, a, b in refused[:MAX_LISTED_DIFFERENCES])
-    saved = os.path.join(workdir, CONFIG_FILE) if workdir else CONFIG_FILE
-    if len(refused) > MAX_LISTED_DIFFERENCES:
-      listed += f"; and {len(refused) - MAX_LISTED_DIFFERENCES} more, see {saved}"
-    hint = ""
-    if any(k in LENGTH_FIELDS for k, _, _ in refused):
-      hint = (f" To change the run's length on purpose (e.g. extend a finished run), add "
-              f"--config.{ALLOW_LENGTH_CHANGE}=true: the cosine lr schedule is then recomputed "
-              "for the new length, so the steps after the resume differ from a run started "
-              "with that length.")
-    raise WorkdirError(
-        f"{where} holds a run with a different configuration ({listed}); resuming would mix "
-        f"two experiments. Use a new --workdir, or rerun with the workdir's settings (see "
-        f"{saved}).{hint}")
+  saved = os.path.join(workdir, CONFIG_FILE) if workdir else CONFIG_FILE
+  allowed, refusal = resume_rules.compare_configs(flatten_config(old), flatten_config(new),
+                                                  workdir=workdir, saved=saved)
+  if refusal:
+    raise WorkdirError(refusal)
   return allowed
 
 
@@ -320,37 +185,22 @@ def checkpoint_steps(workdir: str) -> List[int]:
   return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
-def _positive(value: Any) -> int:
-  return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def _check_no_lost_checkpoints(workdir: str, old: Mapping[str, Any],
                                new: Mapping[str, Any]) -> None:
-  """Refuses a workdir whose metrics prove that a checkpoint was written, when none is left.
-
-  A run that logged step s has committed the checkpoint at step
-  checkpoint_every_steps once s is past it; with asynchronous checkpointing only
-  once s is past the next save too (a save waits for the previous one, and a
-  step's metrics are written before its own save starts). The larger interval
-  of the two configs and either's asynchrony are assumed, so a run killed before
-  its first checkpoint is never refused.
-  """
-  every = max(_positive(old.get("checkpoint_every_steps")),
-              _positive(new.get("checkpoint_every_steps")))
+  """Refuses a workdir whose metrics prove that a checkpoint was written, when none is left."""
+  every, written_by = resume_rules.first_checkpoint(old, new)
   if not every:
     return  # a program without checkpoints (kNN)
-  written_by = every * (2 if old.get("async_checkpointing") or new.get("async_checkpointing")
-                        else 1)
-  logged = [r["step"] for r in read_metrics(workdir) if _positive(r.get("step"))]
-  if logged and max(logged) > written_by:
+  newest = resume_rules.newest_step(read_metrics(workdir))
+  if newest > written_by:
     directory = os.path.join(workdir, CHECKPOINT_DIR)
     raise WorkdirError(
-        f"--workdir={workdir} has metrics up to step {max(logged)} ({METRICS_FILE}) but no "
+        f"--workdir={workdir} has metrics up to step {newest} ({METRICS_FILE}) but no "
         f"checkpoint in {directory}, though one was written at step {every}: the checkpoints "
         "were deleted or moved. Put them back to resume, or start over in a new --workdir.")
 
 
-def check_resume(workdir: str, config: Mapping[str, Any]) -> List[Difference]:
+def check_resume(workdir: str, config: Mapping[str, Any]) -> List[resume_rules.Difference]:
   """Checks ``config`` against the run already in ``workdir``; creates and writes nothing.
 
   Beyond the config (check_resume_config), the workdir must be whole: checkpoints
@@ -410,17 +260,16 @@ def save_config(workdir: str, config: Mapping[str, Any], step: int) -> None:
   if not changes:
     return
   with open(os.path.join(workdir, CONFIG_CHANGES_FILE), "a") as f:
-    f.write(json.dumps({"step": step, "changes": [
-        {"field": k, **({} if a is ABSENT else {"old": a}), **({} if b is ABSENT else {"new": b})}
-        for k, a, b in changes]}) + "\n")
-  lengths = [(k, a, b) for k, a, b in changes if k in LENGTH_FIELDS and b is not ABSENT]
+    f.write(json.dumps(resume_rules.change_record(step, changes)) + "\n")
+  lengths = resume_rules.length_changes(changes)
   if lengths:
     atomic_write_text(path, json.dumps({**old, **{k: b for k, _, b in lengths}},
                                        indent=2, sort_keys=True))
     logging.warning(
         "Run length changed at step %d (%s), allowed by %s: the lr schedule is recomputed "
         "for the new length, so the steps from here on differ from a run started with it.",
-        step, ", ".join(f"{k} {a} -> {b}" for k, a, b in lengths), ALLOW_LENGTH_CHANGE)
+        step, ", ".join(f"{k} {a} -> {b}" for k, a, b in lengths),
+        resume_rules.ALLOW_LENGTH_CHANGE)
 
 
 def start_run(workdir: str, config: Mapping[str, Any], step: int) -> str:

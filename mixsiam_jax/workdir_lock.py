@@ -21,8 +21,8 @@ from typing import Any, Dict, Iterator, Optional
 
 from absl import logging
 
-from mixsiam_jax.workdir import (WorkdirError, check_workdir, create_directories,
-                                 remove_directories)
+from mixsiam_jax import workdir_paths
+from mixsiam_jax.workdir import WorkdirError, check_workdir, create_directories
 
 LOCK_FILE = ".lock"
 # flock fails with these where the file system has no locks (some FUSE and NFS mounts).
@@ -54,14 +54,14 @@ def lock_workdir(workdir: str) -> Iterator[str]:
   try:
     fd = _acquire(lock_path)
   except BaseException:
-    remove_directories(created)
+    workdir_paths.remove(created)
     raise
   try:
     yield path
   finally:
     if fd is not None:
       _release(fd, lock_path)
-    remove_directories(created)
+    workdir_paths.remove(created)
 
 
 def read_owner(lock_path: str) -> Optional[Dict[str, Any]]:

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from configs import cifar10
-from mixsiam_jax import errors, workdir as workdir_lib
+from mixsiam_jax import errors, resume_rules, workdir as workdir_lib
 from tests.helpers import snapshot
 
 
@@ -21,7 +21,7 @@ def config_dict(**overrides):
 
 def test_every_safe_field_is_a_config_field():
   flat = workdir_lib.flatten_config(config_dict())
-  for field in workdir_lib.SAFE_TO_CHANGE + workdir_lib.LENGTH_FIELDS:
+  for field in resume_rules.SAFE_TO_CHANGE + resume_rules.LENGTH_FIELDS:
     assert any(k == field or k.startswith(field + ".") for k in flat), field
 
 
@@ -174,8 +174,9 @@ def test_only_real_differences_are_listed_absent_ones_as_absent_and_at_most_eigh
   old["retired_field"] = 3
   new = config_dict()
   del new["half_precision"]  # absent here, None there: the same unset field
-  assert workdir_lib.config_differences(old, new) == [
-      ("retired_field", 3, workdir_lib.ABSENT)]
+  flat = workdir_lib.flatten_config
+  assert resume_rules.config_differences(flat(old), flat(new)) == [
+      ("retired_field", 3, resume_rules.ABSENT)]
   workdir_lib.start_run(str(tmp_path), old, step=0)
   for i, field in enumerate(("depth", "width", "projector_layers", "projector_dim",
                              "projector_hidden_dim", "predictor_hidden_dim", "stem")):

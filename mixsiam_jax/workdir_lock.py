@@ -64,15 +64,6 @@ def lock_workdir(workdir: str) -> Iterator[str]:
     workdir_paths.remove(created)
 
 
-def read_owner(lock_path: str) -> Optional[Dict[str, Any]]:
-  """The owner a lock file records ({'pid', 'host', 'started'}); None if none or unreadable."""
-  try:
-    with open(lock_path) as f:
-      return _parse(f.read())
-  except OSError:
-    return None
-
-
 def _parse(text: str) -> Optional[Dict[str, Any]]:
   try:
     owner = json.loads(text)

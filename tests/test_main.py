@@ -1,4 +1,5 @@
 """main.py as users run it: mistakes end in one line, one run per workdir, resuming on purpose."""
+import json
 import os
 import pathlib
 import re
@@ -61,7 +62,7 @@ def test_a_busy_workdir_is_refused_in_one_line(tmp_path):
     result = run_main(*TINY, f"--workdir={workdir}", "--config.dataset=folder:/nonexistent")
     assert result.returncode != 0
     assert time.time() - start < 120  # imports only: nothing is read or built
-    owner = workdir_lock.read_owner(str(workdir / ".lock"))
+    owner = json.loads((workdir / workdir_lock.LOCK_FILE).read_text())
     assert errors_of(result) == [
         f"error: this workdir is in use by another run (pid {holder.pid} on host "
         f"{owner['host']}, started {owner['started']}; lock file {workdir / '.lock'}): wait for "

@@ -20,6 +20,11 @@ with workdir_lock.lock_workdir(sys.argv[1]):
 """
 
 
+def lock_owner(workdir):
+  """The owner recorded in the workdir's lock file, read as the next run reads it."""
+  return json.loads((workdir / workdir_lock.LOCK_FILE).read_text())
+
+
 def python(code, *args, **kw):
   return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
@@ -38,7 +43,7 @@ def test_a_second_run_is_refused_at_once_and_the_first_keeps_its_lock(tmp_path):
     assert str(workdir / ".lock") in err and f"pid {first.pid}" in err, err
     assert "WorkdirError: this workdir is in use by another run" in err
     assert first.poll() is None  # undisturbed
-    assert workdir_lock.read_owner(str(workdir / ".lock"))["pid"] == first.pid
+    assert lock_owner(workdir)["pid"] == first.pid
   finally:
     first.kill()
     first.wait()
@@ -53,7 +58,7 @@ def test_a_dead_runs_lock_is_taken_over_with_a_log_line(tmp_path, caplog):
   with caplog.at_level("WARNING"):
     with workdir_lock.lock_workdir(str(tmp_path)) as path:
       assert path == str(tmp_path)
-      assert workdir_lock.read_owner(str(tmp_path / ".lock"))["pid"] == os.getpid()
+      assert lock_owner(tmp_path)["pid"] == os.getpid()
   assert f"pid {dead_pid}" in caplog.text and "no longer running" in caplog.text
   assert not (tmp_path / ".lock").exists()
 

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mixsiam_jax import accelerators, cli, workdir_lock  # noqa: E402  (light: flags parse before TF and JAX load)
+from mixsiam_jax import accelerators, cli, program_options, workdir_lock  # noqa: E402  (light: flags parse before TF and JAX load)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
@@ -37,16 +37,16 @@ flags.DEFINE_bool("allow_cpu", False,
                   "(by default that stops the run, naming the install command).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-PROGRAMS = ("pretrain", "linear_probe", "knn")
 
 
 def _program(name):
-  """The run(config, workdir) function of a program."""
-  if name == "pretrain":
-    from mixsiam_jax import pretrain  # pylint: disable=g-import-not-at-top
-    return pretrain.train_and_evaluate
-  from mixsiam_jax.evaluation import knn, linear_probe  # pylint: disable=g-import-not-at-top
-  return {"knn": knn.run_knn, "linear_probe": linear_probe.run_linear_probe}[name]
+  """The run(options, workdir) function of a program."""
+  # Imported here, after main() has hidden the accelerators from TensorFlow and
+  # started JAX's distributed runtime: importing the programs imports both.
+  from mixsiam_jax import pretrain  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.evaluation import knn_program, linear_probe  # pylint: disable=g-import-not-at-top
+  return {"pretrain": pretrain.train_and_evaluate, "knn": knn_program.run_knn,
+          "linear_probe": linear_probe.run_linear_probe}[name]
 
 
 def main(argv):
@@ -73,19 +73,16 @@ def main(argv):
   logging.info("JAX process %d of %d; %d local of %d devices (%s).", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
-  config = FLAGS.config
-  program = config.get("program", "pretrain")
-  if program not in PROGRAMS:
-    cli.exit_with(f"config.program={program!r} must be one of {PROGRAMS}.")
 
   def run():
     accelerators.check_backend(backend, allow_cpu=FLAGS.allow_cpu, environ=os.environ)
+    options = program_options.from_config(FLAGS.config)
     # One run per workdir. Only process 0 locks it: the other processes of this
     # run share its workdir, and a second run is stopped by its own process 0.
     lock = (workdir_lock.lock_workdir(FLAGS.workdir) if jax.process_index() == 0
             else contextlib.nullcontext())
     with lock:
-      _program(program)(config, FLAGS.workdir)
+      _program(program_options.program_name(options))(options, FLAGS.workdir)
 
   status = cli.run_program(run)
   _exit_without_teardown(status, finished=status in (cli.EXIT_FINISHED, cli.EXIT_INTERRUPTED))

@@ -54,7 +54,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # Skip (and report once) undecodable images instead of failing.
   config.data.skip_bad_images = True
   # Batches kept ready on the device ahead of the step.
-  config.data.prefetch = 2
+  config.data.device_prefetch = 2
   # Eval transform: 'identity' (CIFAR) or 'resize_center_crop' (ImageNet: resize to 256/224 of image_size).
   config.data.eval_transform = "identity"
 

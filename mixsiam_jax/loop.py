@@ -1,8 +1,8 @@
 """The training loop that every program shares: resume or init, step, log, checkpoint, stop.
 
 A program is a pure step function ``step(state, batch) -> (state, metrics)``, an
-iterator of sharded batches, and a way to put its state into a checkpoint tree;
-``restore_or_init`` and ``run`` do the rest:
+iterator of sharded batches, and its checkpoints (checkpointing.Checkpoints, which
+also resumes or initialises the state); ``run`` does the rest:
 - at most ``steps_in_flight`` steps are dispatched ahead of the newest finished
   one, so a stop request (SIGTERM) is acted on within that many steps plus one
   checkpoint write, and progress is timed on finished steps, not dispatches;
@@ -19,11 +19,12 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
-from mixsiam_jax import checkpoint
+from mixsiam_jax.checkpointing import Checkpoints
 from mixsiam_jax.errors import UserError
+from mixsiam_jax.options import positive_int
+from mixsiam_jax.program_options import Cadence
 from mixsiam_jax.stopping import Interrupted, StopRequest, Stopped
 
 State = Any
@@ -94,85 +95,119 @@ def _format_seconds(seconds: float) -> str:
   return f"{days}d{hours:02d}h{minutes:02d}m" if days else f"{hours}h{minutes:02d}m"
 
 
-def restore_or_init(manager: ocp.CheckpointManager, init: Callable[[], State],
-                    to_tree: Callable[[State], Any], from_tree: Callable[[State, Any], State]
-                    ) -> Tuple[State, int, Dict[str, Any]]:
-  """The newest checkpoint of ``manager`` if there is one, else a new state.
-
-  Args:
-    manager: the run's checkpoint manager.
-    init: builds the initial state (on the devices, with its shardings).
-    to_tree: state -> checkpoint tree (the restore target: shapes and shardings).
-    from_tree: (initial state, restored tree) -> the resumed state.
-
-  Returns:
-    (state, step it is at, the checkpoint's metadata or {}).
-  """
-  start_step = manager.latest_step() or 0
-  state = init()
-  if not start_step:
-    return state, 0, {}
-  tree, meta = checkpoint.restore(manager, start_step, to_tree(state))
-  logging.info("Resumed from %s at step %d.", manager.directory, start_step)
-  return from_tree(state, tree), start_step, meta
-
-
 @dataclasses.dataclass(frozen=True)
-class LoopOptions:
-  """When the loop logs, evaluates and checkpoints.
+class LoopResult:
+  """How a finished loop left the run.
 
   Attributes:
-    num_steps: the last step of the run.
-    log_every_steps: metrics are averaged and written every this many steps.
-    checkpoint_every_steps: a checkpoint every this many steps (and at the end).
-    eval_every_steps: the evaluator runs every this many steps (0: only at the end).
-    steps_in_flight: steps dispatched ahead of the newest finished one; bounds
-      the time from a stop request to the checkpoint.
+    state: the state after the last step.
+    step: the last step (num_steps).
+    metrics: the last logged metrics ({} if no step ran).
+    evaluation: what the evaluator returned at the last step ({} without one).
   """
-  num_steps: int
-  log_every_steps: int
-  checkpoint_every_steps: int
-  eval_every_steps: int = 0
-  steps_in_flight: int = 2
+  state: State
+  step: int
+  metrics: Dict[str, float]
+  evaluation: Dict[str, Any]
 
-  def __post_init__(self):
-    for name in ("log_every_steps", "checkpoint_every_steps", "steps_in_flight"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not (isinstance(value, int) and value > 0):
-        raise UserError(f"{name}={value!r} must be a positive integer.")
-    if not (isinstance(self.eval_every_steps, int) and self.eval_every_steps >= 0):
-      raise UserError(f"eval_every_steps={self.eval_every_steps!r} must be >= 0 (0: only at "
-                      "the end).")
+
+class _Run:
+  """The state of one call of ``run``: what is in flight, what is saved, what was logged."""
+
+  def __init__(self, checkpoints: Checkpoints, writer: Any, num_steps: int, start_step: int,
+               steps_in_flight: int):
+    self.checkpoints, self.writer = checkpoints, writer
+    self.num_steps, self.steps_in_flight = num_steps, steps_in_flight
+    self.in_flight = collections.deque()
+    self.history, self.last, self.evaluation = [], {}, {}
+    self.progress = Progress(num_steps)
+    self.saved = start_step  # the newest step whose checkpoint exists or is being written
+
+  def wait_for_steps(self, keep_running: int) -> None:
+    """Waits for the oldest dispatched steps until at most ``keep_running`` are unfinished."""
+    while len(self.in_flight) > keep_running:
+      jax.block_until_ready(self.in_flight.popleft()[1])
+
+  def save(self, step: int, state: State) -> None:
+    # A run killed once this checkpoint exists resumes after it: its metrics
+    # must be on disk first (the JSONL writer holds a step's row until the next
+    # step arrives, to merge evaluations into it).
+    self.writer.flush()
+    self.checkpoints.save(step, state)
+    self.saved = step
+
+  def stop_before(self, step: int, state: State, signum: int) -> Stopped:
+    """A signal arrived while waiting for ``step``'s batch: saves step - 1 if needed."""
+    # Nothing of this step ran: the state is the previous step's.
+    if self.history:
+      check_finite(mean_metrics(self.history), step - 1)
+    if step - 1 > self.saved:
+      self.save(step - 1, state)
+    return Stopped(step - 1, signum)
+
+  def log(self, step: int) -> None:
+    """Averages the metrics since the last log, checks them and writes them."""
+    self.last = mean_metrics(self.history)
+    self.history = []
+    check_finite(self.last, step)
+    self.wait_for_steps(0)
+    self.progress.mark(step)
+    self.writer.write_scalars(step, {**self.last, **self.progress.report()})
+
+  def evaluate(self, step: int, state: State, evaluate: Callable[[State], Dict[str, Any]],
+               stop: StopRequest) -> bool:
+    """Runs the evaluator and writes its metrics; True if a signal interrupted it."""
+    try:
+      with stop.waiting():
+        self.evaluation = evaluate(state)
+      self.writer.write_scalars(step, self.evaluation)
+      return False
+    except Interrupted:
+      logging.warning("The evaluation at step %d was interrupted; its checkpoint is kept.", step)
+      if step > self.saved:
+        self.save(step, state)
+      return True
+
+  def close(self, batches: Any) -> None:
+    """Closes the batches, waits for the pending save, closes the manager and the writer."""
+    _close(batches)
+    try:
+      self.checkpoints.wait_until_saved(self.saved)
+    finally:
+      self.checkpoints.close()
+      self.writer.flush()
+      self.writer.close()
 
 
 def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: int,
-        options: LoopOptions, manager: ocp.CheckpointManager, to_tree: Callable[[State], Any],
-        meta: Dict[str, Any], writer: Any, num_processes: int = 1,
-        evaluate: Optional[Callable[[State], Dict[str, float]]] = None,
-        hooks: Sequence[Callable[[int], None]] = ()) -> Dict[str, float]:
-  """Runs steps start_step + 1 .. options.num_steps, then waits for the last checkpoint.
+        num_steps: int, cadence: Cadence, checkpoints: Checkpoints, writer: Any,
+        num_processes: int = 1, evaluate: Optional[Callable[[State], Dict[str, Any]]] = None,
+        hooks: Sequence[Callable[[int], None]] = (), steps_in_flight: int = 2) -> LoopResult:
+  """Runs steps start_step + 1 .. num_steps, then waits for the last checkpoint.
 
-  A step's checkpoint is started before its evaluation, so an evaluation that
-  fails or is interrupted costs no checkpoint. However the loop ends, it closes
-  ``batches`` (if it has close()), waits for the pending save, and closes
-  ``manager`` and ``writer``.
+  At most ``steps_in_flight`` steps are dispatched ahead of the newest finished
+  one, which bounds the time from a stop request to the checkpoint. A step's
+  checkpoint is started before its evaluation, so an evaluation that fails or is
+  interrupted costs no checkpoint. However the loop ends, it closes ``batches``
+  (if it has close()), waits for the pending save, and closes ``checkpoints``
+  and ``writer``.
 
   Args:
     step_fn: the jitted step ``(state, batch) -> (state, metrics)``.
     state: the state at ``start_step``.
     batches: global batches, one per step, from step start_step + 1 on.
     start_step: the step ``state`` is at.
-    options: when to log, evaluate, checkpoint, and how far to run ahead.
-    manager: the checkpoint manager (closed on return).
-    to_tree: state -> checkpoint tree.
-    meta: JSON metadata saved with every checkpoint.
+    num_steps: the last step of the run.
+    cadence: when to log, checkpoint and evaluate.
+    checkpoints: the run's checkpoints (closed on return).
     writer: a clu MetricWriter (flushed and closed on return).
     num_processes: processes of the run (several stop at a step they agree on).
     evaluate: state -> metrics, at eval steps and at the last step.
     hooks: called with each dispatched step number (e.g. a profiler).
+    steps_in_flight: steps dispatched ahead of the newest finished one.
 
   Returns:
-    The last logged metrics.
+    The LoopResult: final state, last logged metrics, last evaluation.
 
   Raises:
     TrainingError: a non-finite loss or norm (nothing non-finite is saved).
@@ -181,87 +216,46 @@ def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: in
     checkpoint.CheckpointSaveError: a checkpoint could not be written (one
       line: the directory, the OS error, the newest intact step).
   """
-  history, last = [], {}
-  in_flight = collections.deque()
-  progress = Progress(options.num_steps)
-  saved = start_step  # the newest step whose checkpoint exists or is being written
-
-  def wait_for_oldest():
-    jax.block_until_ready(in_flight.popleft()[1])
-
-  def save(step, state):
-    nonlocal saved
-    # A run killed once this checkpoint exists resumes after it: its metrics
-    # must be on disk first (the JSONL writer holds a step's row until the next
-    # step arrives, to merge evaluations into it).
-    writer.flush()
-    checkpoint.save(manager, step, to_tree(state), meta)
-    saved = step
-
+  positive_int("steps_in_flight", steps_in_flight)
+  loop = _Run(checkpoints, writer, num_steps, start_step, steps_in_flight)
   try:
     with StopRequest(num_processes) as stop:
       try:
-        for step in range(start_step + 1, options.num_steps + 1):
-          while len(in_flight) >= options.steps_in_flight:
-            wait_for_oldest()
+        for step in range(start_step + 1, num_steps + 1):
+          loop.wait_for_steps(steps_in_flight - 1)
           try:
             with stop.waiting():  # a stalled source must not keep a signal waiting
               batch = next(batches)
           except Interrupted as e:
-            # Nothing of this step ran: the state is the previous step's.
-            if history:
-              check_finite(mean_metrics(history), step - 1)
-            if step - 1 > saved:
-              save(step - 1, state)
-            raise Stopped(step - 1, e.signum) from None
+            raise loop.stop_before(step, state, e.signum) from None
           state, metrics = step_fn(state, batch)
-          in_flight.append((step, metrics))
+          loop.in_flight.append((step, metrics))
           if step == start_step + 1:  # Start the clock once the compiled first step is done.
             jax.block_until_ready(metrics)
-            progress.mark(step)
-          history.append(metrics)
+            loop.progress.mark(step)
+          loop.history.append(metrics)
           for hook in hooks:
             hook(step)
-          last_step = step == options.num_steps
+          last_step = step == num_steps
           stop_now = stop.requested(step)
-          save_now = stop_now or last_step or step % options.checkpoint_every_steps == 0
-          if step % options.log_every_steps == 0 or last_step:
-            last = mean_metrics(history)
-            history = []
-            check_finite(last, step)
-            while in_flight:
-              wait_for_oldest()
-            progress.mark(step)
-            writer.write_scalars(step, {**last, **progress.report()})
+          save_now = stop_now or last_step or step % cadence.checkpoint_every_steps == 0
+          if step % cadence.log_every_steps == 0 or last_step:
+            loop.log(step)
           elif save_now:
             check_finite(mean_metrics([metrics]), step)
           if save_now:
-            save(step, state)
-          eval_step = options.eval_every_steps and step % options.eval_every_steps == 0
+            loop.save(step, state)
+          eval_step = cadence.eval_every_steps and step % cadence.eval_every_steps == 0
           if evaluate is not None and (eval_step or last_step) and not stop_now:
-            try:
-              with stop.waiting():
-                writer.write_scalars(step, evaluate(state))
-            except Interrupted:
-              logging.warning("The evaluation at step %d was interrupted; its checkpoint is "
-                              "kept.", step)
-              if step > saved:
-                save(step, state)
-              stop_now = True
+            stop_now = loop.evaluate(step, state, evaluate, stop)
           if stop_now:
             raise Stopped(step, stop.signum or signal.SIGTERM)  # None: another process's notice
       finally:
-        _close(batches)
-        try:
-          checkpoint.wait_until_saved(manager, saved)
-        finally:
-          manager.close()
-          writer.flush()
-          writer.close()
+        loop.close(batches)
   except Stopped as e:
     logging.warning("Stopped at step %d on request; rerun the same command to resume.", e.step)
     raise
-  return last
+  return LoopResult(state=state, step=num_steps, metrics=loop.last, evaluation=loop.evaluation)
 
 
 def _close(batches: Any) -> None:

@@ -8,6 +8,7 @@
 - LARS (linear probe) follows the official code: weight decay and the trust
   ratio apply only to parameters with more than one dimension.
 """
+import dataclasses
 from typing import Any, Union
 
 import jax
@@ -167,3 +168,43 @@ def create_optimizer(options: OptimOptions, schedule: optax.Schedule, peak_lr: f
       schedule=schedule, peak_lr=peak_lr, momentum=options.momentum,
       weight_decay=options.weight_decay,
       fix_predictor_lr=options.fix_predictor_lr and has_predictor)
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimization:
+  """A run's length, learning-rate schedule and optimiser.
+
+  Attributes:
+    num_steps: the run's length in steps.
+    schedule: the (encoder's) learning-rate schedule.
+    tx: the optimiser.
+  """
+  num_steps: int
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+
+
+def create_optimization(options: OptimOptions, *, num_train_steps: int, num_epochs: float,
+                        num_examples: int, batch_size: int,
+                        has_predictor: bool) -> Optimization:
+  """The length, cosine schedule and optimiser of a training run (pretraining or a probe).
+
+  Args:
+    options: optimiser, base learning rate and warm-up.
+    num_train_steps: steps, or -1 to derive them from ``num_epochs``.
+    num_epochs: epochs of the training set, when num_train_steps is -1.
+    num_examples: size of the training set.
+    batch_size: the global batch (scales the learning rate: base_lr x batch / 256).
+    has_predictor: the parameters have a top-level 'predictor' (pretraining).
+
+  Returns:
+    The Optimization.
+  """
+  num_steps = steps("num_train_steps", steps=num_train_steps, epochs=num_epochs,
+                    num_examples=num_examples, batch_size=batch_size)
+  warmup_steps = steps("optim.warmup_epochs", steps=0, epochs=options.warmup_epochs,
+                       num_examples=num_examples, batch_size=batch_size)
+  peak_lr = scaled_learning_rate(options.base_lr, batch_size)
+  schedule = cosine_schedule(peak_lr, num_steps, warmup_steps)
+  tx = create_optimizer(options, schedule, peak_lr, has_predictor=has_predictor)
+  return Optimization(num_steps=num_steps, schedule=schedule, tx=tx)

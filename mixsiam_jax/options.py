@@ -6,7 +6,7 @@ OptionsError naming the config field and the fix. Everything below the programs
 takes these objects (or plain values) and does not check them again.
 """
 import dataclasses
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from mixsiam_jax.errors import UserError
 
@@ -22,19 +22,51 @@ class OptionsError(UserError):
   """A config value is invalid; the message names the field and the fix."""
 
 
-def _unit_interval(field: str, value: float) -> None:
-  if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-    raise OptionsError(f"{field}={value!r} must lie in [0, 1].")
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _positive_int(field: str, value: int) -> None:
+def positive_int(field: str, value: Any) -> None:
+  """Refuses anything but a positive int (bools too), naming ``field``."""
   if isinstance(value, bool) or not (isinstance(value, int) and value > 0):
     raise OptionsError(f"{field}={value!r} must be a positive integer.")
 
 
-def _bool(field: str, value: bool) -> None:
+def non_negative_int(field: str, value: Any, meaning_of_zero: str = "") -> None:
+  """Refuses anything but an int >= 0, naming ``field`` (and what 0 means, if given)."""
+  if isinstance(value, bool) or not (isinstance(value, int) and value >= 0):
+    raise OptionsError(f"{field}={value!r} must be an integer >= 0"
+                       + (f" (0: {meaning_of_zero})." if meaning_of_zero else "."))
+
+
+def positive_number(field: str, value: Any) -> None:
+  """Refuses anything but a number > 0, naming ``field``."""
+  if not (_is_number(value) and value > 0):
+    raise OptionsError(f"{field}={value!r} must be a positive number.")
+
+
+def non_negative_number(field: str, value: Any) -> None:
+  """Refuses anything but a number >= 0, naming ``field``."""
+  if not (_is_number(value) and value >= 0):
+    raise OptionsError(f"{field}={value!r} must be >= 0.")
+
+
+def unit_interval(field: str, value: Any) -> None:
+  """Refuses anything but a number in [0, 1], naming ``field``."""
+  if not (_is_number(value) and 0.0 <= value <= 1.0):
+    raise OptionsError(f"{field}={value!r} must lie in [0, 1].")
+
+
+def boolean(field: str, value: Any) -> None:
+  """Refuses anything but True or False, naming ``field``."""
   if not isinstance(value, bool):
     raise OptionsError(f"{field}={value!r} must be true or false.")
+
+
+def one_of(field: str, value: Any, choices: Tuple[Any, ...]) -> None:
+  """Refuses a value outside ``choices``, naming ``field`` and the choices."""
+  if value not in choices:
+    raise OptionsError(f"{field}={value!r} must be one of {choices}.")
 
 
 # num_train_steps that derives the run's length from num_epochs.
@@ -56,12 +88,17 @@ def check_duration(num_train_steps: int, num_epochs: float) -> None:
       num_train_steps > 0 or num_train_steps == STEPS_FROM_EPOCHS):
     raise OptionsError(f"num_train_steps={num_train_steps!r} must be -1 (derive it from "
                        "num_epochs) or a positive number of steps.")
-  if num_train_steps == STEPS_FROM_EPOCHS and (
-      isinstance(num_epochs, bool) or not isinstance(num_epochs, (int, float))
-      or not num_epochs > 0):
+  if num_train_steps == STEPS_FROM_EPOCHS and not (_is_number(num_epochs) and num_epochs > 0):
     raise OptionsError(f"num_epochs={num_epochs!r} must be a positive number when "
                        "num_train_steps=-1 (the length comes from it); or set num_train_steps "
                        "to a positive number of steps.")
+
+
+def compute_dtype(half_precision: Optional[bool], platform: str) -> str:
+  """'bfloat16' or 'float32' on ``platform`` ('cpu', 'gpu', 'tpu'); None decides by platform."""
+  if half_precision is None:
+    return "float32" if platform == "cpu" else "bfloat16"
+  return "bfloat16" if half_precision else "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,27 +115,23 @@ class MethodOptions:
     mix_alpha: Beta concentration of 'beta' and 'cutmix'.
     mix_prob: probability that a sample is mixed at all (else x_m = x1).
   """
-  lam: float = 0.5
-  mix_lambda: float = 0.5
-  aggregation: str = "max"
-  mixture: bool = True
-  mix_mode: str = "fixed"
-  mix_alpha: float = 1.0
-  mix_prob: float = 1.0
+  lam: float
+  mix_lambda: float
+  aggregation: str
+  mixture: bool
+  mix_mode: str
+  mix_alpha: float
+  mix_prob: float
 
   def __post_init__(self):
-    _unit_interval("method.lam", self.lam)
-    _unit_interval("method.mix_lambda", self.mix_lambda)
-    _unit_interval("method.mix_prob", self.mix_prob)
-    if self.aggregation not in AGGREGATIONS:
-      raise OptionsError(f"method.aggregation={self.aggregation!r} must be one of "
-                         f"{AGGREGATIONS}.")
-    if self.mix_mode not in MIX_MODES:
-      raise OptionsError(f"method.mix_mode={self.mix_mode!r} must be one of {MIX_MODES}.")
+    for name in ("lam", "mix_lambda", "mix_prob"):
+      unit_interval(f"method.{name}", getattr(self, name))
+    one_of("method.aggregation", self.aggregation, AGGREGATIONS)
+    one_of("method.mix_mode", self.mix_mode, MIX_MODES)
     if self.mix_mode in ("beta", "cutmix") and not self.mix_alpha > 0.0:
       raise OptionsError(f"method.mix_alpha={self.mix_alpha} must be > 0 for mix_mode "
                          f"{self.mix_mode!r}.")
-    _bool("method.mixture", self.mixture)
+    boolean("method.mixture", self.mixture)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,11 +145,11 @@ class PhotometricOptions:
     blur_prob: probability of Gaussian blur.
     blur_sigma: (low, high) of the uniform blur sigma, in pixels.
   """
-  color_jitter: Tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
-  color_jitter_prob: float = 0.8
-  grayscale_prob: float = 0.2
-  blur_prob: float = 0.0
-  blur_sigma: Tuple[float, float] = (0.1, 2.0)
+  color_jitter: Tuple[float, float, float, float]
+  color_jitter_prob: float
+  grayscale_prob: float
+  blur_prob: float
+  blur_sigma: Tuple[float, float]
 
   def __post_init__(self):
     try:
@@ -135,7 +168,7 @@ class PhotometricOptions:
     object.__setattr__(self, "blur_sigma", sigma)
     for name in ("color_jitter_prob", "grayscale_prob", "blur_prob"):
       value = getattr(self, name)
-      _unit_interval(f"data.{name}", value)
+      unit_interval(f"data.{name}", value)
       object.__setattr__(self, name, float(value))
 
 
@@ -154,48 +187,48 @@ class ModelOptions:
     remat: recompute residual blocks in the backward pass.
     conv_impl: 'auto' (per-tap matmul weight gradients on CPU, XLA's convolutions
       on GPU/TPU: decided from the mesh), 'xla' or 'matmul_weight_grad'.
-    num_classes: classes of the online linear probe (0: none).
+    num_classes: classes of the online linear probe (0: none); not a config
+      field: the program sets it from the training data.
   """
-  depth: int = 18
-  width: int = 64
-  stem: str = "cifar"
-  projector_layers: int = 2
-  projector_hidden_dim: int = 2048
-  projector_dim: int = 2048
-  predictor_hidden_dim: int = 512
-  half_precision: Optional[bool] = None
-  remat: bool = False
-  conv_impl: str = "auto"
+  depth: int
+  width: int
+  stem: str
+  projector_layers: int
+  projector_hidden_dim: int
+  projector_dim: int
+  predictor_hidden_dim: int
+  half_precision: Optional[bool]
+  remat: bool
+  conv_impl: str
   num_classes: int = 0
 
   def __post_init__(self):
-    if self.depth not in DEPTHS:
-      raise OptionsError(f"model.depth={self.depth!r} must be one of {DEPTHS}.")
-    if self.stem not in STEMS:
-      raise OptionsError(f"model.stem={self.stem!r} must be one of {STEMS}.")
-    for name in ("width", "projector_layers", "projector_hidden_dim", "projector_dim",
+    check_backbone(self.depth, self.width, self.stem, "model")
+    for name in ("projector_layers", "projector_hidden_dim", "projector_dim",
                  "predictor_hidden_dim"):
-      _positive_int(f"model.{name}", getattr(self, name))
+      positive_int(f"model.{name}", getattr(self, name))
     if self.half_precision is not None:
-      _bool("half_precision", self.half_precision)
-    _bool("model.remat", self.remat)
-    if self.conv_impl not in CONV_IMPLS:
-      raise OptionsError(f"model.conv_impl={self.conv_impl!r} must be one of {CONV_IMPLS}.")
-    if isinstance(self.num_classes, bool) or not (isinstance(self.num_classes, int)
-                                                  and self.num_classes >= 0):
-      raise OptionsError(f"num_classes={self.num_classes!r} must be a non-negative integer.")
+      boolean("half_precision", self.half_precision)
+    boolean("model.remat", self.remat)
+    one_of("model.conv_impl", self.conv_impl, CONV_IMPLS)
+    non_negative_int("num_classes", self.num_classes, "no online probe")
 
   def compute_dtype(self, platform: str) -> str:
     """'bfloat16' or 'float32': the compute dtype on ``platform`` ('cpu', 'gpu', 'tpu')."""
-    if self.half_precision is None:
-      return "float32" if platform == "cpu" else "bfloat16"
-    return "bfloat16" if self.half_precision else "float32"
+    return compute_dtype(self.half_precision, platform)
 
   def conv_implementation(self, platform: str) -> str:
     """'xla' or 'matmul_weight_grad': the convolution on ``platform`` ('cpu', 'gpu', 'tpu')."""
     if self.conv_impl == "auto":
       return "matmul_weight_grad" if platform == "cpu" else "xla"
     return self.conv_impl
+
+
+def check_backbone(depth: Any, width: Any, stem: Any, group: str) -> None:
+  """Checks a ResNet's depth, width and stem, naming them as fields of ``group``."""
+  one_of(f"{group}.depth", depth, DEPTHS)
+  positive_int(f"{group}.width", width)
+  one_of(f"{group}.stem", stem, STEMS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,22 +243,18 @@ class OptimOptions:
     warmup_epochs: linear warm-up before the cosine decay (>= 0).
     fix_predictor_lr: keep the predictor's lr constant (official --fix-pred-lr).
   """
-  name: str = "sgd"
-  base_lr: float = 0.05
-  momentum: float = 0.9
-  weight_decay: float = 1e-4
-  warmup_epochs: float = 0.0
-  fix_predictor_lr: bool = True
+  name: str
+  base_lr: float
+  momentum: float
+  weight_decay: float
+  warmup_epochs: float
+  fix_predictor_lr: bool
 
   def __post_init__(self):
-    if self.name not in OPTIMIZERS:
-      raise OptionsError(f"optim.name={self.name!r} must be one of {OPTIMIZERS}.")
-    if not (isinstance(self.base_lr, (int, float)) and self.base_lr > 0):
-      raise OptionsError(f"optim.base_lr={self.base_lr!r} must be a positive number.")
-    if not (isinstance(self.momentum, (int, float)) and 0.0 <= self.momentum < 1.0):
+    one_of("optim.name", self.name, OPTIMIZERS)
+    positive_number("optim.base_lr", self.base_lr)
+    if not (_is_number(self.momentum) and 0.0 <= self.momentum < 1.0):
       raise OptionsError(f"optim.momentum={self.momentum!r} must lie in [0, 1).")
-    if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-      raise OptionsError(f"optim.weight_decay={self.weight_decay!r} must be >= 0.")
-    if not (isinstance(self.warmup_epochs, (int, float)) and self.warmup_epochs >= 0):
-      raise OptionsError(f"optim.warmup_epochs={self.warmup_epochs!r} must be >= 0.")
-    _bool("optim.fix_predictor_lr", self.fix_predictor_lr)
+    non_negative_number("optim.weight_decay", self.weight_decay)
+    non_negative_number("optim.warmup_epochs", self.warmup_epochs)
+    boolean("optim.fix_predictor_lr", self.fix_predictor_lr)

@@ -1,4 +1,4 @@
-"""What a rerun in a used workdir may change, and what it must find: the rules of workdir.check_resume.
+"""What a rerun in a used workdir may change and must find: the rules of workdir.check_resume.
 
 The rules work on flattened configs ({'dotted.name': value}, see
 workdir.flatten_config) and give a refusal as its one-line message, which
@@ -13,7 +13,7 @@ MAX_LISTED_DIFFERENCES = 8
 SAFE_TO_CHANGE = (
     "log_every_steps", "checkpoint_every_steps", "eval_every_steps", "eval_dataset",
     "eval_split", "eval_batch_size", "knn", "keep_checkpoints", "keep_checkpoints_every_steps",
-    "profile_steps", "data.prefetch", "data.skip_bad_images", "async_checkpointing",
+    "profile_steps", "data.prefetch", "data.device_prefetch", "data.skip_bad_images", "async_checkpointing",
     "model.remat", "model.conv_impl", "allow_length_change",
 )
 # The run's length: changing it on a resume recomputes the lr schedule, so it is

@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from PIL import Image
 
 from mixsiam_jax import augment, photometric
-from mixsiam_jax import recipe
+from mixsiam_jax import pretrain, program_options
 from mixsiam_jax.data import decode, host_augment, pipeline, sources
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -50,14 +50,9 @@ def make_grid(rows, scale: int) -> Image.Image:
 def main(argv):
   del argv
   pipeline.hide_accelerators_from_tensorflow()
-  config = _CONFIG.value
-  opts = recipe.options_from_config(config)
+  opts = program_options.pretrain_options(_CONFIG.value)
   n, size = _NUM.value, opts.image_size
-  data = pipeline.TrainDataOptions(
-      dataset=config.dataset, split=config.train_split, global_batch_size=n, image_size=size,
-      seed=opts.seed, crop_scale=tuple(config.data.crop_scale),
-      host_photometric=None if opts.photometric_on_device else opts.photometric,
-      skip_bad_images=config.data.skip_bad_images)
+  data = pretrain.train_data_options(opts, n)
   bad_images = decode.BadImageLog()
   ds = pipeline.create_pretrain_dataset(data, process_index=0, process_count=1,
                                         bad_images=bad_images)
@@ -72,7 +67,7 @@ def main(argv):
   mixed, _ = augment.mix_views(jax.random.fold_in(rng, 1), views[:, 0], views[:, 1],
                                mode=m.mix_mode, mix_lambda=m.mix_lambda, alpha=m.mix_alpha,
                                prob=m.mix_prob)
-  source = sources.open_source(config.dataset, config.train_split)
+  source = sources.open_source(opts.data.dataset, opts.data.split)
   originals = np.stack([_original(source, i, size, bad_images) for i in batch["index"]])
   to_u8 = lambda x: np.clip(np.round(np.asarray(x) * 255), 0, 255).astype(np.uint8)  # pylint: disable=g-long-lambda
   grid = make_grid([originals, to_u8(views[:, 0]), to_u8(views[:, 1]), to_u8(mixed)],

@@ -21,9 +21,8 @@ from jax.sharding import Mesh
 from mixsiam_jax import checkpoint, sharding
 from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.errors import UserError
-from mixsiam_jax.models import ResNet
-from mixsiam_jax.models.mixsiam import DTYPES
-from mixsiam_jax.options import ModelOptions
+from mixsiam_jax.models import ResNet, metadata
+from mixsiam_jax.program_options import FileArchitecture
 
 WEIGHT_FILE_SUFFIXES = (".pth", ".pth.tar", ".pt", ".npz")
 # Workdirs of the evaluation programs, which hold no encoder of their own.
@@ -36,27 +35,6 @@ EmbedFn = Callable[[Any, jax.Array], jax.Array]
 
 class EncoderError(UserError):
   """A pretrained encoder that cannot be restored as asked."""
-
-
-@dataclasses.dataclass(frozen=True)
-class FileArchitecture:
-  """What a state-dict file does not say about itself (config.pretrained_model).
-
-  Attributes:
-    depth, width, stem: the ResNet (see models.ResNet).
-    image_size: the side of the images it was trained on.
-  """
-  depth: int = 50
-  width: int = 64
-  stem: str = "imagenet"
-  image_size: int = 224
-
-  def __post_init__(self):
-    ModelOptions(depth=self.depth, width=self.width, stem=self.stem)  # Checks all three.
-    if isinstance(self.image_size, bool) or not (isinstance(self.image_size, int)
-                                                 and self.image_size > 0):
-      raise EncoderError(f"pretrained_model.image_size={self.image_size!r} must be a positive "
-                         "integer (the side of the images the file's weights were trained on).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,28 +118,19 @@ def _refuse_evaluation_workdir(pretrained: str) -> None:
         "pretraining run) or a .pth/.npz state-dict file.")
 
 
-def _compute_dtype(model_meta: Dict[str, Any], platform: str) -> Any:
-  """The dtype the encoder was trained in on ``platform`` ('auto' decided by the platform)."""
-  name = model_meta.get("dtype", "float32")
-  if name == "auto":
-    name = ModelOptions(half_precision=None).compute_dtype(platform)
-  return DTYPES[name]
-
-
 def _restore_workdir(pretrained: str, mesh: Mesh, step: Optional[int]):
   """(ResNet, backbone variables, step, image size) of a pretraining checkpoint."""
   _refuse_evaluation_workdir(pretrained)
   tree, meta, step = checkpoint.restore_replicated(pretrained, mesh, step)
-  model = meta.get("model")
-  if model is None or "image_size" not in meta:
+  described = metadata.backbone_from_meta(meta, sharding.mesh_platform(mesh))
+  if described is None:
     raise EncoderError(
         f"pretrained={pretrained}: checkpoint step {step} does not describe its model and image "
         "size in its metadata; pretrained wants the workdir of a mixsiam_jax pretraining run.")
-  resnet = ResNet(model["depth"], model["width"], model["stem"],
-                  dtype=_compute_dtype(model, sharding.mesh_platform(mesh)))
+  resnet, image_size = described
   variables = {"params": tree["params"]["backbone"],
                "batch_stats": tree["batch_stats"]["backbone"]}
-  return resnet, variables, step, int(meta["image_size"])
+  return resnet, variables, step, image_size
 
 
 def _load_file(path: str, mesh: Mesh, arch: FileArchitecture):
@@ -182,7 +151,7 @@ def _load_file(path: str, mesh: Mesh, arch: FileArchitecture):
 
 
 def restore_encoder(pretrained: str, mesh: Mesh, *, step: Optional[int] = None,
-                    file_architecture: FileArchitecture = FileArchitecture()) -> FrozenEncoder:
+                    file_architecture: FileArchitecture) -> FrozenEncoder:
   """Restores the encoder that ``pretrained`` names, replicated on ``mesh``.
 
   Args:

@@ -1,10 +1,9 @@
 """Features of whole data sets: evaluation batches through an embed function, back on the host.
 
-``EvalData`` names the two labelled splits an evaluation reads (a training side:
-the kNN bank or the probe's training set; an evaluation side: the queries or
-the probe's test set) and the deterministic transform they are read with.
+An evaluation reads the two labelled splits of a program_options.EvalData (a
+training side: the kNN bank or the probe's training set; an evaluation side: the
+queries or the probe's test set) with its deterministic transform.
 """
-import dataclasses
 from typing import Any, Callable, Dict, Iterable, Tuple
 
 import jax
@@ -14,52 +13,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from mixsiam_jax import augment, sharding
-from mixsiam_jax.data import (DatasetError, decode, folders, host_augment, iterate, pipeline,
-                              sources)
-from mixsiam_jax.options import OptionsError
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalData:
-  """Two labelled splits read with the evaluation transform (validated when built).
-
-  Attributes:
-    dataset, train_split: the training side ('tfds:NAME' or 'folder:PATH').
-    eval_dataset, eval_split: the evaluation side.
-    image_size: side of the images fed to the encoder.
-    batch_size: global batch of feature extraction (a multiple of the devices).
-    transform: one of data.host_augment.EVAL_TRANSFORMS.
-    skip_bad_images: mask (and report) unreadable images instead of failing.
-  """
-  dataset: str
-  train_split: str
-  eval_dataset: str
-  eval_split: str
-  image_size: int
-  batch_size: int
-  transform: str = "identity"
-  skip_bad_images: bool = True
-
-  def __post_init__(self):
-    for field, dataset, split_field, split in (
-        ("dataset", self.dataset, "train_split", self.train_split),
-        ("eval_dataset", self.eval_dataset, "eval_split", self.eval_split)):
-      kind, _ = sources.parse_dataset(dataset, field)
-      if kind == "folder":
-        _check_folder_split(split_field, split)
-    for name, value in (("image_size", self.image_size), ("eval_batch_size", self.batch_size)):
-      if isinstance(value, bool) or not (isinstance(value, int) and value > 0):
-        raise OptionsError(f"{name}={value!r} must be a positive integer.")
-    if self.transform not in host_augment.EVAL_TRANSFORMS:
-      raise OptionsError(f"data.eval_transform={self.transform!r} must be one of "
-                         f"{host_augment.EVAL_TRANSFORMS}.")
-    if not isinstance(self.skip_bad_images, bool):
-      raise OptionsError(f"data.skip_bad_images={self.skip_bad_images!r} must be true or false.")
-
-
-def _check_folder_split(field: str, split: str) -> None:
-  """Refuses a bad split of a folder data set, naming its config field (not its data set's)."""
-  folders.parse_folder_split(split, field)
+from mixsiam_jax.data import DatasetError, decode, iterate, pipeline, sources
+from mixsiam_jax.program_options import EvalData
 
 
 def check_classes(data: EvalData, user: str) -> sources.DatasetInfo:

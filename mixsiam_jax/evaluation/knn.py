@@ -1,28 +1,20 @@
-"""kNN evaluation: the sharded weighted-kNN classifier, the pretraining monitor, the kNN program.
+"""The sharded weighted-kNN classifier of the SimSiam-family monitors.
 
-The classifier of the SimSiam-family monitors (Wu et al. 2018, "InstDist"; the
-``knn_predict`` of the widely used SimSiam/MoCo CIFAR notebooks): features are
-l2-normalised, the k most cosine-similar training examples vote for their class
-with weight exp(similarity / temperature), and the class scores are the summed
-weights. ``KnnMonitor`` is an evaluator in big_vision's style: it takes an embed
-function and is called with variables. Accuracies are reported in percent.
+Wu et al. 2018 ("InstDist"); the ``knn_predict`` of the widely used SimSiam/MoCo
+CIFAR notebooks: features are l2-normalised, the k most cosine-similar training
+examples vote for their class with weight exp(similarity / temperature), and the
+class scores are the summed weights. evaluators.KnnMonitor runs it on an
+encoder's features; knn_program.py is the kNN program.
 """
-import dataclasses
 import functools
-import json
 from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mixsiam_jax import losses, sharding
-from mixsiam_jax import workdir as workdir_lib
-from mixsiam_jax.evaluation import encoder, features, program
-from mixsiam_jax.options import OptionsError
+from mixsiam_jax import losses
 from mixsiam_jax.sharding import DATA_AXIS
 
 # Default kNN temperature. 0.1 is what InstDist and the SimSiam-family kNN
@@ -203,133 +195,3 @@ def _accuracy_counts(scores: jax.Array, labels: jax.Array, mask: jax.Array):
   _, top = jax.lax.top_k(scores, min(5, scores.shape[-1]))
   hits = top == labels[:, None]
   return (jnp.sum(hits[:, 0] & mask), jnp.sum(jnp.any(hits, axis=1) & mask), jnp.sum(mask))
-
-
-
-# ----------------------------------------------------------------- monitor and program
-@dataclasses.dataclass(frozen=True)
-class KnnOptions:
-  """What the kNN classifier is computed on (validated when built).
-
-  Attributes:
-    data: the bank (training side) and the queries (evaluation side).
-    k: neighbours per query (capped at the bank size).
-    temperature: votes weigh exp(cosine / temperature).
-  """
-  data: features.EvalData
-  k: int = DEFAULT_K
-  temperature: float = DEFAULT_TEMPERATURE
-
-  def __post_init__(self):
-    if isinstance(self.k, bool) or not (isinstance(self.k, int) and self.k > 0):
-      raise OptionsError(f"knn.k={self.k!r} must be a positive integer.")
-    if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-      raise OptionsError(f"knn.temperature={self.temperature!r} must be a positive number.")
-
-
-def knn_options(config: ml_collections.ConfigDict,
-                image_size: Optional[int] = None) -> KnnOptions:
-  """KnnOptions from a pretraining or kNN config (they share these field names).
-
-  Args:
-    config: has dataset, train_split, eval_dataset, eval_split, eval_batch_size,
-      data.eval_transform, data.skip_bad_images, knn.k, knn.temperature.
-    image_size: side of the evaluated images (default: config.image_size).
-
-  Returns:
-    The validated options.
-  """
-  return KnnOptions(program.eval_data(config, config.image_size if image_size is None
-                                      else image_size),
-                    k=config.knn.k, temperature=config.knn.temperature)
-
-
-class KnnMonitor:
-  """kNN top-1/top-5 of an encoder: bank = training side, queries = evaluation side.
-
-  Made once (it checks both data sets, their labels and class names, and the
-  batch), then called with variables as often as needed: during pretraining
-  with the network's variables, in the kNN program with a restored encoder's.
-  """
-
-  def __init__(self, embed_fn: encoder.EmbedFn, mesh: Mesh, options: KnnOptions,
-               user: str = "the kNN monitor"):
-    """Checks the data.
-
-    Args:
-      embed_fn: ``(variables, images) -> features`` (see encoder.make_embed_fn).
-      mesh: the data mesh.
-      options: data and kNN options.
-      user: who evaluates, named in error messages.
-
-    Raises:
-      DatasetError: a missing or unlabelled data set, or classes that differ.
-      ValueError: an evaluation batch that does not split over the devices.
-    """
-    sharding.check_global_batch(options.data.batch_size, mesh)
-    self.num_classes = features.check_classes(options.data, user).num_classes
-    self._embed_fn, self._mesh, self._options = embed_fn, mesh, options
-
-  def __call__(self, variables: Any) -> Dict[str, float]:
-    """{'knn_top1', 'knn_top5'} in percent for the encoder's ``variables``."""
-    embed = functools.partial(self._embed_fn, variables)
-    data = self._options.data
-    bank, bank_labels = features.split_features(embed, self._mesh, data, "train")
-    queries, query_labels = features.split_features(embed, self._mesh, data, "eval")
-    feats, labels, mask = shard_bank(bank, bank_labels, self._mesh)
-    acc = knn_accuracy(feats, labels, queries, query_labels, num_classes=self.num_classes,
-                       k=min(self._options.k, len(bank)), temperature=self._options.temperature,
-                       train_mask=mask, mesh=self._mesh)
-    return {"knn_top1": 100.0 * acc["top1"], "knn_top5": 100.0 * acc["top5"]}
-
-
-def monitor_for_network(network: Any, mesh: Mesh, options: KnnOptions) -> KnnMonitor:
-  """The kNN monitor of a MixSiamNetwork: called with the whole network's variables.
-
-  Args:
-    network: the MixSiamNetwork (being trained, or just initialised).
-    mesh: the data mesh.
-    options: data and kNN options (see knn_options).
-
-  Returns:
-    ``monitor({'params', 'batch_stats'}) -> {'knn_top1', 'knn_top5'}`` (percent).
-  """
-  embed_fn = encoder.make_embed_fn(encoder.backbone_of(network), mesh, subtree="backbone")
-  return KnnMonitor(embed_fn, mesh, options,
-                    user="the kNN monitor (--config.eval_dataset= turns it off)")
-
-
-def run_knn(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """The kNN program: restores ``config.pretrained`` and reports kNN top-1/top-5 (percent).
-
-  The encoder is evaluated at the image size it was trained at unless
-  ``config.image_size`` says otherwise (then with a warning). Everything is
-  checked before anything is written to ``workdir``.
-
-  Args:
-    config: see configs/knn.py.
-    workdir: where results.json, metrics.jsonl and config.json go (the
-      pretraining workdir is only read).
-
-  Returns:
-    The results dict (also written to workdir/results.json): knn_top1,
-    knn_top5, pretrained, pretrained_step, image_size, pretrained_image_size,
-    k, temperature.
-  """
-  config_dict = json.loads(config.to_json_best_effort())
-  workdir_lib.check_resume(workdir_lib.check_workdir(workdir), config_dict)
-  mesh = sharding.create_mesh()
-  frozen = program.restore(config, mesh)
-  image_size = program.resolve_image_size(config.image_size, frozen)
-  monitor = KnnMonitor(encoder.make_embed_fn(frozen.resnet, mesh), mesh,
-                       knn_options(config, image_size), user="the kNN program")
-  workdir = workdir_lib.start_run(workdir, config_dict, 0)
-  results = monitor(frozen.variables)
-  frozen.check_unchanged()
-  results.update(pretrained=frozen.source, pretrained_step=frozen.step, image_size=image_size,
-                 pretrained_image_size=frozen.image_size, k=config.knn.k,
-                 temperature=config.knn.temperature)
-  program.write_results(workdir, frozen.step, results)
-  logging.info("kNN of %s (step %d, %d px): top-1 %.2f%%, top-5 %.2f%%.", frozen.source,
-               frozen.step, image_size, results["knn_top1"], results["knn_top5"])
-  return results

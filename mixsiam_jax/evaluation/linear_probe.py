@@ -9,26 +9,23 @@ metadata). Accuracies are in percent.
 """
 import dataclasses
 import functools
-import json
-import os
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from absl import logging
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from mixsiam_jax import checkpoint, loop, optim, sharding
-from mixsiam_jax import metric_writer, workdir as workdir_lib
+from mixsiam_jax import checkpoint, optim, runner, sharding
+from mixsiam_jax.checkpointing import Checkpoints
 from mixsiam_jax.data import decode, iterate, pipeline
 from mixsiam_jax.errors import UserError
-from mixsiam_jax.evaluation import encoder, features, program
-from mixsiam_jax.options import OptimOptions, OptionsError, check_duration
+from mixsiam_jax.evaluation import encoder, evaluators, features, program
+from mixsiam_jax.program_options import EncoderSource, EvalData, ProbeOptions
 
 
 class ProbeError(UserError):
@@ -37,48 +34,6 @@ class ProbeError(UserError):
 
 class ProbeState(train_state.TrainState):
   """The linear classifier's parameters and optimiser state."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ProbeOptions:
-  """How the classifier is trained (config fields of configs/linear_probe.py), validated.
-
-  Attributes:
-    augment: crop + flip every step (official) or features of the plain images.
-    batch_size: global batch of the classifier.
-    num_train_steps: training length in steps (-1: from num_epochs).
-    num_epochs: training length in epochs of the training split, when num_train_steps is -1.
-    optim: 'lars' or 'sgd' with its learning rate, momentum and weight decay.
-    crop_scale: RandomResizedCrop area range of the augmented variant.
-    seed: classifier initialisation and data order.
-  """
-  augment: bool
-  batch_size: int
-  num_train_steps: int
-  num_epochs: float
-  optim: OptimOptions
-  crop_scale: Tuple[float, float] = (0.08, 1.0)
-  seed: int = 0
-
-  def __post_init__(self):
-    if not isinstance(self.augment, bool):
-      raise OptionsError(f"probe.augment={self.augment!r} must be true or false.")
-    if isinstance(self.batch_size, bool) or not (isinstance(self.batch_size, int)
-                                                 and self.batch_size > 0):
-      raise OptionsError(f"batch_size={self.batch_size!r} must be a positive integer.")
-    check_duration(self.num_train_steps, self.num_epochs)
-
-
-def probe_options(config: ml_collections.ConfigDict) -> ProbeOptions:
-  """ProbeOptions from a linear-probe config (raises OptionsError naming a bad field)."""
-  o = config.optim
-  return ProbeOptions(
-      augment=config.probe.augment, batch_size=config.batch_size,
-      num_train_steps=config.num_train_steps, num_epochs=config.num_epochs,
-      optim=OptimOptions(name=o.name, base_lr=o.base_lr, momentum=o.momentum,
-                         weight_decay=o.weight_decay, warmup_epochs=o.warmup_epochs,
-                         fix_predictor_lr=False),
-      crop_scale=tuple(config.data.crop_scale), seed=config.seed)
 
 
 def linear_head(num_classes: int) -> nn.Dense:
@@ -138,45 +93,19 @@ def feature_batches(feats: np.ndarray, labels: np.ndarray, *, batch_size: int, s
     step += 1
 
 
-def probe_accuracy(head: nn.Module, params: Any, feats: np.ndarray,
-                   labels: np.ndarray) -> Dict[str, float]:
-  """{'probe_top1', 'probe_top5'} in percent of the classifier on features [N, F]."""
-  logits = head.apply({"params": params}, jnp.asarray(feats))
-  _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
-  hits = np.asarray(top) == labels[:, None]
-  return {"probe_top1": 100.0 * float(hits[:, 0].mean()),
-          "probe_top5": 100.0 * float(hits.any(1).mean())}
-
-
 # ----------------------------------------------------------------- the program
-@dataclasses.dataclass(frozen=True)
-class _Probe:
-  """Everything the probe's loop needs, built and checked before the workdir is written."""
-  opts: ProbeOptions
-  mesh: Mesh
-  frozen: encoder.FrozenEncoder
-  data: features.EvalData
-  num_classes: int
-  num_steps: int
-  schedule: optax.Schedule
-  tx: optax.GradientTransformation
-  start_step: int
-
-
-def _recorded_start(workdir: str) -> Tuple[int, Dict[str, Any]]:
-  """(newest step, its metadata) of a probe workdir, the step read and checked; (0, {}) if new."""
-  directory = checkpoint.checkpoint_dir(workdir)
-  step = checkpoint.latest_step(directory)
-  if not step:
-    return 0, {}
-  manager = checkpoint.create_manager(directory, read_only=True, async_save=False)
+def _recorded_meta(run: runner.RunDir) -> Dict[str, Any]:
+  """The metadata of a probe workdir's newest checkpoint ({} for a new probe)."""
+  if not run.start_step:
+    return {}
+  manager = checkpoint.create_manager(run.checkpoint_dir, read_only=True, async_save=False)
   try:
-    return step, checkpoint.read_meta(manager, step)
+    return checkpoint.read_meta(manager, run.start_step)
   finally:
     manager.close()
 
 
-def _restore_recorded(config: ml_collections.ConfigDict, mesh: Mesh, workdir: str,
+def _restore_recorded(source: EncoderSource, mesh: Mesh, workdir: str,
                       recorded: Dict[str, Any]) -> encoder.FrozenEncoder:
   """The encoder of a new probe (newest step), or of a resumed one: the one it started on.
 
@@ -185,7 +114,7 @@ def _restore_recorded(config: ml_collections.ConfigDict, mesh: Mesh, workdir: st
   workdir replaced by another run (same path, same steps) is refused.
 
   Args:
-    config: the probe's config.
+    source: the encoder the probe's options name.
     mesh: where the variables go.
     workdir: the probe's workdir, for messages.
     recorded: the metadata of the probe's newest checkpoint ({} for a new probe).
@@ -198,12 +127,12 @@ def _restore_recorded(config: ml_collections.ConfigDict, mesh: Mesh, workdir: st
       probe started on.
   """
   if not recorded:
-    return program.restore(config, mesh)
+    return program.restore(source, mesh)
   step = recorded.get("pretrained_step")
-  if step is None or config.pretrained.endswith(encoder.WEIGHT_FILE_SUFFIXES):
-    frozen = program.restore(config, mesh)
+  if step is None or source.pretrained.endswith(encoder.WEIGHT_FILE_SUFFIXES):
+    frozen = program.restore(source, mesh)
   else:
-    directory = checkpoint.checkpoint_dir(config.pretrained)
+    directory = checkpoint.checkpoint_dir(source.pretrained)
     if os.path.isdir(directory):
       manager = checkpoint.create_manager(directory, read_only=True, async_save=False)
       try:
@@ -213,10 +142,10 @@ def _restore_recorded(config: ml_collections.ConfigDict, mesh: Mesh, workdir: st
       if step not in steps:
         raise ProbeError(
             f"--workdir={workdir} holds a linear probe of step {step} of pretrained="
-            f"{config.pretrained}, which no longer has that checkpoint (it has {steps}); a "
+            f"{source.pretrained}, which no longer has that checkpoint (it has {steps}); a "
             "resumed probe keeps its backbone, so probe the newest checkpoint in a fresh "
             "--workdir.")
-    frozen = program.restore(config, mesh, step=step)
+    frozen = program.restore(source, mesh, step=step)
   expected = recorded.get("pretrained_fingerprint")
   if expected is None:
     logging.warning("--workdir=%s was written before probes recorded their encoder's "
@@ -225,56 +154,33 @@ def _restore_recorded(config: ml_collections.ConfigDict, mesh: Mesh, workdir: st
   elif expected != frozen.fingerprint:
     raise ProbeError(
         f"--workdir={workdir} holds a linear probe of another encoder: pretrained="
-        f"{config.pretrained} (step {frozen.step}) now has parameter hash "
+        f"{source.pretrained} (step {frozen.step}) now has parameter hash "
         f"{frozen.fingerprint[:12]}, the probe started on {expected[:12]} (was the pretraining "
         "run replaced or retrained?). A resumed probe must keep its encoder: probe this one in "
         "a new --workdir, or put the original pretraining run back.")
   return frozen
 
 
-def _prepare(config: ml_collections.ConfigDict, workdir: str, config_dict: Dict[str, Any]
-             ) -> _Probe:
-  """Options, encoder, data and schedule of a probe; reads ``workdir`` but writes nothing."""
-  opts = probe_options(config)
-  mesh = sharding.create_mesh()
-  sharding.check_global_batch(opts.batch_size, mesh)
-  workdir = workdir_lib.check_workdir(workdir)
-  workdir_lib.check_resume(workdir, config_dict)
-  start_step, recorded = _recorded_start(workdir)
-  frozen = _restore_recorded(config, mesh, workdir, recorded)
-  data = program.eval_data(config, program.resolve_image_size(config.image_size, frozen))
-  sharding.check_global_batch(data.batch_size, mesh)
-  info = features.check_classes(data, "the linear probe")
-  duration = dict(num_examples=info.num_examples, batch_size=opts.batch_size)
-  num_steps = optim.steps("num_train_steps", steps=opts.num_train_steps, epochs=opts.num_epochs,
-                          **duration)
-  warmup = optim.steps("optim.warmup_epochs", steps=0, epochs=opts.optim.warmup_epochs, **duration)
-  peak_lr = optim.scaled_learning_rate(opts.optim.base_lr, opts.batch_size)
-  schedule = optim.cosine_schedule(peak_lr, num_steps, warmup)
-  tx = optim.create_optimizer(opts.optim, schedule, peak_lr, has_predictor=False)
-  return _Probe(opts=opts, mesh=mesh, frozen=frozen, data=data, num_classes=info.num_classes,
-                num_steps=num_steps, schedule=schedule, tx=tx, start_step=start_step)
-
-
-def _train_batches(p: _Probe, embed: Callable[[jax.Array], jax.Array]) -> Iterator[Any]:
+def _train_batches(opts: ProbeOptions, data: EvalData, mesh: Mesh,
+                   embed: Callable[[jax.Array], jax.Array], start_step: int) -> Iterator[Any]:
   """Host batches from step start_step + 1 on: one augmented view, or precomputed features."""
-  if p.opts.augment:
+  if opts.augment:
     # Official protocol: RandomResizedCrop + flip, features recomputed every step.
     options = pipeline.TrainDataOptions(
-        dataset=p.data.dataset, split=p.data.train_split, global_batch_size=p.opts.batch_size,
-        image_size=p.data.image_size, seed=p.opts.seed, crop_scale=p.opts.crop_scale,
-        skip_bad_images=p.data.skip_bad_images, num_views=1)
+        dataset=data.dataset, split=data.train_split, global_batch_size=opts.batch_size,
+        image_size=data.image_size, seed=opts.seed, crop_scale=opts.crop_scale,
+        skip_bad_images=data.skip_bad_images, num_views=1)
     bad_images = decode.BadImageLog()
     make = lambda step, checked: pipeline.create_pretrain_dataset(  # pylint: disable=g-long-lambda
         options, start_step=step, bad_images=bad_images, checked_decoding=checked)
     # Built now, before the workdir is written, so that it checks the data set; read later.
-    stream = iterate.numpy_batches(make, start=p.start_step, first=make(p.start_step, False),
-                                   name=f"--config.dataset={p.data.dataset}")
+    stream = iterate.numpy_batches(make, start=start_step, first=make(start_step, False),
+                                   name=f"--config.dataset={data.dataset}")
     return _first_views(stream)
   # Fast variant: features of the un-augmented training images, computed once.
-  feats, labels = features.split_features(embed, p.mesh, p.data, "train")
-  return feature_batches(feats, labels, batch_size=p.opts.batch_size, seed=p.opts.seed,
-                         start_step=p.start_step)
+  feats, labels = features.split_features(embed, mesh, data, "train")
+  return feature_batches(feats, labels, batch_size=opts.batch_size, seed=opts.seed,
+                         start_step=start_step)
 
 
 def _first_views(stream: iterate.BatchStream) -> Iterator[Dict[str, Any]]:
@@ -286,21 +192,24 @@ def _first_views(stream: iterate.BatchStream) -> Iterator[Dict[str, Any]]:
     stream.close()
 
 
-def _results(p: _Probe, head: nn.Module, params: Any,
-             embed: Callable[[jax.Array], jax.Array]) -> Dict[str, Any]:
-  """Accuracy on the evaluation split and what was probed."""
-  eval_feats, eval_labels = features.split_features(embed, p.mesh, p.data, "eval")
-  results = probe_accuracy(head, jax.device_get(params), eval_feats, eval_labels)
-  p.frozen.check_unchanged()
-  return {**results, "pretrained_step": p.frozen.step, "probe_steps": p.num_steps,
-          "image_size": p.data.image_size}
+def _probe_state_functions(head: nn.Module, tx: optax.GradientTransformation, feature_dim: int,
+                           seed: int, mesh: Mesh) -> Tuple[Callable, Callable, Callable]:
+  """(init, to_tree, from_tree) of the classifier's ProbeState."""
+  init = lambda: jax.jit(lambda r: ProbeState.create(  # pylint: disable=g-long-lambda
+      apply_fn=head.apply, params=head.init(r, jnp.zeros((1, feature_dim)))["params"],
+      tx=tx), out_shardings=sharding.replicated(mesh))(jax.random.key(seed))
+  to_tree = lambda s: {"step": s.step, "params": s.params, "opt_state": s.opt_state}
+  from_tree = lambda s, t: s.replace(step=t["step"], params=t["params"], opt_state=t["opt_state"])
+  return init, to_tree, from_tree
 
 
-def run_linear_probe(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def run_linear_probe(opts: ProbeOptions, workdir: str) -> Dict[str, Any]:
   """The linear-probe program: trains, checkpoints and resumes in ``workdir``, then evaluates.
 
+  Everything (workdir, encoder, data) is checked before the workdir is written.
+
   Args:
-    config: see configs/linear_probe.py.
+    opts: from program_options.probe_options.
     workdir: the probe's own directory (the pretraining workdir is only read).
 
   Returns:
@@ -311,48 +220,36 @@ def run_linear_probe(config: ml_collections.ConfigDict, workdir: str) -> Dict[st
     stopping.Stopped: SIGTERM or Ctrl-C; the probe's checkpoint is saved (rerun
       the same command to resume).
   """
-  config_dict = json.loads(config.to_json_best_effort())
-  p = _prepare(config, workdir, config_dict)
-  head = linear_head(p.num_classes)
-  embed = encoder.make_embed_fn(p.frozen.resnet, p.mesh)
-  bound_embed = functools.partial(embed, p.frozen.variables)
-  batches = _train_batches(p, bound_embed)
-  workdir = workdir_lib.start_run(workdir, config_dict, p.start_step)
-  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir),
-                                      keep=config.keep_checkpoints, async_save=False)
-  init = lambda: jax.jit(lambda r: ProbeState.create(
-      apply_fn=head.apply, params=head.init(r, jnp.zeros((1, p.frozen.feature_dim)))["params"],
-      tx=p.tx), out_shardings=sharding.replicated(p.mesh))(jax.random.key(p.opts.seed))
-  to_tree = lambda s: {"step": s.step, "params": s.params, "opt_state": s.opt_state}
-  from_tree = lambda s, t: s.replace(step=t["step"], params=t["params"], opt_state=t["opt_state"])
-  state, start_step, _ = loop.restore_or_init(manager, init, to_tree, from_tree)
-  results = {}
-  if start_step >= p.num_steps:  # Finished before: evaluate the restored classifier again.
-    manager.close()
-    results = _results(p, head, state.params, bound_embed)
-  else:
-    step_fn = make_probe_step(embed if p.opts.augment else None, p.mesh, p.schedule)
-
-    def evaluate(final_state):  # Called by the loop at the last step only.
-      results.update(_results(p, head, final_state.params, bound_embed))
-      return results
-
-    loop.run(lambda s, b: step_fn(s, p.frozen.variables, b), state,
-             sharding.prefetch_to_mesh(batches, p.mesh, 2), start_step=start_step,
-             options=loop.LoopOptions(num_steps=p.num_steps,
-                                      log_every_steps=config.log_every_steps,
-                                      checkpoint_every_steps=config.checkpoint_every_steps),
-             manager=manager, to_tree=to_tree,
-             meta={"pretrained": p.frozen.source, "pretrained_step": p.frozen.step,
-                   "pretrained_fingerprint": p.frozen.fingerprint,
-                   "image_size": p.data.image_size},
-             writer=metric_writer.create_writer(workdir, jax.process_index() == 0),
-             num_processes=jax.process_count(), evaluate=evaluate)
-  if not results:
-    return {}
-  results["pretrained"] = p.frozen.source
-  program.write_results_file(workdir, results)
+  mesh = sharding.create_mesh()
+  sharding.check_global_batch(opts.batch_size, mesh)
+  run = runner.open_run(workdir, opts.record)
+  frozen = _restore_recorded(opts.encoder, mesh, run.path, _recorded_meta(run))
+  data = dataclasses.replace(
+      opts.data, image_size=program.resolve_image_size(opts.data.image_size, frozen))
+  sharding.check_global_batch(data.batch_size, mesh)
+  info = features.check_classes(data, "the linear probe")
+  optimization = optim.create_optimization(
+      opts.optim, num_train_steps=opts.num_train_steps, num_epochs=opts.num_epochs,
+      num_examples=info.num_examples, batch_size=opts.batch_size, has_predictor=False)
+  head = linear_head(info.num_classes)
+  embed = encoder.make_embed_fn(frozen.resnet, mesh)
+  bound_embed = functools.partial(embed, frozen.variables)
+  batches = _train_batches(opts, data, mesh, bound_embed, run.start_step)
+  init, to_tree, from_tree = _probe_state_functions(head, optimization.tx, frozen.feature_dim,
+                                                    opts.seed, mesh)
+  meta = {"pretrained": frozen.source, "pretrained_step": frozen.step,
+          "pretrained_fingerprint": frozen.fingerprint, "image_size": data.image_size}
+  step_fn = make_probe_step(embed if opts.augment else None, mesh, optimization.schedule)
+  result = runner.train(
+      run, Checkpoints(run.checkpoint_dir, opts.checkpoints, to_tree, from_tree, meta),
+      init=init, step_fn=lambda s, b: step_fn(s, frozen.variables, b),
+      make_batches=lambda state, writer: sharding.prefetch_to_mesh(batches, mesh, 2),
+      num_steps=optimization.num_steps, cadence=opts.cadence,
+      evaluate=evaluators.probe_evaluator(head, frozen, bound_embed, mesh, data))
+  results = {**result.evaluation, "pretrained": frozen.source, "pretrained_step": frozen.step,
+             "probe_steps": optimization.num_steps, "image_size": data.image_size}
+  program.write_results_file(run.path, results)
   logging.info("Linear probe of %s (step %d, %d px): top-1 %.2f%%, top-5 %.2f%%.",
-               p.frozen.source, p.frozen.step, p.data.image_size, results["probe_top1"],
+               frozen.source, frozen.step, data.image_size, results["probe_top1"],
                results["probe_top5"])
   return results

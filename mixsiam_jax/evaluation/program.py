@@ -1,40 +1,37 @@
 """What the evaluation programs share: the encoder they evaluate, its image size, results.json.
 
-These read the config (they serve the top-level programs knn.run_knn and
-linear_probe.run_linear_probe); everything they return is validated.
+They serve the programs knn_program.run_knn and linear_probe.run_linear_probe.
 """
 import json
 import os
 from typing import Any, Dict, Optional
 
 import jax
-import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
 from mixsiam_jax import metric_writer, workdir as workdir_lib
-from mixsiam_jax.evaluation import encoder, features
+from mixsiam_jax.evaluation import encoder
 from mixsiam_jax.options import OptionsError
+from mixsiam_jax.program_options import FROM_ENCODER, EncoderSource
 
 RESULTS_FILE = "results.json"
-# config.image_size of the evaluation configs that means "the size the encoder was trained at".
-FROM_ENCODER = -1
 
 
-def restore(config: ml_collections.ConfigDict, mesh: Mesh,
+def restore(source: EncoderSource, mesh: Mesh,
             step: Optional[int] = None) -> encoder.FrozenEncoder:
-  """The encoder named by ``config.pretrained`` (and ``config.pretrained_model`` for a file).
+  """The encoder ``source`` names (a pretraining workdir, or a file of the given architecture).
 
   Args:
-    config: an evaluation config (configs/common.py).
+    source: from the program's options.
     mesh: where the variables go.
     step: the checkpoint step of a workdir (None: the newest).
 
   Returns:
     The FrozenEncoder.
   """
-  arch = encoder.FileArchitecture(**config.pretrained_model.to_dict())
-  return encoder.restore_encoder(config.pretrained, mesh, step=step, file_architecture=arch)
+  return encoder.restore_encoder(source.pretrained, mesh, step=step,
+                                 file_architecture=source.file_architecture)
 
 
 def resolve_image_size(requested: int, frozen: encoder.FrozenEncoder) -> int:
@@ -61,14 +58,6 @@ def resolve_image_size(requested: int, frozen: encoder.FrozenEncoder) -> int:
                     "at -1 to evaluate at the training size.", requested, frozen.image_size,
                     frozen.source, frozen.step)
   return requested
-
-
-def eval_data(config: ml_collections.ConfigDict, image_size: int) -> features.EvalData:
-  """The two splits of an evaluation or pretraining config, read at ``image_size``."""
-  return features.EvalData(
-      dataset=config.dataset, train_split=config.train_split, eval_dataset=config.eval_dataset,
-      eval_split=config.eval_split, image_size=image_size, batch_size=config.eval_batch_size,
-      transform=config.data.eval_transform, skip_bad_images=config.data.skip_bad_images)
 
 
 def write_results(workdir: str, step: int, results: Dict[str, Any]) -> None:

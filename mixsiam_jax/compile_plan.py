@@ -24,11 +24,12 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
+from ml_collections import config_flags
 
 from mixsiam_jax import cli, compile_report, recipe, sharding, topologies, train
+from mixsiam_jax.data import batch_format
 from mixsiam_jax.errors import UserError
 
 # (examples, classes) of the data sets the configs name; they set the schedule's
@@ -59,12 +60,20 @@ def _dataset_size(config: ml_collections.ConfigDict) -> Tuple[int, int]:
 
 
 def abstract_batch(batch_size: int, image_size: int, mesh: jax.sharding.Mesh) -> Dict[str, Any]:
-  """What the pretraining input pipeline yields per step, as sharded abstract arrays."""
+  """What the pretraining input pipeline yields per step, as sharded abstract arrays.
+
+  Args:
+    batch_size: the global batch.
+    image_size: side of the square views.
+    mesh: the mesh the batch is sharded over (along its rows).
+
+  Returns:
+    batch_format.pretrain_batch_format's keys, shapes and dtypes as
+    jax.ShapeDtypeStructs.
+  """
   data = sharding.batch_sharded(mesh)
-  return {"views": jax.ShapeDtypeStruct((batch_size, 2, image_size, image_size, 3), jnp.uint8,
-                                        sharding=data),
-          "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data),
-          "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data)}
+  return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=data) for key, (shape, dtype)
+          in batch_format.pretrain_batch_format(batch_size, image_size).items()}
 
 
 def build_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> BuiltStep:
@@ -103,9 +112,10 @@ def _with(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigD
   return config
 
 
-def plan(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
-         per_device_batch: Optional[int] = None, remat: Optional[bool] = None,
-         utilization: float = DEFAULT_UTILIZATION) -> Dict[str, Any]:
+def plan_and_compile(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
+                     per_device_batch: Optional[int] = None, remat: Optional[bool] = None,
+                     utilization: float = DEFAULT_UTILIZATION
+                     ) -> Tuple[Dict[str, Any], Optional[BuiltStep], Any]:
   """Compiles the step of ``config`` for ``topology`` and reports on it.
 
   Args:
@@ -116,23 +126,13 @@ def plan(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
     utilization: fraction of the chip's peak assumed by the step-time estimate.
 
   Returns:
-    The plan: a JSON-able dict; 'status' is 'fits', 'does_not_fit' or
-    'unknown' (no memory limit known for the devices).
+    (plan, built step, compiled executable). The plan is a JSON-able dict whose
+    'status' is 'fits', 'does_not_fit' or 'unknown' (no memory limit known for
+    the devices); the executable is None when the step does not fit, and for
+    devices of this machine it runs: ``compiled(state, batch, rng)``.
 
   Raises:
     UserError: an invalid config value.
-  """
-  return plan_and_compile(config, topology, per_device_batch=per_device_batch, remat=remat,
-                          utilization=utilization)[0]
-
-
-def plan_and_compile(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
-                     per_device_batch: Optional[int] = None, remat: Optional[bool] = None,
-                     utilization: float = DEFAULT_UTILIZATION
-                     ) -> Tuple[Dict[str, Any], Optional[BuiltStep], Any]:
-  """``plan``, also returning the built step and the compiled executable (None if too big).
-
-  For devices of this machine the executable runs: ``compiled(state, batch, rng)``.
   """
   num_devices = len(topology.devices)
   batch = None if per_device_batch is None else per_device_batch * num_devices
@@ -204,7 +204,7 @@ def max_batch(config: ml_collections.ConfigDict, topology: topologies.Topology, 
 
   def fits(batch: int) -> bool:
     if batch not in known:
-      result = plan(config, topology, per_device_batch=batch, remat=remat)
+      result = plan_and_compile(config, topology, per_device_batch=batch, remat=remat)[0]
       known[batch] = result["status"] != "does_not_fit"
       report(f"  remat {remat}, {batch} per device: "
              f"{'fits' if known[batch] else 'does not fit'} "
@@ -268,7 +268,6 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The command line's flags (defined by the program only, so importing this module is inert)."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", None, "Pretraining config, e.g. configs/imagenet.py.",
                                   lock_config=True)
   flags.DEFINE_string("topology", None, f"Devices to compile for: {topologies.HELP}.")
@@ -296,7 +295,7 @@ def main(argv):
       raise UserError(f"--utilization={FLAGS.utilization} must lie in (0, 1].")
     config = FLAGS.config
     remats = max_batch_remats(FLAGS.max_batch_remat, topology) if FLAGS.max_batch else ()
-    result = plan(config, topology, utilization=FLAGS.utilization)
+    result = plan_and_compile(config, topology, utilization=FLAGS.utilization)[0]
     print(compile_report.summary(result), flush=True)
     if FLAGS.max_batch:
       start = result["per_device_batch"]

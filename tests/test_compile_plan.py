@@ -10,10 +10,12 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from configs import cifar10
 from mixsiam_jax import compile_plan, sharding, topologies
+from mixsiam_jax.data import batch_format
 from mixsiam_jax.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -29,7 +31,8 @@ def tiny(**fields):
 @pytest.mark.usefixtures("one_block_per_stage")
 def test_cpu_plan_uses_cpu_decisions_and_memory_grows_with_batch():
   topology = topologies.devices_for("cpu:8")
-  small, large = (compile_plan.plan(tiny(), topology, per_device_batch=b) for b in (2, 16))
+  small, large = (compile_plan.plan_and_compile(tiny(), topology, per_device_batch=b)[0]
+                  for b in (2, 16))
   assert small["dtype"] == "float32" and small["conv_impl"] == "matmul_weight_grad"
   assert small["status"] == "unknown" and small["memory"]["usable"] is None
   assert large["memory"]["temporaries"] > 2 * small["memory"]["temporaries"]
@@ -39,17 +42,26 @@ def test_cpu_plan_uses_cpu_decisions_and_memory_grows_with_batch():
   assert small["memory"]["aliased"] > 0
 
 
+def test_the_abstract_batch_is_the_pipelines_format():
+  mesh = sharding.create_mesh(topologies.devices_for("cpu:8").devices)
+  batch = compile_plan.abstract_batch(16, 8, mesh)
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == (
+      batch_format.pretrain_batch_format(16, 8))
+  assert batch["index"].dtype == np.int64  # as the pipeline feeds it
+  assert all(v.sharding == sharding.batch_sharded(mesh) for v in batch.values())
+
+
 @pytest.mark.parametrize("limit,start,expected", [(300, 512, 288), (300, 8, 288), (0, 4, 0),
                                                      (1, 64, 1), (5000, 2, 4608)])
 def test_max_batch_search(monkeypatch, limit, start, expected):
   tried = []
 
-  def fake_plan(config, topology, *, per_device_batch, remat):
+  def fake_plan_and_compile(config, topology, *, per_device_batch, remat):
     del config, topology, remat
     tried.append(per_device_batch)
-    return {"status": "fits" if per_device_batch <= limit else "does_not_fit"}
+    return {"status": "fits" if per_device_batch <= limit else "does_not_fit"}, None, None
 
-  monkeypatch.setattr(compile_plan, "plan", fake_plan)
+  monkeypatch.setattr(compile_plan, "plan_and_compile", fake_plan_and_compile)
   lines = []
   found = compile_plan.max_batch(None, None, remat=True, start=start, report=lines.append)
   assert found["per_device_batch"] == expected and found["remat"]
@@ -88,7 +100,7 @@ def tpu():
 def test_tpu_plan_of_the_default_config(tpu, name, kind, count):
   # v6e beyond 2x2 crashed libtpu 0.0.42.*: the pinned release must compile it.
   topology = tpu if name == tpu.name else topologies.devices_for(name)
-  plan = compile_plan.plan(tiny(), topology, per_device_batch=4)
+  plan = compile_plan.plan_and_compile(tiny(), topology, per_device_batch=4)[0]
   assert plan["platform"] == "tpu" and plan["num_devices"] == count
   assert plan["device_kind"] == kind
   # Decided from the mesh's devices, not from this CPU host.

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 
 from mixsiam_jax import sharding
 from mixsiam_jax.data import DatasetError
+from mixsiam_jax.data import batch_format
 from mixsiam_jax.data import decode
 from mixsiam_jax.data import folders
 from mixsiam_jax.data import iterate
@@ -23,6 +24,13 @@ from mixsiam_jax.evaluation import features
 from mixsiam_jax.options import OptionsError, PhotometricOptions
 
 PER_CLASS = 20  # conftest's cifar_jpeg_folder: 200 real JPEGs in 10 classes.
+
+
+def _simsiam_photometric(**changes):
+  """SimSiam's colour ops (configs/cifar10.py's values) with ``changes``."""
+  fields = dict(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.2,
+                blur_prob=0.0, blur_sigma=(0.1, 2.0))
+  return PhotometricOptions(**{**fields, **changes})
 
 
 def _options(dataset, **kw):
@@ -88,13 +96,18 @@ def test_options_are_checked_when_built(cifar_jpeg_folder):
     _options(name, split="[10]")
   with pytest.raises(OptionsError, match="num_views=3"):
     _options(name, num_views=3)
+  for prefetch in (0, -2):
+    with pytest.raises(OptionsError, match=f"host_prefetch_batches={prefetch}"):
+      _options(name, host_prefetch_batches=prefetch)
+  assert _options(name, host_prefetch_batches=3).host_prefetch_batches == 3
+  assert _options(name).host_prefetch_batches == tf.data.AUTOTUNE
   with pytest.raises(TypeError):  # Keyword-only: no positional mix-ups.
     pipeline.TrainDataOptions(name, "train", 16, 16)  # pylint: disable=too-many-function-args
   assert _options(name, crop_scale=[1, 1]).crop_scale == (1.0, 1.0)
 
 
 def test_folder_batches(cifar_jpeg_folder):
-  host = PhotometricOptions(blur_prob=0.5)
+  host = _simsiam_photometric(blur_prob=0.5)
   b = _take(_pretrain(f"folder:{cifar_jpeg_folder}", host_photometric=host), 3)[0]
   assert b["views"].shape == (16, 2, 16, 16, 3) and b["views"].dtype == np.uint8
   assert b["label"].dtype == np.int32 and b["index"].dtype == np.int64
@@ -102,6 +115,25 @@ def test_folder_batches(cifar_jpeg_folder):
   # Labels follow sorted class folders; index // PER_CLASS is the class here.
   np.testing.assert_array_equal(b["label"], b["index"] // PER_CLASS)
   assert not np.array_equal(b["views"][:, 0], b["views"][:, 1])
+
+
+@pytest.mark.parametrize("num_views,host", [(2, False), (1, False), (2, True)])
+def test_batches_are_exactly_in_the_batch_format(tmp_path, num_views, host):
+  # A tiny folder of 2 classes x 3 JPEGs of assorted sizes: 4 rows per batch.
+  rng = np.random.default_rng(0)
+  for name in ("a", "b"):
+    (tmp_path / name).mkdir()
+    for i in range(3):
+      pixels = rng.integers(0, 256, (20 + 3 * i, 24 - 2 * i, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(tmp_path / name / f"{i}.jpg")
+  ds = _pretrain(f"folder:{tmp_path}", global_batch_size=4, image_size=8, num_views=num_views,
+                 host_photometric=_simsiam_photometric() if host else None)
+  want = batch_format.pretrain_batch_format(4, 8, num_views)
+  # Static shapes and dtypes of the stream, and those of a batch it yields.
+  assert {k: (tuple(spec.shape.as_list()), np.dtype(spec.dtype.as_numpy_dtype))
+          for k, spec in ds.element_spec.items()} == want
+  for batch in _take(ds, 2):
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == want
 
 
 def test_determinism_and_resume(cifar_jpeg_folder):
@@ -125,7 +157,7 @@ def test_determinism_and_resume(cifar_jpeg_folder):
 def test_one_view_is_the_first_of_the_two(cifar_jpeg_folder):
   # The augmented linear probe crops one view: the same as view 0 of pretraining's pair.
   name = f"folder:{cifar_jpeg_folder}"
-  host = PhotometricOptions()
+  host = _simsiam_photometric()
   two = _take(_pretrain(name, seed=2, host_photometric=host), 2)
   one = _take(_pretrain(name, seed=2, host_photometric=host, num_views=1), 2)
   for a, b in zip(two, one):

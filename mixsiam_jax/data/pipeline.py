@@ -40,12 +40,15 @@ a fault never trains on a data set that changed under the run.
 import dataclasses
 from typing import Optional, Tuple
 
+import jax
 import tensorflow as tf
 
 from mixsiam_jax.data import DataChangedError, DatasetError
+from mixsiam_jax.data import batch_format
 from mixsiam_jax.data import decode
 from mixsiam_jax.data import folders
 from mixsiam_jax.data import host_augment
+from mixsiam_jax.data import positions
 from mixsiam_jax.data import sources
 from mixsiam_jax.options import OptionsError, PhotometricOptions
 
@@ -79,7 +82,8 @@ class TrainDataOptions:
       None when the train step applies them on the device.
     skip_bad_images: skip (and report) unreadable images instead of raising.
     shuffle_buffer: shuffle buffer of the TFRecord fallback only.
-    prefetch: batches prefetched on the host (tf.data.AUTOTUNE = -1).
+    host_prefetch_batches: batches tf.data prepares ahead on the host
+      (tf.data.AUTOTUNE = -1), before they are placed on the devices.
     field: the config field that gave ``dataset``, named in errors.
     tfds_options: how to read a TFDS data set.
   """
@@ -93,7 +97,7 @@ class TrainDataOptions:
   host_photometric: Optional[PhotometricOptions] = None
   skip_bad_images: bool = True
   shuffle_buffer: int = 16384
-  prefetch: int = tf.data.AUTOTUNE
+  host_prefetch_batches: int = tf.data.AUTOTUNE
   field: str = "dataset"
   tfds_options: sources.TfdsOptions = sources.TfdsOptions()
 
@@ -112,13 +116,14 @@ class TrainDataOptions:
     object.__setattr__(self, "crop_scale", scale)
     if self.num_views not in (1, 2):
       raise OptionsError(f"num_views={self.num_views!r} must be 1 or 2.")
-    if not (self.prefetch > 0 or self.prefetch == tf.data.AUTOTUNE):
-      raise OptionsError(f"prefetch={self.prefetch!r} must be positive or tf.data.AUTOTUNE.")
+    prefetch = self.host_prefetch_batches
+    if not (prefetch > 0 or prefetch == tf.data.AUTOTUNE):
+      raise OptionsError(f"host_prefetch_batches={prefetch!r} must be positive or "
+                         "tf.data.AUTOTUNE.")
 
 
 def _process_slice(global_batch_size, process_index, process_count):
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
@@ -156,38 +161,6 @@ def _example_seed(seed, epoch, index):
   return tf.random.experimental.stateless_fold_in(base, tf.cast(index, tf.int64))
 
 
-def _random_access_positions(n, *, seed, start, process_index, process_count, local_batch):
-  """Infinite stream of {'index', 'epoch'} for this process from local position ``start``."""
-  def locate(position):
-    # Local position -> global position: this process's rows of the global batch.
-    step, row = position // local_batch, position % local_batch
-    position = (step * process_count + process_index) * local_batch + row
-    epoch = position // n
-    slot = position % n
-    index = tf.random.experimental.index_shuffle(
-        slot, seed=tf.stack([tf.constant(seed, tf.int64), epoch]), max_index=n - 1)
-    return {"index": tf.cast(index, tf.int64), "epoch": epoch}
-
-  return tf.data.Dataset.counter(start, dtype=tf.int64).map(locate)
-
-
-def _sequential_stream(source, *, seed, start, process_index, process_count, shuffle_buffer):
-  """Infinite stream of raw elements (with 'epoch') for a TFRecord-backed source."""
-  n_local = source.info.num_examples // process_count
-  shard = source.sequential.filter(lambda ex: ex["index"] % process_count == process_index)
-
-  def epoch_ds(epoch):
-    epoch_seed = tf.bitwise.bitwise_xor(tf.constant(seed, tf.int64) * 1000003, epoch)
-    ds = shard.take(n_local).shuffle(min(shuffle_buffer, n_local), seed=epoch_seed,
-                                     reshuffle_each_iteration=False)
-    return ds.map(lambda ex: dict(ex, epoch=epoch))
-
-  first_epoch, offset = divmod(start, n_local)
-  first = epoch_ds(tf.constant(first_epoch, tf.int64)).skip(offset)
-  rest = tf.data.Dataset.counter(first_epoch + 1, dtype=tf.int64).flat_map(epoch_ds)
-  return first.concatenate(rest)
-
-
 def _replace_bad_rows(batch):
   """Replaces rows whose image was unreadable by readable rows of the same batch."""
   ok = batch.pop("ok")
@@ -199,6 +172,14 @@ def _replace_bad_rows(batch):
     rows = tf.range(size)
     src = tf.where(ok, rows, tf.gather(good, rows % tf.maximum(num_good, 1)))
   return {k: tf.gather(v, src) for k, v in batch.items()}
+
+
+def _in_format(batch, spec: batch_format.BatchFormat):
+  """``batch`` with the static shapes of ``spec``, whose keys and dtypes it must have already."""
+  dtypes = {k: v.dtype for k, v in batch.items()}
+  if dtypes != {k: tf.as_dtype(dtype) for k, (_, dtype) in spec.items()}:
+    raise TypeError(f"The training batch ({dtypes}) is not in batch_format.py's format ({spec}).")
+  return {k: tf.ensure_shape(v, spec[k][0]) for k, v in batch.items()}
 
 
 def _views_fn(options: TrainDataOptions, log: decode.BadImageLog, checked: bool):
@@ -240,7 +221,8 @@ def create_pretrain_dataset(options: TrainDataOptions, *, start_step: int = 0,
     expect: the size and classes the data set must still have (None: any).
 
   Returns:
-    tf.data.Dataset of {'views': uint8 [B_local, num_views, S, S, 3],
+    tf.data.Dataset of batches in batch_format.pretrain_batch_format(B_local,
+    image_size, num_views): {'views': uint8 [B_local, num_views, S, S, 3],
     'label': int32 [B_local], 'index': int64 [B_local]}.
   """
   if start_step < 0:
@@ -257,8 +239,9 @@ def create_pretrain_dataset(options: TrainDataOptions, *, start_step: int = 0,
                        "process(es); lower --config.batch_size.")
   start = start_step * local_batch
   if source.fetch is not None:
-    ds = _random_access_positions(n, seed=options.seed, start=start, process_index=process_index,
-                                  process_count=process_count, local_batch=local_batch)
+    ds = positions.random_access_positions(
+        n, seed=options.seed, start=start, process_index=process_index,
+        process_count=process_count, local_batch=local_batch)
 
     def read(el):
       data, label, name = source.fetch(el["index"])
@@ -266,46 +249,18 @@ def create_pretrain_dataset(options: TrainDataOptions, *, start_step: int = 0,
 
     ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   else:
-    ds = _sequential_stream(source, seed=options.seed, start=start, process_index=process_index,
-                            process_count=process_count, shuffle_buffer=options.shuffle_buffer)
+    ds = positions.sequential_stream(
+        source, seed=options.seed, start=start, process_index=process_index,
+        process_count=process_count, shuffle_buffer=options.shuffle_buffer)
   ds = ds.map(_views_fn(options, log, checked_decoding), num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True)
-  ds = ds.batch(local_batch, drop_remainder=True).map(_replace_bad_rows)
+  spec = batch_format.pretrain_batch_format(local_batch, options.image_size, options.num_views)
+  ds = ds.batch(local_batch, drop_remainder=True).map(
+      lambda batch: _in_format(_replace_bad_rows(batch), spec))
   tf_options = tf.data.Options()
   tf_options.deterministic = True
   tf_options.threading.max_intra_op_parallelism = 1  # Parallelism comes from the maps.
-  return ds.with_options(tf_options).prefetch(options.prefetch)
-
-
-def _eval_elements(source, *, global_batch_size, local_batch, process_index,
-                   start_batch) -> tf.data.Dataset:
-  """This process's elements {'bytes', 'label', 'name', 'valid'} from batch ``start_batch`` on,
-  padded to whole batches."""
-  n = source.info.num_examples
-  num_batches = -(-n // global_batch_size)
-  block_start = process_index * local_batch
-
-  def position(k):  # k-th element of this process -> global position.
-    return (k // local_batch) * global_batch_size + block_start + k % local_batch
-
-  if source.fetch is not None:
-    def read(k):
-      g = position(k)
-      data, label, name = source.fetch(tf.minimum(g, n - 1))
-      return {"bytes": data, "label": label, "name": name, "valid": g < n}
-
-    return tf.data.Dataset.range(start_batch * local_batch, num_batches * local_batch).map(
-        read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  mine = source.sequential.filter(
-      lambda ex: (ex["index"] % global_batch_size) // local_batch == process_index)
-  mine = mine.map(lambda ex: {"bytes": ex["bytes"], "label": ex["label"], "name": ex["name"],
-                              "valid": tf.constant(True)})
-  count = sum(1 for k in range(num_batches * local_batch) if position(k) < n)
-  pad = tf.data.Dataset.from_tensors({"bytes": tf.constant(b""), "label": tf.constant(-1),
-                                      "name": tf.constant("padding"),
-                                      "valid": tf.constant(False)})
-  return mine.concatenate(pad.repeat(num_batches * local_batch - count)).skip(
-      start_batch * local_batch)
+  return ds.with_options(tf_options).prefetch(options.host_prefetch_batches)
 
 
 def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, image_size: int,
@@ -348,8 +303,9 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
                                                              process_count)
   log = bad_images if bad_images is not None else decode.BadImageLog()
   source = _open(dataset, split, field, tfds_options, log, skip_bad_images, expect)
-  ds = _eval_elements(source, global_batch_size=global_batch_size, local_batch=local_batch,
-                      process_index=process_index, start_batch=start_batch)
+  ds = positions.eval_elements(source, global_batch_size=global_batch_size,
+                               local_batch=local_batch, process_index=process_index,
+                               start_batch=start_batch)
 
   def transform_fn(el):
     def real():

@@ -58,7 +58,8 @@ def create_manager(directory: str, *, keep: int = 3, keep_every_steps: int = 0,
       preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
       enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
       save_interval_steps=0 if read_only else 1)
-  state_handler = ocp.PyTreeCheckpointHandler(type_handler_registry=checkpoint_orbax.handlers_without_slicing())
+  state_handler = ocp.PyTreeCheckpointHandler(
+      type_handler_registry=checkpoint_orbax.handlers_without_slicing())
   with checkpoint_orbax.without_read_only_notice():
     return ocp.CheckpointManager(
         directory, options=options,
@@ -262,8 +263,9 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
   except Exception as e:  # Orbax raises several types for unreadable files.
-    raise CheckpointError(f"checkpoint {checkpoint_faults.step_path(str(manager.directory), step)} is unreadable "
-                          f"or incomplete ({checkpoint_faults.reason(e)}).") from e
+    where = checkpoint_faults.step_path(str(manager.directory), step)
+    raise CheckpointError(f"checkpoint {where} is unreadable or incomplete "
+                          f"({checkpoint_faults.reason(e)}).") from e
   return dict(restored[META] or {})
 
 
@@ -326,8 +328,8 @@ def _read_replicated(manager: ocp.CheckpointManager, step: int, rep: Any,
                               saved[k]) for k in items if k in saved}
   missing = [k for k in items if k not in abstract]
   if missing:
-    raise CheckpointError(f"checkpoint {checkpoint_faults.step_path(str(manager.directory), step)} has no "
-                          f"{missing}; was it written by mixsiam_jax?")
+    where = checkpoint_faults.step_path(str(manager.directory), step)
+    raise CheckpointError(f"checkpoint {where} has no {missing}; was it written by mixsiam_jax?")
   restored = manager.restore(step, args=ocp.args.Composite(**{
       STATE: ocp.args.PyTreeRestore(abstract, restore_args=jax.tree.map(
           lambda a: ocp.ArrayRestoreArgs(sharding=rep, global_shape=a.shape, dtype=a.dtype),

@@ -101,7 +101,7 @@ def _readable(read: Callable[[int], Any], step: int) -> bool:
 
 def broken_message(directory: str, steps: Sequence[int], step: int, error: BaseException,
                    read: Callable[[int], Any]) -> str:
-  """The one-line message for an unreadable ``step``; for the newest, an intact older one and its use.
+  """The one-line message for an unreadable ``step``; for the newest, an intact older step to use.
 
   Args:
     directory: the checkpoints/ directory.

@@ -13,8 +13,8 @@ MAX_LISTED_DIFFERENCES = 8
 SAFE_TO_CHANGE = (
     "log_every_steps", "checkpoint_every_steps", "eval_every_steps", "eval_dataset",
     "eval_split", "eval_batch_size", "knn", "keep_checkpoints", "keep_checkpoints_every_steps",
-    "profile_steps", "data.prefetch", "data.device_prefetch", "data.skip_bad_images", "async_checkpointing",
-    "model.remat", "model.conv_impl", "allow_length_change",
+    "profile_steps", "data.prefetch", "data.device_prefetch", "data.skip_bad_images",
+    "async_checkpointing", "model.remat", "model.conv_impl", "allow_length_change",
 )
 # The run's length: changing it on a resume recomputes the lr schedule, so it is
 # refused unless the new config sets ALLOW_LENGTH_CHANGE.

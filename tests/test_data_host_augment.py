@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from mixsiam_jax.data import host_augment as ha
+from mixsiam_jax.data import pipeline
 from mixsiam_jax.options import PhotometricOptions
 
 
@@ -64,21 +65,44 @@ def test_crop_flip_views_match_tf_resize_and_flip():
     np.testing.assert_array_equal(views[v], ref[:, ::-1] if flips[v] else ref)
 
 
-def test_host_photometric_jitter_and_gray_rates():
+def _options(**changes):
+  """SimSiam's colour ops without blur (configs/cifar10.py's values), with ``changes``."""
+  fields = dict(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.2,
+                blur_prob=0.0, blur_sigma=(0.1, 2.0))
+  return PhotometricOptions(**{**fields, **changes})
+
+
+def test_host_photometric_jitter_rate():
   rng = np.random.default_rng(0)
   x = rng.uniform(0.2, 0.8, (1500, 4, 4, 3)).astype(np.float32)
-  fn = ha.host_photometric_fn(PhotometricOptions(grayscale_prob=0.0))
+  fn = ha.host_photometric_fn(_options(grayscale_prob=0.0))
   ds = tf.data.Dataset.from_tensor_slices((x, tf.range(1500, dtype=tf.int64))).map(
       lambda im, i: fn(tf.stack([i, 1]), im))
   y = np.stack(list(ds.as_numpy_iterator()))
   changed = np.abs(y - x).max(axis=(1, 2, 3)) > 1e-6
   assert abs(changed.mean() - 0.8) < 0.05  # sd 0.0103.
-  options = PhotometricOptions(color_jitter_prob=0.0)
-  ds = tf.data.Dataset.from_tensor_slices((x, tf.range(1500, dtype=tf.int64))).map(
-      lambda im, i: ha.host_photometric_augment(tf.stack([i, 2]), im, options))
-  y = np.stack(list(ds.as_numpy_iterator()))
-  gray = np.abs(y - y[..., :1]).max(axis=(1, 2, 3)) < 1e-6
-  assert abs(gray.mean() - 0.2) < 0.05
+
+
+def test_host_photometric_gray_rate_in_the_training_stream(cifar_jpeg_folder):
+  # The host colour ops where the program applies them: the training stream with
+  # host_photometric set, here grayscale alone, against the same crops without them.
+  def views(host_photometric):
+    options = pipeline.TrainDataOptions(dataset=f"folder:{cifar_jpeg_folder}",
+                                        global_batch_size=100, image_size=4, seed=2,
+                                        host_photometric=host_photometric)
+    ds = pipeline.create_pretrain_dataset(options, process_index=0, process_count=1)
+    return np.concatenate([b["views"] for b, _ in zip(ds.as_numpy_iterator(), range(8))])
+
+  def is_gray(v):
+    return (v == v[..., :1]).all(axis=(2, 3, 4))
+
+  crops = views(None)
+  y = views(_options(color_jitter_prob=0.0))
+  assert y.shape == crops.shape == (800, 2, 4, 4, 3)
+  gray = is_gray(y) & ~is_gray(crops)
+  assert abs(gray[~is_gray(crops)].mean() - 0.2) < 0.05  # sd 0.01 over ~1,580 colour views.
+  # The other views pass through unchanged (float and back to uint8).
+  np.testing.assert_array_equal(y[~gray], crops[~gray])
 
 
 def _blur_reference(x, sigma, radius):

@@ -222,21 +222,6 @@ def host_photometric_fn(options: PhotometricOptions) -> Callable[[tf.Tensor, tf.
   return fn
 
 
-def host_photometric_augment(seed: tf.Tensor, image: tf.Tensor,
-                             options: PhotometricOptions) -> tf.Tensor:
-  """One call of ``host_photometric_fn(options)`` (builds the function each time).
-
-  Args:
-    seed: int [2] stateless seed.
-    image: float32 [H, W, 3] in [0, 1].
-    options: the photometric options.
-
-  Returns:
-    float32 [H, W, 3] in [0, 1].
-  """
-  return host_photometric_fn(options)(seed, image)
-
-
 def eval_transform(image: tf.Tensor, image_size: int, transform: str) -> tf.Tensor:
   """Deterministic evaluation transform of one uint8 image -> uint8 [S, S, 3].
 

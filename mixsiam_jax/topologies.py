@@ -12,6 +12,7 @@ import re
 from typing import List, Optional, Tuple
 
 import jax
+from jax.experimental import topologies as jax_topologies
 
 from mixsiam_jax.errors import UserError
 
@@ -103,11 +104,11 @@ def gpu_memory_fraction() -> float:
 
 def _tpu_devices(topology: str) -> List[jax.Device]:
   try:
+    # Optional (requirements-accelerators.txt): needed, and imported, only for TPU topologies.
     import libtpu  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     raise TopologyError(f"--topology={topology} needs libtpu: pip install -r "
                         "requirements-accelerators.txt (libtpu==0.0.43.2).") from None
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   # Deviceless use: no TPU metadata server to ask, and other JAX processes on this
   # host may hold libtpu's lock file without using a TPU either.
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
@@ -116,7 +117,7 @@ def _tpu_devices(topology: str) -> List[jax.Device]:
   generation = topology.split(":")[0]
   kwargs = {"chip_config_name": "megacore"} if generation in _TPU_MEGACORE else {}
   try:
-    return list(topologies.get_topology_desc(topology, platform="tpu", **kwargs).devices)
+    return list(jax_topologies.get_topology_desc(topology, platform="tpu", **kwargs).devices)
   except Exception as e:  # libtpu reports unknown shapes as runtime errors.
     raise TopologyError(f"--topology={topology}: libtpu refused it ({str(e).splitlines()[0]}); "
                         f"use {HELP}.") from e
@@ -133,10 +134,10 @@ def _gpu_devices(chip: str, count: int) -> List[jax.Device]:
   if hosts * per_host != count:
     raise TopologyError(f"--topology={chip}x{count}: more than {GPUS_PER_HOST} GPUs must be "
                         f"whole hosts of {GPUS_PER_HOST}.")
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   try:
-    return list(topologies.get_topology_desc(platform="cuda", topology=f"1x{hosts}x{per_host}",
-                                             target_config=spec.read_text()).devices)
+    return list(jax_topologies.get_topology_desc(
+        platform="cuda", topology=f"1x{hosts}x{per_host}",
+        target_config=spec.read_text()).devices)
   except (RuntimeError, KeyError, NotImplementedError) as e:
     raise TopologyError(
         f"--topology={chip}x{count} needs jax-cuda12-plugin (pip install "

@@ -17,6 +17,7 @@ from typing import Dict, Tuple
 
 from absl import logging
 import numpy as np
+from PIL import Image
 import tensorflow as tf
 
 from mixsiam_jax.data import DatasetError
@@ -92,7 +93,6 @@ def _pil_decoder(log: BadImageLog, skip: bool, tensorflow_first: bool = False):
   it reads gives the same pixels as on the fast path.
   """
   def decode(data, name) -> Tuple[np.ndarray, bool]:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
     name = name.numpy().decode("utf-8", "replace")
     if tensorflow_first and data.numpy():
       try:

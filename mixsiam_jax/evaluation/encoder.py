@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from mixsiam_jax import checkpoint, sharding
+from mixsiam_jax import checkpoint, sharding, weights
 from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.models import ResNet, metadata
@@ -135,7 +135,6 @@ def _restore_workdir(pretrained: str, mesh: Mesh, step: Optional[int]):
 
 def _load_file(path: str, mesh: Mesh, arch: FileArchitecture):
   """(ResNet, backbone variables) of a torchvision / official SimSiam state-dict file."""
-  from mixsiam_jax import weights  # pylint: disable=g-import-not-at-top
   state_dict = weights.load_state_dict_file(path)  # its errors name the file
   try:
     params, batch_stats = weights.import_torch_state_dict(

@@ -2,6 +2,7 @@
 
   python -m mixsiam_jax.weights export --workdir=DIR --out=FILE.npz   # or .pth (needs torch)
 """
+import argparse
 import os
 import pickle
 import zipfile
@@ -10,6 +11,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
+from mixsiam_jax import checkpoint, sharding
 from mixsiam_jax.weights import convert
 
 TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar")
@@ -47,6 +49,7 @@ def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
 def _import_torch(path: str, reading: bool) -> Any:
   """The torch module, or TorchMissingError saying what to do instead."""
   try:
+    # Optional dependency (not in requirements.txt): only .pth files need it.
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
     instead = ("or convert the file to .npz where torch is installed: numpy.savez('x.npz', "
@@ -153,7 +156,6 @@ def export_workdir(workdir: str, out: str, *, step: Optional[int] = None,
     WeightsError: the workdir or the target folder is missing, the suffix
       unknown, or torch is needed and missing (checked before the checkpoint is read).
   """
-  from mixsiam_jax import checkpoint, sharding  # pylint: disable=g-import-not-at-top
   torch = _check_export_target(out)
   if not os.path.isdir(workdir):
     raise convert.WeightsError(f"--workdir={workdir} does not exist; pass the --workdir of a "
@@ -178,7 +180,6 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   Raises:
     UserError (WeightsError, CheckpointError): a bad input, named in one line by __main__.
   """
-  import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       prog="python -m mixsiam_jax.weights",
       description="Export a pretraining checkpoint to the official SimSiam/torchvision layout.")

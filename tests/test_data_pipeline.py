@@ -59,7 +59,8 @@ def test_importing_the_data_package_leaves_tensorflow_devices_alone():
   code = ("import tensorflow as tf\n"
           "calls = []\n"
           "tf.config.set_visible_devices = lambda *a, **k: calls.append(a)\n"
-          "from mixsiam_jax.data import decode, folders, host_augment, pipeline, sources\n"
+          "from mixsiam_jax.data import (batch_format, decode, folders, host_augment, pipeline,\n"
+          "                              positions, sources)\n"
           "assert not calls, calls\n")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

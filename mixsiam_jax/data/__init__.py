@@ -9,8 +9,11 @@ Data flows one way through the modules of this package:
                    BadImageLog that the caller owns.
   host_augment.py  host-side image ops: RandomResizedCrop + flip, the TensorFlow
                    twin of the device colour ops, the evaluation transform.
+  positions.py     which example each row of each batch reads, per process.
   pipeline.py      the training stream (options in TrainDataOptions) and the
                    evaluation stream.
+  batch_format.py  the training batch's keys, shapes and dtypes (also read by
+                   the compile planner).
 Importing any of them leaves TensorFlow's device visibility alone; programs call
 pipeline.hide_accelerators_from_tensorflow() once at start-up.
 """

@@ -26,6 +26,10 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from configs import cifar10, imagenet  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax import program_options  # noqa: E402  pylint: disable=g-import-not-at-top
+
 CIFAR10_TRAIN = 50000
 # name -> (config module, per-device batch as a multiple of --per_device_batch (None: the
 # config's global batch), remat, required).
@@ -46,6 +50,7 @@ def _peak_bytes(device) -> dict:
 
 def _timed(compiled, state, batch, rng, steps: int):
   """Runs ``steps`` steps; returns (state, metrics, seconds per step)."""
+  # In a recipe's child process only: the parent never starts a JAX backend.
   import jax  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   for _ in range(steps):
@@ -56,9 +61,9 @@ def _timed(compiled, state, batch, rng, steps: int):
 
 def measure(name: str, smoke: bool, per_device_batch: int, steps: int, warmup: int) -> dict:
   """Plans and runs one recipe on this machine's devices; returns its JSON-able report."""
+  # In a recipe's child process only: the parent never starts a JAX backend.
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from configs import cifar10, imagenet  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import compile_plan, sharding, topologies, train  # pylint: disable=g-import-not-at-top
   module, multiple, remat, _ = RECIPES[name]
   topology = topologies.devices_for("local")
@@ -70,6 +75,7 @@ def measure(name: str, smoke: bool, per_device_batch: int, steps: int, warmup: i
     config.batch_size = multiple * per_device_batch * len(topology.devices)
   config.half_precision = True
   config.model.remat = remat
+  opts = program_options.pretrain_options(config)
   plan, built, compiled = compile_plan.plan_and_compile(config, topology)
   machine = {"devices": len(topology.devices), "device_kind": topology.devices[0].device_kind,
              "platform": topology.platform, "jax": jax.__version__}
@@ -83,7 +89,7 @@ def measure(name: str, smoke: bool, per_device_batch: int, steps: int, warmup: i
   init_rng, step_rng = jax.random.split(jax.random.key(0))
   step_rng = sharding.replicated_key(step_rng, mesh)
   state = train.create_train_state(init_rng, built.network, built.tx,
-                                   image_size=config.image_size, mesh=mesh)
+                                   image_size=opts.image_size, mesh=mesh)
   rng = np.random.default_rng(0)
   # Random pixels (not zeros: a product of zeros can run faster than real data).
   batch = {k: rng.integers(0, 256 if k == "views" else 10, size=v.shape).astype(v.dtype)
@@ -98,7 +104,7 @@ def measure(name: str, smoke: bool, per_device_batch: int, steps: int, warmup: i
   state, metrics, second = _timed(compiled, state, batch, step_rng, steps)
   seconds = min(first, second)
   out.update(step_seconds=seconds, step_seconds_rounds=[first, second], timed_steps=steps,
-             images_per_second=config.batch_size / seconds,
+             images_per_second=opts.batch_size / seconds,
              loss=float(metrics["loss"]), loss_finite=bool(np.isfinite(float(metrics["loss"]))),
              memory=_peak_bytes(topology.devices[0]), memory_stages=memory,
              predicted_bytes_per_device=plan["memory"]["total"])
@@ -108,9 +114,9 @@ def measure(name: str, smoke: bool, per_device_batch: int, steps: int, warmup: i
         topology.chip.peak_bf16_flops)
     out["peak_source"] = topology.chip.source
   if module == "cifar10":
-    out["epoch_seconds"] = CIFAR10_TRAIN // config.batch_size * seconds
-    out["epoch_note"] = (f"{CIFAR10_TRAIN // config.batch_size} steps of batch "
-                         f"{config.batch_size} at the measured step time; no input pipeline")
+    out["epoch_seconds"] = CIFAR10_TRAIN // opts.batch_size * seconds
+    out["epoch_note"] = (f"{CIFAR10_TRAIN // opts.batch_size} steps of batch "
+                         f"{opts.batch_size} at the measured step time; no input pipeline")
   return out
 
 

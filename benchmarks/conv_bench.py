@@ -50,6 +50,7 @@ def _median_ms(fn, repeats: int) -> float:
 
 def jax_times(args, impl: str) -> dict:
   """{'HxC': {pass: ms}} for one JAX implementation."""
+  # Never in the torch worker, whose interpreter (--torch_python) may lack JAX.
   import jax  # pylint: disable=g-import-not-at-top
   from jax import lax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -86,6 +87,7 @@ def jax_times(args, impl: str) -> dict:
 
 def torch_times(args) -> dict:
   """{'HxC': {pass: ms}} for torch.nn.functional.conv2d (run in the child interpreter)."""
+  # torch is optional: imported in the torch worker only.
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
@@ -146,6 +148,7 @@ def main(argv=None):
 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  # Never in the torch worker, whose interpreter (--torch_python) may lack JAX.
   import jax  # pylint: disable=g-import-not-at-top
   print(f"backend={jax.default_backend()} cores={os.cpu_count()} "
         f"affinity={len(os.sched_getaffinity(0))} jax={jax.__version__} batch={args.batch_size} "

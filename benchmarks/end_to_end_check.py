@@ -24,6 +24,7 @@ input row says whether the host's cores are why). --smoke runs the same parts
 with configs/cifar10.py:tiny on a small slice, to check the script on a CPU.
 """
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -37,6 +38,10 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from configs import cifar10  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax import program_options  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax import workdir as workdir_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+
 
 def _config_args(args) -> list:
   """main.py's flags for the checked run (the README's CIFAR-10 command on the folder)."""
@@ -49,6 +54,7 @@ def _config_args(args) -> list:
 
 
 def _num_examples(args) -> int:
+  # Deferred: imports TensorFlow, which the --part=save child does not need.
   from mixsiam_jax.data import sources  # pylint: disable=g-import-not-at-top
   split = "[:15]" if args.smoke else "[:4500]"
   return sources.get_dataset_info(f"folder:{os.path.abspath(args.data)}", split).num_examples
@@ -67,13 +73,15 @@ def bare(args, out: pathlib.Path) -> dict:
       "device": json.loads(report.read_text()).get("device_kind")}
 
 
-def input_pipeline(args, batch_size: int, image_size: int) -> dict:
+def input_pipeline(args, opts: program_options.PretrainOptions) -> dict:
   """Images/s of the training stream alone (host cores only; no JAX step)."""
   os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+  # In the --part=input child only, once CUDA_VISIBLE_DEVICES hides the GPU from it.
+  from mixsiam_jax import pretrain  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.data import iterate, pipeline  # pylint: disable=g-import-not-at-top
-  options = pipeline.TrainDataOptions(
-      dataset=f"folder:{os.path.abspath(args.data)}", split="[:15]" if args.smoke else "[:4500]",
-      global_batch_size=batch_size, image_size=image_size)
+  data = dataclasses.replace(opts.data, dataset=f"folder:{os.path.abspath(args.data)}",
+                             split="[:15]" if args.smoke else "[:4500]")
+  options = pretrain.train_data_options(dataclasses.replace(opts, data=data), opts.batch_size)
   stream = iterate.numpy_batches(
       lambda start, checked: pipeline.create_pretrain_dataset(
           options, start_step=start, process_index=0, process_count=1,
@@ -88,9 +96,9 @@ def input_pipeline(args, batch_size: int, image_size: int) -> dict:
   finally:
     stream.close()
   cores = len(os.sched_getaffinity(0))
-  rate = args.input_batches * batch_size / seconds
+  rate = args.input_batches * opts.batch_size / seconds
   return {"images_per_second": rate, "cores": cores, "images_per_second_per_core": rate / cores,
-          "batch_size": batch_size, "batches": args.input_batches}
+          "batch_size": opts.batch_size, "batches": args.input_batches}
 
 
 class _Peaks:
@@ -119,7 +127,6 @@ class _Peaks:
 
 def program(args, out: pathlib.Path, steps_per_epoch: int) -> dict:
   """main.py for --epochs epochs (kNN and a checkpoint each), then SIGTERM."""
-  from mixsiam_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   workdir = out / "run"
   shutil.rmtree(workdir, ignore_errors=True)
   cmd = [sys.executable, "main.py", *_config_args(args), f"--workdir={workdir}",
@@ -161,6 +168,7 @@ def program(args, out: pathlib.Path, steps_per_epoch: int) -> dict:
 
 def save(args, out: pathlib.Path) -> dict:
   """Seconds to write (and wait for) one checkpoint of the program's newest state."""
+  # In the --part=save child only: the parent never starts a JAX backend.
   import jax  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import checkpoint, sharding  # pylint: disable=g-import-not-at-top
   items = ("step", "params", "batch_stats", "opt_state", "rng")
@@ -216,17 +224,16 @@ def main():
     args.epochs, args.input_batches, args.input_warmup = 1, 5, 2
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  from configs import cifar10  # pylint: disable=g-import-not-at-top
-  config = cifar10.get_config("tiny" if args.smoke else "")
+  opts = program_options.pretrain_options(cifar10.get_config("tiny" if args.smoke else ""))
   if args.part == "input":
-    print(json.dumps(input_pipeline(args, config.batch_size, config.image_size)))
+    print(json.dumps(input_pipeline(args, opts)))
     return
   if args.part == "save":
     print(json.dumps(save(args, out)))
     return
   path = out / "end_to_end.json"
   report = {"date": time.strftime("%Y-%m-%d"), "smoke": args.smoke,
-            "batch_size": config.batch_size, "image_size": config.image_size}
+            "batch_size": opts.batch_size, "image_size": opts.image_size}
 
   def child(part):  # Each in its own process: its own memory, and no JAX backend held here.
     done = subprocess.run([sys.executable, __file__, f"--part={part}", *sys.argv[1:]],
@@ -235,7 +242,7 @@ def main():
       return {"error": done.stderr.strip().splitlines()[-1:] or [f"status {done.returncode}"]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
-  steps_per_epoch = _num_examples(args) // config.batch_size
+  steps_per_epoch = _num_examples(args) // opts.batch_size
   for name, run in (("bare", lambda: bare(args, out)), ("input", lambda: child("input")),
                     ("program", lambda: program(args, out, steps_per_epoch)),
                     ("save", lambda: child("save"))):

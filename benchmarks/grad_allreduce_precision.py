@@ -29,10 +29,12 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from configs import cifar10  # noqa: E402  pylint: disable=g-import-not-at-top
 from mixsiam_jax import losses, models  # noqa: E402  pylint: disable=g-import-not-at-top
-from mixsiam_jax.options import ModelOptions  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax import program_options  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def _images(count: int, size: int, folder: str) -> np.ndarray:
@@ -42,7 +44,6 @@ def _images(count: int, size: int, folder: str) -> np.ndarray:
   paths = paths[::max(1, len(paths) // count)][:count]  # every class
   if len(paths) < count:
     return rng.uniform(size=(count, size, size, 3)).astype(np.float32)
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   return np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size)), np.float32)
                    / 255.0 for p in paths])
 
@@ -87,9 +88,11 @@ def _worst_leaf(tree, reference) -> float:
 
 def measure(replicas: int, per_replica: int, width: int, size: int, folder: str) -> dict:
   """Errors of the four reductions for ``replicas`` partial gradients."""
-  model = ModelOptions(depth=18, width=width, stem="cifar", projector_layers=2,
-                       projector_hidden_dim=4 * width, projector_dim=4 * width,
-                       predictor_hidden_dim=width, conv_impl="xla")
+  # The CIFAR recipe's model (ResNet-18, CIFAR stem, 2-layer projector) at ``width``.
+  paper = program_options.pretrain_options(cifar10.get_config())
+  model = dataclasses.replace(paper.model, depth=18, width=width, stem="cifar", projector_layers=2,
+                              projector_hidden_dim=4 * width, projector_dim=4 * width,
+                              predictor_hidden_dim=width, conv_impl="xla")
   net16 = models.MixSiamNetwork(dataclasses.replace(model, half_precision=True), "cpu")
   net32 = models.MixSiamNetwork(dataclasses.replace(model, half_precision=False), "cpu")
   images = _images(replicas * per_replica, size, folder)

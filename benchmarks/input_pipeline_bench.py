@@ -32,6 +32,7 @@ median of --step_reps steps after compilation, and whether each pipeline keeps
 up. Same files, same cores. Not a test.
 """
 import argparse
+import dataclasses
 import gc
 import json
 import multiprocessing
@@ -41,6 +42,18 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import jax
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import cifar10  # noqa: E402
+from mixsiam_jax import models, optim, program_options, sharding, train  # noqa: E402
+from mixsiam_jax.data import pipeline  # noqa: E402
+from mixsiam_jax.photometric import device_photometric_augment  # noqa: E402
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 TORCH_SCRIPT = r'''
 import json, os, sys, time, random
@@ -74,8 +87,16 @@ print(json.dumps({"images_per_s": seen / (time.time() - t)}))
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
                  "motorcycle_left.png", "motorcycle_right.png", "hubble_deep_field.jpg",
                  "retina.jpg", "ihc.png")
-PHOTOMETRIC = dict(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.2,
-                   blur_sigma=(0.1, 2.0))
+
+
+def paper_options() -> program_options.PretrainOptions:
+  """The CIFAR recipe's options: SimSiam's colour jitter and grayscale, MixSiam's method."""
+  return program_options.pretrain_options(cifar10.get_config())
+
+
+def photometric_options(blur: float):
+  """SimSiam's photometric augmentation with Gaussian blur of probability ``blur``."""
+  return dataclasses.replace(paper_options().photometric, blur_prob=blur)
 
 
 def find_sample_dir(pythons):
@@ -93,8 +114,6 @@ def find_sample_dir(pythons):
 
 def _write_one(args):
   """Writes one JPEG: a random crop (60-100% area), flip and rescale of a sample photo."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   k, source, path, seed = args
   rng = np.random.default_rng([seed, k])
   with Image.open(source) as im:
@@ -132,11 +151,7 @@ def write_imagenet_like(sample_dir, out_dir, num_files, num_classes, seed=0):
 
 def bench_ours(folder, size, n, mode, blur, batch_size, warmup=3):
   """Examples/s (each two views) of our pipeline; mode: 'host_crop', 'device', 'host_all'."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax.photometric import device_photometric_augment  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax.options import PhotometricOptions  # pylint: disable=g-import-not-at-top
-  photometric = PhotometricOptions(**PHOTOMETRIC, blur_prob=blur)
+  photometric = photometric_options(blur)
   options = pipeline.TrainDataOptions(
       dataset=f"folder:{folder}", global_batch_size=batch_size, image_size=size,
       host_photometric=photometric if mode == "host_all" else None)
@@ -183,24 +198,21 @@ def bench_torch(python, folder, size, n, blur, batch_size):
 
 def bench_train_step(depth, width, batch_size, image_size, reps, blur):
   """Examples/s the jitted MixSiam train step consumes on this machine (median of reps)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import models, optim, sharding, train  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax.options import MethodOptions, ModelOptions, PhotometricOptions  # pylint: disable=g-import-not-at-top
+  paper = paper_options()
   stem = "cifar" if image_size <= 64 else "imagenet"
   mesh = sharding.create_mesh(jax.devices()[:1])
   # The dtype and convolution main.py would pick for this machine's devices.
   network = models.MixSiamNetwork(
-      ModelOptions(depth=depth, width=width, stem=stem,
-                   projector_layers=2 if stem == "cifar" else 3), sharding.mesh_platform(mesh))
+      dataclasses.replace(paper.model, depth=depth, width=width, stem=stem,
+                          projector_layers=2 if stem == "cifar" else 3),
+      sharding.mesh_platform(mesh))
   schedule = optim.cosine_schedule(0.03 * batch_size / 256, 1000)
   tx = optim.create_pretrain_optimizer(schedule=schedule, peak_lr=0.03 * batch_size / 256,
                                        weight_decay=5e-4)
   state = train.create_train_state(jax.random.key(0), network, tx, image_size=image_size,
                                    mesh=mesh)
   step = train.jit_train_step(
-      train.make_train_step(schedule, MethodOptions(),
-                            PhotometricOptions(**PHOTOMETRIC, blur_prob=blur)), mesh)
+      train.make_train_step(schedule, paper.method, photometric_options(blur)), mesh)
   rs = np.random.RandomState(0)
   batch = sharding.global_batch(
       {"views": rs.randint(0, 256, (batch_size, 2, image_size, image_size, 3)).astype(np.uint8)},
@@ -243,7 +255,6 @@ def main():
   parser.add_argument("--step_image", type=int, default=32)
   parser.add_argument("--step_reps", type=int, default=5)
   args = parser.parse_args()
-  from mixsiam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   pipeline.hide_accelerators_from_tensorflow()
   imagenet = args.imagenet
   size = args.image_size or (224 if imagenet else 32)
@@ -301,5 +312,4 @@ def main():
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   main()

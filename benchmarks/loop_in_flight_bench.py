@@ -10,6 +10,7 @@ repetitions, and prints steps/s per value (median) as one JSON line: wall time
 of the whole loop.run call, after one untimed run that compiles the step.
 """
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -30,19 +31,20 @@ def main() -> None:
   parser.add_argument("--batch_size", type=int, default=64)
   args = parser.parse_args()
 
+  # Deferred so that --help answers without loading JAX.
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import checkpoint, loop, recipe, sharding, train  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import checkpointing, loop, program_options  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import recipe, sharding, train  # pylint: disable=g-import-not-at-top
 
   path, _, variant = args.config.partition(":")
   module = config_flags.config_flags._LoadConfigModule("bench_config", path)  # pylint: disable=protected-access
-  config = module.get_config(variant)
-  config.batch_size = args.batch_size
-  config.num_train_steps = args.steps
-  opts = recipe.options_from_config(config)
+  opts = dataclasses.replace(program_options.pretrain_options(module.get_config(variant)),
+                             batch_size=args.batch_size, num_train_steps=args.steps)
   mesh = sharding.create_mesh()
-  training = recipe.build_training(opts, mesh, num_examples=args.steps * args.batch_size)
+  training = recipe.build_training(opts, mesh, num_examples=args.steps * args.batch_size,
+                                   num_classes=0)
   rng = np.random.default_rng(0)
   size = opts.image_size
   batch = sharding.global_batch(
@@ -68,15 +70,17 @@ def main() -> None:
       state = train.create_train_state(jax.random.key(0), training.network, training.tx,
                                        image_size=size, mesh=mesh)
       with tempfile.TemporaryDirectory() as tmp:
-        manager = checkpoint.create_manager(tmp, async_save=False)
+        checkpoints = checkpointing.Checkpoints(
+            tmp, program_options.CheckpointOptions(keep=3, keep_every_steps=0, async_save=False),
+            to_tree=lambda s: {"step": s.step}, from_tree=lambda s, tree: s, meta={})
         writer = Writer()
         start = time.perf_counter()
         loop.run(lambda s, b: training.step(s, b, key), state, iter([batch] * args.steps),
-                 start_step=0, manager=manager, to_tree=lambda s: {"step": s.step},
-                 meta={}, writer=writer,
-                 options=loop.LoopOptions(num_steps=args.steps, log_every_steps=args.steps,
-                                          checkpoint_every_steps=10 * args.steps,
-                                          steps_in_flight=k))
+                 start_step=0, num_steps=args.steps,
+                 cadence=program_options.Cadence(log_every_steps=args.steps,
+                                                 checkpoint_every_steps=10 * args.steps,
+                                                 eval_every_steps=0),
+                 checkpoints=checkpoints, writer=writer, steps_in_flight=k)
       if rep:  # Repetition 0 compiles.
         results[k].append(args.steps / (time.perf_counter() - start))
   print(json.dumps({"config": args.config, "batch_size": args.batch_size, "steps": args.steps,

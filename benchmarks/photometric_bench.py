@@ -11,6 +11,7 @@ calls with a fresh key each; the figure is the median over --repeats
 measurements after one untimed (compiling) call. Run by hand, never as a timed test.
 """
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -29,13 +30,15 @@ def main(argv=None):
 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  # After the flags parse (--help loads nothing), TF_CPP_MIN_LOG_LEVEL and sys.path are set.
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import photometric  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax.options import PhotometricOptions  # pylint: disable=g-import-not-at-top
+  from configs import cifar10  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import photometric, program_options  # pylint: disable=g-import-not-at-top
 
-  options = PhotometricOptions(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8,
-                               grayscale_prob=0.2, blur_prob=args.blur_prob)
+  # SimSiam's colour jitter and grayscale (the CIFAR recipe's), with --blur_prob.
+  paper = program_options.pretrain_options(cifar10.get_config())
+  options = dataclasses.replace(paper.photometric, blur_prob=args.blur_prob)
   images = jax.device_put(np.random.RandomState(0).randint(
       0, 256, (args.batch_size, args.image_size, args.image_size, 3)).astype(np.uint8))
   key = jax.random.key(0)

@@ -32,6 +32,9 @@ import types
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+
+from configs import imagenet  # noqa: E402  pylint: disable=g-import-not-at-top
+
 VARIANTS = ("ours", "old", "onepassbn", "stockbn", "plain")
 _BYTES = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "u8": 1, "pred": 1, "s8": 1}
 _KERNEL_OPS = ("fusion", "custom-call", "copy", "transpose", "reduce", "convolution", "dot",
@@ -40,6 +43,7 @@ _KERNEL_OPS = ("fusion", "custom-call", "copy", "transpose", "reduce", "convolut
 
 def swap_in(variant: str, depth: int, image_size: int) -> None:
   """Replaces parts of the model modules for ``variant`` (this process only)."""
+  # Deferred: main() imports JAX first, after JAX_SKIP_CUDA_CONSTRAINTS_CHECK is set.
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import recipe  # pylint: disable=g-import-not-at-top
@@ -68,6 +72,7 @@ def swap_in(variant: str, depth: int, image_size: int) -> None:
 
     resnet.ViewBatchNorm = heads.ViewBatchNorm = OnePassBatchNorm
   elif variant == "plain":
+    # Only the 'plain' variant needs the sibling benchmark.
     import train_step_bench  # pylint: disable=g-import-not-at-top
     shape = types.SimpleNamespace(dtype="bfloat16", depth=depth, width=64, stem="imagenet",
                                   image_size=image_size, projector_layers=3,
@@ -139,9 +144,9 @@ def main():
   parser.add_argument("--remat", action="store_true")
   args = parser.parse_args()
   os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+  # After JAX_SKIP_CUDA_CONSTRAINTS_CHECK is set; the package after jax_platforms is.
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu")
-  from configs import imagenet  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import compile_plan, topologies  # pylint: disable=g-import-not-at-top
   swap_in(args.variant, args.depth, args.image)
   config = imagenet.get_config()

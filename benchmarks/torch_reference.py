@@ -35,6 +35,7 @@ def projector_layers(args) -> int:
 
 def _blocks():
   """The torchvision residual blocks (last BN scale of each block zero-initialised)."""
+  # torch is optional: imported in the torch worker only (train_step_bench imports this module).
   import torch.nn as nn  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
@@ -86,6 +87,7 @@ def _blocks():
 
 def build_model(args):
   """The encoder (ResNet + projector) and predictor as an nn.ModuleDict, on the CPU."""
+  # torch is optional: imported in the torch worker only (train_step_bench imports this module).
   import torch.nn as nn  # pylint: disable=g-import-not-at-top
 
   Basic, Bottleneck = _blocks()  # pylint: disable=invalid-name
@@ -122,6 +124,7 @@ def build_model(args):
 
 def torch_worker(args) -> dict:
   """Builds the PyTorch reference, times --steps steps after --warmup, returns a dict."""
+  # torch is optional: imported in the torch worker only (train_step_bench imports this module).
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 

@@ -48,6 +48,7 @@ ours / flax_plain (the bound) and ours / torch_compile (and the other torch rows
 options); --rows picks a subset of rows. Run by hand, never as a timed test.
 """
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -57,8 +58,6 @@ import time
 
 import torch_reference  # the sibling module (this script's folder is on sys.path)
 
-PHOTOMETRIC = dict(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.2,
-                   blur_sigma=(0.1, 2.0))
 ROWS = ("ours", "ours_photo", "flax_plain", "bare", "torch", "torch_compile")
 TORCH_ROWS = ("torch", "torch_compile")
 VIEWS_PER_IMAGE = 3
@@ -81,6 +80,7 @@ def torch_compile_worker(args) -> dict:
   that wraps both modules in torch.compile (default mode), so the step, loss,
   optimiser and timing are the torch row's own.
   """
+  # In the torch worker only: torch is optional.
   import torch  # pylint: disable=g-import-not-at-top
 
   plain_build = torch_reference.build_model
@@ -100,19 +100,23 @@ def torch_compile_worker(args) -> dict:
 
 def build_jax(args):
   """Returns ({row: run_fn(n_steps)}, {row: {'compile_s', 'memory'}}) for the JAX rows."""
+  # After main() sets XLA_FLAGS; never in the torch worker, whose interpreter may lack JAX.
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from mixsiam_jax import models, optim, sharding, train  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax.options import MethodOptions, ModelOptions, PhotometricOptions  # pylint: disable=g-import-not-at-top
+  from configs import cifar10  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import models, optim, program_options  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import sharding, train  # pylint: disable=g-import-not-at-top
 
+  # The CIFAR recipe's method and photometric augmentation; its model at the flags' shape.
+  paper = program_options.pretrain_options(cifar10.get_config())
   mesh = sharding.create_mesh(jax.devices()[:1])
-  model = ModelOptions(
-      depth=args.depth, width=args.width, stem=torch_reference.stem(args),
+  model = dataclasses.replace(
+      paper.model, depth=args.depth, width=args.width, stem=torch_reference.stem(args),
       projector_layers=torch_reference.projector_layers(args),
       projector_hidden_dim=args.projector_dim,
       projector_dim=args.projector_dim, predictor_hidden_dim=args.predictor_hidden_dim,
-      half_precision=args.dtype == "bfloat16", conv_impl=args.conv_impl)
+      half_precision=args.dtype == "bfloat16", remat=False, conv_impl=args.conv_impl)
   network = models.MixSiamNetwork(model, sharding.mesh_platform(mesh))
   sched = optim.cosine_schedule(0.05, 10_000)
   tx = optim.create_pretrain_optimizer(schedule=sched, peak_lr=0.05,
@@ -122,7 +126,8 @@ def build_jax(args):
           .astype(np.uint8)}
   batch = sharding.global_batch(host, mesh)
   rng = jax.random.key(0)
-  photometric = PhotometricOptions(blur_prob=0.5 if args.image_size >= 96 else 0.0, **PHOTOMETRIC)
+  photometric = dataclasses.replace(paper.photometric,
+                                    blur_prob=0.5 if args.image_size >= 96 else 0.0)
 
   built, info = {}, {}
   for row in ("ours", "ours_photo", "flax_plain"):
@@ -131,7 +136,7 @@ def build_jax(args):
     net = plain_network(args) if row == "flax_plain" else network
     state = train.create_train_state(jax.random.key(0), net, tx,
                                      image_size=args.image_size, mesh=mesh)
-    step = train.make_train_step(sched, MethodOptions(),
+    step = train.make_train_step(sched, paper.method,
                                  photometric if row == "ours_photo" else None)
     start = time.perf_counter()
     compiled = train.jit_train_step(step, mesh).lower(state, batch, rng).compile()
@@ -161,6 +166,7 @@ def _build_bare(args, network, host_views, mesh):
   Returns:
     (run_fn, {'compile_s', 'memory'}).
   """
+  # After main() sets XLA_FLAGS; never in the torch worker, whose interpreter may lack JAX.
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -211,6 +217,7 @@ def plain_network(args):
   BatchNorm statistics are shared by the views. It returns what
   train.make_train_step reads of MixSiamNetwork: {'z', 'p'} as [B, V, D] float32.
   """
+  # After main() sets XLA_FLAGS; never in the torch worker, whose interpreter may lack JAX.
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.models import RESNET_STAGES  # pylint: disable=g-import-not-at-top
@@ -396,6 +403,7 @@ def main(argv=None):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  # After XLA_FLAGS is set; never in the torch worker, whose interpreter may lack JAX.
   import jax  # pylint: disable=g-import-not-at-top
 
   backend = jax.default_backend()

@@ -34,10 +34,14 @@ import time
 from concurrent import futures
 from typing import Any, Dict, List, Optional, Sequence
 
+from PIL import Image
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from configs import cifar10_study  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax import program_options  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax import workdir as workdir_lib  # noqa: E402  pylint: disable=g-import-not-at-top
 
 MAIN_ROWS = ("simsiam", "max")
 ABLATION_ROWS = ("mean", "none", "nomix")
@@ -101,8 +105,8 @@ def export_tfds_split(name: str, folder: str, split: str = "train",
   folder = os.path.abspath(folder)
   if os.path.isdir(folder):
     return folder
+  # Deferred: only an export needs TensorFlow Datasets (a rerun reuses the folder).
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     names = tfds.builder(name, data_dir=data_dir).info.features["label"].names
     examples = tfds.as_numpy(tfds.load(
@@ -235,21 +239,28 @@ def random_init_knn(folder: str, seed: int, overrides: Sequence[str]) -> Dict[st
 
   The parameters are exactly those a pretraining run with this seed starts from.
   """
+  # Deferred: the parent loads JAX and TensorFlow only once the runs have trained.
   from mixsiam_jax import pretrain, recipe, sharding  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax.evaluation import knn  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
   pipeline.hide_accelerators_from_tensorflow()  # TensorFlow only reads the folder.
-  config = cifar10_study.get_config("max")
-  config.dataset = config.eval_dataset = f"folder:{os.path.abspath(folder)}"
-  config.seed = seed
-  _apply_overrides(config, overrides)
+  spec = f"folder:{os.path.abspath(folder)}"
+  opts = study_options(overrides, dataset=spec, eval_dataset=spec, seed=seed)
   mesh = sharding.create_mesh()
-  info = sources.get_dataset_info(config.dataset, config.train_split)
-  opts = recipe.options_from_config(config, info.num_classes)
-  training = recipe.build_training(opts, mesh, info.num_examples)
-  state = pretrain.state_functions(opts, training, mesh)[1]()  # The initial state.
-  monitor = knn.monitor_for_network(training.network, mesh, knn.knn_options(config))
-  return monitor({"params": state.params, "batch_stats": state.batch_stats})
+  info = sources.get_dataset_info(opts.data.dataset, opts.data.split)
+  training = recipe.build_training(opts, mesh, info.num_examples, info.num_classes)
+  state = pretrain.state_functions(opts, training, mesh).init()  # The initial state.
+  monitor = evaluators.pretraining_knn_monitor(training.network, mesh, opts.evaluation, opts.knn)
+  return monitor(state)
+
+
+def study_options(overrides: Sequence[str], **fields: Any) -> program_options.PretrainOptions:
+  """The options of the study config's row max with top-level ``fields``, then ``overrides``."""
+  config = cifar10_study.get_config("max")
+  for key, value in fields.items():
+    config[key] = value
+  _apply_overrides(config, overrides)
+  return program_options.pretrain_options(config)
 
 
 def _apply_overrides(config, overrides: Sequence[str]) -> None:
@@ -278,7 +289,6 @@ def summarise_run(workdir: str) -> Dict[str, Any]:
   Raises:
     ValueError: if the run has no kNN result yet (not finished).
   """
-  from mixsiam_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   rows = workdir_lib.read_metrics(workdir)
   knn = [r for r in rows if "knn_top1" in r]
   train_rows = [r for r in rows if "loss" in r]
@@ -343,12 +353,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
   with open(results_path + ".tmp", "w") as f:
     json.dump(results, f, indent=1)
   os.replace(results_path + ".tmp", results_path)
-  report_config = cifar10_study.get_config("max")
-  _apply_overrides(report_config, overrides)
-  dim = report_config.model.projector_dim
+  dim = study_options(overrides).model.projector_dim
   text = table(results, dim)
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(text)
+  # Deferred: matplotlib only once the report is written.
   from mixsiam_jax import plot  # pylint: disable=g-import-not-at-top
   plot.plot_curves([os.path.join(args.out, r["name"]) for r in runs],
                    os.path.join(args.out, "curves.png"), dim=dim)

@@ -1,8 +1,49 @@
 """Helpers shared by several test modules."""
+import dataclasses
 import pathlib
 
-from mixsiam_jax import models
-from mixsiam_jax.options import ModelOptions
+from configs import cifar10
+from mixsiam_jax import models, program_options
+
+
+def pretrain_options(variant="", **overrides):
+  """PretrainOptions of configs/cifar10.py (the paper's CIFAR recipe) with top-level overrides.
+
+  Args:
+    variant: '' or 'tiny'.
+    **overrides: config fields to set first, dotted names as '__' (e.g. model__depth=50).
+
+  Returns:
+    The PretrainOptions, built as main.py builds them.
+  """
+  config = cifar10.get_config(variant)
+  for key, value in overrides.items():
+    *parents, name = key.split("__")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[name] = value
+  return program_options.pretrain_options(config)
+
+
+def method(**fields):
+  """The paper's MethodOptions (configs/cifar10.py) with ``fields`` replaced."""
+  return dataclasses.replace(pretrain_options().method, **fields)
+
+
+def photometric(**fields):
+  """The paper's CIFAR PhotometricOptions (no blur) with ``fields`` replaced."""
+  return dataclasses.replace(pretrain_options().photometric, **fields)
+
+
+def model_options(**fields):
+  """The paper's CIFAR ModelOptions (ResNet-18, CIFAR stem) with ``fields`` replaced."""
+  return dataclasses.replace(pretrain_options().model, **fields)
+
+
+def optim_options(**fields):
+  """The paper's CIFAR pretraining OptimOptions with ``fields`` replaced."""
+  return dataclasses.replace(pretrain_options().optim, **fields)
 
 
 def network(dtype="float32", conv_impl="xla", **model):
@@ -16,7 +57,7 @@ def network(dtype="float32", conv_impl="xla", **model):
   Returns:
     The MixSiamNetwork, built as for a CPU mesh.
   """
-  options = ModelOptions(half_precision=dtype == "bfloat16", conv_impl=conv_impl, **model)
+  options = model_options(half_precision=dtype == "bfloat16", conv_impl=conv_impl, **model)
   return models.MixSiamNetwork(options, "cpu")
 
 

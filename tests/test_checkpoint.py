@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mixsiam_jax import checkpoint, errors, sharding
+from mixsiam_jax.program_options import from_config
 from tests.helpers import snapshot
 
 
@@ -178,13 +179,14 @@ def test_pretraining_refuses_a_stray_step_directory_and_resumes_once_it_is_moved
   config.dataset = config.eval_dataset = f"folder:{cifar_jpeg_folder}"
   config.async_checkpointing = False
   with pytest.raises(checkpoint.CheckpointError) as err:
-    pretrain.train_and_evaluate(config, str(run))
+    pretrain.train_and_evaluate(from_config(config), str(run))
   message = str(err.value)
   assert message.startswith(f"checkpoint {run}/checkpoints/99 is unreadable or incomplete "
                             "(the directory is empty); step 6 is intact")
   assert snapshot(run) == before and (run / "checkpoints" / "99").is_dir()
   subprocess.run(shlex.split(re.search(r"\((mv [^)]*)\)", message).group(1)), check=True)
-  assert pretrain.train_and_evaluate(config, str(run)) == {}  # finished at step 6 of 6
+  # Finished at step 6 of 6.
+  assert pretrain.train_and_evaluate(from_config(config), str(run)) == {}
   assert (run / "broken_checkpoint_99").is_dir()
 
 

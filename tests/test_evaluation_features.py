@@ -30,26 +30,3 @@ def test_extract_features_normalises_and_drops_padding():
     features.extract_features(embed, iter([]))
 
 
-def test_eval_data_is_checked_when_built():
-  ok = dict(dataset="folder:/x", train_split="", eval_dataset="tfds:cifar10", eval_split="test",
-            image_size=32, batch_size=64)
-  assert features.EvalData(**ok).transform == "identity"
-  with pytest.raises(OptionsError, match="image_size=-1"):
-    features.EvalData(**{**ok, "image_size": -1})
-  with pytest.raises(OptionsError, match="eval_batch_size=0"):
-    features.EvalData(**{**ok, "batch_size": 0})
-  with pytest.raises(OptionsError, match="data.eval_transform='crop'"):
-    features.EvalData(**ok, transform="crop")
-  with pytest.raises(DatasetError, match="eval_dataset='cifar10'"):
-    features.EvalData(**{**ok, "eval_dataset": "cifar10"})
-
-
-@pytest.mark.parametrize("field,split", [("eval_split", "test[:"), ("train_split", "[1%:20]")])
-def test_a_bad_folder_split_names_its_own_field(field, split):
-  ok = dict(dataset="folder:/x", train_split="", eval_dataset="folder:/y", eval_split="",
-            image_size=32, batch_size=64)
-  with pytest.raises(DatasetError) as err:
-    features.EvalData(**{**ok, field: split})
-  message = str(err.value)
-  assert message.startswith(f"{field}={split!r} is not a valid split of a folder (")
-  assert "dataset" not in message.split("accepted")[0]

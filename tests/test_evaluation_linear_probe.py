@@ -13,6 +13,7 @@ from mixsiam_jax import checkpoint, sharding
 from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.evaluation import linear_probe, program
 from mixsiam_jax.options import OptionsError
+from mixsiam_jax.program_options import from_config
 from tests.helpers import snapshot
 
 
@@ -28,20 +29,6 @@ def test_probe_step_reports_train_accuracy_in_percent():
   state, metrics = step(state, {}, sharding.global_batch(batch, mesh))
   assert float(metrics["probe_train_top1"]) == 100.0  # Percent, like probe_top1 and knn_top1.
   assert float(metrics["lr"]) == 0.25 and int(state.step) == 1
-  accuracy = linear_probe.probe_accuracy(head, params, batch["features"], labels)
-  assert accuracy == {"probe_top1": 100.0, "probe_top5": 100.0}
-
-
-def test_probe_options_are_checked_when_built():
-  config = probe_config.get_config()
-  assert linear_probe.probe_options(config).optim.name == "lars"
-  config.batch_size = 0
-  with pytest.raises(OptionsError, match="batch_size=0"):
-    linear_probe.probe_options(config)
-  config = probe_config.get_config("fast")
-  config.optim.name = "adam"
-  with pytest.raises(OptionsError, match="optim.name='adam'"):
-    linear_probe.probe_options(config)
 
 
 def _probe_config(folder, pretrained, variant="", **overrides):
@@ -72,7 +59,7 @@ def test_augmented_probe_trains_on_one_view_resumes_and_leaves_the_run_untouched
   monkeypatch.setattr(linear_probe.pipeline, "create_pretrain_dataset", spy)
   config = _probe_config(cifar_jpeg_folder, tiny_pretrained)
   probe_dir = tmp_path / "probe"
-  probe = linear_probe.run_linear_probe(config, str(probe_dir))
+  probe = linear_probe.run_linear_probe(from_config(config), str(probe_dir))
   # One crop per image and step, not two with one thrown away (the program opens the
   # stream once to check the data, then once to read it).
   assert views and set(views) == {1}
@@ -84,7 +71,7 @@ def test_augmented_probe_trains_on_one_view_resumes_and_leaves_the_run_untouched
   assert [r["step"] for r in rows] == [3, 6] and rows[-1]["probe_top1"] == probe["probe_top1"]
   assert all(0.0 <= r["probe_train_top1"] <= 100.0 for r in rows)
   # Resume: the finished probe restores its classifier and gives the same numbers.
-  assert linear_probe.run_linear_probe(config, str(probe_dir)) == probe
+  assert linear_probe.run_linear_probe(from_config(config), str(probe_dir)) == probe
   assert snapshot(tiny_pretrained, mtimes=True) == before
 
 
@@ -96,12 +83,12 @@ def test_a_resumed_probe_keeps_the_pretraining_step_it_started_with(
   shutil.rmtree(pretrained / "checkpoints" / "6")  # The pretraining run is at step 3.
   config = _probe_config(cifar_jpeg_folder, pretrained, "fast")
   probe_dir = tmp_path / "probe"
-  first = linear_probe.run_linear_probe(config, str(probe_dir))
+  first = linear_probe.run_linear_probe(from_config(config), str(probe_dir))
   assert first["pretrained_step"] == 3
   # Pretraining goes on (step 6 appears) while the probe is interrupted after its step 3.
   shutil.copytree(tiny_pretrained / "checkpoints" / "6", pretrained / "checkpoints" / "6")
   shutil.rmtree(probe_dir / "checkpoints" / "6")
-  resumed = linear_probe.run_linear_probe(config, str(probe_dir))
+  resumed = linear_probe.run_linear_probe(from_config(config), str(probe_dir))
   assert resumed["pretrained_step"] == 3 and resumed == first
   # The step it started on is gone: refused, naming it.
   shutil.rmtree(pretrained / "checkpoints" / "3")
@@ -109,7 +96,7 @@ def test_a_resumed_probe_keeps_the_pretraining_step_it_started_with(
   with pytest.raises(linear_probe.ProbeError,
                      match=r"linear probe of step 3 of pretrained=.*no longer has that "
                            r"checkpoint \(it has \[6\]\)"):
-    linear_probe.run_linear_probe(config, str(probe_dir))
+    linear_probe.run_linear_probe(from_config(config), str(probe_dir))
 
 
 @pytest.mark.parametrize("steps", [-5, 0])
@@ -117,7 +104,7 @@ def test_the_probe_refuses_a_run_length_that_would_mean_epochs(steps, tmp_path):
   config = _probe_config(tmp_path / "no_data", tmp_path / "no_run", num_train_steps=steps)
   with pytest.raises(OptionsError, match=rf"^num_train_steps={steps} must be -1 \(derive it "
                                          r"from num_epochs\) or a positive number of steps\.$"):
-    linear_probe.run_linear_probe(config, str(tmp_path / "probe"))
+    linear_probe.run_linear_probe(from_config(config), str(tmp_path / "probe"))
   assert not (tmp_path / "probe").exists()
 
 
@@ -143,18 +130,19 @@ def test_a_probe_refuses_to_resume_on_a_replaced_pretraining_run(
   shutil.copytree(tiny_pretrained, pretrained)
   config = _probe_config(cifar_jpeg_folder, pretrained, "fast", num_train_steps=3)
   probe_dir = tmp_path / "probe"
-  linear_probe.run_linear_probe(config, str(probe_dir))
+  linear_probe.run_linear_probe(from_config(config), str(probe_dir))
   manager = checkpoint.create_manager(checkpoint.checkpoint_dir(str(probe_dir)), read_only=True)
   meta = checkpoint.read_meta(manager, 3)
   manager.close()
   recorded = meta["pretrained_fingerprint"]
   assert meta["pretrained_step"] == 6 and meta["pretrained"] == str(pretrained)
-  assert recorded == program.restore(config, sharding.create_mesh()).fingerprint
+  assert recorded == program.restore(from_config(config).encoder,
+                                     sharding.create_mesh()).fingerprint
 
   _replace_with_another_run(pretrained)
   before = snapshot(probe_dir, mtimes=True)
   with pytest.raises(linear_probe.ProbeError) as err:
-    linear_probe.run_linear_probe(config, str(probe_dir))
+    linear_probe.run_linear_probe(from_config(config), str(probe_dir))
   message = str(err.value)
   assert message.startswith(f"--workdir={probe_dir} holds a linear probe of another encoder: "
                             f"pretrained={pretrained} (step 6) now has parameter hash ")

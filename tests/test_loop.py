@@ -9,7 +9,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mixsiam_jax import checkpoint, loop, stopping
+from mixsiam_jax.checkpointing import Checkpoints
 from mixsiam_jax.errors import UserError
+from mixsiam_jax.program_options import Cadence, CheckpointOptions
 
 
 class Pending(float):
@@ -61,17 +63,31 @@ class ListWriter:
     self.closed = True
 
 
+def fake_checkpoints(tmp_path):
+  """Synchronous checkpoints of the fake state's 'w' in tmp_path/ckpt."""
+  return Checkpoints(str(tmp_path / "ckpt"),
+                     CheckpointOptions(keep=3, keep_every_steps=0, async_save=False),
+                     to_tree=lambda s: {"w": s["w"]}, from_tree=lambda s, t: {**s, "w": t["w"]},
+                     meta={"what": "fake"})
+
+
+def run_loop(checkpoints, program, batches, *, num_steps, log_every, checkpoint_every,
+             writer=None, **kwargs):
+  """loop.run of ``program`` from step 0 of the fake state."""
+  return loop.run(program.step, {"step": 0, "w": np.zeros(3, np.float32)}, batches,
+                  start_step=0, num_steps=num_steps,
+                  cadence=Cadence(log_every_steps=log_every,
+                                  checkpoint_every_steps=checkpoint_every, eval_every_steps=0),
+                  checkpoints=checkpoints, writer=writer or ListWriter(), **kwargs)
+
+
 def run_fake(tmp_path, program, num_steps=10, log_every=5, checkpoint_every=100, in_flight=2,
              evaluate=None):
-  manager = checkpoint.create_manager(str(tmp_path / "ckpt"), async_save=False)
   writer = ListWriter()
-  state = {"step": 0, "w": np.zeros(3, np.float32)}
-  options = loop.LoopOptions(num_steps=num_steps, log_every_steps=log_every,
-                             checkpoint_every_steps=checkpoint_every, steps_in_flight=in_flight)
-  last = loop.run(program.step, state, iter(np.ones(num_steps, np.float32)), start_step=0,
-                  options=options, manager=manager, to_tree=lambda s: {"w": s["w"]},
-                  meta={"what": "fake"}, writer=writer, evaluate=evaluate)
-  return last, writer
+  result = run_loop(fake_checkpoints(tmp_path), program, iter(np.ones(num_steps, np.float32)),
+                    num_steps=num_steps, log_every=log_every, checkpoint_every=checkpoint_every,
+                    writer=writer, evaluate=evaluate, steps_in_flight=in_flight)
+  return result, writer
 
 
 def saved_steps(tmp_path):
@@ -144,15 +160,12 @@ def _signal_after(seconds, signum=signal.SIGTERM):
 
 
 def test_a_signal_while_waiting_for_a_batch_saves_the_last_step_and_stops(tmp_path):
-  manager = checkpoint.create_manager(str(tmp_path / "ckpt"), async_save=False)
   batches = Stalling(5)
-  options = loop.LoopOptions(num_steps=10, log_every_steps=100, checkpoint_every_steps=100)
   timer = _signal_after(1.0)
   started = time.monotonic()
   with pytest.raises(stopping.Stopped) as stopped:
-    loop.run(FakeProgram().step, {"step": 0, "w": np.zeros(3, np.float32)}, batches,
-             start_step=0, options=options, manager=manager, to_tree=lambda s: {"w": s["w"]},
-             meta={}, writer=ListWriter())
+    run_loop(fake_checkpoints(tmp_path), FakeProgram(), batches, num_steps=10, log_every=100,
+             checkpoint_every=100)
   timer.join()
   assert time.monotonic() - started < 10
   assert stopped.value.step == 5 and saved_steps(tmp_path) == [5]
@@ -183,7 +196,8 @@ def test_a_signal_during_an_evaluation_stops_with_that_steps_checkpoint(tmp_path
 
 def test_a_failed_save_is_one_line_naming_the_step_the_error_and_the_intact_step(
     tmp_path, monkeypatch):
-  manager = checkpoint.create_manager(str(tmp_path / "ckpt"), async_save=False)
+  checkpoints = fake_checkpoints(tmp_path)
+  manager = checkpoints.manager
   original = manager.save
 
   def full_disk(step, *args, **kwargs):
@@ -195,12 +209,10 @@ def test_a_failed_save_is_one_line_naming_the_step_the_error_and_the_intact_step
 
   monkeypatch.setattr(manager, "save", full_disk)
   batches = Stalling(10)
-  options = loop.LoopOptions(num_steps=10, log_every_steps=100, checkpoint_every_steps=3)
   writer = ListWriter()
   with pytest.raises(checkpoint.CheckpointSaveError) as failed:
-    loop.run(FakeProgram().step, {"step": 0, "w": np.zeros(3, np.float32)}, batches,
-             start_step=0, options=options, manager=manager, to_tree=lambda s: {"w": s["w"]},
-             meta={}, writer=writer)
+    run_loop(checkpoints, FakeProgram(), batches, num_steps=10, log_every=100,
+             checkpoint_every=3, writer=writer)
   message = str(failed.value)
   assert "\n" not in message
   assert "cannot save checkpoint 6" in message and "no space left on device" in message
@@ -213,12 +225,15 @@ def test_a_failed_save_is_one_line_naming_the_step_the_error_and_the_intact_step
 def test_logs_means_with_progress_and_checkpoints_the_end(tmp_path):
   program = FakeProgram(loss_at={1: -1.0, 2: -2.0, 3: -3.0, 4: -4.0})
   evaluations = []
-  last, writer = run_fake(tmp_path, program, num_steps=6, log_every=4, checkpoint_every=3,
-                          evaluate=lambda state: evaluations.append(state["step"]) or {"knn": 1})
+  result, writer = run_fake(tmp_path, program, num_steps=6, log_every=4, checkpoint_every=3,
+                            evaluate=lambda state: evaluations.append(state["step"]) or {"knn": 1})
   logged = {step: row for step, row in writer.rows if "loss" in row}
   assert sorted(logged) == [4, 6]
   assert logged[4]["loss"] == pytest.approx(-2.5)  # mean over steps 1-4
-  assert last["loss"] == pytest.approx(-0.5)
+  assert result.metrics["loss"] == pytest.approx(-0.5)
+  assert (result.step, result.state["step"], result.evaluation) == (6, 6, {"knn": 1})
+  np.testing.assert_array_equal(result.state["w"], np.full(3, 6.0))
+  assert (6, {"knn": 1}) in writer.rows
   assert "uptime" in logged[4] and logged[6]["steps_per_sec"] > 0
   assert evaluations == [6] and writer.closed
   assert saved_steps(tmp_path) == [3, 6]
@@ -233,11 +248,8 @@ def test_a_step_is_flushed_to_the_metrics_before_its_checkpoint_starts(tmp_path,
     original(manager, step, tree, meta)
 
   monkeypatch.setattr(checkpoint, "save", recording_save)
-  manager = checkpoint.create_manager(str(tmp_path / "ckpt"), async_save=False)
-  options = loop.LoopOptions(num_steps=9, log_every_steps=1, checkpoint_every_steps=3)
-  loop.run(FakeProgram().step, {"step": 0, "w": np.zeros(3, np.float32)},
-           iter(np.ones(9, np.float32)), start_step=0, options=options, manager=manager,
-           to_tree=lambda s: {"w": s["w"]}, meta={}, writer=writer)
+  run_loop(fake_checkpoints(tmp_path), FakeProgram(), iter(np.ones(9, np.float32)),
+           num_steps=9, log_every=1, checkpoint_every=3, writer=writer)
   assert flushed_at_save == {3: 3, 6: 6, 9: 9}
 
 
@@ -264,9 +276,19 @@ def test_any_non_finite_loss_term_stops_the_run():
     loop.check_finite({"loss": 1.0, "probe_loss": float("inf")}, 7)
 
 
-def test_loop_options_refuse_non_positive_periods():
-  with pytest.raises(UserError, match="log_every_steps=0"):
-    loop.LoopOptions(num_steps=5, log_every_steps=0, checkpoint_every_steps=1)
-  with pytest.raises(UserError, match="eval_every_steps=-1"):
-    loop.LoopOptions(num_steps=5, log_every_steps=1, checkpoint_every_steps=1,
-                     eval_every_steps=-1)
+def test_the_loop_refuses_no_steps_in_flight(tmp_path):
+  with pytest.raises(UserError, match="steps_in_flight=0 must be a positive integer"):
+    run_fake(tmp_path, FakeProgram(), in_flight=0)
+
+
+def test_checkpoints_resume_the_newest_step_or_init(tmp_path):
+  run_fake(tmp_path, FakeProgram(), num_steps=6, log_every=3, checkpoint_every=3)
+  fresh = {"step": 0, "w": np.zeros(3, np.float32)}
+  checkpoints = fake_checkpoints(tmp_path)
+  state, step = checkpoints.restore_or_init(lambda: fresh)
+  checkpoints.close()
+  assert step == 6
+  np.testing.assert_array_equal(state["w"], np.full(3, 6.0))
+  empty = fake_checkpoints(tmp_path / "other")
+  assert empty.restore_or_init(lambda: fresh) == (fresh, 0)
+  empty.close()

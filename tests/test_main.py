@@ -12,6 +12,7 @@ import time
 import pytest
 
 from mixsiam_jax import workdir as workdir_lib, workdir_lock
+from mixsiam_jax.program_options import from_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ("--config=configs/cifar10.py:tiny", "--config.eval_dataset=")
@@ -103,9 +104,9 @@ def test_a_finished_run_is_extended_on_purpose_and_a_broken_newest_step_is_named
   config.async_checkpointing = False
   config.num_train_steps = 9
   with pytest.raises(ValueError, match="--config.allow_length_change=true"):
-    pretrain.train_and_evaluate(config, str(run))
+    pretrain.train_and_evaluate(from_config(config), str(run))
   config.allow_length_change = True
-  pretrain.train_and_evaluate(config, str(run))
+  pretrain.train_and_evaluate(from_config(config), str(run))
   rows = [r["step"] for r in workdir_lib.read_metrics(str(run)) if "loss" in r]
   assert rows[-2:] == [8, 9]
   assert "9" in os.listdir(run / "checkpoints")

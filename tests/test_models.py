@@ -7,8 +7,7 @@ import pytest
 
 from mixsiam_jax import models
 from mixsiam_jax.models import ResNet, ViewBatchNorm, precision, resnet
-from mixsiam_jax.options import ModelOptions
-from tests.helpers import network
+from tests.helpers import model_options, network
 
 
 def jit_init(module, shape, **kwargs):
@@ -199,9 +198,9 @@ def test_conv_impl_keeps_parameters_outputs_and_gradients(depth, stem, monkeypat
     ("gpu", jnp.bfloat16, "xla")])
 def test_platform_of_the_mesh_decides_dtype_and_convolution(platform, dtype, conv_impl):
   """The default options leave both to the platform the network is built for."""
-  backbone = models.MixSiamNetwork(ModelOptions(), platform).bind({}).backbone
+  backbone = models.MixSiamNetwork(model_options(), platform).bind({}).backbone
   assert (backbone.dtype, backbone.conv_impl) == (dtype, conv_impl)
-  forced = ModelOptions(half_precision=False, conv_impl="xla")
+  forced = model_options(half_precision=False, conv_impl="xla")
   backbone = models.MixSiamNetwork(forced, platform).bind({}).backbone
   assert (backbone.dtype, backbone.conv_impl) == (jnp.float32, "xla")
 

@@ -10,7 +10,7 @@ import pytest
 
 from mixsiam_jax import optim
 from mixsiam_jax.errors import UserError
-from mixsiam_jax.options import OptimOptions
+from tests.helpers import optim_options
 
 
 def test_linear_scaling_rule():
@@ -116,7 +116,7 @@ def test_create_optimizer_follows_the_options():
   params = {"backbone": jnp.ones((3, 2)), "predictor": jnp.ones((3, 2))}
   grads = {"backbone": jnp.full((3, 2), 2.0), "predictor": jnp.full((3, 2), 2.0)}
   schedule = lambda step: 0.5  # the encoder's lr at step 0; peak_lr below is 1.0
-  sgd = OptimOptions(name="sgd", momentum=0.9, weight_decay=0.0, fix_predictor_lr=True)
+  sgd = optim_options(name="sgd", momentum=0.9, weight_decay=0.0, fix_predictor_lr=True)
   held = _first_update(optim.create_optimizer(sgd, schedule, 1.0, has_predictor=True),
                        params, grads)
   np.testing.assert_allclose(held["backbone"], -1.0)   # -0.5 x 2
@@ -124,7 +124,7 @@ def test_create_optimizer_follows_the_options():
   plain = _first_update(optim.create_optimizer(sgd, schedule, 1.0, has_predictor=False),
                         params, grads)
   np.testing.assert_allclose(plain["predictor"], -1.0)
-  lars = OptimOptions(name="lars", momentum=0.9, weight_decay=1e-3)
+  lars = optim_options(name="lars", momentum=0.9, weight_decay=1e-3)
   got = _first_update(optim.create_optimizer(lars, schedule, 1.0, has_predictor=False),
                       params, grads)
   want = _first_update(optim.create_lars(schedule=schedule, momentum=0.9, weight_decay=1e-3),

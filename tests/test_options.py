@@ -6,6 +6,7 @@ import pytest
 
 from mixsiam_jax import options
 from mixsiam_jax.errors import UserError
+from tests import helpers
 
 
 @pytest.mark.parametrize("kwargs,needle", [
@@ -20,7 +21,7 @@ from mixsiam_jax.errors import UserError
 ])
 def test_bad_method_options_name_the_field(kwargs, needle):
   with pytest.raises(options.OptionsError, match=needle.replace(".", r"\.")):
-    options.MethodOptions(**kwargs)
+    helpers.method(**kwargs)
 
 
 @pytest.mark.parametrize("kwargs,needle", [
@@ -32,12 +33,12 @@ def test_bad_method_options_name_the_field(kwargs, needle):
 def test_bad_photometric_options_name_the_field(kwargs, needle):
   with pytest.raises(options.OptionsError, match=needle.replace(".", r"\.").replace("(", r"\(")
                      .replace(")", r"\)")):
-    options.PhotometricOptions(**kwargs)
+    helpers.photometric(**kwargs)
 
 
 def test_photometric_options_are_hashable_float_tuples():
-  a = options.PhotometricOptions(color_jitter=[0.4, 0.4, 0.4, 0.1], blur_sigma=[0.1, 2])
-  b = options.PhotometricOptions()
+  a = helpers.photometric(color_jitter=[0.4, 0.4, 0.4, 0.1], blur_sigma=[0.1, 2])
+  b = helpers.photometric()
   assert a == b and hash(a) == hash(b)  # usable as a static jit argument
   assert a.blur_sigma == (0.1, 2.0) and isinstance(a.blur_sigma[1], float)
 
@@ -52,14 +53,14 @@ def test_photometric_options_are_hashable_float_tuples():
 ])
 def test_bad_model_options_name_the_field(kwargs, needle):
   with pytest.raises(options.OptionsError, match=needle.replace(".", r"\.")):
-    options.ModelOptions(**kwargs)
+    helpers.model_options(**kwargs)
 
 
 @pytest.mark.parametrize("platform,dtype,conv", [
     ("cpu", "float32", "matmul_weight_grad"), ("gpu", "bfloat16", "xla"),
     ("tpu", "bfloat16", "xla")])
 def test_platform_defaults_come_from_the_platform_argument(platform, dtype, conv):
-  model = options.ModelOptions()
+  model = helpers.model_options()
   assert model.compute_dtype(platform) == dtype
   assert model.conv_implementation(platform) == conv
   forced = dataclasses.replace(model, half_precision=False, conv_impl="xla")
@@ -76,13 +77,13 @@ def test_platform_defaults_come_from_the_platform_argument(platform, dtype, conv
 ])
 def test_bad_optim_options_name_the_field(kwargs, needle):
   with pytest.raises(options.OptionsError, match=needle.replace(".", r"\.")):
-    options.OptimOptions(**kwargs)
+    helpers.optim_options(**kwargs)
 
 
 def test_options_errors_are_user_errors():
   assert issubclass(options.OptionsError, UserError)
   with pytest.raises(ValueError):  # main.py and callers may catch ValueError
-    options.MethodOptions(lam=2.0)
+    helpers.method(lam=2.0)
 
 
 @pytest.mark.parametrize("steps,epochs,needle", [

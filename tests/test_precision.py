@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from mixsiam_jax import models, optim, photometric, sharding, train
-from mixsiam_jax.options import MethodOptions, ModelOptions
-from tests.helpers import network
+from tests.helpers import method, model_options, network
 
 IMAGE = 16
 BATCH = 16
@@ -43,7 +42,7 @@ def _run(dtype):
   tx = optim.create_pretrain_optimizer(schedule=sched, peak_lr=0.1, weight_decay=5e-4)
   state = train.create_train_state(jax.random.key(0), net, tx, image_size=IMAGE, mesh=mesh)
   initial = jax.device_get(state.params)
-  step = train.jit_train_step(train.make_train_step(sched, MethodOptions()), mesh)
+  step = train.jit_train_step(train.make_train_step(sched, method()), mesh)
   rs = np.random.RandomState(0)
   # Smooth random images (upsampled 4x4 noise) rather than white noise: closer to real inputs.
   coarse = rs.rand(BATCH, 2, 4, 4, 3)
@@ -94,7 +93,7 @@ def test_master_weights_statistics_and_optimizer_state_stay_float32(precision_ru
 def test_auto_dtype_is_float32_on_a_cpu_mesh():
   # 'auto' follows the mesh's devices (options.ModelOptions), never the host's backend.
   platform = sharding.mesh_platform(sharding.create_mesh())
-  net = models.MixSiamNetwork(ModelOptions(half_precision=None), platform)
+  net = models.MixSiamNetwork(model_options(half_precision=None), platform)
   assert net.bind({}).backbone.dtype == jnp.float32
 
 

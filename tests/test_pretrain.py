@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 
 from configs import cifar10
 from mixsiam_jax import pretrain, workdir as workdir_lib
+from mixsiam_jax.program_options import from_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOSS_KEYS = ("loss", "loss_siam", "loss_mix", "z_std", "grad_norm", "lr")
@@ -38,7 +39,7 @@ def test_tiny_run_on_folder_writes_everything_and_resumes_exactly(cifar_jpeg_fol
   config = tiny_config(f"folder:{cifar_jpeg_folder}")
   config.log_every_steps = 1  # logged values are then single steps, not window means
   workdir = tmp_path / "run"
-  pretrain.train_and_evaluate(config, str(workdir))
+  pretrain.train_and_evaluate(from_config(config), str(workdir))
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
   assert json.loads((workdir / "config.json").read_text())["model"]["width"] == 8
@@ -50,14 +51,14 @@ def test_tiny_run_on_folder_writes_everything_and_resumes_exactly(cifar_jpeg_fol
   resumed_dir = tmp_path / "resumed"
   shutil.copytree(workdir, resumed_dir)
   shutil.rmtree(resumed_dir / "checkpoints" / "6")
-  pretrain.train_and_evaluate(config, str(resumed_dir))
+  pretrain.train_and_evaluate(from_config(config), str(resumed_dir))
   assert sorted(os.listdir(resumed_dir / "checkpoints")) == ["3", "6"]
   assert curves(resumed_dir) == straight
 
   # A finished run exits at once without touching anything.
   before = (workdir / "metrics.jsonl").read_bytes()
   start = time.time()
-  assert pretrain.train_and_evaluate(config, str(workdir)) == {}
+  assert pretrain.train_and_evaluate(from_config(config), str(workdir)) == {}
   assert time.time() - start < 30
   assert (workdir / "metrics.jsonl").read_bytes() == before
 
@@ -68,8 +69,9 @@ def test_tiny_run_on_mock_tfds_and_device_counts_agree(tmp_path):
   config = tiny_config("tfds:cifar10")
   config.num_train_steps = 4
   with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
-    pretrain.train_and_evaluate(config, str(tmp_path / "eight"))
-    pretrain.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
+    pretrain.train_and_evaluate(from_config(config), str(tmp_path / "eight"))
+    pretrain.train_and_evaluate(from_config(config), str(tmp_path / "one"),
+                                devices=jax.devices()[:1])
   eight, one = curves(tmp_path / "eight"), curves(tmp_path / "one")
   assert sorted(eight) == [2, 4]
   for step in eight:
@@ -106,7 +108,7 @@ def test_bad_config_values_fail_before_compiling(tmp_path, field, value, needle)
   section, _, name = field.rpartition(".")
   (config[section] if section else config)[name] = value
   with pytest.raises(ValueError, match=needle.replace(".", r"\.").replace("(", r"\(")):
-    pretrain.train_and_evaluate(config, str(tmp_path / "w"))
+    pretrain.train_and_evaluate(from_config(config), str(tmp_path / "w"))
 
 
 def test_half_precision_refuses_non_booleans():
@@ -119,7 +121,7 @@ def test_pretrained_on_the_pretraining_program_is_refused(tmp_path):
   config = tiny_config("folder:/nonexistent")
   config.pretrained = "/nonexistent"
   with pytest.raises(ValueError, match="pretrained='/nonexistent' is not used by pretraining"):
-    pretrain.train_and_evaluate(config, str(tmp_path / "w"))
+    pretrain.train_and_evaluate(from_config(config), str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
 
 
@@ -127,7 +129,7 @@ def test_negative_learning_rate_is_refused(tmp_path):
   config = tiny_config("folder:/nonexistent")
   config.optim.base_lr = -1.0
   with pytest.raises(ValueError, match=r"optim\.base_lr=-1\.0 must be a positive number"):
-    pretrain.train_and_evaluate(config, str(tmp_path / "w"))
+    pretrain.train_and_evaluate(from_config(config), str(tmp_path / "w"))
 
 
 @pytest.mark.slow
@@ -145,5 +147,5 @@ def test_a_resume_on_a_data_set_other_than_data_json_records_is_refused(
   with pytest.raises(pretrain.DatasetError, match=r"^the train data set differs from the one "
                      r"this run started on \(data.json: 190 examples in 10 classes .* now 200 in "
                      r"10 "):
-    pretrain.train_and_evaluate(config, str(run))
+    pretrain.train_and_evaluate(from_config(config), str(run))
   assert sorted(os.listdir(run / "checkpoints")) == ["3"]

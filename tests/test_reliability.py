@@ -29,6 +29,7 @@ import pytest
 
 from configs import cifar10
 from mixsiam_jax import checkpoint, optim, pretrain, sharding, workdir as workdir_lib
+from mixsiam_jax.program_options import from_config
 from tests.helpers import snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -340,10 +341,10 @@ def test_checkpoints_move_between_8_and_1_devices(straight, cifar_jpeg_folder, t
   ref = curves(ref_dir)
   one = copy_run(ref_dir, tmp_path / "one", drop_steps=(9, 12))
   config = tiny_config(cifar_jpeg_folder)
-  pretrain.train_and_evaluate(config, str(one), devices=jax.devices()[:1])
+  pretrain.train_and_evaluate(from_config(config), str(one), devices=jax.devices()[:1])
   assert steps_on_disk(one)[1] == STEPS
   eight = copy_run(one, tmp_path / "eight", drop_steps=(12,))  # newest: 9, written on 1 device
-  pretrain.train_and_evaluate(config, str(eight), devices=jax.devices())
+  pretrain.train_and_evaluate(from_config(config), str(eight), devices=jax.devices())
   for run in (one, eight):
     got = curves(run)
     assert sorted(got) == list(range(1, STEPS + 1))
@@ -374,7 +375,7 @@ def test_non_finite_stops_before_checkpoint(straight, cifar_jpeg_folder, tmp_pat
   monkeypatch.setattr(optim, "scaled_learning_rate", lambda base_lr, batch_size: 1e30)
   config = tiny_config(cifar_jpeg_folder, checkpoint_every_steps=1)  # a safe change
   with pytest.raises(pretrain.TrainingError, match=r"non-finite .* at step 10\b"):
-    pretrain.train_and_evaluate(config, str(workdir))
+    pretrain.train_and_evaluate(from_config(config), str(workdir))
   steps, latest = steps_on_disk(workdir)
   assert latest == 9, f"checkpoints after the failure: {steps}"
   for step in steps:

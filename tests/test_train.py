@@ -5,13 +5,11 @@ import numpy as np
 import pytest
 
 from mixsiam_jax import optim, sharding, train
-from mixsiam_jax.options import MethodOptions, PhotometricOptions
-from tests.helpers import network
+from tests.helpers import method, network, photometric
 
 IMAGE = 8
 BATCH = 16
-PHOTOMETRIC = PhotometricOptions(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8,
-                                 grayscale_prob=0.2, blur_prob=0.5, blur_sigma=(0.1, 2.0))
+PHOTOMETRIC = photometric(blur_prob=0.5)
 
 
 # Every test here: ResNet-18 with one block per stage (conftest.py); the step is the same.
@@ -23,12 +21,12 @@ def tiny_network():
                  projector_hidden_dim=32, projector_dim=32, predictor_hidden_dim=8)
 
 
-def make(mesh, lam=0.5, photometric=PHOTOMETRIC, **method):
+def make(mesh, lam=0.5, photometric=PHOTOMETRIC, **method_fields):
   sched = optim.cosine_schedule(0.05, 10)
   tx = optim.create_pretrain_optimizer(schedule=sched, peak_lr=0.05, weight_decay=1e-4)
   state = train.create_train_state(jax.random.key(0), tiny_network(), tx, image_size=IMAGE,
                                    mesh=mesh)
-  step = train.make_train_step(sched, MethodOptions(lam=lam, **method), photometric)
+  step = train.make_train_step(sched, method(lam=lam, **method_fields), photometric)
   return state, step
 
 
@@ -144,7 +142,7 @@ def test_online_probe_learns_without_touching_the_encoder():
   for classes in (0, 10):
     net = network(**kwargs, num_classes=classes)
     state = train.create_train_state(jax.random.key(0), net, tx, image_size=IMAGE, mesh=mesh)
-    step = train.jit_train_step(train.make_train_step(sched, MethodOptions()), mesh)
+    step = train.jit_train_step(train.make_train_step(sched, method()), mesh)
     state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.key(1))
     after[classes] = (jax.device_get(state.params), jax.device_get(metrics))
   (plain, m0), (probed, m10) = after[0], after[10]

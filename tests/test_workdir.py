@@ -6,6 +6,7 @@ import pytest
 
 from configs import cifar10
 from mixsiam_jax import errors, resume_rules, workdir as workdir_lib
+from mixsiam_jax.program_options import from_config
 from tests.helpers import snapshot
 
 
@@ -252,14 +253,15 @@ def test_pretraining_refuses_checkpoints_whose_config_json_is_gone(
   before = snapshot(run)
   with pytest.raises(workdir_lib.WorkdirError,
                      match=r"holds checkpoints \(steps \[3, 6\] in .*\) but no config.json"):
-    pretrain.train_and_evaluate(_tiny_config(cifar_jpeg_folder, **{"optim.base_lr": 0.5}),
-                                str(run))
+    pretrain.train_and_evaluate(
+        from_config(_tiny_config(cifar_jpeg_folder, **{"optim.base_lr": 0.5})), str(run))
   assert snapshot(run) == before
   (tmp_path / "config.json").rename(run / "config.json")  # put back: the run is whole again
   with pytest.raises(workdir_lib.WorkdirError, match="optim.base_lr: 0.03 in the workdir, 0.5 now"):
-    pretrain.train_and_evaluate(_tiny_config(cifar_jpeg_folder, **{"optim.base_lr": 0.5}),
-                                str(run))
-  assert pretrain.train_and_evaluate(_tiny_config(cifar_jpeg_folder), str(run)) == {}
+    pretrain.train_and_evaluate(
+        from_config(_tiny_config(cifar_jpeg_folder, **{"optim.base_lr": 0.5})), str(run))
+  assert pretrain.train_and_evaluate(from_config(_tiny_config(cifar_jpeg_folder)),
+                                     str(run)) == {}
 
 
 @pytest.mark.slow
@@ -271,7 +273,7 @@ def test_pretraining_refuses_a_workdir_whose_checkpoints_are_gone(
   shutil.rmtree(run / "checkpoints")
   before = snapshot(run)
   with pytest.raises(workdir_lib.WorkdirError) as err:
-    pretrain.train_and_evaluate(_tiny_config(cifar_jpeg_folder), str(run))
+    pretrain.train_and_evaluate(from_config(_tiny_config(cifar_jpeg_folder)), str(run))
   assert str(err.value).startswith(f"--workdir={run} has metrics up to step 6 (metrics.jsonl) "
                                    "but no checkpoint")
   assert snapshot(run) == before

@@ -150,7 +150,7 @@ def _load_file(path: str, mesh: Mesh, arch: FileArchitecture):
 
 
 def restore_encoder(pretrained: str, mesh: Mesh, *, step: Optional[int] = None,
-                    file_architecture: FileArchitecture) -> FrozenEncoder:
+                    file_architecture: Optional[FileArchitecture] = None) -> FrozenEncoder:
   """Restores the encoder that ``pretrained`` names, replicated on ``mesh``.
 
   Args:
@@ -158,7 +158,8 @@ def restore_encoder(pretrained: str, mesh: Mesh, *, step: Optional[int] = None,
       WEIGHT_FILE_SUFFIXES.
     mesh: where the variables go; its platform decides a checkpoint's 'auto' dtype.
     step: the checkpoint step of a workdir (None: the newest).
-    file_architecture: the ResNet and training image size of a state-dict file.
+    file_architecture: the ResNet and training image size of a state-dict file
+      (required for a file; a workdir's checkpoints describe their own).
 
   Returns:
     The FrozenEncoder.
@@ -170,6 +171,9 @@ def restore_encoder(pretrained: str, mesh: Mesh, *, step: Optional[int] = None,
     raise EncoderError("--config.pretrained is empty: set it to a pretraining workdir or a "
                        ".pth/.npz state-dict file.")
   if pretrained.endswith(WEIGHT_FILE_SUFFIXES):
+    if file_architecture is None:
+      raise EncoderError(f"pretrained={pretrained} is a state-dict file, which does not say "
+                         "which ResNet it holds: set --config.pretrained_model.")
     resnet, variables = _load_file(pretrained, mesh, file_architecture)
     step, image_size = 0, file_architecture.image_size
   else:

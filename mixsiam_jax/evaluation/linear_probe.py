@@ -9,6 +9,7 @@ metadata). Accuracies are in percent.
 """
 import dataclasses
 import functools
+import os
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import flax.linen as nn

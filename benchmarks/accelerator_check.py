@@ -76,7 +76,7 @@ def measure(name: str, smoke: bool, per_device_batch: int, steps: int, warmup: i
   config.half_precision = True
   config.model.remat = remat
   opts = program_options.pretrain_options(config)
-  plan, built, compiled = compile_plan.plan_and_compile(config, topology)
+  plan, built, compiled = compile_plan.plan_and_compile(opts, topology)
   machine = {"devices": len(topology.devices), "device_kind": topology.devices[0].device_kind,
              "platform": topology.platform, "jax": jax.__version__}
   # The process's peak after each stage: compiling (autotuning), initialising, stepping.

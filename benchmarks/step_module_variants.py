@@ -147,13 +147,14 @@ def main():
   # After JAX_SKIP_CUDA_CONSTRAINTS_CHECK is set; the package after jax_platforms is.
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu")
-  from mixsiam_jax import compile_plan, topologies  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import compile_plan, program_options, topologies  # pylint: disable=g-import-not-at-top
   swap_in(args.variant, args.depth, args.image)
   config = imagenet.get_config()
   config.model.depth, config.batch_size, config.image_size = args.depth, args.batch, args.image
   config.half_precision, config.model.remat = True, args.remat
   started = time.time()
-  plan, _, compiled = compile_plan.plan_and_compile(config, topologies.devices_for(args.topology))
+  opts = program_options.pretrain_options(config)
+  plan, _, compiled = compile_plan.plan_and_compile(opts, topologies.devices_for(args.topology))
   print(f"variant {args.variant}, depth {args.depth}, batch {args.batch}, {args.image} px, "
         f"{args.topology}: compiled in {time.time() - started:.0f} s")
   print("memory GiB: " + ", ".join(f"{k} {v / 2**30:.3f}" for k, v in plan["memory"].items()

@@ -8,7 +8,7 @@ r"""Compile the real pretraining step for a TPU slice or GPU host from any machi
       --config=configs/imagenet.py --topology=h100x8 --max_batch --out=plan.json
 
 The step is built by the pretraining program's own functions
-(``recipe.options_from_config``, ``recipe.build_training``,
+(``program_options.pretrain_options``, ``recipe.build_training``,
 ``train.abstract_train_state``) on a mesh of compile-only devices
 (mixsiam_jax/topologies.py), so dtype and convolutions are those the devices
 get. Nothing runs: the report holds per-device memory against the chip's,
@@ -16,7 +16,6 @@ FLOPs, every collective, compile time and a step-time estimate (see
 docs/accelerators.md for what a compile cannot tell). Exit status: 0 fits,
 2 does not fit, 1 a usage error.
 """
-import copy
 import dataclasses
 import json
 import os
@@ -24,13 +23,13 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
-import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from mixsiam_jax import cli, compile_report, recipe, sharding, topologies, train
+from mixsiam_jax import cli, compile_report, program_options, recipe, sharding, topologies, train
 from mixsiam_jax.data import batch_format
 from mixsiam_jax.errors import UserError
+from mixsiam_jax.program_options import PretrainOptions
 
 # (examples, classes) of the data sets the configs name; they set the schedule's
 # length and the online probe's width, not the step's memory or cost.
@@ -52,11 +51,11 @@ class BuiltStep:
   tx: Any
 
 
-def _dataset_size(config: ml_collections.ConfigDict) -> Tuple[int, int]:
-  if config.dataset in KNOWN_DATASETS:
-    return KNOWN_DATASETS[config.dataset]
+def _dataset_size(opts: PretrainOptions) -> Tuple[int, int]:
+  if opts.data.dataset in KNOWN_DATASETS:
+    return KNOWN_DATASETS[opts.data.dataset]
   # Elsewhere (folders) the step does not depend on the size: one step per epoch.
-  return config.batch_size, 0
+  return opts.batch_size, 0
 
 
 def abstract_batch(batch_size: int, image_size: int, mesh: jax.sharding.Mesh) -> Dict[str, Any]:
@@ -76,16 +75,15 @@ def abstract_batch(batch_size: int, image_size: int, mesh: jax.sharding.Mesh) ->
           in batch_format.pretrain_batch_format(batch_size, image_size).items()}
 
 
-def build_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> BuiltStep:
-  """The pretraining program's jitted step for ``config`` on ``mesh``, with abstract inputs.
+def build_step(opts: PretrainOptions, mesh: jax.sharding.Mesh) -> BuiltStep:
+  """The pretraining program's jitted step for ``opts`` on ``mesh``, with abstract inputs.
 
   Raises:
-    UserError: an invalid config value (OptionsError) or batch size.
+    UserError: a batch size that does not split over the mesh.
   """
-  sharding.check_global_batch(config.batch_size, mesh)
-  num_examples, num_classes = _dataset_size(config)
-  opts = recipe.options_from_config(config, num_classes)
-  training = recipe.build_training(opts, mesh, num_examples)
+  sharding.check_global_batch(opts.batch_size, mesh)
+  num_examples, num_classes = _dataset_size(opts)
+  training = recipe.build_training(opts, mesh, num_examples, num_classes)
   state = train.abstract_train_state(training.network, training.tx, image_size=opts.image_size,
                                      mesh=mesh)
   rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype,
@@ -98,31 +96,27 @@ def build_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Bu
                    training.network, training.tx)
 
 
-def _with(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with top-level or 'model.x' fields replaced."""
-  config = copy.deepcopy(config)
-  with config.unlocked():
-    for name, value in fields.items():
-      if value is None:
-        continue
-      if name == "remat":
-        config.model.remat = value
-      else:
-        config[name] = value
-  return config
+def _with(opts: PretrainOptions, batch_size: Optional[int], remat: Optional[bool]
+          ) -> PretrainOptions:
+  """``opts`` with the global batch size and model.remat replaced (None: kept)."""
+  if batch_size is not None:
+    opts = dataclasses.replace(opts, batch_size=batch_size)
+  if remat is not None:
+    opts = dataclasses.replace(opts, model=dataclasses.replace(opts.model, remat=remat))
+  return opts
 
 
-def plan_and_compile(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
+def plan_and_compile(opts: PretrainOptions, topology: topologies.Topology, *,
                      per_device_batch: Optional[int] = None, remat: Optional[bool] = None,
                      utilization: float = DEFAULT_UTILIZATION
                      ) -> Tuple[Dict[str, Any], Optional[BuiltStep], Any]:
-  """Compiles the step of ``config`` for ``topology`` and reports on it.
+  """Compiles the pretraining step of ``opts`` for ``topology`` and reports on it.
 
   Args:
-    config: a pretraining config.
+    opts: from program_options.pretrain_options.
     topology: from topologies.devices_for.
-    per_device_batch: overrides config.batch_size with this many per device.
-    remat: overrides config.model.remat.
+    per_device_batch: overrides opts.batch_size with this many per device.
+    remat: overrides opts.model.remat.
     utilization: fraction of the chip's peak assumed by the step-time estimate.
 
   Returns:
@@ -132,18 +126,18 @@ def plan_and_compile(config: ml_collections.ConfigDict, topology: topologies.Top
     devices of this machine it runs: ``compiled(state, batch, rng)``.
 
   Raises:
-    UserError: an invalid config value.
+    UserError: a batch size that does not split over the devices.
   """
   num_devices = len(topology.devices)
   batch = None if per_device_batch is None else per_device_batch * num_devices
-  config = _with(config, batch_size=batch, remat=remat)
+  opts = _with(opts, batch_size=batch, remat=remat)
   mesh = sharding.create_mesh(topology.devices)
-  built = build_step(config, mesh)
+  built = build_step(opts, mesh)
   out = {"topology": topology.name, "platform": topology.platform, "num_devices": num_devices,
          "device_kind": topology.devices[0].device_kind,
-         "num_processes": sharding.mesh_process_count(mesh), "batch_size": config.batch_size,
-         "per_device_batch": config.batch_size // num_devices, "image_size": config.image_size,
-         "dtype": built.dtype, "conv_impl": built.conv_impl, "remat": config.model.remat,
+         "num_processes": sharding.mesh_process_count(mesh), "batch_size": opts.batch_size,
+         "per_device_batch": opts.batch_size // num_devices, "image_size": opts.image_size,
+         "dtype": built.dtype, "conv_impl": built.conv_impl, "remat": opts.model.remat,
          "num_params": built.num_params, "jax_version": jax.__version__}
   start = time.perf_counter()
   try:
@@ -162,7 +156,7 @@ def plan_and_compile(config: ml_collections.ConfigDict, topology: topologies.Top
   cost = compile_report.flops(compiled, built.step, built.args, num_devices,
                               topology.platform)
   if cost["per_device"]:
-    cost["per_image"] = cost["per_device"] * num_devices / config.batch_size
+    cost["per_image"] = cost["per_device"] * num_devices / opts.batch_size
   out["flops"] = cost
   out["collectives"] = compile_report.collectives(hlo)
   out["program"] = compile_report.program_shape(hlo)
@@ -172,12 +166,12 @@ def plan_and_compile(config: ml_collections.ConfigDict, topology: topologies.Top
     out["step_time_estimate"] = {
         "seconds": seconds, "utilization": utilization,
         "peak_flops": topology.chip.peak_bf16_flops, "peak_source": topology.chip.source,
-        "images_per_second": config.batch_size / seconds,
+        "images_per_second": opts.batch_size / seconds,
         "note": "estimate from FLOPs and peak at the stated utilisation; not measured"}
   return out, built, compiled
 
 
-def max_batch(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
+def max_batch(opts: PretrainOptions, topology: topologies.Topology, *,
               remat: bool, start: int, known: Optional[Dict[int, bool]] = None,
               report: Callable[[str], None] = lambda line: None) -> Dict[str, Any]:
   """The largest per-device batch whose step fits: powers of two, then bisection.
@@ -188,7 +182,7 @@ def max_batch(config: ml_collections.ConfigDict, topology: topologies.Topology, 
   the true limit.
 
   Args:
-    config: the pretraining config.
+    opts: the pretraining options.
     topology: the devices to compile for.
     remat: search with remat on or off.
     start: the per-device batch to start from.
@@ -204,7 +198,7 @@ def max_batch(config: ml_collections.ConfigDict, topology: topologies.Topology, 
 
   def fits(batch: int) -> bool:
     if batch not in known:
-      result = plan_and_compile(config, topology, per_device_batch=batch, remat=remat)[0]
+      result = plan_and_compile(opts, topology, per_device_batch=batch, remat=remat)[0]
       known[batch] = result["status"] != "does_not_fit"
       report(f"  remat {remat}, {batch} per device: "
              f"{'fits' if known[batch] else 'does not fit'} "
@@ -293,15 +287,15 @@ def main(argv):
     topology = topologies.devices_for(FLAGS.topology)
     if not 0 < FLAGS.utilization <= 1:
       raise UserError(f"--utilization={FLAGS.utilization} must lie in (0, 1].")
-    config = FLAGS.config
+    opts = program_options.pretrain_options(FLAGS.config)
     remats = max_batch_remats(FLAGS.max_batch_remat, topology) if FLAGS.max_batch else ()
-    result = plan_and_compile(config, topology, utilization=FLAGS.utilization)[0]
+    result = plan_and_compile(opts, topology, utilization=FLAGS.utilization)[0]
     print(compile_report.summary(result), flush=True)
     if FLAGS.max_batch:
       start = result["per_device_batch"]
       known = {False: {}, True: {}}
       known[bool(result["remat"])][start] = result["status"] != "does_not_fit"
-      result["max_batch"] = [max_batch(config, topology, remat=r, start=start, known=known[r],
+      result["max_batch"] = [max_batch(opts, topology, remat=r, start=start, known=known[r],
                                        report=lambda line: print(line, flush=True))
                              for r in remats]
       for row in result["max_batch"]:

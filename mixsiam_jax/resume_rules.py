@@ -13,8 +13,13 @@ MAX_LISTED_DIFFERENCES = 8
 SAFE_TO_CHANGE = (
     "log_every_steps", "checkpoint_every_steps", "eval_every_steps", "eval_dataset",
     "eval_split", "eval_batch_size", "knn", "keep_checkpoints", "keep_checkpoints_every_steps",
-    "profile_steps", "data.prefetch", "data.device_prefetch", "data.skip_bad_images",
+    "profile_steps", "data.device_prefetch", "data.skip_bad_images",
     "async_checkpointing", "model.remat", "model.conv_impl", "allow_length_change",
+)
+# Fields that configs no longer have (renamed or removed) and that changed nothing
+# trained: a workdir whose config.json records them still resumes.
+FORMER_FIELDS = (
+    "data.prefetch",  # now data.device_prefetch
 )
 # The run's length: changing it on a resume recomputes the lr schedule, so it is
 # refused unless the new config sets ALLOW_LENGTH_CHANGE.
@@ -59,7 +64,7 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[D
 
 
 def _is_safe(field: str) -> bool:
-  return any(field == s or field.startswith(s + ".") for s in SAFE_TO_CHANGE)
+  return any(field == s or field.startswith(s + ".") for s in SAFE_TO_CHANGE + FORMER_FIELDS)
 
 
 def _program(config: Mapping[str, Any]) -> str:

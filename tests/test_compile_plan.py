@@ -14,18 +14,16 @@ import numpy as np
 import pytest
 
 from configs import cifar10
-from mixsiam_jax import compile_plan, sharding, topologies
+from mixsiam_jax import compile_plan, program_options, sharding, topologies
 from mixsiam_jax.data import batch_format
 from mixsiam_jax.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def tiny(**fields):
-  config = cifar10.get_config("tiny")
-  for name, value in fields.items():
-    config[name] = value
-  return config
+def tiny():
+  """The options of configs/cifar10.py:tiny, as main.py builds them."""
+  return program_options.pretrain_options(cifar10.get_config("tiny"))
 
 
 @pytest.mark.usefixtures("one_block_per_stage")

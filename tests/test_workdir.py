@@ -20,10 +20,20 @@ def config_dict(**overrides):
   return json.loads(config.to_json_best_effort())
 
 
-def test_every_safe_field_is_a_config_field():
+def test_every_safe_field_is_a_config_field_and_former_fields_are_not():
   flat = workdir_lib.flatten_config(config_dict())
   for field in resume_rules.SAFE_TO_CHANGE + resume_rules.LENGTH_FIELDS:
     assert any(k == field or k.startswith(field + ".") for k in flat), field
+  for field in resume_rules.FORMER_FIELDS:
+    assert field not in flat, field
+
+
+def test_a_run_recorded_with_a_former_field_resumes():
+  """A workdir started when data.device_prefetch was data.prefetch resumes under the new name."""
+  old = config_dict()
+  old["data"]["prefetch"] = old["data"].pop("device_prefetch")
+  differences = workdir_lib.check_resume_config(old, config_dict())
+  assert sorted(d[0] for d in differences) == ["data.device_prefetch", "data.prefetch"]
 
 
 def test_workdir_errors_are_user_errors():

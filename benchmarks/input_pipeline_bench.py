@@ -153,7 +153,8 @@ def bench_ours(folder, size, n, mode, blur, batch_size, warmup=3):
   """Examples/s (each two views) of our pipeline; mode: 'host_crop', 'device', 'host_all'."""
   photometric = photometric_options(blur)
   options = pipeline.TrainDataOptions(
-      dataset=f"folder:{folder}", global_batch_size=batch_size, image_size=size,
+      dataset=f"folder:{folder}", split="train", global_batch_size=batch_size, image_size=size,
+      seed=0, crop_scale=(0.2, 1.0), skip_bad_images=True,
       host_photometric=photometric if mode == "host_all" else None)
   ds = pipeline.create_pretrain_dataset(options, process_index=0, process_count=1)
 

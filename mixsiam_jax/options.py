@@ -1,9 +1,11 @@
-"""Validated option objects: what the programs make of the config, once.
+"""What is trained, as validated options (method, model, photometric ops, optimiser), and the
+validators every option object uses.
 
-The programs (pretraining, kNN, linear probe) turn the ml_collections config into
-these frozen dataclasses; each checks its values when it is built and raises one
-OptionsError naming the config field and the fix. Everything below the programs
-takes these objects (or plain values) and does not check them again.
+program_options.py builds these from a config, once per program; each checks
+its values when it is built and raises one OptionsError naming the config field
+and the fix. Everything below the programs takes these objects (or plain
+values) and does not check them again. The validators (positive_int, one_of,
+...) are the one definition of each check.
 """
 import dataclasses
 from typing import Any, Optional, Tuple
@@ -26,10 +28,11 @@ def _is_number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def positive_int(field: str, value: Any) -> None:
-  """Refuses anything but a positive int (bools too), naming ``field``."""
+def positive_int(field: str, value: Any, alternative: str = "") -> None:
+  """Refuses anything but a positive int (bools too), naming ``field`` (and ``alternative``)."""
   if isinstance(value, bool) or not (isinstance(value, int) and value > 0):
-    raise OptionsError(f"{field}={value!r} must be a positive integer.")
+    raise OptionsError(f"{field}={value!r} must be a positive integer"
+                       + (f", or {alternative}." if alternative else "."))
 
 
 def non_negative_int(field: str, value: Any, meaning_of_zero: str = "") -> None:

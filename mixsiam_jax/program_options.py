@@ -126,7 +126,7 @@ class EvalData:
     names.check_split(self.dataset, self.train_split, "dataset", "train_split")
     names.check_split(self.eval_dataset, self.eval_split, "eval_dataset", "eval_split")
     if self.image_size != FROM_ENCODER:
-      positive_int("image_size", self.image_size)
+      positive_int("image_size", self.image_size, "-1 for the size the encoder was trained at")
     positive_int("eval_batch_size", self.batch_size)
     if self.transform not in names.EVAL_TRANSFORMS:
       raise OptionsError(f"data.eval_transform={self.transform!r} must be one of "

@@ -158,8 +158,10 @@ def test_per_sample_independence():
 
 def _training_views(folder, host_photometric, size=8, batches=15):
   """The views of the first ``batches`` training batches of 100, as [N, size, size, 3] uint8."""
-  options = pipeline.TrainDataOptions(dataset=f"folder:{folder}", global_batch_size=100,
-                                      image_size=size, seed=3, host_photometric=host_photometric)
+  options = pipeline.TrainDataOptions(dataset=f"folder:{folder}", split="train",
+                                      global_batch_size=100, image_size=size, seed=3,
+                                      crop_scale=(0.2, 1.0), skip_bad_images=True,
+                                      host_photometric=host_photometric)
   ds = pipeline.create_pretrain_dataset(options, process_index=0, process_count=1)
   views = [b["views"] for b, _ in zip(ds.as_numpy_iterator(), range(batches))]
   return np.concatenate(views).reshape((-1, size, size, 3))

@@ -87,8 +87,9 @@ def test_host_photometric_gray_rate_in_the_training_stream(cifar_jpeg_folder):
   # The host colour ops where the program applies them: the training stream with
   # host_photometric set, here grayscale alone, against the same crops without them.
   def views(host_photometric):
-    options = pipeline.TrainDataOptions(dataset=f"folder:{cifar_jpeg_folder}",
+    options = pipeline.TrainDataOptions(dataset=f"folder:{cifar_jpeg_folder}", split="train",
                                         global_batch_size=100, image_size=4, seed=2,
+                                        crop_scale=(0.2, 1.0), skip_bad_images=True,
                                         host_photometric=host_photometric)
     ds = pipeline.create_pretrain_dataset(options, process_index=0, process_count=1)
     return np.concatenate([b["views"] for b, _ in zip(ds.as_numpy_iterator(), range(8))])

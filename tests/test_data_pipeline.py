@@ -34,7 +34,8 @@ def _simsiam_photometric(**changes):
 
 
 def _options(dataset, **kw):
-  args = dict(dataset=dataset, split="train", global_batch_size=16, image_size=16, seed=0)
+  args = dict(dataset=dataset, split="train", global_batch_size=16, image_size=16, seed=0,
+              crop_scale=(0.2, 1.0), skip_bad_images=True)
   args.update(kw)
   return pipeline.TrainDataOptions(**args)
 

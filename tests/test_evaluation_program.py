@@ -9,7 +9,6 @@ from configs import linear_probe as probe_config
 from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.evaluation import encoder, program
 from mixsiam_jax.models import ResNet
-from mixsiam_jax.options import OptionsError
 
 
 def _frozen(image_size):
@@ -25,8 +24,6 @@ def test_image_size_is_the_encoders_unless_set_and_a_mismatch_is_warned(caplog):
     assert not caplog.records
     assert program.resolve_image_size(32, frozen) == 32
   assert "image_size=32 differs from the 16 px that /runs/a (step 3) was trained at" in caplog.text
-  with pytest.raises(OptionsError, match="image_size=0 must be a positive integer, or -1"):
-    program.resolve_image_size(0, frozen)
 
 
 @pytest.mark.parametrize("module", [knn_config, probe_config])

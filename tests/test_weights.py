@@ -19,7 +19,7 @@ import pytest
 
 from mixsiam_jax import weights
 from mixsiam_jax.models import MixSiamNetwork, ResNet
-from mixsiam_jax.options import ModelOptions
+from tests.helpers import model_options
 
 torch = pytest.importorskip(
     "torch", reason="PyTorch is not installed: parity tests need it (CI installs the CPU build; "
@@ -243,7 +243,7 @@ def test_simsiam_checkpoint_parity_with_heads():
   ref = randomize(TorchSimSiam(depth, width, stem, dim, pred_dim), seed=3)
   sd = {"module." + k: v for k, v in numpy_state_dict(ref).items()}  # DDP-wrapped, as published.
   params, stats = weights.import_torch_state_dict(sd, depth=depth, width=width, stem=stem)
-  net = MixSiamNetwork(ModelOptions(depth=depth, width=width, stem=stem, projector_layers=3,
+  net = MixSiamNetwork(model_options(depth=depth, width=width, stem=stem, projector_layers=3,
                                     projector_hidden_dim=width * 8, projector_dim=dim,
                                     predictor_hidden_dim=pred_dim, conv_impl="xla"), "cpu")
   x = np.random.default_rng(1).normal(size=(8, 64, 64, 3)).astype(np.float32)
@@ -303,7 +303,7 @@ def _random_variables(net, shape, seed=0):
                                                (34, "imagenet", 3), (101, "imagenet", 2)])
 def test_round_trip_is_exact_with_heads(depth, stem, layers):
   width = 16 if depth == 50 else 8
-  net = MixSiamNetwork(ModelOptions(depth=depth, width=width, stem=stem, projector_layers=layers,
+  net = MixSiamNetwork(model_options(depth=depth, width=width, stem=stem, projector_layers=layers,
                                     projector_hidden_dim=64, projector_dim=32,
                                     predictor_hidden_dim=16, conv_impl="xla"), "cpu")
   variables = _random_variables(net, (2, 1, 32, 32, 3))

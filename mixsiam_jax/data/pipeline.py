@@ -50,7 +50,8 @@ from mixsiam_jax.data import folders
 from mixsiam_jax.data import host_augment
 from mixsiam_jax.data import positions
 from mixsiam_jax.data import sources
-from mixsiam_jax.options import OptionsError, PhotometricOptions
+from mixsiam_jax.options import OptionsError, PhotometricOptions, positive_int
+from mixsiam_jax.program_options import check_crop_scale
 
 
 def hide_accelerators_from_tensorflow() -> None:
@@ -88,14 +89,14 @@ class TrainDataOptions:
     tfds_options: how to read a TFDS data set.
   """
   dataset: str
-  split: str = "train"
+  split: str
   global_batch_size: int
   image_size: int
-  seed: int = 0
-  crop_scale: Tuple[float, float] = (0.2, 1.0)
+  seed: int
+  crop_scale: Tuple[float, float]
   num_views: int = 2
   host_photometric: Optional[PhotometricOptions] = None
-  skip_bad_images: bool = True
+  skip_bad_images: bool
   shuffle_buffer: int = 16384
   host_prefetch_batches: int = tf.data.AUTOTUNE
   field: str = "dataset"
@@ -106,14 +107,8 @@ class TrainDataOptions:
     if kind == "folder":
       folders.parse_folder_split(self.split)
     for name in ("global_batch_size", "image_size", "shuffle_buffer"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not (isinstance(value, int) and value > 0):
-        raise OptionsError(f"{name}={value!r} must be a positive integer.")
-    scale = tuple(float(v) for v in self.crop_scale)
-    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-      raise OptionsError(f"data.crop_scale={self.crop_scale!r} must be (min, max) with "
-                         "0 < min <= max <= 1.")
-    object.__setattr__(self, "crop_scale", scale)
+      positive_int(name, getattr(self, name))
+    object.__setattr__(self, "crop_scale", check_crop_scale(self.crop_scale))
     if self.num_views not in (1, 2):
       raise OptionsError(f"num_views={self.num_views!r} must be 1 or 2.")
     prefetch = self.host_prefetch_batches

@@ -12,7 +12,6 @@ from jax.sharding import Mesh
 
 from mixsiam_jax import metric_writer, workdir as workdir_lib
 from mixsiam_jax.evaluation import encoder
-from mixsiam_jax.options import OptionsError
 from mixsiam_jax.program_options import FROM_ENCODER, EncoderSource
 
 RESULTS_FILE = "results.json"
@@ -38,20 +37,16 @@ def resolve_image_size(requested: int, frozen: encoder.FrozenEncoder) -> int:
   """The side of the evaluated images: the encoder's training size unless asked otherwise.
 
   Args:
-    requested: config.image_size; FROM_ENCODER (-1) takes the encoder's own.
+    requested: the options' image size (checked: positive, or FROM_ENCODER (-1),
+      which takes the encoder's own).
     frozen: the encoder.
 
   Returns:
     The image size; a size other than the encoder's is used, with a warning.
 
-  Raises:
-    OptionsError: for anything but -1 or a positive integer.
   """
   if requested == FROM_ENCODER:
     return frozen.image_size
-  if isinstance(requested, bool) or not (isinstance(requested, int) and requested > 0):
-    raise OptionsError(f"image_size={requested!r} must be a positive integer, or -1 for the "
-                       f"size the encoder was trained at ({frozen.image_size}).")
   if requested != frozen.image_size:
     logging.warning("image_size=%d differs from the %d px that %s (step %d) was trained at; "
                     "features at another size usually score lower. Leave --config.image_size "

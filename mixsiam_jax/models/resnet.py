@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mixsiam_jax import options
 from mixsiam_jax.models import precision
 from mixsiam_jax.models.conv import conv_function
 from mixsiam_jax.models.init import conv_kernel_init
@@ -25,7 +26,6 @@ RESNET_STAGES = {
     101: ("bottleneck", (3, 4, 23, 3)),
     152: ("bottleneck", (3, 8, 36, 3)),
 }
-STEMS = ("imagenet", "cifar")
 
 
 def conv_layer(features: int, kernel: int, stride: int, dtype: Any, conv_impl: str, *,
@@ -97,13 +97,8 @@ def _shortcut(block: nn.Module, x, out_features: int, train: bool, num_views: in
 
 
 def check_resnet_options(depth: int, width: int, stem: str) -> None:
-  """Raises ValueError naming the bad value if the ResNet options are invalid."""
-  if depth not in RESNET_STAGES:
-    raise ValueError(f"model.depth={depth} is not supported; choose one of {sorted(RESNET_STAGES)}.")
-  if not (isinstance(width, int) and width > 0):
-    raise ValueError(f"model.width={width!r} must be a positive integer (64 = standard ResNet).")
-  if stem not in STEMS:
-    raise ValueError(f"model.stem={stem!r} must be one of {STEMS}.")
+  """Raises OptionsError (a ValueError) naming the bad value if the ResNet options are invalid."""
+  options.check_backbone(depth, width, stem, "model")
 
 
 class ResNet(nn.Module):

@@ -71,13 +71,13 @@ def main() -> None:
                                        image_size=size, mesh=mesh)
       with tempfile.TemporaryDirectory() as tmp:
         checkpoints = checkpointing.Checkpoints(
-            tmp, program_options.CheckpointOptions(keep=3, keep_every_steps=0, async_save=False),
+            tmp, run_options.CheckpointOptions(keep=3, keep_every_steps=0, async_save=False),
             to_tree=lambda s: {"step": s.step}, from_tree=lambda s, tree: s, meta={})
         writer = Writer()
         start = time.perf_counter()
         loop.run(lambda s, b: training.step(s, b, key), state, iter([batch] * args.steps),
                  start_step=0, num_steps=args.steps,
-                 cadence=program_options.Cadence(log_every_steps=args.steps,
+                 cadence=run_options.Cadence(log_every_steps=args.steps,
                                                  checkpoint_every_steps=10 * args.steps,
                                                  eval_every_steps=0),
                  checkpoints=checkpoints, writer=writer, steps_in_flight=k)

@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from mixsiam_jax import checkpoint
-from mixsiam_jax.program_options import CheckpointOptions
+from mixsiam_jax.run_options import CheckpointOptions
 
 State = Any
 

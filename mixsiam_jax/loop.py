@@ -24,7 +24,7 @@ from absl import logging
 from mixsiam_jax.checkpointing import Checkpoints
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.options import positive_int
-from mixsiam_jax.program_options import Cadence
+from mixsiam_jax.run_options import Cadence
 from mixsiam_jax.stopping import Interrupted, StopRequest, Stopped
 
 State = Any

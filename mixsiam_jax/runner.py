@@ -16,7 +16,7 @@ import jax
 from mixsiam_jax import checkpoint, loop, metric_writer
 from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.checkpointing import Checkpoints
-from mixsiam_jax.program_options import Cadence
+from mixsiam_jax.run_options import Cadence
 
 State = Any
 

@@ -9,7 +9,7 @@ import pytest
 from mixsiam_jax import checkpoint, sharding, weights
 from mixsiam_jax.evaluation import encoder
 from mixsiam_jax.models import MixSiamNetwork, ResNet
-from mixsiam_jax.program_options import FileArchitecture
+from mixsiam_jax.run_options import FileArchitecture
 from tests.helpers import model_options
 
 

@@ -7,7 +7,7 @@ from mixsiam_jax import sharding
 from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.data import DatasetError
 from mixsiam_jax.evaluation import evaluators, linear_probe
-from mixsiam_jax.program_options import EvalData, KnnOptions
+from mixsiam_jax.run_options import EvalData, KnnOptions
 
 VOTE = KnnOptions(k=200, temperature=0.1)
 

@@ -11,7 +11,7 @@ import pytest
 from mixsiam_jax import checkpoint, loop, stopping
 from mixsiam_jax.checkpointing import Checkpoints
 from mixsiam_jax.errors import UserError
-from mixsiam_jax.program_options import Cadence, CheckpointOptions
+from mixsiam_jax.run_options import Cadence, CheckpointOptions
 
 
 class Pending(float):

@@ -7,10 +7,10 @@ import pytest
 from configs import cifar10, imagenet, knn as knn_config, linear_probe as probe_config
 from configs import simsiam_cifar10
 from mixsiam_jax import program_options
+from mixsiam_jax import run_options
 from mixsiam_jax.data import DatasetError
 from mixsiam_jax.options import OptionsError
-from mixsiam_jax.program_options import (Cadence, CheckpointOptions, EvalData, FileArchitecture,
-                                         KnnOptions)
+from mixsiam_jax.run_options import Cadence, CheckpointOptions, FileArchitecture, KnnOptions
 
 
 @pytest.mark.parametrize("get_config,kind", [
@@ -33,7 +33,7 @@ def test_pretraining_options_hold_the_configs_values():
   opts = program_options.pretrain_options(config)
   assert (opts.optim.base_lr, opts.optim.weight_decay) == (0.03, 4e-4)  # not a library default
   assert opts.method.lam == config.method.lam and opts.model.depth == 18
-  assert opts.data == program_options.TrainData(
+  assert opts.data == run_options.TrainData(
       dataset="tfds:cifar10", split="train", crop_scale=(0.2, 1.0), skip_bad_images=True,
       device_prefetch=2)
   assert opts.evaluation.image_size == config.image_size and opts.knn == KnnOptions(200, 0.1)
@@ -48,15 +48,15 @@ def test_pretraining_options_hold_the_configs_values():
 def test_probe_options_hold_the_configs_values():
   opts = program_options.probe_options(probe_config.get_config("fast"))
   assert (opts.optim.name, opts.optim.base_lr, opts.optim.fix_predictor_lr) == ("sgd", 0.3, False)
-  assert opts.data.image_size == program_options.FROM_ENCODER and not opts.augment
+  assert opts.data.image_size == run_options.FROM_ENCODER and not opts.augment
   assert opts.checkpoints.async_save is False and opts.cadence.eval_every_steps == 0
   assert opts.encoder.file_architecture == FileArchitecture(50, 64, "imagenet", 32)
 
 
 def test_option_fields_have_no_defaults_of_their_own():
   """The configs are the one place defaults live (num_classes is not a config field)."""
-  classes = [c for c in vars(program_options).values()
-             if dataclasses.is_dataclass(c) and c.__module__ == program_options.__name__]
+  classes = [c for module in (program_options, run_options) for c in vars(module).values()
+             if dataclasses.is_dataclass(c) and c.__module__ == module.__name__]
   classes += [program_options.MethodOptions, program_options.ModelOptions,
               program_options.OptimOptions, program_options.PhotometricOptions]
   defaults = {f"{c.__name__}.{f.name}" for c in classes for f in dataclasses.fields(c)
@@ -105,29 +105,6 @@ def test_a_bad_value_is_refused_naming_its_field(get_config, field, value, needl
     node[name] = value
   with pytest.raises(OptionsError, match=re.escape(needle)):
     program_options.from_config(config)
-
-
-def _eval_data(**fields):
-  ok = dict(dataset="folder:/x", train_split="", eval_dataset="tfds:cifar10", eval_split="test",
-            image_size=32, batch_size=64, transform="identity", skip_bad_images=True)
-  return EvalData(**{**ok, **fields})
-
-
-def test_eval_data_is_checked_when_built():
-  assert _eval_data(image_size=-1).image_size == program_options.FROM_ENCODER
-  with pytest.raises(OptionsError, match="image_size=-2"):
-    _eval_data(image_size=-2)
-  with pytest.raises(DatasetError, match="eval_dataset='cifar10'"):
-    _eval_data(eval_dataset="cifar10")
-
-
-@pytest.mark.parametrize("field,split", [("eval_split", "test[:"), ("train_split", "[1%:20]")])
-def test_a_bad_folder_split_names_its_own_field(field, split):
-  with pytest.raises(DatasetError) as err:
-    _eval_data(eval_dataset="folder:/y", **{field: split})
-  message = str(err.value)
-  assert message.startswith(f"{field}={split!r} is not a valid split of a folder (")
-  assert "dataset" not in message.split("accepted")[0]
 
 
 def test_a_bad_training_data_set_is_refused_before_anything_is_opened():

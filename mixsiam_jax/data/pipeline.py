@@ -51,7 +51,7 @@ from mixsiam_jax.data import host_augment
 from mixsiam_jax.data import positions
 from mixsiam_jax.data import sources
 from mixsiam_jax.options import OptionsError, PhotometricOptions, positive_int
-from mixsiam_jax.program_options import check_crop_scale
+from mixsiam_jax.run_options import check_crop_scale
 
 
 def hide_accelerators_from_tensorflow() -> None:

@@ -22,7 +22,7 @@ from mixsiam_jax import checkpoint, sharding, weights
 from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.models import ResNet, metadata
-from mixsiam_jax.program_options import FileArchitecture
+from mixsiam_jax.run_options import FileArchitecture
 
 WEIGHT_FILE_SUFFIXES = (".pth", ".pth.tar", ".pt", ".npz")
 # Workdirs of the evaluation programs, which hold no encoder of their own.

@@ -1,6 +1,6 @@
 """Features of whole data sets: evaluation batches through an embed function, back on the host.
 
-An evaluation reads the two labelled splits of a program_options.EvalData (a
+An evaluation reads the two labelled splits of a run_options.EvalData (a
 training side: the kNN bank or the probe's training set; an evaluation side: the
 queries or the probe's test set) with its deterministic transform.
 """
@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from mixsiam_jax import augment, sharding
 from mixsiam_jax.data import DatasetError, decode, iterate, pipeline, sources
-from mixsiam_jax.program_options import EvalData
+from mixsiam_jax.run_options import EvalData
 
 
 def check_classes(data: EvalData, user: str) -> sources.DatasetInfo:

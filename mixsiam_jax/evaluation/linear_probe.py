@@ -26,7 +26,8 @@ from mixsiam_jax.checkpointing import Checkpoints
 from mixsiam_jax.data import decode, iterate, pipeline
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.evaluation import encoder, evaluators, features, program
-from mixsiam_jax.program_options import EncoderSource, EvalData, ProbeOptions
+from mixsiam_jax.program_options import ProbeOptions
+from mixsiam_jax.run_options import EncoderSource, EvalData
 
 
 class ProbeError(UserError):

@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 
 from mixsiam_jax import metric_writer, workdir as workdir_lib
 from mixsiam_jax.evaluation import encoder
-from mixsiam_jax.program_options import FROM_ENCODER, EncoderSource
+from mixsiam_jax.run_options import FROM_ENCODER, EncoderSource
 
 RESULTS_FILE = "results.json"
 

@@ -35,7 +35,7 @@ def main() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import checkpointing, loop, program_options  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import checkpointing, loop, program_options, run_options  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import recipe, sharding, train  # pylint: disable=g-import-not-at-top
 
   path, _, variant = args.config.partition(":")

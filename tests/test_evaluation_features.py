@@ -6,9 +6,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mixsiam_jax import augment, sharding
-from mixsiam_jax.data import DatasetError
 from mixsiam_jax.evaluation import features
-from mixsiam_jax.options import OptionsError
 
 
 def test_extract_features_normalises_and_drops_padding():

@@ -16,7 +16,6 @@ import tensorflow as tf
 from mixsiam_jax import photometric
 from mixsiam_jax.options import PhotometricOptions
 
-EVAL_TRANSFORMS = ("identity", "resize_center_crop")
 # torchvision RandomResizedCrop defaults.
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CROP_ATTEMPTS = 10

@@ -46,11 +46,11 @@ import tensorflow as tf
 from mixsiam_jax.data import DataChangedError, DatasetError
 from mixsiam_jax.data import batch_format
 from mixsiam_jax.data import decode
-from mixsiam_jax.data import folders
 from mixsiam_jax.data import host_augment
+from mixsiam_jax.data import names
 from mixsiam_jax.data import positions
 from mixsiam_jax.data import sources
-from mixsiam_jax.options import OptionsError, PhotometricOptions, positive_int
+from mixsiam_jax.options import OptionsError, PhotometricOptions, one_of, positive_int
 from mixsiam_jax.run_options import check_crop_scale
 
 
@@ -103,9 +103,7 @@ class TrainDataOptions:
   tfds_options: sources.TfdsOptions = sources.TfdsOptions()
 
   def __post_init__(self):
-    kind, _ = sources.parse_dataset(self.dataset, self.field)
-    if kind == "folder":
-      folders.parse_folder_split(self.split)
+    names.check_split(self.dataset, self.split, self.field, "train_split")
     for name in ("global_batch_size", "image_size", "shuffle_buffer"):
       positive_int(name, getattr(self, name))
     object.__setattr__(self, "crop_scale", check_crop_scale(self.crop_scale))
@@ -278,7 +276,7 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
     dataset, split: the data set and split (as in sources.open_source).
     global_batch_size: batch over all processes.
     image_size: output side.
-    transform: one of host_augment.EVAL_TRANSFORMS.
+    transform: one of names.EVAL_TRANSFORMS.
     process_index, process_count: this process's shard; default from jax.
     skip_bad_images: mask (and report) unreadable images instead of raising.
     field: the config field that gave ``dataset``, named in errors.
@@ -291,9 +289,7 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
     tf.data.Dataset of {'image': uint8 [B_local, S, S, 3], 'label': int32
     [B_local], 'mask': bool [B_local]}.
   """
-  if transform not in host_augment.EVAL_TRANSFORMS:
-    raise OptionsError(f"data.eval_transform={transform!r} is not one of "
-                       f"{host_augment.EVAL_TRANSFORMS}.")
+  one_of("data.eval_transform", transform, names.EVAL_TRANSFORMS)
   process_index, process_count, local_batch = _process_slice(global_batch_size, process_index,
                                                              process_count)
   log = bad_images if bad_images is not None else decode.BadImageLog()

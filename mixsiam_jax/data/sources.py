@@ -21,7 +21,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mixsiam_jax.data import DatasetError
-from mixsiam_jax.data import folders
+from mixsiam_jax.data import folders, names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,19 +67,6 @@ class Source:
   fetch: Optional[Callable] = None
   sequential: Optional[tf.data.Dataset] = None
   non_images: Tuple[str, ...] = ()
-
-
-def parse_dataset(dataset: str, field: str = "dataset") -> Tuple[str, str]:
-  """Splits a data set name: 'tfds:NAME' | 'folder:PATH' -> (kind, rest).
-
-  Raises:
-    DatasetError: naming ``field`` and the accepted forms.
-  """
-  kind, sep, rest = dataset.partition(":")
-  if not sep or kind not in ("tfds", "folder") or not rest:
-    raise DatasetError(f"{field}={dataset!r} must be 'tfds:NAME' (e.g. tfds:cifar10) or "
-                       "'folder:PATH' (PATH/<class>/<image>).")
-  return kind, rest
 
 
 def _folder_source(path: str, split: str, field: str) -> Source:
@@ -219,7 +206,7 @@ def open_source(dataset: str, split: str, *, field: str = "dataset",
     DatasetError: bad name or split, unknown TFDS name, missing or empty folder,
       data set not prepared.
   """
-  kind, rest = parse_dataset(dataset, field)
+  kind, rest = names.parse_dataset(dataset, field)
   if kind == "folder":
     return _folder_source(rest, split, field)
   return _tfds_source(rest, split, tfds_options, field)

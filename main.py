@@ -58,6 +58,8 @@ def main(argv):
   signal.signal(signal.SIGINT, signal.SIG_DFL)
   logging.get_absl_handler().addFilter(cli.QuietLibraryInfo())
   sys.unraisablehook = cli.drop_abandoned_reads(sys.unraisablehook)
+  # TensorFlow and JAX load here, not at the top: flags parse (and --help answers) first,
+  # and TensorFlow's start-up notices are held back.
   with cli.start_notices_dropped(cli.TENSORFLOW_START_NOTICES):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     # TensorFlow only feeds data: keep it off the accelerators that JAX uses.
@@ -107,6 +109,8 @@ def _exit_without_teardown(status: int, finished: bool) -> None:
       processes then meet at JAX's shutdown barrier, which a failed process
       must not wait at (its peers stop when its heartbeats do).
   """
+  # main.py keeps TensorFlow and JAX out of its module scope so that flags parse (and
+  # --help answers) before either loads; main() has loaded JAX by now.
   import jax  # pylint: disable=g-import-not-at-top
   if finished and jax.process_count() > 1:
     jax.distributed.shutdown()  # The barrier at the end of a multi-process run.

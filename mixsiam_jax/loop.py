@@ -97,7 +97,7 @@ def _format_seconds(seconds: float) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class LoopResult:
-  """How a finished loop left the run.
+  """How a finished loop left the run (a loop stopped early raises stopping.Stopped instead).
 
   Attributes:
     state: the state after the last step.

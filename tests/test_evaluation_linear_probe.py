@@ -69,6 +69,8 @@ def test_augmented_probe_trains_on_one_view_resumes_and_leaves_the_run_untouched
   assert sorted(p.name for p in (probe_dir / "checkpoints").iterdir()) == ["3", "6"]
   rows = workdir_lib.read_metrics(str(probe_dir))
   assert [r["step"] for r in rows] == [3, 6] and rows[-1]["probe_top1"] == probe["probe_top1"]
+  # Metrics are metrics: what was probed goes to results.json only.
+  assert not {"pretrained_step", "image_size", "probe_steps"} & set(rows[-1])
   assert all(0.0 <= r["probe_train_top1"] <= 100.0 for r in rows)
   # Resume: the finished probe restores its classifier and gives the same numbers.
   assert linear_probe.run_linear_probe(from_config(config), str(probe_dir)) == probe

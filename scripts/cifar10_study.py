@@ -7,7 +7,8 @@ Data: `--dataset=tfds:cifar10` (the default) exports the TFDS training split
 once to a lossless PNG folder, OUT/data/train/<class>/<NNNN>.png (image NNNN of
 the class in TFDS order), and then runs exactly as on `--dataset=folder:PATH`
 (PATH/<class>/<image>, e.g. CIFAR-10 as JPEG files). The study config slices
-every class of the folder: images 0-4499 pretrain, 4500-4999 are held out.
+every class of the folder: images 0-4499 pretrain, 4500-4999 are held out
+(the export and the --dataset checks: scripts/cifar10_study_data.py).
 
 Pretrains every row of configs/cifar10_study.py (simsiam, max, mean, none,
 nomix) with `main.py` in child processes, `--jobs` at a time, each pinned to its
@@ -26,7 +27,6 @@ import ast
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -34,7 +34,8 @@ import time
 from concurrent import futures
 from typing import Any, Dict, List, Optional, Sequence
 
-from PIL import Image
+# The sibling module (this script's folder is on sys.path): --dataset's image folder.
+from cifar10_study_data import StudyError, data_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -53,10 +54,6 @@ ROW_TITLES = {
     "none": "MixSiam, none",
     "nomix": "MixSiam max, no mixture",
 }
-
-
-class StudyError(ValueError):
-  """A bad study option or an unreadable data set; the message names the value and the fix."""
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -79,81 +76,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--report_only", action="store_true",
                       help="Only collect the finished runs into the report.")
   return parser.parse_args(argv)
-
-
-def export_tfds_split(name: str, folder: str, split: str = "train",
-                      data_dir: Optional[str] = None) -> str:
-  """Writes a TFDS split once as a lossless image folder, FOLDER/<class>/<NNNN>.png.
-
-  Image NNNN of a class is the class's NNNN-th example in TFDS order (files read
-  in order, no shuffling); classes are named by the label feature. The folder is
-  written as FOLDER.partial and renamed when complete, so an existing FOLDER is
-  complete and reused, and an interrupted export is redone from the start.
-
-  Args:
-    name: TFDS name (with an optional ':version'), e.g. 'cifar10'.
-    folder: the folder to create.
-    split: the TFDS split to export.
-    data_dir: TFDS data folder (None: TFDS's default).
-
-  Returns:
-    The absolute path of the folder.
-
-  Raises:
-    StudyError: when TFDS cannot read the split.
-  """
-  folder = os.path.abspath(folder)
-  if os.path.isdir(folder):
-    return folder
-  # Deferred: only an export needs TensorFlow Datasets (a rerun reuses the folder).
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  try:
-    names = tfds.builder(name, data_dir=data_dir).info.features["label"].names
-    examples = tfds.as_numpy(tfds.load(
-        name, split=split, data_dir=data_dir, download=False, shuffle_files=False,
-        read_config=tfds.ReadConfig(interleave_cycle_length=1)))
-  except Exception as e:  # pylint: disable=broad-except  (not prepared, unknown name...)
-    cause = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0][:300].rstrip(".")
-    raise StudyError(
-        f"TFDS dataset {name!r} (split {split!r}) cannot be read: {cause}. "
-        f"Prepare it with `tfds build {name.split(':')[0]}` (and set TFDS_DATA_DIR or "
-        "--tfds_data_dir to its folder), or pass --dataset=folder:PATH.") from None
-  partial = folder + ".partial"
-  shutil.rmtree(partial, ignore_errors=True)
-  for class_name in names:
-    os.makedirs(os.path.join(partial, class_name))
-  counts = [0] * len(names)
-  for example in examples:
-    label, image = int(example["label"]), example["image"]
-    if counts[label] == 10_000:  # four-digit names keep the sorted order = TFDS order
-      raise StudyError(f"TFDS {name!r} has over 10,000 {split!r} images of class "
-                       f"{names[label]!r}; this export numbers at most 10,000 per class.")
-    path = os.path.join(partial, names[label], f"{counts[label]:04d}.png")
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path, format="PNG")
-    counts[label] += 1
-  os.rename(partial, folder)
-  return folder
-
-
-def data_folder(dataset: str, out: str, tfds_data_dir: Optional[str] = None) -> str:
-  """The image folder the runs read: the --dataset folder, or the TFDS export in OUT/data/train.
-
-  Raises:
-    StudyError: for a --dataset that is neither tfds:NAME nor folder:PATH, or a missing folder.
-  """
-  kind, sep, rest = dataset.partition(":")
-  if not sep or kind not in ("tfds", "folder") or not rest:
-    raise StudyError(f"--dataset={dataset!r} is neither tfds:NAME nor folder:PATH; use "
-                     "--dataset=tfds:cifar10 or --dataset=folder:/path/to/cifar10/train.")
-  if kind == "folder":
-    if not os.path.isdir(rest):
-      raise StudyError(f"--dataset={dataset}: {rest} is not a directory; pass the folder "
-                       "that holds one sub-folder per class (e.g. cifar10/train).")
-    return os.path.abspath(rest)
-  folder = os.path.join(os.path.abspath(out), "data", "train")
-  if not os.path.isdir(folder):
-    print(f"exporting {dataset} (train split) to {folder} as PNG, once", flush=True)
-  return export_tfds_split(rest, folder, data_dir=tfds_data_dir)
 
 
 def planned_runs(rows: Sequence[str], seeds: Sequence[int]) -> List[Dict[str, Any]]:

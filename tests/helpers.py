@@ -6,8 +6,19 @@ from configs import cifar10
 from mixsiam_jax import models, program_options
 
 
+def override(config, overrides):
+  """Sets each {'dotted.field': value} of ``overrides`` in ``config``; returns ``config``."""
+  for key, value in overrides.items():
+    *parents, name = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[name] = value
+  return config
+
+
 def pretrain_options(variant="", **overrides):
-  """PretrainOptions of configs/cifar10.py (the paper's CIFAR recipe) with top-level overrides.
+  """PretrainOptions of configs/cifar10.py (the paper's CIFAR recipe) with overrides.
 
   Args:
     variant: '' or 'tiny'.
@@ -17,12 +28,7 @@ def pretrain_options(variant="", **overrides):
     The PretrainOptions, built as main.py builds them.
   """
   config = cifar10.get_config(variant)
-  for key, value in overrides.items():
-    *parents, name = key.split("__")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[name] = value
+  override(config, {key.replace("__", "."): value for key, value in overrides.items()})
   return program_options.pretrain_options(config)
 
 

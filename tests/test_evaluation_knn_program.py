@@ -14,7 +14,7 @@ from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.data import DatasetError
 from mixsiam_jax.evaluation import knn_program
 from mixsiam_jax.program_options import from_config
-from tests.helpers import snapshot
+from tests.helpers import override, snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,10 +25,7 @@ def _knn_config(folder, pretrained, **overrides):
   config.dataset = config.eval_dataset = f"folder:{folder}"
   config.eval_batch_size = 40
   config.knn.k = 10
-  for key, value in overrides.items():
-    section, _, name = key.rpartition(".")
-    (config[section] if section else config)[name] = value
-  return config
+  return override(config, overrides)
 
 
 @pytest.mark.slow

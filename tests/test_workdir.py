@@ -7,16 +7,14 @@ import pytest
 from configs import cifar10
 from mixsiam_jax import errors, resume_rules, workdir as workdir_lib
 from mixsiam_jax.program_options import from_config
-from tests.helpers import snapshot
+from tests.helpers import override, snapshot
 
 
 def config_dict(**overrides):
   config = cifar10.get_config("tiny")
   config.dataset = "folder:/nonexistent"
   config.eval_dataset = ""
-  for key, value in overrides.items():
-    section, _, name = key.rpartition(".")
-    (config[section] if section else config)[name] = value
+  override(config, overrides)
   return json.loads(config.to_json_best_effort())
 
 
@@ -247,10 +245,7 @@ def _tiny_config(folder, **overrides):
   config = cifar10.get_config("tiny")
   config.dataset = config.eval_dataset = f"folder:{folder}"
   config.async_checkpointing = False
-  for key, value in overrides.items():
-    section, _, name = key.rpartition(".")
-    (config[section] if section else config)[name] = value
-  return config
+  return override(config, overrides)
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from typing import Callable, Iterator, List, NoReturn, Sequence
 from absl import flags, logging
 
 from mixsiam_jax.errors import UserError
+from mixsiam_jax.resume_rules import FORMER_FIELDS
 from mixsiam_jax.stopping import Stopped
 
 EXIT_FINISHED = 0
@@ -238,6 +239,9 @@ def _unknown_field_line(error: BaseException, argv: Sequence[str], config_flag: 
   source = next((a.split("=", 1)[1] for a in argv
                  if re.match(rf"^--?{config_flag}=", a)), "the config")
   hint_text = " ".join(line.strip() for line in hint if line.strip())
+  field = prefix.sub("", override or "").split("=")[0]
+  if field in FORMER_FIELDS:
+    hint_text = f"It was renamed: use --{config_flag}.{FORMER_FIELDS[field]}."
   return (f"{override or f'--{config_flag}.{name}'}: {source} has no field {name!r}."
           + (f" {hint_text}" if hint_text else ""))
 

@@ -16,11 +16,12 @@ SAFE_TO_CHANGE = (
     "profile_steps", "data.device_prefetch", "data.skip_bad_images",
     "async_checkpointing", "model.remat", "model.conv_impl", "allow_length_change",
 )
-# Fields that configs no longer have (renamed or removed) and that changed nothing
-# trained: a workdir whose config.json records them still resumes.
-FORMER_FIELDS = (
-    "data.prefetch",  # now data.device_prefetch
-)
+# Fields that configs no longer have and that changed nothing trained, with the field
+# that replaced each: a workdir whose config.json records them still resumes, and a
+# command line that sets one is told the new name.
+FORMER_FIELDS = {
+    "data.prefetch": "data.device_prefetch",
+}
 # The run's length: changing it on a resume recomputes the lr schedule, so it is
 # refused unless the new config sets ALLOW_LENGTH_CHANGE.
 LENGTH_FIELDS = ("num_train_steps", "num_epochs")
@@ -64,7 +65,7 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[D
 
 
 def _is_safe(field: str) -> bool:
-  return any(field == s or field.startswith(s + ".") for s in SAFE_TO_CHANGE + FORMER_FIELDS)
+  return any(field == s or field.startswith(s + ".") for s in SAFE_TO_CHANGE + tuple(FORMER_FIELDS))
 
 
 def _program(config: Mapping[str, Any]) -> str:

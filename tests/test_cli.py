@@ -41,6 +41,9 @@ def test_config_mistakes_are_one_line(monkeypatch):
   assert parse(monkeypatch, "--config=configs/cifar10.py:tiny", "--config.model.depthx=4") == (
       "error: --config.model.depthx=4: configs/cifar10.py:tiny has no field 'depthx'. "
       'Did you mean "depth" instead of "depthx"?')
+  assert parse(monkeypatch, "--config=configs/cifar10.py:tiny", "--config.data.prefetch=3") == (
+      "error: --config.data.prefetch=3: configs/cifar10.py:tiny has no field 'prefetch'. "
+      "It was renamed: use --config.data.device_prefetch.")
   assert parse(monkeypatch, "--config=configs/nosuch.py") == (
       "error: --config=configs/nosuch.py could not be loaded: "
       "[Errno 2] No such file or directory: 'configs/nosuch.py'")

@@ -20,9 +20,9 @@ from orbax.checkpoint import checkpoint_managers
 
 from mixsiam_jax import checkpoint_faults, checkpoint_orbax, sharding
 from mixsiam_jax.errors import UserError
+from mixsiam_jax.workdir import CHECKPOINT_DIR
 
 STATE, META = "state", "meta"
-CHECKPOINT_DIR = "checkpoints"
 
 
 class CheckpointError(UserError):
@@ -166,7 +166,7 @@ def save(manager: ocp.CheckpointManager, step: int, tree: Dict[str, Any],
     manager.save(step, args=ocp.args.Composite(
         **{STATE: ocp.args.PyTreeSave(tree), META: ocp.args.JsonSave(meta)}), force=True)
   except Exception as e:  # pylint: disable=broad-except  (storage faults come in many types)
-    raise save_failure(manager, step, e) from e
+    _raise_save_failure(manager, step, e)
 
 
 def wait_until_saved(manager: ocp.CheckpointManager, step: int) -> None:
@@ -178,7 +178,15 @@ def wait_until_saved(manager: ocp.CheckpointManager, step: int) -> None:
   try:
     manager.wait_until_finished()
   except Exception as e:  # pylint: disable=broad-except
-    raise save_failure(manager, step, e) from e
+    _raise_save_failure(manager, step, e)
+
+
+def _raise_save_failure(manager: ocp.CheckpointManager, step: int, error: Exception) -> None:
+  """Raises save_failure's one-line error from ``error``, or ``error`` itself (a bug)."""
+  failure = save_failure(manager, step, error)
+  if failure is error:
+    raise error
+  raise failure from error
 
 
 class CheckpointSaveError(CheckpointError):

@@ -47,13 +47,15 @@ def save_failure_message(directory: str, step: int, error: BaseException) -> Opt
   text = str(error)
   if not (isinstance(error, OSError) or _STORAGE_FAULT.search(text.strip())):
     return None
+  newest_complete = max(_complete_steps(directory), default=0)
   failed = []
   for name in (os.listdir(directory) if os.path.isdir(directory) else []):
     prefix, tmp, _ = name.partition(ocp.path.step.TMP_DIR_SUFFIX)
     if tmp and prefix.isdigit():
       # Never resumed from (Orbax renames only complete steps), but it holds disk space. No
       # save is in flight now: an asynchronous one that failed surfaces only here.
-      failed.append(int(prefix))
+      if int(prefix) > newest_complete:  # older ones: left by an earlier crash
+        failed.append(int(prefix))
       shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
   step = min(failed, default=step)
   code = re.search(r"os_error_code='?(\d+)", text)

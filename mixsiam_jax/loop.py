@@ -114,10 +114,8 @@ class LoopResult:
 class _Run:
   """The state of one call of ``run``: what is in flight, what is saved, what was logged."""
 
-  def __init__(self, checkpoints: Checkpoints, writer: Any, num_steps: int, start_step: int,
-               steps_in_flight: int):
+  def __init__(self, checkpoints: Checkpoints, writer: Any, num_steps: int, start_step: int):
     self.checkpoints, self.writer = checkpoints, writer
-    self.num_steps, self.steps_in_flight = num_steps, steps_in_flight
     self.in_flight = collections.deque()
     self.history, self.last, self.evaluation = [], {}, {}
     self.progress = Progress(num_steps)
@@ -165,18 +163,24 @@ class _Run:
     except Interrupted:
       logging.warning("The evaluation at step %d was interrupted; its checkpoint is kept.", step)
       if step > self.saved:
+        if self.history:  # not a log step: its metrics are unchecked
+          check_finite(mean_metrics(self.history), step)
         self.save(step, state)
       return True
 
   def close(self, batches: Any) -> None:
     """Closes the batches, waits for the pending save, closes the manager and the writer."""
-    _close(batches)
     try:
-      self.checkpoints.wait_until_saved(self.saved)
+      _close(batches)
     finally:
-      self.checkpoints.close()
-      self.writer.flush()
-      self.writer.close()
+      try:
+        self.checkpoints.wait_until_saved(self.saved)
+      finally:
+        try:
+          self.checkpoints.close()
+        finally:
+          self.writer.flush()
+          self.writer.close()
 
 
 def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: int,
@@ -217,7 +221,7 @@ def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: in
       line: the directory, the OS error, the newest intact step).
   """
   positive_int("steps_in_flight", steps_in_flight)
-  loop = _Run(checkpoints, writer, num_steps, start_step, steps_in_flight)
+  loop = _Run(checkpoints, writer, num_steps, start_step)
   try:
     with StopRequest(num_processes) as stop:
       try:

@@ -27,8 +27,8 @@ from mixsiam_jax.errors import UserError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
-# checkpoint.CHECKPOINT_DIR, named here because this module stays free of Orbax and JAX
-# (main.py imports it before the flags are parsed).
+# The checkpoints' folder in a workdir (checkpoint.py imports it: this module stays free
+# of Orbax and JAX, as main.py imports it before the flags are parsed).
 CHECKPOINT_DIR = "checkpoints"
 
 

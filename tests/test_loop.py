@@ -72,12 +72,13 @@ def fake_checkpoints(tmp_path):
 
 
 def run_loop(checkpoints, program, batches, *, num_steps, log_every, checkpoint_every,
-             writer=None, **kwargs):
+             eval_every=0, writer=None, **kwargs):
   """loop.run of ``program`` from step 0 of the fake state."""
   return loop.run(program.step, {"step": 0, "w": np.zeros(3, np.float32)}, batches,
                   start_step=0, num_steps=num_steps,
                   cadence=Cadence(log_every_steps=log_every,
-                                  checkpoint_every_steps=checkpoint_every, eval_every_steps=0),
+                                  checkpoint_every_steps=checkpoint_every,
+                                  eval_every_steps=eval_every),
                   checkpoints=checkpoints, writer=writer or ListWriter(), **kwargs)
 
 
@@ -194,6 +195,19 @@ def test_a_signal_during_an_evaluation_stops_with_that_steps_checkpoint(tmp_path
   assert stopped.value.step == 6 and saved_steps(tmp_path) == [3, 6]
 
 
+def test_a_signal_during_an_evaluation_saves_nothing_non_finite(tmp_path):
+  """Step 4 evaluates but neither logs nor checkpoints: its NaN is caught before the save."""
+  def stalled_evaluation(state):
+    _signal_after(0.5)
+    threading.Event().wait()
+
+  with pytest.raises(loop.TrainingError, match="non-finite loss at step 4"):
+    run_loop(fake_checkpoints(tmp_path), FakeProgram(loss_at={4: float("nan")}),
+             iter(np.ones(10, np.float32)), num_steps=10, log_every=100, checkpoint_every=3,
+             eval_every=4, evaluate=stalled_evaluation)
+  assert saved_steps(tmp_path) == [3]
+
+
 def test_a_failed_save_is_one_line_naming_the_step_the_error_and_the_intact_step(
     tmp_path, monkeypatch):
   checkpoints = fake_checkpoints(tmp_path)
@@ -203,6 +217,8 @@ def test_a_failed_save_is_one_line_naming_the_step_the_error_and_the_intact_step
   def full_disk(step, *args, **kwargs):
     if step == 6:
       os.makedirs(tmp_path / "ckpt" / f"6{ocp.path.step.TMP_DIR_SUFFIX}")  # half written
+      # Left by a crash of an earlier run: not the step that failed now.
+      os.makedirs(tmp_path / "ckpt" / f"1{ocp.path.step.TMP_DIR_SUFFIX}")
       raise ValueError("RESOURCE_EXHAUSTED: Failed to write 2 bytes to file 7: No space left on "
                        "device [os_error_code='28']")
     return original(step, *args, **kwargs)

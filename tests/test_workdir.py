@@ -235,11 +235,6 @@ def test_a_failed_creation_removes_exactly_what_it_created(tmp_path):
   assert workdir_lib.create_directories(str(tmp_path / "kept" / "a"), "x") == []
 
 
-def test_checkpoint_dir_names_agree():
-  from mixsiam_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  assert workdir_lib.CHECKPOINT_DIR == checkpoint.CHECKPOINT_DIR
-
-
 def _tiny_config(folder, **overrides):
   """The config of the tiny_pretrained fixture's run."""
   config = cifar10.get_config("tiny")

@@ -101,7 +101,9 @@ def eval_elements(source: sources.Source, *, global_batch_size: int, local_batch
       lambda ex: (ex["index"] % global_batch_size) // local_batch == process_index)
   mine = mine.map(lambda ex: {"bytes": ex["bytes"], "label": ex["label"], "name": ex["name"],
                               "valid": tf.constant(True)})
-  count = sum(1 for k in range(num_batches * local_batch) if position(k) < n)
+  # Real examples of this process: every batch but the last is full.
+  last = (num_batches - 1) * global_batch_size + block_start
+  count = (num_batches - 1) * local_batch + min(max(n - last, 0), local_batch)
   pad = tf.data.Dataset.from_tensors({"bytes": tf.constant(b""), "label": tf.constant(-1),
                                       "name": tf.constant("padding"),
                                       "valid": tf.constant(False)})

@@ -9,6 +9,7 @@ import pytest
 from mixsiam_jax import accelerators, cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+NO_PCI = "/nonexistent/pci"  # tests of device files must not see this host's PCI devices
 
 
 def fake_dev(root, *names):
@@ -19,33 +20,54 @@ def fake_dev(root, *names):
   return str(root)
 
 
-def test_device_files_tell_gpus_and_tpus(tmp_path):
-  dev = fake_dev(tmp_path, "nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "accel0",
-                 "vfio/vfio", "null")
-  assert accelerators.visible_accelerators(dev) == {
-      "NVIDIA GPU": [f"{dev}/nvidia0", f"{dev}/nvidia1"], "TPU": [f"{dev}/accel0"]}
-  assert accelerators.visible_accelerators(fake_dev(tmp_path / "v5e", "vfio/0", "vfio/1")) == {
-      "TPU": [f"{tmp_path}/v5e/vfio/0", f"{tmp_path}/v5e/vfio/1"]}
-  assert accelerators.visible_accelerators(fake_dev(tmp_path / "cpu", "null", "vfio/vfio")) == {}
+def fake_pci(root, *devices):
+  """root/<address>/{vendor,device} for each (vendor id, device id)."""
+  for i, (vendor, device) in enumerate(devices):
+    path = root / f"0000:00:{i + 4:02x}.0"
+    path.mkdir(parents=True)
+    (path / "vendor").write_text(vendor + "\n")
+    (path / "device").write_text(device + "\n")
+  return str(root)
+
+
+def test_device_files_and_pci_ids_tell_gpus_and_tpus(tmp_path):
+  dev = fake_dev(tmp_path / "dev", "nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "accel0",
+                 "vfio/0", "null")
+  # Two v5e chips, the gVNIC every GCP VM has (Google's vendor id, not a TPU), an NVIDIA GPU.
+  pci = fake_pci(tmp_path / "pci", ("0x1ae0", "0x0063"), ("0x1ae0", "0x0063"),
+                 ("0x1ae0", "0x0042"), ("0x10de", "0x2335"))
+  assert accelerators.visible_accelerators(dev, pci) == {
+      "NVIDIA GPU": [f"{dev}/nvidia0", f"{dev}/nvidia1"],
+      "TPU": [f"{pci}/0000:00:04.0", f"{pci}/0000:00:05.0"]}
+  # A CPU host with a VFIO passthrough device and a gVNIC has no accelerator.
+  cpu_pci = fake_pci(tmp_path / "cpu_pci", ("0x1ae0", "0x0042"), ("0x8086", "0x1572"))
+  assert accelerators.visible_accelerators(fake_dev(tmp_path / "cpu", "null", "vfio/0"),
+                                           cpu_pci) == {}
 
 
 def test_the_cpu_backend_on_a_gpu_host_stops_unless_asked_for(tmp_path):
   dev = fake_dev(tmp_path, "nvidia0", "nvidia1")
   with pytest.raises(accelerators.CpuFallbackError) as error:
-    accelerators.check_backend("cpu", allow_cpu=False, environ={}, dev_root=dev)
+    accelerators.check_backend("cpu", allow_cpu=False, environ={}, dev_root=dev,
+                             pci_root=NO_PCI)
   assert str(error.value) == (
       f"JAX found no usable accelerator and would train on the CPU, but this host has NVIDIA "
       f"GPUs ({dev}/nvidia0, {dev}/nvidia1). Install JAX for them on top of requirements.txt "
       "(`pip install -r requirements-gpu.txt`; README, \"Install\"), or train on the CPU on "
       "purpose with JAX_PLATFORMS=cpu or --allow_cpu.")
-  accelerators.check_backend("cpu", allow_cpu=True, environ={}, dev_root=dev)
+  accelerators.check_backend("cpu", allow_cpu=True, environ={}, dev_root=dev,
+                             pci_root=NO_PCI)
   accelerators.check_backend("cpu", allow_cpu=False, environ={"JAX_PLATFORMS": "cpu"},
-                             dev_root=dev)
-  accelerators.check_backend("gpu", allow_cpu=False, environ={}, dev_root=dev)
+                             dev_root=dev,
+                             pci_root=NO_PCI)
+  accelerators.check_backend("gpu", allow_cpu=False, environ={}, dev_root=dev,
+                             pci_root=NO_PCI)
   with pytest.raises(accelerators.CpuFallbackError, match="requirements-tpu.txt"):
     accelerators.check_backend("cpu", allow_cpu=False, environ={"JAX_PLATFORMS": "cuda,cpu"},
-                               dev_root=fake_dev(tmp_path / "tpu", "accel0"))
-  accelerators.check_backend("cpu", allow_cpu=False, environ={}, dev_root=str(tmp_path / "none"))
+                               dev_root=str(tmp_path / "none"),
+                               pci_root=fake_pci(tmp_path / "tpu", ("0x1ae0", "0x005e")))
+  accelerators.check_backend("cpu", allow_cpu=False, environ={}, dev_root=str(tmp_path / "none"),
+                             pci_root=str(tmp_path / "none"))
 
 
 # main.py with the device files faked: a GPU host whose JAX is the CPU build.
@@ -54,7 +76,7 @@ import sys
 sys.path.insert(0, {repo!r})
 from mixsiam_jax import accelerators
 real = accelerators.visible_accelerators
-accelerators.visible_accelerators = lambda dev_root="/dev": real({dev!r})
+accelerators.visible_accelerators = lambda *args: real({dev!r}, {dev!r} + "/no_pci")
 import main
 from absl import app
 sys.argv = ["main.py"] + {args!r}

@@ -3,9 +3,10 @@ r"""The whole pretraining program on this host, as a user runs it, against its b
   python benchmarks/end_to_end_check.py --data=/data/cifar10/train --out=/tmp/e2e     # a GPU host
   python benchmarks/end_to_end_check.py --data=PATH --out=/tmp/e2e --smoke           # any CPU
 
---data is a CIFAR-10 training folder (PATH/<class>/<image>, e.g. the JPEG folder of
-shared/data): images [:4500] of every class train, [4500:] are the kNN monitor's
-held-out queries. Four parts, each in its own process, the report rewritten
+--data is a CIFAR-10 training folder, DIR/train with DIR/train/<class>/<image>
+(JPEG or PNG; for example OUT/data/train, the PNG folder scripts/cifar10_study.py
+exports from TFDS): images [:4500] of every class train, [4500:] are the kNN
+monitor's held-out queries. Four parts, each in its own process, the report rewritten
 after each (OUT/end_to_end.json, and a table on stdout):
   bare     benchmarks/accelerator_check.py's CIFAR recipe: the step alone on
            synthetic batches already on the device (images/s);
@@ -30,6 +31,7 @@ import os
 import pathlib
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,21 +45,30 @@ from mixsiam_jax import program_options  # noqa: E402  pylint: disable=g-import-
 from mixsiam_jax import workdir as workdir_lib  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
+def _train_split(args) -> str:
+  """The images of every class that train; the rest of each class are the kNN queries."""
+  return "[:15]" if args.smoke else "[:4500]"
+
+
 def _config_args(args) -> list:
-  """main.py's flags for the checked run (the README's CIFAR-10 command on the folder)."""
+  """main.py's flags for the checked run (the README's CIFAR-10 command on the folder).
+
+  bfloat16 like the bare step (benchmarks/accelerator_check.py sets half_precision), so
+  program / bare compares the same arithmetic on every platform.
+  """
   data = os.path.abspath(args.data)
   config = "configs/cifar10.py:tiny" if args.smoke else "configs/cifar10.py"
-  train, held_out = ("[:15]", "[15:20]") if args.smoke else ("[:4500]", "[4500:]")
+  held_out = "[15:20]" if args.smoke else "[4500:]"
   return [f"--config={config}", f"--config.dataset=folder:{data}",
-          f"--config.train_split={train}", f"--config.eval_dataset=folder:{data}",
-          f"--config.eval_split={held_out}"]
+          f"--config.train_split={_train_split(args)}", f"--config.eval_dataset=folder:{data}",
+          f"--config.eval_split={held_out}", "--config.half_precision=true"]
 
 
 def _num_examples(args) -> int:
   # Deferred: imports TensorFlow, which the --part=save child does not need.
   from mixsiam_jax.data import sources  # pylint: disable=g-import-not-at-top
-  split = "[:15]" if args.smoke else "[:4500]"
-  return sources.get_dataset_info(f"folder:{os.path.abspath(args.data)}", split).num_examples
+  return sources.get_dataset_info(f"folder:{os.path.abspath(args.data)}",
+                                  _train_split(args)).num_examples
 
 
 def bare(args, out: pathlib.Path) -> dict:
@@ -80,7 +91,7 @@ def input_pipeline(args, opts: program_options.PretrainOptions) -> dict:
   from mixsiam_jax import pretrain  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.data import iterate, pipeline  # pylint: disable=g-import-not-at-top
   data = dataclasses.replace(opts.data, dataset=f"folder:{os.path.abspath(args.data)}",
-                             split="[:15]" if args.smoke else "[:4500]")
+                             split=_train_split(args))
   options = pretrain.train_data_options(dataclasses.replace(opts, data=data), opts.batch_size)
   stream = iterate.numpy_batches(
       lambda start, checked: pipeline.create_pretrain_dataset(
@@ -134,28 +145,29 @@ def program(args, out: pathlib.Path, steps_per_epoch: int) -> dict:
          f"--config.log_every_steps={max(1, steps_per_epoch // 4)}",
          f"--config.checkpoint_every_steps={steps_per_epoch}",
          f"--config.eval_every_steps={steps_per_epoch}"]
-  log = open(out / "program.log", "w")
-  started = time.monotonic()
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-  peaks, stop_at = _Peaks(proc.pid), steps_per_epoch * args.epochs
-  rows = []
-  while time.monotonic() - started < args.part_seconds:
-    peaks.poll()
-    rows = workdir_lib.read_metrics(str(workdir)) if workdir.exists() else []
-    if any(r["step"] >= stop_at and "knn_top1" in r for r in rows) or proc.poll() is not None:
-      break
-    time.sleep(1.0)
-  signalled = time.monotonic()
-  proc.send_signal(signal.SIGTERM)
-  try:
-    status = proc.wait(timeout=max(60, args.part_seconds - (signalled - started)))
-  except subprocess.TimeoutExpired:
-    proc.kill()
-    status = "killed: no exit within the part's time after SIGTERM"
+  with open(out / "program.log", "w") as log:
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    peaks, stop_at = _Peaks(proc.pid), steps_per_epoch * args.epochs
+    rows = []
+    while time.monotonic() - started < args.part_seconds:
+      peaks.poll()
+      rows = workdir_lib.read_metrics(str(workdir)) if workdir.exists() else []
+      if any(r["step"] >= stop_at and "knn_top1" in r for r in rows) or proc.poll() is not None:
+        break
+      time.sleep(1.0)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+      status = proc.wait(timeout=max(60, args.part_seconds - (signalled - started)))
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+      status = "killed: no exit within the part's time after SIGTERM"
   exit_seconds = time.monotonic() - signalled
   rates = [r["steps_per_sec"] for r in rows if "steps_per_sec" in r][1:]  # first: after compile
   knn = [r for r in rows if "knn_top1" in r]
-  steps_per_second = sorted(rates)[len(rates) // 2] if rates else None
+  steps_per_second = statistics.median(rates) if rates else None
   return {"exit_status": status, "sigterm_to_exit_seconds": exit_seconds,
           "steps_per_second": steps_per_second, "steps_per_epoch": steps_per_epoch,
           "epoch_seconds": steps_per_epoch / steps_per_second if steps_per_second else None,

@@ -1,11 +1,12 @@
 r"""How much does summing the weight gradients across devices in bfloat16 cost in accuracy?
 
-  python benchmarks/grad_allreduce_precision.py --replicas=8,64,256
+  python benchmarks/grad_allreduce_precision.py --replicas=8,64,256 --images=DIR/train
 
 With a bfloat16 compute dtype, XLA all-reduces each weight gradient where it is
 produced. Produced in bfloat16 (flax's default: the kernel is cast before the
-op), the all-reduce adds bfloat16 numbers; with models/precision.py the local
-gradient is accumulated in float32 and the all-reduce adds float32 numbers.
+op), the all-reduce adds bfloat16 numbers; with models/conv.py (the program's
+choice) each device's bfloat16 partial is cast to float32 and the all-reduce
+adds float32 numbers.
 XLA:CPU promotes bfloat16 all-reduces to float32 internally, so simulated CPU
 devices cannot show the difference; this script reproduces the arithmetic
 instead: the per-device partial gradients of a small ResNet-18 MixSiam-style
@@ -13,12 +14,14 @@ loss (bfloat16 compute, one group of examples per replica, vmapped), then
 
   bf16 ring:     bf16 partials, summed in bfloat16 one replica after another
   bf16 tree:     bf16 partials, summed pairwise in bfloat16 (log2 R roundings)
-  bf16 -> f32:   bf16 partials, summed in float32 (rounded only locally)
-  f32 (ours):    float32 partials, summed in float32
+  bf16 -> f32 (ours): bf16 partials, summed in float32 (rounded only locally)
+  f32:           float32 partials, summed in float32
 
 each against the float64 sum of the float32 partials. For scale, the last line
 compares the whole float32-compute gradient with the bfloat16-compute one.
-Prints one JSON line per replica count.
+--images is a CIFAR-10 class-folder tree of JPEGs, DIR/train/<class>/<image>.jpg;
+without it (or with fewer images than needed) the inputs are uniform noise, and
+each JSON line says which ("inputs"). Prints one JSON line per replica count.
 """
 import argparse
 import dataclasses
@@ -37,15 +40,19 @@ from mixsiam_jax import losses, models  # noqa: E402  pylint: disable=g-import-n
 from mixsiam_jax import program_options  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
-def _images(count: int, size: int, folder: str) -> np.ndarray:
-  """``count`` CIFAR images in [0, 1] from a class folder tree, or noise without one."""
+def _images(count: int, size: int, folder: str) -> tuple:
+  """``count`` CIFAR images in [0, 1] from a class folder tree, or noise without one.
+
+  Returns:
+    (images [count, size, size, 3] float32, "folder:PATH" or "uniform noise").
+  """
   rng = np.random.default_rng(0)
   paths = sorted(pathlib.Path(folder).glob("*/*.jpg")) if folder else []
   paths = paths[::max(1, len(paths) // count)][:count]  # every class
   if len(paths) < count:
-    return rng.uniform(size=(count, size, size, 3)).astype(np.float32)
+    return rng.uniform(size=(count, size, size, 3)).astype(np.float32), "uniform noise"
   return np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size)), np.float32)
-                   / 255.0 for p in paths])
+                   / 255.0 for p in paths]), f"folder:{folder}"
 
 
 def _partials(net, variables, views):
@@ -95,7 +102,7 @@ def measure(replicas: int, per_replica: int, width: int, size: int, folder: str)
                               predictor_hidden_dim=width, conv_impl="xla")
   net16 = models.MixSiamNetwork(dataclasses.replace(model, half_precision=True), "cpu")
   net32 = models.MixSiamNetwork(dataclasses.replace(model, half_precision=False), "cpu")
-  images = _images(replicas * per_replica, size, folder)
+  images, inputs = _images(replicas * per_replica, size, folder)
   noise = np.random.default_rng(1).normal(scale=0.1, size=images.shape).astype(np.float32)
   views = np.stack([images, images[:, :, ::-1] + noise], axis=1)  # two "augmentations"
   views = (views - 0.45) / 0.25
@@ -117,7 +124,7 @@ def measure(replicas: int, per_replica: int, width: int, size: int, folder: str)
                         _partials(net32, variables, views))
   rows["bf16_compute_vs_f32_compute"] = _error(exact, full32)
   return {"replicas": replicas, "per_replica_batch": per_replica, "width": width,
-          "image_size": size, "relative_l2_error": rows}
+          "image_size": size, "inputs": inputs, "relative_l2_error": rows}
 
 
 def main():
@@ -126,8 +133,9 @@ def main():
   parser.add_argument("--per_replica_batch", type=int, default=4)
   parser.add_argument("--width", type=int, default=8)
   parser.add_argument("--image_size", type=int, default=16)
-  parser.add_argument("--images", default="/tmp/c10/train",
-                      help="class-folder tree of JPEGs (CIFAR-10 train); noise if absent")
+  parser.add_argument("--images", default="",
+                      help="class-folder tree of JPEGs, DIR/train (CIFAR-10 train); default: "
+                      "uniform noise instead of images")
   args = parser.parse_args()
   for replicas in map(int, args.replicas.split(",")):
     print(json.dumps(measure(replicas, args.per_replica_batch, args.width, args.image_size,

@@ -18,7 +18,8 @@ docs/performance.md, section 7. Variants, swapped in this process only:
   onepassbn  ViewBatchNorm's variance as E[x^2] - E[x]^2 (one pass);
   stockbn    ViewBatchNorm replaced by flax's nn.BatchNorm (statistics over
              all views together: not MixSiam);
-  plain      the flax_plain network of benchmarks/train_step_bench.py.
+  plain      the flax_plain network of benchmarks/train_step_bench.py
+             (benchmarks/train_step_jax_rows.py's plain_network).
 """
 import argparse
 import collections
@@ -72,12 +73,12 @@ def swap_in(variant: str, depth: int, image_size: int) -> None:
 
     resnet.ViewBatchNorm = heads.ViewBatchNorm = OnePassBatchNorm
   elif variant == "plain":
-    # Only the 'plain' variant needs the sibling benchmark.
-    import train_step_bench  # pylint: disable=g-import-not-at-top
+    # Only the 'plain' variant needs the sibling module (train_step_bench's JAX rows).
+    import train_step_jax_rows  # pylint: disable=g-import-not-at-top
     shape = types.SimpleNamespace(dtype="bfloat16", depth=depth, width=64, stem="imagenet",
                                   image_size=image_size, projector_layers=3,
                                   projector_dim=2048, predictor_hidden_dim=512)
-    recipe.models.MixSiamNetwork = lambda model, platform: train_step_bench.plain_network(shape)
+    recipe.models.MixSiamNetwork = lambda model, platform: train_step_jax_rows.plain_network(shape)
 
 
 def _num_bytes(shape: str) -> int:

@@ -60,7 +60,6 @@ import time
 
 import torch_reference  # the sibling modules (this script's folder is on sys.path)
 from train_step_jax_rows import build_jax
-from train_step_jax_rows import plain_network  # noqa: F401  (step_module_variants' 'plain' variant)
 
 ROWS = ("ours", "ours_photo", "flax_plain", "bare", "torch", "torch_compile")
 TORCH_ROWS = ("torch", "torch_compile")

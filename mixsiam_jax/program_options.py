@@ -22,7 +22,6 @@ from mixsiam_jax.options import (MethodOptions, ModelOptions, OptimOptions, Opti
 from mixsiam_jax.run_options import (Cadence, CheckpointOptions, EncoderSource, EvalData,
                                      FileArchitecture, KnnOptions, TrainData, check_crop_scale)
 
-PROGRAMS = ("pretrain", "linear_probe", "knn")
 @dataclasses.dataclass(frozen=True)
 class PretrainOptions:
   """Everything a pretraining run needs (configs/cifar10.py documents each field).
@@ -149,17 +148,14 @@ def from_config(config: ml_collections.ConfigDict) -> ProgramOptions:
     first invalid field and the fix.
   """
   program = config.get("program", "pretrain")
-  builders = {"pretrain": pretrain_options, "linear_probe": probe_options,
-              "knn": knn_program_options}
-  if program not in builders:
-    raise OptionsError(f"config.program={program!r} must be one of {PROGRAMS}.")
-  return builders[program](config)
+  if program not in _PROGRAMS:
+    raise OptionsError(f"config.program={program!r} must be one of {tuple(_PROGRAMS)}.")
+  return _PROGRAMS[program][0](config)
 
 
 def program_name(options: ProgramOptions) -> str:
   """'pretrain', 'linear_probe' or 'knn': the program that runs ``options``."""
-  return {PretrainOptions: "pretrain", ProbeOptions: "linear_probe",
-          KnnProgramOptions: "knn"}[type(options)]
+  return next(name for name, (_, kind) in _PROGRAMS.items() if isinstance(options, kind))
 
 
 def _record(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -243,3 +239,9 @@ def knn_program_options(config: ml_collections.ConfigDict) -> KnnProgramOptions:
   """KnnProgramOptions from a kNN config (configs/knn.py)."""
   return KnnProgramOptions(encoder=_encoder(config), data=_eval_data(config), knn=_knn(config),
                            record=_record(config))
+
+
+# config.program -> (options builder, options type).
+_PROGRAMS = {"pretrain": (pretrain_options, PretrainOptions),
+             "linear_probe": (probe_options, ProbeOptions),
+             "knn": (knn_program_options, KnnProgramOptions)}

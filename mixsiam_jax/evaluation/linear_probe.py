@@ -236,7 +236,10 @@ def run_linear_probe(opts: ProbeOptions, workdir: str) -> Dict[str, Any]:
   head = linear_head(info.num_classes)
   embed = encoder.make_embed_fn(frozen.resnet, mesh)
   bound_embed = functools.partial(embed, frozen.variables)
-  batches = _train_batches(opts, data, mesh, bound_embed, run.start_step)
+  # Built now, before the workdir is written, so that they check the data; a probe that
+  # had finished only evaluates (the fast variant's training features are not needed).
+  finished = run.start_step >= optimization.num_steps
+  batches = None if finished else _train_batches(opts, data, mesh, bound_embed, run.start_step)
   init, to_tree, from_tree = _probe_state_functions(head, optimization.tx, frozen.feature_dim,
                                                     opts.seed, mesh)
   meta = {"pretrained": frozen.source, "pretrained_step": frozen.step,

@@ -104,11 +104,11 @@ def gpu_memory_fraction() -> float:
 
 def _tpu_devices(topology: str) -> List[jax.Device]:
   try:
-    # Optional (requirements-accelerators.txt): needed, and imported, only for TPU topologies.
+    # Optional (requirements-tpu.txt): needed, and imported, only for TPU topologies.
     import libtpu  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     raise TopologyError(f"--topology={topology} needs libtpu: pip install -r "
-                        "requirements-accelerators.txt (libtpu==0.0.43.2).") from None
+                        "requirements-tpu.txt (libtpu==0.0.43.2).") from None
   # Deviceless use: no TPU metadata server to ask, and other JAX processes on this
   # host may hold libtpu's lock file without using a TPU either.
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")

@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from mixsiam_jax import augment, checkpoint, loop, runner, sharding, train
 from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.checkpointing import Checkpoints
-from mixsiam_jax.data import DatasetError, decode, iterate, pipeline, sources
+from mixsiam_jax.data import DatasetError, decode, iterate, pipeline, sources, tfds_prepare
 from mixsiam_jax.evaluation import evaluators
 from mixsiam_jax.models import metadata
 from mixsiam_jax.program_options import PretrainOptions
@@ -41,6 +41,14 @@ def _preview_images(views: jax.Array, count: int = 4) -> np.ndarray:
   x = np.asarray(views.addressable_data(0)[:count], np.float32) * std + mean
   x = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
   return x.reshape((-1,) + x.shape[2:])
+
+
+def _data_sets(opts: PretrainOptions) -> List[Tuple[str, str]]:
+  """(dataset, config field) of every data set the run reads."""
+  sets = [(opts.data.dataset, "dataset")]
+  if opts.evaluation is not None:
+    sets += opts.evaluation.data_sets()
+  return sets
 
 
 def _describe_data(opts: PretrainOptions, train_info: sources.DatasetInfo
@@ -191,6 +199,7 @@ def train_and_evaluate(opts: PretrainOptions, workdir: str,
   """
   mesh = sharding.create_mesh(devices)
   sharding.check_global_batch(opts.batch_size, mesh)
+  tfds_prepare.prepare_for_run(_data_sets(opts))
   info = sources.get_dataset_info(opts.data.dataset, opts.data.split)
   training = build_training(opts, mesh, info.num_examples, info.num_classes)
   run = runner.open_run(workdir, opts.record)

@@ -120,6 +120,10 @@ class EvalData:
     one_of("data.eval_transform", self.transform, names.EVAL_TRANSFORMS)
     boolean("data.skip_bad_images", self.skip_bad_images)
 
+  def data_sets(self) -> Tuple[Tuple[str, str], ...]:
+    """(data set, config field) of both sides, e.g. for data/tfds_prepare.py."""
+    return ((self.dataset, "dataset"), (self.eval_dataset, "eval_dataset"))
+
 
 @dataclasses.dataclass(frozen=True)
 class KnnOptions:

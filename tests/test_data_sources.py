@@ -61,7 +61,8 @@ def test_missing_eval_folder_names_eval_dataset(tmp_path):
 def test_offline_tfds_advice_names_the_field(tmp_path):
   empty = sources.TfdsOptions(data_dir=str(tmp_path))
   start = time.time()
-  with pytest.raises(DatasetError, match=r"tfds build cifar10.*--config\.dataset=folder:PATH\."):
+  with pytest.raises(DatasetError,
+                     match=r"tfds_prepare tfds:cifar10.*--config\.dataset=folder:PATH\."):
     sources.get_dataset_info("tfds:cifar10", "train", tfds_options=empty)
   with pytest.raises(DatasetError) as err:
     sources.get_dataset_info("tfds:cifar10", "test", field="eval_dataset", tfds_options=empty)

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 
 from configs import cifar10
 from mixsiam_jax import pretrain, workdir as workdir_lib
+from mixsiam_jax.data import tfds_prepare
 from mixsiam_jax.program_options import from_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -65,7 +66,9 @@ def test_tiny_run_on_folder_writes_everything_and_resumes_exactly(cifar_jpeg_fol
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_block_per_stage")
-def test_tiny_run_on_mock_tfds_and_device_counts_agree(tmp_path):
+def test_tiny_run_on_mock_tfds_and_device_counts_agree(tmp_path, monkeypatch):
+  # Mock data need no download or preparation (tests/test_data_tfds_prepare.py tests that).
+  monkeypatch.setattr(tfds_prepare, "prepare_for_run", lambda datasets: None)
   config = tiny_config("tfds:cifar10")
   config.num_train_steps = 4
   with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
@@ -87,14 +90,21 @@ def run_main(*args, env=None, timeout=120):
 
 
 @pytest.mark.slow
-def test_default_command_without_data_fails_fast_naming_both_fixes(tmp_path):
+def test_default_command_offline_fails_fast_naming_both_ways_out(tmp_path):
+  # A proxy that refuses every connection stands for a machine without internet.
+  proxy = "http://127.0.0.1:9"
   start = time.time()
   result = run_main("--config=configs/cifar10.py", f"--workdir={tmp_path / 'w'}",
-                    env={"TFDS_DATA_DIR": str(tmp_path / "no_tfds")})
-  assert result.returncode != 0
-  assert time.time() - start < 90  # imports dominate; no download attempt, no hang
-  assert "tfds build cifar10" in result.stderr and "folder:" in result.stderr
+                    env={"TFDS_DATA_DIR": str(tmp_path / "no_tfds"), "HTTPS_PROXY": proxy,
+                         "https_proxy": proxy})
+  assert result.returncode == 1
+  assert time.time() - start < 90  # imports dominate; no download retries
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]
+  assert errors[0].startswith("error: the download of cifar10 failed")
+  assert "TFDS_DATA_DIR" in errors[0] and "--config.dataset=folder:PATH" in errors[0]
   assert "Traceback" not in result.stderr
+  assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("field,value,needle", [

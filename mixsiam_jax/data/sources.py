@@ -2,9 +2,11 @@
 
   * ``tfds:NAME`` (any TFDS image-classification data set; ``split`` is any TFDS
     split string such as ``train[:90%]``). Read through ``tfds.data_source``
-    (random access; needs the array_record file format, ``tfds build NAME
-    --file_format=array_record``) and otherwise through ``tfds.load`` in its
-    canonical order (pipeline.py says what differs then).
+    (random access; needs the array_record file format, in which
+    tfds_prepare.py prepares a data set on first use). A data set stored as
+    TFRecords only is refused, naming the command that converts it, unless
+    sequential reads are asked for (``TfdsOptions.random_access=False``: then
+    ``tfds.load`` in its canonical order; pipeline.py says what differs).
   * ``folder:PATH``: PATH/<class>/<file> or a flat folder of images, listed by
     folders.py (which also defines the folder split grammar). JPEG, PNG, BMP
     and GIF; files are read lazily and in parallel, never all loaded.
@@ -45,8 +47,8 @@ class TfdsOptions:
   Attributes:
     data_dir: TFDS data folder (None: TFDS_DATA_DIR or ~/tensorflow_datasets).
     image_key, label_key: feature names (None: found from the features).
-    random_access: True needs array_record files, False reads sequentially,
-      None uses random access when the files allow it.
+    random_access: False reads sequentially (canonical order); otherwise the
+      data set must be stored in a random-access format (array_record).
   """
   data_dir: Optional[str] = None
   image_key: Optional[str] = None
@@ -105,8 +107,41 @@ def _tfds_not_prepared(name: str, split: str, err: Exception, field: str) -> Dat
     advice += " (or --config.eval_dataset= for no evaluation set)"
   return DatasetError(
       f"{field}=tfds:{name} (split {split!r}) cannot be read: {str(err).splitlines()[0][:300]} "
-      f"Prepare it with `tfds build {name.split(':')[0]}` on a machine with internet and copy "
-      f"the data here (set TFDS_DATA_DIR to its folder), or use {advice}.")
+      f"Prepare it with `python -m mixsiam_jax.data.tfds_prepare tfds:{name}` (main.py does "
+      f"this on first use) and set TFDS_DATA_DIR to its folder, or use {advice}.")
+
+
+def tfds_builder(name: str, data_dir: Optional[str], field: str):
+  """The TFDS builder of ``name`` (prepared or not).
+
+  Args:
+    name: the TFDS name, e.g. 'cifar10' or 'imagenet2012:5.1.0'.
+    data_dir: TFDS data folder (None: TFDS_DATA_DIR or ~/tensorflow_datasets).
+    field: the config field that gave it, named in the error.
+
+  Returns:
+    The tfds DatasetBuilder.
+
+  Raises:
+    DatasetError: TFDS knows no data set of that name.
+  """
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DatasetError(f"Unknown TFDS dataset {name!r} ({str(e).splitlines()[0]}); see "
+                       "https://www.tensorflow.org/datasets/catalog or use "
+                       f"--config.{field}=folder:PATH.") from None
+
+
+def no_random_access(builder, field: str) -> DatasetError:
+  """The error for a prepared TFDS data set without a random-access file format."""
+  return DatasetError(
+      f"{field}=tfds:{builder.name} is stored in {builder.data_dir} as "
+      f"{builder.info.file_format.value}, which has no random access (needed for exact resume "
+      "and for batches that do not depend on the number of processes). Set it aside and rerun: "
+      f"the data set is prepared again in array_record (from the archives in "
+      f"{os.path.join(builder.data_dir_root, 'downloads')} if they are still there): "
+      f"mv {builder.data_dir} {builder.data_dir}.tfrecord")
 
 
 def _tfds_keys(builder, image_key, label_key
@@ -132,12 +167,7 @@ def _tfds_keys(builder, image_key, label_key
 def _tfds_source(name: str, split: str, tfds_options: TfdsOptions, field: str) -> Source:
   """Opens a TFDS split: random access when possible, else canonical order."""
   data_dir, random_access = tfds_options.data_dir, tfds_options.random_access
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise DatasetError(f"Unknown TFDS dataset {name!r} ({str(e).splitlines()[0]}); see "
-                       "https://www.tensorflow.org/datasets/catalog or use "
-                       f"--config.{field}=folder:PATH.") from None
+  builder = tfds_builder(name, data_dir, field)
   image_key, label_key, num_classes, names = _tfds_keys(builder, tfds_options.image_key,
                                                         tfds_options.label_key)
   decoders = {image_key: tfds.decode.SkipDecoding()}
@@ -145,15 +175,15 @@ def _tfds_source(name: str, split: str, tfds_options: TfdsOptions, field: str) -
     try:
       source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
                                 decoders=decoders)
-    except (NotImplementedError, ValueError) as e:
-      if random_access or "file format" not in str(e).lower():
-        raise _tfds_not_prepared(name, split, e, field) from None
-      source = None  # Stored as TFRecords: fall back to sequential reads.
+    except NotImplementedError:
+      if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+        raise _tfds_not_prepared(name, split, FileNotFoundError(
+            f"it is not prepared in {builder.data_dir_root}."), field) from None
+      raise no_random_access(builder, field) from None  # prepared as TFRecords
     except Exception as e:  # pylint: disable=broad-except  (not prepared, bad split...)
       raise _tfds_not_prepared(name, split, e, field) from None
-    if source is not None:
-      info = DatasetInfo(len(source), num_classes, names)
-      return _tfds_random_access(source, name, split, image_key, label_key, info)
+    info = DatasetInfo(len(source), num_classes, names)
+    return _tfds_random_access(source, name, split, image_key, label_key, info)
   try:
     ds = tfds.load(name, split=split, data_dir=data_dir, download=False, shuffle_files=False,
                    decoders=decoders, read_config=tfds.ReadConfig(

@@ -6,6 +6,7 @@ from absl import logging
 
 from mixsiam_jax import sharding
 from mixsiam_jax import workdir as workdir_lib
+from mixsiam_jax.data import tfds_prepare
 from mixsiam_jax.evaluation import encoder, evaluators, program
 from mixsiam_jax.program_options import KnnProgramOptions
 
@@ -29,6 +30,7 @@ def run_knn(opts: KnnProgramOptions, workdir: str) -> Dict[str, Any]:
   """
   workdir_lib.check_resume(workdir_lib.check_workdir(workdir), opts.record)
   mesh = sharding.create_mesh()
+  tfds_prepare.prepare_for_run(opts.data.data_sets())
   frozen = program.restore(opts.encoder, mesh)
   image_size = program.resolve_image_size(opts.data.image_size, frozen)
   monitor = evaluators.KnnMonitor(encoder.make_embed_fn(frozen.resnet, mesh), mesh,

@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from mixsiam_jax import checkpoint, optim, runner, sharding
 from mixsiam_jax.checkpointing import Checkpoints
-from mixsiam_jax.data import decode, iterate, pipeline
+from mixsiam_jax.data import decode, iterate, pipeline, tfds_prepare
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.evaluation import encoder, evaluators, features, program
 from mixsiam_jax.program_options import ProbeOptions
@@ -225,6 +225,7 @@ def run_linear_probe(opts: ProbeOptions, workdir: str) -> Dict[str, Any]:
   mesh = sharding.create_mesh()
   sharding.check_global_batch(opts.batch_size, mesh)
   run = runner.open_run(workdir, opts.record)
+  tfds_prepare.prepare_for_run(opts.data.data_sets())
   frozen = _restore_recorded(opts.encoder, mesh, run.path, _recorded_meta(run))
   data = dataclasses.replace(
       opts.data, image_size=program.resolve_image_size(opts.data.image_size, frozen))

@@ -1,14 +1,25 @@
 """program_options.py: every config becomes its program's options once, checked, from the config's values."""
 import dataclasses
+import io
+import os
+import pathlib
 import re
+import shlex
+import subprocess
+import sys
+import tarfile
 
 import pytest
+import tensorflow_datasets as tfds
+from absl import flags
+from ml_collections import config_flags
+from PIL import Image
 
 from configs import cifar10, imagenet, knn as knn_config, linear_probe as probe_config
 from configs import simsiam_cifar10
 from mixsiam_jax import program_options
 from mixsiam_jax import run_options
-from mixsiam_jax.data import DatasetError
+from mixsiam_jax.data import DatasetError, sources
 from mixsiam_jax.options import OptionsError
 from mixsiam_jax.run_options import Cadence, CheckpointOptions, FileArchitecture, KnnOptions
 
@@ -112,3 +123,166 @@ def test_a_bad_training_data_set_is_refused_before_anything_is_opened():
   config.dataset = "folder"
   with pytest.raises(DatasetError, match="dataset='folder' must be 'tfds:NAME'"):
     program_options.from_config(config)
+
+
+# --- ImageNet: the commands of docs/imagenet.md, both routes -------------------------------
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+IMAGENET_DOC = ROOT / "docs" / "imagenet.md"
+DOC_DATA = "/data/imagenet"  # the folder route's path in the doc's commands
+# Validation image number -> WordNet id, as ImageNet's validation ground truth (and the
+# widely used valprep.sh, whose first line moves image 293 to n01440764) has them.
+VAL_CLASSES = {1: "n01751748", 2: "n09193705", 3: "n02105855", 293: "n01440764"}
+
+
+def imagenet_doc_commands():
+  """Each `python main.py ...` command of docs/imagenet.md, as its argument list."""
+  commands = []
+  for block in re.findall(r"```bash\n(.*?)```", IMAGENET_DOC.read_text(), re.S):
+    for line in block.replace("\\\n", " ").splitlines():
+      if line.startswith("python main.py"):
+        commands.append(shlex.split(line)[1:])
+  return commands
+
+
+def doc_snippet(first_line):
+  """The code block of docs/imagenet.md that starts with ``first_line``."""
+  blocks = re.findall(r"```(?:python|bash)\n(.*?)```", IMAGENET_DOC.read_text(), re.S)
+  return next(b for b in blocks if b.startswith(first_line))
+
+
+def options_of_command(argv, monkeypatch):
+  """The options main.py builds from a command line (its config flags)."""
+  monkeypatch.chdir(ROOT)
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
+  flag_values = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True)
+  flag_values(argv)
+  return program_options.from_config(flag_values.config)
+
+
+def data_sets(options):
+  """(field, data set, split) of every data set a program opens."""
+  data = options.evaluation if isinstance(options, program_options.PretrainOptions) else options.data
+  sets = [("dataset", data.dataset, data.train_split), ("eval_dataset", data.eval_dataset,
+                                                          data.eval_split)]
+  if isinstance(options, program_options.PretrainOptions):
+    sets.append(("dataset", options.data.dataset, options.data.split))
+  return sets
+
+
+def test_the_imagenet_doc_has_each_program_on_both_routes():
+  routes = {(argv[1], any(a.startswith("--config.dataset=folder:") for a in argv))
+            for argv in imagenet_doc_commands()}
+  assert routes == {(config, folder) for folder in (False, True) for config in (
+      "--config=configs/imagenet.py", "--config=configs/knn.py:imagenet",
+      "--config=configs/linear_probe.py:imagenet")}
+
+
+@pytest.mark.parametrize("argv", imagenet_doc_commands(), ids=" ".join)
+def test_each_imagenet_doc_command_builds_its_programs_options(argv, monkeypatch):
+  options = options_of_command(argv, monkeypatch)
+  folder = "--config.dataset=folder:/data/imagenet/train" in argv
+  train, val = ((f"folder:{DOC_DATA}/train", f"folder:{DOC_DATA}/val") if folder
+                else ("tfds:imagenet2012", "tfds:imagenet2012"))
+  assert sorted(data_sets(options)) == sorted(
+      [("dataset", train, "train"), ("eval_dataset", val, "validation")]
+      + ([("dataset", train, "train")] if "configs/imagenet.py" in argv[1] else []))
+  if isinstance(options, program_options.PretrainOptions):  # the paper's recipe
+    assert (options.model.depth, options.image_size, options.batch_size) == (50, 224, 128)
+    assert (options.optim.base_lr, options.method.aggregation) == (0.05, "max")
+    assert options.evaluation.transform == "resize_center_crop"
+  else:
+    assert options.data.image_size == run_options.FROM_ENCODER
+    assert options.data.transform == "resize_center_crop"
+    assert options.encoder.pretrained == "/ckpt/mixsiam_in1k"
+  if isinstance(options, program_options.ProbeOptions):
+    assert (options.optim.name, options.optim.base_lr, options.batch_size) == ("lars", 0.02, 4096)
+
+
+def _jpeg(shade):
+  buffer = io.BytesIO()
+  Image.new("RGB", (8, 8), (shade, 255 - shade, 0)).save(buffer, "JPEG")
+  return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fake_imagenet_folder(tmp_path_factory):
+  """DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG, val sorted by docs/imagenet.md's script."""
+  root = tmp_path_factory.mktemp("imagenet")
+  for wnid in VAL_CLASSES.values():
+    (root / "train" / wnid).mkdir(parents=True)
+    for i in range(2):
+      (root / "train" / wnid / f"{wnid}_{i}.JPEG").write_bytes(_jpeg(40 * i))
+  val = root / "val"
+  val.mkdir()
+  for number in VAL_CLASSES:
+    (val / f"ILSVRC2012_val_{number:08d}.JPEG").write_bytes(_jpeg(number % 256))
+  script = root / "sort_imagenet_val.py"
+  script.write_text(doc_snippet("# sort_imagenet_val.py"))
+  subprocess.run([sys.executable, str(script), str(val)], check=True, timeout=60)
+  return root
+
+
+def test_the_docs_script_sorts_validation_images_into_their_classes(fake_imagenet_folder):
+  val = fake_imagenet_folder / "val"
+  assert {p.relative_to(val).as_posix() for p in val.rglob("*") if p.is_file()} == {
+      f"{wnid}/ILSVRC2012_val_{number:08d}.JPEG" for number, wnid in VAL_CLASSES.items()}
+
+
+@pytest.mark.parametrize("argv", [a for a in imagenet_doc_commands()
+                                  if any(x.startswith("--config.dataset=folder:") for x in a)],
+                         ids=" ".join)
+def test_each_folder_command_of_the_imagenet_doc_opens_an_imagenet_layout(
+    argv, fake_imagenet_folder, monkeypatch):
+  argv = [a.replace(DOC_DATA, str(fake_imagenet_folder)) for a in argv]
+  options = options_of_command(argv, monkeypatch)
+  infos = {(dataset, split): sources.get_dataset_info(dataset, split, field=field)
+           for field, dataset, split in data_sets(options)}
+  wnids = tuple(sorted(VAL_CLASSES.values()))
+  assert {(d.split("/")[-1], s): (i.num_examples, i.class_names) for (d, s), i in infos.items()} == {
+      ("train", "train"): (8, wnids), ("val", "validation"): (4, wnids)}
+
+
+@pytest.mark.slow
+def test_the_tfds_route_prepares_imagenet2012_from_its_archives(tmp_path):
+  """The doc's TFDS command on two tiny archives of ImageNet's layout; the program reads it."""
+  archives = tmp_path / "archives"
+  archives.mkdir()
+
+  def add(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+  wnids = sorted(VAL_CLASSES.values())
+  with tarfile.open(archives / "ILSVRC2012_img_train.tar", "w") as outer:
+    for wnid in wnids:
+      inner = io.BytesIO()
+      with tarfile.open(fileobj=inner, mode="w") as tar:
+        for i in range(2):
+          add(tar, f"{wnid}_{i}.JPEG", _jpeg(40 * i))
+      add(outer, f"{wnid}.tar", inner.getvalue())
+  # TFDS pairs the sorted validation names with its label list: the first images only.
+  numbers = (1, 2, 3)
+  with tarfile.open(archives / "ILSVRC2012_img_val.tar", "w") as tar:
+    for number in numbers:
+      add(tar, f"ILSVRC2012_val_{number:08d}.JPEG", _jpeg(number))
+  command = doc_snippet('python -c "import tensorflow_datasets').replace(
+      "/archives/imagenet", str(archives))
+  data_dir = tmp_path / "tfds"
+  subprocess.run(["bash", "-c", command], check=True, timeout=120, cwd=tmp_path,
+                 env=dict(os.environ, TFDS_DATA_DIR=str(data_dir)), capture_output=True)
+
+  tfds_options = sources.TfdsOptions(data_dir=str(data_dir))
+  train = sources.get_dataset_info("tfds:imagenet2012", "train", tfds_options=tfds_options)
+  val = sources.get_dataset_info("tfds:imagenet2012", "validation", field="eval_dataset",
+                                 tfds_options=tfds_options)
+  assert (train.num_examples, val.num_examples) == (2 * len(wnids), len(numbers))
+  assert train.num_classes == val.num_classes == 1000  # all of ImageNet's, named by wnid
+  assert train.class_names == tuple(sorted(train.class_names)) == val.class_names
+  # TFDS labels the validation images as the doc's script sorts them.
+  examples = tfds.data_source("imagenet2012", split="validation", data_dir=str(data_dir))
+  assert {ex["file_name"].decode(): train.class_names[ex["label"]] for ex in examples} == {
+      f"ILSVRC2012_val_{n:08d}.JPEG": VAL_CLASSES[n] for n in numbers}

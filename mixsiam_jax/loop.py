@@ -24,6 +24,7 @@ from absl import logging
 from mixsiam_jax.checkpointing import Checkpoints
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.options import positive_int
+from mixsiam_jax.progress import ConsoleProgress
 from mixsiam_jax.run_options import Cadence
 from mixsiam_jax.stopping import Interrupted, StopRequest, Stopped
 
@@ -40,10 +41,29 @@ class TrainingError(UserError):
   exit_status = 3
 
 
+# Metrics logged as their value at the logged step, not averaged over the logging window.
+INSTANT_METRICS = ("lr",)
+
+
 def mean_metrics(history: Sequence[Metrics]) -> Dict[str, float]:
-  """Averages a list of per-step metric dicts (device arrays or numbers) on the host."""
+  """Averages a list of per-step metric dicts (device arrays or numbers) on the host.
+
+  Args:
+    history: the metrics of consecutive steps, oldest first.
+
+  Returns:
+    The mean of each metric; INSTANT_METRICS (the learning rate) are the newest
+    step's value.
+  """
   host = jax.device_get(list(history))
-  return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+  return {k: float(host[-1][k]) if k in INSTANT_METRICS else float(np.mean([h[k] for h in host]))
+          for k in host[0]}
+
+
+def _loss(metrics: Metrics) -> Optional[float]:
+  """The step's main loss ('loss', else the first '*_loss'), fetched to the host; None if none."""
+  names = ["loss"] if "loss" in metrics else sorted(k for k in metrics if k.endswith("_loss"))
+  return float(jax.device_get(metrics[names[0]])) if names else None
 
 
 def check_finite(metrics: Dict[str, float], step: int) -> None:
@@ -82,17 +102,7 @@ class Progress:
     if len(self._marks) == 2 and self._marks[1][0] > self._marks[0][0]:
       (step0, time0), (step1, time1) = self._marks
       out["steps_per_sec"] = (step1 - step0) / max(time1 - time0, 1e-9)
-      eta = (self._num_steps - step1) / out["steps_per_sec"]
-      logging.info("step %d/%d: %.3g steps/s, ETA %s.", step1, self._num_steps,
-                   out["steps_per_sec"], _format_seconds(eta))
     return out
-
-
-def _format_seconds(seconds: float) -> str:
-  minutes, _ = divmod(int(seconds), 60)
-  hours, minutes = divmod(minutes, 60)
-  days, hours = divmod(hours, 24)
-  return f"{days}d{hours:02d}h{minutes:02d}m" if days else f"{hours}h{minutes:02d}m"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +124,9 @@ class LoopResult:
 class _Run:
   """The state of one call of ``run``: what is in flight, what is saved, what was logged."""
 
-  def __init__(self, checkpoints: Checkpoints, writer: Any, num_steps: int, start_step: int):
-    self.checkpoints, self.writer = checkpoints, writer
+  def __init__(self, checkpoints: Checkpoints, writer: Any, num_steps: int, start_step: int,
+               console: ConsoleProgress):
+    self.checkpoints, self.writer, self.console = checkpoints, writer, console
     self.in_flight = collections.deque()
     self.history, self.last, self.evaluation = [], {}, {}
     self.progress = Progress(num_steps)
@@ -124,14 +135,17 @@ class _Run:
   def wait_for_steps(self, keep_running: int) -> None:
     """Waits for the oldest dispatched steps until at most ``keep_running`` are unfinished."""
     while len(self.in_flight) > keep_running:
-      jax.block_until_ready(self.in_flight.popleft()[1])
+      step, metrics = self.in_flight.popleft()
+      jax.block_until_ready(metrics)
+      self.console.finished(step, _loss(metrics) if self.console.enabled else None)
 
   def save(self, step: int, state: State) -> None:
     # A run killed once this checkpoint exists resumes after it: its metrics
     # must be on disk first (the JSONL writer holds a step's row until the next
     # step arrives, to merge evaluations into it).
     self.writer.flush()
-    self.checkpoints.save(step, state)
+    with self.console.phase(f"saving the checkpoint of step {step}"):
+      self.checkpoints.save(step, state)
     self.saved = step
 
   def stop_before(self, step: int, state: State, signum: int) -> Stopped:
@@ -151,12 +165,13 @@ class _Run:
     self.wait_for_steps(0)
     self.progress.mark(step)
     self.writer.write_scalars(step, {**self.last, **self.progress.report()})
+    self.console.log_step(step)
 
   def evaluate(self, step: int, state: State, evaluate: Callable[[State], Dict[str, Any]],
                stop: StopRequest) -> bool:
     """Runs the evaluator and writes its metrics; True if a signal interrupted it."""
     try:
-      with stop.waiting():
+      with stop.waiting(), self.console.phase(f"evaluating at step {step}"):
         self.evaluation = evaluate(state)
       self.writer.write_scalars(step, self.evaluation)
       return False
@@ -186,7 +201,8 @@ class _Run:
 def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: int,
         num_steps: int, cadence: Cadence, checkpoints: Checkpoints, writer: Any,
         num_processes: int = 1, evaluate: Optional[Callable[[State], Dict[str, Any]]] = None,
-        hooks: Sequence[Callable[[int], None]] = (), steps_in_flight: int = 2) -> LoopResult:
+        hooks: Sequence[Callable[[int], None]] = (), steps_in_flight: int = 2,
+        examples_per_step: Optional[int] = None) -> LoopResult:
   """Runs steps start_step + 1 .. num_steps, then waits for the last checkpoint.
 
   At most ``steps_in_flight`` steps are dispatched ahead of the newest finished
@@ -209,6 +225,7 @@ def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: in
     evaluate: state -> metrics, at eval steps and at the last step.
     hooks: called with each dispatched step number (e.g. a profiler).
     steps_in_flight: steps dispatched ahead of the newest finished one.
+    examples_per_step: the global batch, for the images/s of the console lines.
 
   Returns:
     The LoopResult: final state, last logged metrics, last evaluation.
@@ -221,21 +238,31 @@ def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: in
       line: the directory, the OS error, the newest intact step).
   """
   positive_int("steps_in_flight", steps_in_flight)
-  loop = _Run(checkpoints, writer, num_steps, start_step)
+  console = ConsoleProgress(start_step=start_step, num_steps=num_steps,
+                            examples_per_step=examples_per_step,
+                            enabled=jax.process_index() == 0)
+  loop = _Run(checkpoints, writer, num_steps, start_step, console)
   try:
-    with StopRequest(num_processes) as stop:
+    with StopRequest(num_processes) as stop, console:
       try:
         for step in range(start_step + 1, num_steps + 1):
           loop.wait_for_steps(steps_in_flight - 1)
           try:
-            with stop.waiting():  # a stalled source must not keep a signal waiting
+            # A stalled source must not keep a signal waiting.
+            with stop.waiting(), console.phase("waiting for the input pipeline"):
               batch = next(batches)
           except Interrupted as e:
             raise loop.stop_before(step, state, e.signum) from None
-          state, metrics = step_fn(state, batch)
+          if step == start_step + 1:
+            # jit traces and compiles before it dispatches: the call's time is the compile's.
+            with console.compiling():
+              state, metrics = step_fn(state, batch)
+            console.training()
+          else:
+            state, metrics = step_fn(state, batch)
           loop.in_flight.append((step, metrics))
           if step == start_step + 1:  # Start the clock once the compiled first step is done.
-            jax.block_until_ready(metrics)
+            loop.wait_for_steps(0)
             loop.progress.mark(step)
           loop.history.append(metrics)
           for hook in hooks:

@@ -89,7 +89,7 @@ class JsonlWriter(interface.MetricWriter):
 
 
 def create_writer(workdir: str, is_main_process: bool) -> metric_writers.MetricWriter:
-  """TensorBoard + console + metrics.jsonl on the main process, console elsewhere.
+  """TensorBoard + console + metrics.jsonl on the main process, nothing elsewhere.
 
   Args:
     workdir: the run's directory.
@@ -99,6 +99,7 @@ def create_writer(workdir: str, is_main_process: bool) -> metric_writers.MetricW
     A clu MetricWriter.
   """
   if not is_main_process:
-    return metric_writers.create_default_writer(just_logging=True, asynchronous=False)
+    # Every process computes the same metrics; one console is enough.
+    return metric_writers.MultiWriter([])
   default = metric_writers.create_default_writer(workdir, asynchronous=False)
   return metric_writers.MultiWriter([default, JsonlWriter(workdir)])

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import os
+import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jax
@@ -17,7 +18,7 @@ from absl import logging
 from clu import periodic_actions
 from jax.sharding import Mesh
 
-from mixsiam_jax import augment, checkpoint, loop, runner, sharding, train
+from mixsiam_jax import augment, checkpoint, loop, progress, runner, sharding, train
 from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.checkpointing import Checkpoints
 from mixsiam_jax.data import DatasetError, decode, iterate, pipeline, sources, tfds_prepare
@@ -197,6 +198,7 @@ def train_and_evaluate(opts: PretrainOptions, workdir: str,
   Returns:
     The last logged metrics (empty if the run had already finished).
   """
+  started = time.monotonic()
   mesh = sharding.create_mesh(devices)
   sharding.check_global_batch(opts.batch_size, mesh)
   tfds_prepare.prepare_for_run(_data_sets(opts))
@@ -240,7 +242,39 @@ def train_and_evaluate(opts: PretrainOptions, workdir: str,
         init=functions.init,
         step_fn=lambda state, batch: training.step(state, batch, functions.step_rng),
         make_batches=make_batches, num_steps=training.num_steps, cadence=opts.cadence,
-        evaluate=evaluate, hooks=_profiler(opts, run.path, run.start_step), on_start=on_start)
+        evaluate=evaluate, hooks=_profiler(opts, run.path, run.start_step), on_start=on_start,
+        examples_per_step=opts.batch_size)
   finally:
     stream.close()  # Closed by the loop once it runs; here for an error before it.
+  if jax.process_index() == 0:
+    logging.info("%s", summary_line(result, run.start_step, time.monotonic() - started,
+                                    os.path.join(run.checkpoint_dir, str(result.step))))
   return result.metrics
+
+
+def summary_line(result: loop.LoopResult, start_step: int, seconds: float,
+                 checkpoint_path: str) -> str:
+  """The line that ends a pretraining run: steps, wall time, last losses, kNN, checkpoint.
+
+  Args:
+    result: the loop's result.
+    start_step: the step the run resumed from (0: a new run).
+    seconds: wall time of this run of the program.
+    checkpoint_path: the newest checkpoint's directory.
+
+  Returns:
+    e.g. 'Pretraining finished: steps 1-6 of 6 in 18 s; loss -0.0411 (siam 0.0063,
+    mix -0.0886), z_std 0.1242; kNN top-1 23.50%; newest checkpoint: DIR/checkpoints/6.'
+  """
+  m = result.metrics
+  parts = [f"Pretraining finished: steps {start_step + 1}-{result.step} of {result.step} in "
+           f"{progress.format_seconds(seconds)}"]
+  if "loss" in m:
+    terms = ", ".join(f"{name} {m[key]:.4f}" for name, key in (("siam", "loss_siam"),
+                                                            ("mix", "loss_mix")) if key in m)
+    parts.append(f"loss {m['loss']:.4f}" + (f" ({terms})" if terms else "")
+                 + (f", z_std {m['z_std']:.4f}" if "z_std" in m else ""))
+  if "knn_top1" in result.evaluation:
+    parts.append(f"kNN top-1 {result.evaluation['knn_top1']:.2f}%")
+  parts.append(f"newest checkpoint: {checkpoint_path}.")
+  return "; ".join(parts)

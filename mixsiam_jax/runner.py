@@ -69,7 +69,8 @@ def train(run: RunDir, checkpoints: Checkpoints, *, init: Callable[[], State],
           num_steps: int, cadence: Cadence,
           evaluate: Optional[Callable[[State], Dict[str, Any]]] = None,
           hooks: Sequence[Callable[[int], None]] = (),
-          on_start: Optional[Callable[[Any], None]] = None) -> loop.LoopResult:
+          on_start: Optional[Callable[[Any], None]] = None,
+          examples_per_step: Optional[int] = None) -> loop.LoopResult:
   """Restores or initialises the state, records the run, then runs the loop.
 
   Args:
@@ -86,6 +87,7 @@ def train(run: RunDir, checkpoints: Checkpoints, *, init: Callable[[], State],
     hooks: called with each dispatched step (e.g. a profiler).
     on_start: called with the metric writer once the run is recorded (files
       of the program's own, hyper-parameters).
+    examples_per_step: the global batch, for the images/s of the console lines.
 
   Returns:
     The loop's LoopResult (for a finished run: the restored state and the evaluation).
@@ -108,4 +110,5 @@ def train(run: RunDir, checkpoints: Checkpoints, *, init: Callable[[], State],
     on_error.pop_all()
   return loop.run(step_fn, state, batches, start_step=run.start_step, num_steps=num_steps,
                   cadence=cadence, checkpoints=checkpoints, writer=writer,
-                  num_processes=jax.process_count(), evaluate=evaluate, hooks=hooks)
+                  num_processes=jax.process_count(), evaluate=evaluate, hooks=hooks,
+                  examples_per_step=examples_per_step)

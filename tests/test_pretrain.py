@@ -159,3 +159,25 @@ def test_a_resume_on_a_data_set_other_than_data_json_records_is_refused(
                      r"10 "):
     pretrain.train_and_evaluate(from_config(config), str(run))
   assert sorted(os.listdir(run / "checkpoints")) == ["3"]
+
+
+@pytest.mark.slow
+def test_a_tiny_run_says_what_it_does_and_logs_the_lr_of_each_logged_step(cifar_jpeg_folder,
+                                                                           tmp_path):
+  result = run_main("--config=configs/cifar10.py:tiny", f"--workdir={tmp_path / 'w'}",
+                    f"--config.dataset=folder:{cifar_jpeg_folder}", "--config.eval_dataset=")
+  assert result.returncode == 0, result.stderr[-3000:]
+  err = result.stderr
+  compiling, compiled = err.index("Compiling the training step"), err.index("Compiled the")
+  first = err.index("step 1/6 (first step done), loss ")
+  assert compiling < compiled < first
+  summary = err.strip().splitlines()[-1]
+  assert "Pretraining finished: steps 1-6 of 6 in " in summary
+  assert f"newest checkpoint: {tmp_path / 'w' / 'checkpoints' / '6'}." in summary
+  # The tiny recipe: lr 0.03 x 16 / 256, cosine over 6 steps, no warm-up; step s uses the
+  # rate at s - 1 steps done.
+  rows = [r for r in workdir_lib.read_metrics(str(tmp_path / "w")) if "lr" in r]
+  assert [r["step"] for r in rows] == [2, 4, 6]
+  for r in rows:
+    expected = 0.03 * 16 / 256 * 0.5 * (1 + np.cos(np.pi * (r["step"] - 1) / 6))
+    assert r["lr"] == pytest.approx(expected, rel=1e-6)

@@ -2,6 +2,8 @@
 import dataclasses
 from typing import Any, Dict
 
+import jax
+
 from absl import logging
 
 from mixsiam_jax import sharding
@@ -43,6 +45,7 @@ def run_knn(opts: KnnProgramOptions, workdir: str) -> Dict[str, Any]:
                  pretrained_image_size=frozen.image_size, k=opts.knn.k,
                  temperature=opts.knn.temperature)
   program.write_results(workdir, frozen.step, results)
-  logging.info("kNN of %s (step %d, %d px): top-1 %.2f%%, top-5 %.2f%%.", frozen.source,
-               frozen.step, image_size, results["knn_top1"], results["knn_top5"])
+  if jax.process_index() == 0:
+    logging.info("kNN of %s (step %d, %d px): top-1 %.2f%%, top-5 %.2f%%.", frozen.source,
+                 frozen.step, image_size, results["knn_top1"], results["knn_top5"])
   return results

@@ -251,11 +251,13 @@ def run_linear_probe(opts: ProbeOptions, workdir: str) -> Dict[str, Any]:
       init=init, step_fn=lambda s, b: step_fn(s, frozen.variables, b),
       make_batches=lambda state, writer: sharding.prefetch_to_mesh(batches, mesh, 2),
       num_steps=optimization.num_steps, cadence=opts.cadence,
-      evaluate=evaluators.probe_evaluator(head, frozen, bound_embed, mesh, data))
+      evaluate=evaluators.probe_evaluator(head, frozen, bound_embed, mesh, data),
+      examples_per_step=opts.batch_size)
   results = {**result.evaluation, "pretrained": frozen.source, "pretrained_step": frozen.step,
              "probe_steps": optimization.num_steps, "image_size": data.image_size}
   program.write_results_file(run.path, results)
-  logging.info("Linear probe of %s (step %d, %d px): top-1 %.2f%%, top-5 %.2f%%.",
-               frozen.source, frozen.step, data.image_size, results["probe_top1"],
-               results["probe_top5"])
+  if jax.process_index() == 0:
+    logging.info("Linear probe of %s (step %d, %d px): top-1 %.2f%%, top-5 %.2f%%.",
+                 frozen.source, frozen.step, data.image_size, results["probe_top1"],
+                 results["probe_top5"])
   return results

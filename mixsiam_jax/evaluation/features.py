@@ -4,11 +4,13 @@ An evaluation reads the two labelled splits of a run_options.EvalData (a
 training side: the kNN bank or the probe's training set; an evaluation side: the
 queries or the probe's test set) with its deterministic transform.
 """
+import time
 from typing import Any, Callable, Dict, Iterable, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
@@ -128,6 +130,17 @@ def split_features(embed_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, data:
   """dataset_features of the 'train' or 'eval' side of ``data``."""
   dataset, split, field = ((data.dataset, data.train_split, "dataset") if side == "train"
                            else (data.eval_dataset, data.eval_split, "eval_dataset"))
-  return dataset_features(embed_fn, mesh, dataset, split, image_size=data.image_size,
-                          batch_size=data.batch_size, transform=data.transform,
-                          skip_bad_images=data.skip_bad_images, field=field)
+  # A pass over a large split takes minutes: say what it is and what it took.
+  verbose = jax.process_index() == 0
+  if verbose:
+    logging.info("Computing features of %s split %r at %d px ...", dataset, split,
+                 data.image_size)
+  start = time.monotonic()
+  feats, labels = dataset_features(embed_fn, mesh, dataset, split, image_size=data.image_size,
+                                   batch_size=data.batch_size, transform=data.transform,
+                                   skip_bad_images=data.skip_bad_images, field=field)
+  if verbose:
+    seconds = time.monotonic() - start
+    logging.info("Computed %d features of %s split %r in %.1f s (%.0f images/s).", len(feats),
+                 dataset, split, seconds, len(feats) / max(seconds, 1e-9))
+  return feats, labels

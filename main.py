@@ -12,12 +12,11 @@ import os
 import signal
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from mixsiam_jax import accelerators, cli, program_options, workdir_lock  # noqa: E402  (light: flags parse before TF and JAX load)
+# Light modules only: flags parse (and --help answers) before TensorFlow and JAX load.
+from mixsiam_jax import accelerators, cli, program_options, workdir_lock
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
@@ -56,22 +55,16 @@ def main(argv):
   # Ctrl-C before the training loop has nothing to save: it ends the process at once, even
   # inside a compile. The loop installs its own handler (save, then stop).
   signal.signal(signal.SIGINT, signal.SIG_DFL)
-  logging.get_absl_handler().addFilter(cli.QuietLibraryInfo())
-  sys.unraisablehook = cli.drop_abandoned_reads(sys.unraisablehook)
   # TensorFlow and JAX load here, not at the top: flags parse (and --help answers) first,
-  # and TensorFlow's start-up notices are held back.
-  with cli.start_notices_dropped(cli.TENSORFLOW_START_NOTICES):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    # TensorFlow only feeds data: keep it off the accelerators that JAX uses.
-    tf.config.set_visible_devices([], "GPU")
+  # and their start-up notices are held back (the same start as every tool's: cli.run_tool).
+  cli.quiet_start()
+  cli.import_tensorflow()
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.jax_distributed or FLAGS.coordinator_address:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
                                heartbeat_timeout_seconds=FLAGS.distributed_heartbeat_timeout_seconds)
-  # The backends start here; libtpu, where installed, searches for a TPU and says so.
-  with cli.start_notices_dropped(cli.TPU_SEARCH_NOTICES, lambda: jax.default_backend() != "tpu"):
-    backend = jax.default_backend()
+  backend = cli.start_jax()
   logging.info("JAX process %d of %d; %d local of %d devices (%s).", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)

@@ -28,7 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from configs import cifar10, imagenet  # noqa: E402  pylint: disable=g-import-not-at-top
-from mixsiam_jax import program_options  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax import cli, program_options  # noqa: E402  pylint: disable=g-import-not-at-top
 
 CIFAR10_TRAIN = 50000
 # name -> (config module, per-device batch as a multiple of --per_device_batch (None: the
@@ -66,6 +66,7 @@ def measure(name: str, smoke: bool, per_device_batch: int, steps: int, warmup: i
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import compile_plan, sharding, topologies, train  # pylint: disable=g-import-not-at-top
   module, multiple, remat, _ = RECIPES[name]
+  cli.start_jax()
   topology = topologies.devices_for("local")
   if smoke:  # The recipes' structure on a tiny network, for a CPU.
     config = cifar10.get_config("tiny")
@@ -131,6 +132,7 @@ def _summary(name: str, result: dict) -> str:
 
 
 def main():
+  """Runs every recipe in a child process (or, with --recipe, one recipe) and reports."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="accelerator_check.json")
   parser.add_argument("--per_device_batch", type=int, default=128)
@@ -187,4 +189,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_tool(main)

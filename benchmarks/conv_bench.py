@@ -146,10 +146,10 @@ def main(argv=None):
     print(json.dumps(torch_times(args)))
     return
 
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   # Never in the torch worker, whose interpreter (--torch_python) may lack JAX.
   import jax  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.start_jax()
   print(f"backend={jax.default_backend()} cores={os.cpu_count()} "
         f"affinity={len(os.sched_getaffinity(0))} jax={jax.__version__} batch={args.batch_size} "
         f"repeats={args.repeats} load {os.getloadavg()[0]:.2f}", flush=True)
@@ -172,4 +172,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  if "--torch_worker" in sys.argv:  # In --torch_python, which may lack absl and JAX.
+    main()
+  else:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from mixsiam_jax import cli  # pylint: disable=g-import-not-at-top
+    cli.run_tool(main)

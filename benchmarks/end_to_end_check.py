@@ -41,7 +41,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from configs import cifar10  # noqa: E402  pylint: disable=g-import-not-at-top
-from mixsiam_jax import program_options  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax import cli, program_options  # noqa: E402  pylint: disable=g-import-not-at-top
 from mixsiam_jax import workdir as workdir_lib  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
@@ -65,7 +65,8 @@ def _config_args(args) -> list:
 
 
 def _num_examples(args) -> int:
-  # Deferred: imports TensorFlow, which the --part=save child does not need.
+  # Deferred: imports TensorFlow (quietly), which the --part=save child does not need.
+  cli.import_tensorflow()
   from mixsiam_jax.data import sources  # pylint: disable=g-import-not-at-top
   return sources.get_dataset_info(f"folder:{os.path.abspath(args.data)}",
                                   _train_split(args)).num_examples
@@ -88,6 +89,7 @@ def input_pipeline(args, opts: program_options.PretrainOptions) -> dict:
   """Images/s of the training stream alone (host cores only; no JAX step)."""
   os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
   # In the --part=input child only, once CUDA_VISIBLE_DEVICES hides the GPU from it.
+  cli.import_tensorflow()
   from mixsiam_jax import pretrain  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.data import iterate, pipeline  # pylint: disable=g-import-not-at-top
   data = dataclasses.replace(opts.data, dataset=f"folder:{os.path.abspath(args.data)}",
@@ -183,6 +185,7 @@ def save(args, out: pathlib.Path) -> dict:
   # In the --part=save child only: the parent never starts a JAX backend.
   import jax  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import checkpoint, sharding  # pylint: disable=g-import-not-at-top
+  cli.start_jax()
   items = ("step", "params", "batch_stats", "opt_state", "rng")
   tree, meta, step = checkpoint.restore_replicated(
       str(out / "run"), sharding.create_mesh(jax.devices()[:1]), items=items)
@@ -222,6 +225,7 @@ def _table(report: dict) -> str:
 
 
 def main():
+  """Runs the four parts (or, with --part, one of them in a child) and writes the report."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data", required=True, help="CIFAR-10 training folder PATH/<class>/<image>")
   parser.add_argument("--out", required=True, help="directory for the report, the run and logs")
@@ -251,7 +255,7 @@ def main():
     done = subprocess.run([sys.executable, __file__, f"--part={part}", *sys.argv[1:]],
                           capture_output=True, text=True, timeout=args.part_seconds, cwd=REPO)
     if done.returncode:
-      return {"error": done.stderr.strip().splitlines()[-1:] or [f"status {done.returncode}"]}
+      return {"error": f"status {done.returncode}: {cli.last_error_line(done.stderr)}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
   steps_per_epoch = _num_examples(args) // opts.batch_size
@@ -268,4 +272,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_tool(main)

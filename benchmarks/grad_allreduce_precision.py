@@ -36,7 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import cifar10  # noqa: E402  pylint: disable=g-import-not-at-top
-from mixsiam_jax import losses, models  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax import cli, losses, models  # noqa: E402  pylint: disable=g-import-not-at-top
 from mixsiam_jax import program_options  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
@@ -128,6 +128,7 @@ def measure(replicas: int, per_replica: int, width: int, size: int, folder: str)
 
 
 def main():
+  """Prints one JSON line per replica count of --replicas."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--replicas", default="8,64,256")
   parser.add_argument("--per_replica_batch", type=int, default=4)
@@ -143,4 +144,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_tool(main, jax_backend=True)

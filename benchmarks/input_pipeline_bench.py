@@ -49,6 +49,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from mixsiam_jax import cli  # noqa: E402
+# Before mixsiam_jax.data imports TensorFlow: its start-up notices dropped, the GPUs hidden.
+cli.import_tensorflow()
 from configs import cifar10  # noqa: E402
 from mixsiam_jax import models, optim, program_options, sharding, train  # noqa: E402
 from mixsiam_jax.data import pipeline  # noqa: E402
@@ -233,6 +236,7 @@ def bench_train_step(depth, width, batch_size, image_size, reps, blur):
 
 
 def main():
+  """Times the input pipelines (ours and torchvision's) and, with --step, the train step."""
   parser = argparse.ArgumentParser()
   parser.add_argument("--folder", help="PATH/<class>/<image> (CIFAR-sized run).")
   parser.add_argument("--imagenet", action="store_true",
@@ -256,7 +260,6 @@ def main():
   parser.add_argument("--step_image", type=int, default=32)
   parser.add_argument("--step_reps", type=int, default=5)
   args = parser.parse_args()
-  pipeline.hide_accelerators_from_tensorflow()
   imagenet = args.imagenet
   size = args.image_size or (224 if imagenet else 32)
   num = args.num or (1536 if imagenet else 10000)
@@ -313,4 +316,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_tool(main, jax_backend=True)

@@ -19,6 +19,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mixsiam_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top  (light)
 
 
 def main() -> None:
@@ -37,6 +38,7 @@ def main() -> None:
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import checkpointing, loop, program_options, run_options  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import recipe, sharding, train  # pylint: disable=g-import-not-at-top
+  cli.start_jax()
 
   path, _, variant = args.config.partition(":")
   module = config_flags.config_flags._LoadConfigModule("bench_config", path)  # pylint: disable=protected-access
@@ -91,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_tool(main)

@@ -17,6 +17,9 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mixsiam_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top  (light)
+
 
 def main(argv=None):
   """Parses the flags, times the augmentation, prints images/s per measurement and the median."""
@@ -28,13 +31,12 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=3, help="measurements; the median is printed")
   args = parser.parse_args(argv)
 
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  # After the flags parse (--help loads nothing), TF_CPP_MIN_LOG_LEVEL and sys.path are set.
+  # After the flags parse (--help loads nothing).
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import cifar10  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import photometric, program_options  # pylint: disable=g-import-not-at-top
+  cli.start_jax()
 
   # SimSiam's colour jitter and grayscale (the CIFAR recipe's), with --blur_prob.
   paper = program_options.pretrain_options(cifar10.get_config())
@@ -59,4 +61,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_tool(main)

@@ -23,6 +23,9 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from mixsiam_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top  (light)
+from mixsiam_jax.errors import UserError  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def _metric_rows(workdir: str):
@@ -50,8 +53,11 @@ def main() -> None:
   while len([r for r in _metric_rows(args.workdir) if "loss" in r]) < args.after_logs:
     if proc.poll() is not None or time.time() > deadline:
       proc.kill()
-      raise SystemExit(f"main.py ended or timed out before {args.after_logs} log lines; "
-                       f"see {log.name}")
+      log.close()
+      with open(log.name, errors="replace") as f:
+        cause = cli.last_error_line(f.read())
+      raise UserError(f"main.py ended or timed out before {args.after_logs} log lines ({cause}); "
+                      f"its log: {log.name}")
     time.sleep(0.2)
   sent = time.time()
   proc.send_signal(signal.SIGTERM)
@@ -71,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_tool(main)

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from configs import imagenet  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top
 
 VARIANTS = ("ours", "old", "onepassbn", "stockbn", "plain")
 _BYTES = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "u8": 1, "pred": 1, "s8": 1}
@@ -136,6 +137,7 @@ def module_counts(hlo: str) -> dict:
 
 
 def main():
+  """Compiles one --variant for --topology and prints its memory and kernel counts."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--topology", default="h100x1")
   parser.add_argument("--variant", default="ours", choices=VARIANTS)
@@ -148,6 +150,7 @@ def main():
   # After JAX_SKIP_CUDA_CONSTRAINTS_CHECK is set; the package after jax_platforms is.
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu")
+  cli.start_jax()
   from mixsiam_jax import compile_plan, program_options, topologies  # pylint: disable=g-import-not-at-top
   swap_in(args.variant, args.depth, args.image)
   config = imagenet.get_config()
@@ -166,4 +169,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_tool(main)

@@ -217,12 +217,11 @@ def main(argv=None):
 
   if args.xla_flags:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   # After XLA_FLAGS is set; never in the torch worker, whose interpreter may lack JAX.
   import jax  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import cli  # pylint: disable=g-import-not-at-top
 
-  backend = jax.default_backend()
+  backend = cli.start_jax()
   if args.torch_device == "auto":
     args.torch_device = "cpu" if backend == "cpu" else "cuda"
     args.argv.append(f"--torch_device={args.torch_device}")
@@ -245,4 +244,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  if "--torch_worker" in sys.argv:  # In --torch_python, which may lack absl and JAX.
+    main()
+  else:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from mixsiam_jax import cli  # pylint: disable=g-import-not-at-top
+    cli.run_tool(main)

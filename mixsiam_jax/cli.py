@@ -1,10 +1,14 @@
-"""Command-line plumbing of main.py: every way out as one exit status, library noise kept quiet.
+"""Command-line plumbing: every way out as one exit status, library noise kept quiet.
 
-A user's mistake (a misspelt config field, a bad flag value, a config file that
-does not load, any UserError raised by a program) ends the program with one
-line, ``error: ...``; a stop on a signal with one line saying so; every other
-exception is a bug and keeps its traceback. The exit statuses (README, "Exit
-status"):
+main.py and every other entry point (python -m mixsiam_jax.visualize, .plot,
+.weights, .compile_plan; scripts/ and benchmarks/) start the same way:
+quiet_start, then TensorFlow (import_tensorflow, only where data is read) and
+JAX's backend (start_jax) with their start-up notices dropped, then the program
+under run_program; run_tool does all of that for a tool. A user's mistake (a
+misspelt config field, a bad flag value, a config file that does not load, any
+UserError raised by a program) ends the program with one line, ``error: ...``;
+a stop on a signal with one line saying so; every other exception is a bug and
+keeps its traceback. The exit statuses (README, "Exit status"):
 
   0    finished (or had finished before), or preempted by SIGTERM with the
        checkpoint saved (the last line says which);
@@ -24,7 +28,7 @@ import signal
 import sys
 import tempfile
 import traceback
-from typing import Callable, Iterator, List, NoReturn, Sequence
+from typing import Any, Callable, Iterator, List, NoReturn, Sequence
 
 from absl import flags, logging
 
@@ -60,7 +64,7 @@ def one_line_errors() -> Iterator[None]:
     exit_with(str(e), e.exit_status)
 
 
-def run_program(program: Callable[[], object]) -> int:
+def run_program(program: Callable[[], object], resumable: bool = True) -> int:
   """Runs ``program`` and returns the exit status of however it ended (module docstring).
 
   Prints one line on stderr for a user error or a stop on a signal, and the
@@ -69,13 +73,16 @@ def run_program(program: Callable[[], object]) -> int:
 
   Args:
     program: the whole program, resources included (it closes what it opens).
+      An int it returns is the exit status (as from ``sys.exit(main())``).
+    resumable: the program trains from checkpoints (main.py): the lines after
+      a bug or a Ctrl-C say what became of them. Tools (run_tool) have none.
 
   Returns:
     The exit status.
   """
   try:
-    program()
-    return EXIT_FINISHED
+    result = program()
+    return result if isinstance(result, int) and not isinstance(result, bool) else EXIT_FINISHED
   except Stopped as e:
     _line(str(e))
     return EXIT_INTERRUPTED if e.signum == signal.SIGINT else EXIT_FINISHED
@@ -84,7 +91,8 @@ def run_program(program: Callable[[], object]) -> int:
     _line(f"error: {e}")
     return e.exit_status
   except KeyboardInterrupt:
-    _line("interrupted (Ctrl-C) before training started; nothing to save.")
+    _line("interrupted (Ctrl-C) before training started; nothing to save." if resumable
+          else "interrupted (Ctrl-C).")
     return EXIT_INTERRUPTED
   except SystemExit as e:
     if isinstance(e.code, str):
@@ -99,9 +107,86 @@ def run_program(program: Callable[[], object]) -> int:
       return EXIT_LOST_PEER
     logging.flush()
     traceback.print_exc()
-    _line(f"error: unexpected {sys.exc_info()[0].__name__} (a bug; the traceback is above). "
-          "The newest checkpoint is intact: rerun the same command to resume.")
+    _line(f"error: unexpected {sys.exc_info()[0].__name__} (a bug; the traceback is above)."
+          + (" The newest checkpoint is intact: rerun the same command to resume." if resumable
+             else ""))
     return EXIT_BUG
+
+
+def quiet_start() -> None:
+  """Readies this process for a command line's program, before TensorFlow or JAX starts.
+
+  Sets TF_CPP_MIN_LOG_LEVEL=2 (TensorFlow's and XLA's C++ INFO and WARNING logs;
+  a value the user set is kept), adds QuietLibraryInfo to absl's log handler
+  and installs drop_abandoned_reads as sys.unraisablehook. Call it once, first.
+  """
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  logging.get_absl_handler().addFilter(QuietLibraryInfo())
+  sys.unraisablehook = drop_abandoned_reads(sys.unraisablehook)
+
+
+def import_tensorflow() -> Any:
+  """Imports TensorFlow with its start-up notices dropped, kept off the accelerators.
+
+  TensorFlow only feeds data (tf.data on the host CPUs); the GPUs are JAX's.
+  Call it before anything else imports TensorFlow (mixsiam_jax.data does, as
+  does tensorflow_datasets); a later call only returns the module.
+
+  Returns:
+    The tensorflow module.
+  """
+  with start_notices_dropped(TENSORFLOW_START_NOTICES):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    # Listing the GPUs does not start TensorFlow's runtime; hiding them after it has started
+    # would raise, and a second call finds nothing left to hide.
+    if tf.config.get_visible_devices("GPU"):
+      tf.config.set_visible_devices([], "GPU")
+  return tf
+
+
+def start_jax() -> str:
+  """Starts JAX's backends; libtpu's search for a TPU says nothing where it finds none.
+
+  libtpu, where installed, prints a block of notices when a host has no TPU;
+  they are dropped unless the backend is a TPU. Set jax_platforms (and call
+  jax.distributed.initialize) before this; a later call only returns the name.
+
+  Returns:
+    The default backend's platform: 'cpu', 'gpu' or 'tpu'.
+  """
+  import jax  # pylint: disable=g-import-not-at-top  (only the programs that use JAX load it)
+  with start_notices_dropped(TPU_SEARCH_NOTICES, lambda: jax.default_backend() != "tpu"):
+    return jax.default_backend()
+
+
+def run_tool(program: Callable[[], object], *, tensorflow: bool = False,
+             jax_backend: bool = False) -> NoReturn:
+  """Runs a command-line tool's program as main.py runs its programs, then exits.
+
+  quiet_start, then (inside run_program, so that a failure there is reported
+  like any other) import_tensorflow and start_jax as asked, then ``program``.
+  A UserError ends in one line and its status, a bug in its traceback and 70.
+  A tool that parses its own arguments and should answer --help before
+  TensorFlow or JAX loads calls import_tensorflow or start_jax itself, after
+  parsing, instead of asking for them here.
+
+  Args:
+    program: the tool's whole work; an int it returns is the exit status.
+    tensorflow: import TensorFlow first (tools that read data).
+    jax_backend: start JAX's backend first.
+  """
+  quiet_start()
+
+  def run():
+    if tensorflow:
+      import_tensorflow()
+    if jax_backend:
+      start_jax()
+    return program()
+
+  status = run_program(run, resumable=False)
+  logging.flush()
+  sys.exit(status)
 
 
 # What a collective or the coordination service reports when a peer process is gone.
@@ -142,9 +227,10 @@ def start_notices_dropped(notices: Sequence[str],
   """Holds back what is written to stderr (file descriptor 2) inside the block.
 
   On exit the held-back lines are written out, except those containing one of
-  ``notices`` when ``drop()`` is true, so a start-up notice of a native library
-  never stands between the user and the program's own one-line error. Anything
-  else (a real warning) still appears, in order.
+  ``notices`` when the block ended normally and ``drop()`` is true, so a
+  start-up notice of a native library never stands between the user and the
+  program's own one-line error. Anything else (a real warning) still appears,
+  in order.
 
   Args:
     notices: substrings of the lines to drop.
@@ -154,8 +240,10 @@ def start_notices_dropped(notices: Sequence[str],
   saved = os.dup(2)
   held = tempfile.TemporaryFile()
   os.dup2(held.fileno(), 2)
+  raised = True
   try:
     yield
+    raised = False
   finally:
     sys.stderr.flush()
     os.dup2(saved, 2)
@@ -163,12 +251,33 @@ def start_notices_dropped(notices: Sequence[str],
     held.seek(0)
     text = held.read().decode("utf-8", "replace")
     held.close()
-    dropping = drop()
+    # After an error inside the block every line is kept: it may explain the error, and
+    # drop() could fail the same way (e.g. no backend to ask).
+    dropping = not raised and drop()
     kept = [line for line in text.splitlines(keepends=True)
             if not (dropping and any(n in line for n in notices))]
     if kept:
       sys.stderr.write("".join(kept))
       sys.stderr.flush()
+
+
+def last_error_line(output: str) -> str:
+  """What a child process that ran one of these programs said last about its failure.
+
+  A program run this way ends a failure with one ``error: ...`` line (a bug
+  with the traceback above it); log lines may follow it. Parents that run
+  such children (scripts/, benchmarks/) name it in their own one-line error.
+
+  Args:
+    output: the child's stderr (or its whole log).
+
+  Returns:
+    Its last line that starts with 'error:', else its last non-empty line,
+    else '(no output)'.
+  """
+  lines = [line.strip() for line in output.splitlines() if line.strip()]
+  errors = [line for line in lines if line.startswith("error:")]
+  return (errors or lines or ["(no output)"])[-1]
 
 
 def _line(text: str) -> None:

@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mixsiam_jax import cli, compile_report, program_options, recipe, sharding, topologies, train
@@ -132,6 +132,11 @@ def plan_and_compile(opts: PretrainOptions, topology: topologies.Topology, *,
   batch = None if per_device_batch is None else per_device_batch * num_devices
   opts = _with(opts, batch_size=batch, remat=remat)
   mesh = sharding.create_mesh(topology.devices)
+  # A compile for a large slice takes minutes (a --max_batch search many): say what runs.
+  logging.info("Compiling the pretraining step for %s (%d %s devices): global batch %d "
+               "(%d per device), %d px, remat %s...", topology.name, num_devices,
+               topology.devices[0].device_kind, opts.batch_size, opts.batch_size // num_devices,
+               opts.image_size, opts.model.remat)
   built = build_step(opts, mesh)
   out = {"topology": topology.name, "platform": topology.platform, "num_devices": num_devices,
          "device_kind": topology.devices[0].device_kind,
@@ -148,11 +153,13 @@ def plan_and_compile(opts: PretrainOptions, topology: topologies.Topology, *,
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     out.update(status="does_not_fit", error=lines[0][:400],
                compile_seconds=time.perf_counter() - start)
+    _log_compiled(out)
     return out, built, None
   out["compile_seconds"] = time.perf_counter() - start
   hlo = compiled.as_text()
   out["memory"] = compile_report.memory(compiled, topology.usable_memory_bytes)
   out["status"] = {True: "fits", False: "does_not_fit", None: "unknown"}[out["memory"]["fits"]]
+  _log_compiled(out)
   cost = compile_report.flops(compiled, built.step, built.args, num_devices,
                               topology.platform)
   if cost["per_device"]:
@@ -169,6 +176,14 @@ def plan_and_compile(opts: PretrainOptions, topology: topologies.Topology, *,
         "images_per_second": opts.batch_size / seconds,
         "note": "estimate from FLOPs and peak at the stated utilisation; not measured"}
   return out, built, compiled
+
+
+def _log_compiled(plan: Dict[str, Any]) -> None:
+  """One INFO line when a compile of plan_and_compile ends: its time and whether it fits."""
+  status = {"fits": "fits", "does_not_fit": "does not fit",
+            "unknown": "fits (no memory limit known)"}[plan["status"]]
+  logging.info("Compiled for %s in %.0f s (%d per device, remat %s): %s.", plan["topology"],
+               plan["compile_seconds"], plan["per_device_batch"], plan["remat"], status)
 
 
 def max_batch(opts: PretrainOptions, topology: topologies.Topology, *,
@@ -275,36 +290,49 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config", "topology"])
 
 
-def main(argv):
+def plan_command(argv) -> int:
+  """The command line's work once its flags have parsed; returns the exit status.
+
+  Raises:
+    UserError: unexpected arguments, a bad flag value or config (one line).
+  """
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    raise UserError(f"unexpected argument(s) {' '.join(argv[1:])}: every option is a flag "
+                    "(see --help).")
   if FLAGS.topology != "local":
     # Compile-only devices need no runtime of this host but the CPU's; a GPU or TPU
     # runtime starting here would only search for hardware (and print about it).
     jax.config.update("jax_platforms", "cpu")
     os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
-  with cli.one_line_errors():
+  cli.start_jax()
+  # libtpu, loaded for a TPU topology, first looks for a TPU on this host and says so.
+  with cli.start_notices_dropped(cli.TPU_SEARCH_NOTICES):
     topology = topologies.devices_for(FLAGS.topology)
-    if not 0 < FLAGS.utilization <= 1:
-      raise UserError(f"--utilization={FLAGS.utilization} must lie in (0, 1].")
-    opts = program_options.pretrain_options(FLAGS.config)
-    remats = max_batch_remats(FLAGS.max_batch_remat, topology) if FLAGS.max_batch else ()
-    result = plan_and_compile(opts, topology, utilization=FLAGS.utilization)[0]
-    print(compile_report.summary(result), flush=True)
-    if FLAGS.max_batch:
-      start = result["per_device_batch"]
-      known = {False: {}, True: {}}
-      known[bool(result["remat"])][start] = result["status"] != "does_not_fit"
-      result["max_batch"] = [max_batch(opts, topology, remat=r, start=start, known=known[r],
-                                       report=lambda line: print(line, flush=True))
-                             for r in remats]
-      for row in result["max_batch"]:
-        print(f"largest per-device batch that fits, remat {row['remat']}: "
-              f"{row['per_device_batch']} (tried {row['tried']})", flush=True)
-    if FLAGS.out:
-      with open(FLAGS.out, "w") as f:
-        json.dump(result, f, indent=1)
+  if not 0 < FLAGS.utilization <= 1:
+    raise UserError(f"--utilization={FLAGS.utilization} must lie in (0, 1].")
+  opts = program_options.pretrain_options(FLAGS.config)
+  remats = max_batch_remats(FLAGS.max_batch_remat, topology) if FLAGS.max_batch else ()
+  result = plan_and_compile(opts, topology, utilization=FLAGS.utilization)[0]
+  print(compile_report.summary(result), flush=True)
+  if FLAGS.max_batch:
+    start = result["per_device_batch"]
+    known = {False: {}, True: {}}
+    known[bool(result["remat"])][start] = result["status"] != "does_not_fit"
+    result["max_batch"] = [max_batch(opts, topology, remat=r, start=start, known=known[r],
+                                     report=lambda line: print(line, flush=True))
+                           for r in remats]
+    for row in result["max_batch"]:
+      print(f"largest per-device batch that fits, remat {row['remat']}: "
+            f"{row['per_device_batch']} (tried {row['tried']})", flush=True)
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      json.dump(result, f, indent=1)
   return EXIT_DOES_NOT_FIT if result["status"] == "does_not_fit" else 0
+
+
+def main(argv):
+  """absl's entry point: plan_command under cli.run_tool (one-line errors, exit status)."""
+  cli.run_tool(lambda: plan_command(argv))
 
 
 if __name__ == "__main__":

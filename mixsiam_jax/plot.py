@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import os
-import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
@@ -21,7 +20,9 @@ import matplotlib
 matplotlib.use("Agg")  # No display on servers; must precede pyplot.
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mixsiam_jax import cli  # noqa: E402
 from mixsiam_jax import workdir as workdir_lib  # noqa: E402
+from mixsiam_jax.errors import UserError  # noqa: E402
 
 METRICS_FILE = workdir_lib.METRICS_FILE
 CONFIG_FILE = "config.json"
@@ -29,6 +30,14 @@ LOSS_TERMS = ("loss", "loss_siam", "loss_mix")
 DPI = 100
 CURVES_SIZE = (15.0, 4.0)  # inches: 1500 x 400 pixels at DPI.
 SWEEP_SIZE = (5.0, 4.0)  # 500 x 400 pixels.
+
+
+class PlotError(UserError):
+  """A workdir's file lacks what the plot needs; the message names the file."""
+
+
+class RunFileNotFoundError(PlotError, FileNotFoundError):
+  """A workdir has no metrics.jsonl or config.json."""
 
 
 def read_metrics(workdir: str) -> List[Dict[str, Any]]:
@@ -41,16 +50,17 @@ def read_metrics(workdir: str) -> List[Dict[str, Any]]:
     The rows in file order.
 
   Raises:
-    FileNotFoundError: if metrics.jsonl is missing (names the path).
-    ValueError: if it is empty or a line is not a JSON object (names path and line).
+    RunFileNotFoundError: if metrics.jsonl is missing (names the path).
+    PlotError, WorkdirError: if it is empty or a line is not a JSON object (names path
+      and line).
   """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a training workdir "
+    raise RunFileNotFoundError(f"{path} does not exist: is {workdir!r} a training workdir "
                             "that has logged at least one step?")
   rows = workdir_lib.read_metrics(workdir)
   if not rows:
-    raise ValueError(f"{path} is empty: the run has not logged any step yet.")
+    raise PlotError(f"{path} is empty: the run has not logged any step yet.")
   return rows
 
 
@@ -114,7 +124,7 @@ def plot_curves(workdirs: Sequence[str], out: str, dim: Optional[int] = None) ->
     ``out``.
 
   Raises:
-    FileNotFoundError, ValueError: from read_metrics, naming the bad path.
+    UserError: from read_metrics, naming the bad path.
   """
   runs = [(_label(w), read_metrics(w)) for w in workdirs]
   fig, (ax_loss, ax_std, ax_knn) = plt.subplots(1, 3, figsize=CURVES_SIZE, dpi=DPI)
@@ -149,21 +159,21 @@ def read_lam(workdir: str) -> float:
   """method.lam from WORKDIR/config.json.
 
   Raises:
-    FileNotFoundError: if config.json is missing (names the path).
-    ValueError: if it is not JSON or has no numeric method.lam (names the path).
+    RunFileNotFoundError: if config.json is missing (names the path).
+    PlotError: if it is not JSON or has no numeric method.lam (names the path).
   """
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} does not exist: --lam_sweep reads method.lam from each "
+    raise RunFileNotFoundError(f"{path} does not exist: --lam_sweep reads method.lam from each "
                             "workdir's config.json.")
   try:
     with open(path) as f:
       config = json.load(f)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON ({e}).") from e
+    raise PlotError(f"{path} is not valid JSON ({e}).") from e
   lam = config.get("method", {}).get("lam") if isinstance(config, dict) else None
   if _number(lam) is None:
-    raise ValueError(f"{path} has no numeric method.lam (found {lam!r}).")
+    raise PlotError(f"{path} has no numeric method.lam (found {lam!r}).")
   return float(lam)
 
 
@@ -179,14 +189,13 @@ def plot_lam_sweep(workdirs: Sequence[str], out: str, metric: str = "knn_top1") 
     ``out``.
 
   Raises:
-    FileNotFoundError, ValueError: naming the workdir file that is missing or
-    lacks the metric.
+    UserError: naming the workdir file that is missing or lacks the metric.
   """
   points = []
   for workdir in workdirs:
     steps, values = series(read_metrics(workdir), metric)
     if not values:
-      raise ValueError(f"{os.path.join(workdir, METRICS_FILE)} never logs {metric!r}; "
+      raise PlotError(f"{os.path.join(workdir, METRICS_FILE)} never logs {metric!r}; "
                        "choose another --metric.")
     points.append((read_lam(workdir), values[-1], _label(workdir)))
   points.sort()
@@ -228,7 +237,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
-  """Runs the command line; returns the PNG path written."""
+  """Runs the command line; returns the PNG path written.
+
+  Raises:
+    UserError: a workdir file that is missing or lacks what the plot needs.
+  """
   args = parse_args(argv)
   if args.lam_sweep:
     out = plot_lam_sweep(args.workdirs, args.out, args.metric)
@@ -239,7 +252,4 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: {e}")
+  cli.run_tool(main)

@@ -27,8 +27,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 # Before JAX loads (compare_checkpoints imports it): the comparison needs no accelerator,
 # and where libtpu is installed it would otherwise search for a TPU and say so.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The sibling module (this script's folder is on sys.path).
+# The sibling module (this script's folder is on sys.path; it puts the repository there).
 import compare_checkpoints  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax.errors import UserError  # noqa: E402  pylint: disable=g-import-not-at-top
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROBE = ("--config.batch_size=40", "--config.eval_batch_size=40", "--config.num_train_steps=6",
@@ -61,8 +63,12 @@ def run_all(tree: str, data: str, out: str) -> None:
     result = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}", *args], cwd=tree,
                             env=env, capture_output=True, text=True, check=False)
     if result.returncode:
-      raise SystemExit(f"error: {name} with the code in {tree} exited {result.returncode}:\n"
-                       + result.stderr[-2000:])
+      log = f"{workdir}.log"  # The whole stderr: a bug's traceback stands above its line.
+      os.makedirs(out, exist_ok=True)
+      with open(log, "w") as f:
+        f.write(result.stderr)
+      raise UserError(f"{name} with the code in {tree} exited {result.returncode}: "
+                      f"{cli.last_error_line(result.stderr)}; its stderr: {log}")
 
 
 def results_differences(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
@@ -118,4 +124,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run_tool(main)

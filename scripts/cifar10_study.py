@@ -34,15 +34,16 @@ import time
 from concurrent import futures
 from typing import Any, Dict, List, Optional, Sequence
 
-# The sibling module (this script's folder is on sys.path): --dataset's image folder.
-from cifar10_study_data import StudyError, data_folder
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from configs import cifar10_study  # noqa: E402  pylint: disable=g-import-not-at-top
-from mixsiam_jax import program_options  # noqa: E402  pylint: disable=g-import-not-at-top
-from mixsiam_jax import workdir as workdir_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top  (after the repository is on sys.path)
+# The sibling module (this script's folder is on sys.path): --dataset's image folder.
+from cifar10_study_data import StudyError, data_folder  # noqa: E402
+from configs import cifar10_study  # noqa: E402
+from mixsiam_jax import cli, program_options  # noqa: E402
+from mixsiam_jax import workdir as workdir_lib  # noqa: E402
+# pylint: enable=g-import-not-at-top
 
 MAIN_ROWS = ("simsiam", "max")
 ABLATION_ROWS = ("mean", "none", "nomix")
@@ -89,13 +90,13 @@ def planned_runs(rows: Sequence[str], seeds: Sequence[int]) -> List[Dict[str, An
     Dicts {'row', 'seed', 'name'} in launch order (main rows first, seeds interleaved).
 
   Raises:
-    ValueError: for an unknown row or no seed.
+    StudyError: for an unknown row or no seed.
   """
   if not seeds:
-    raise ValueError("--main_seeds is empty; give at least one seed, e.g. --main_seeds=0,1.")
+    raise StudyError("--main_seeds is empty; give at least one seed, e.g. --main_seeds=0,1.")
   unknown = [r for r in rows if r not in cifar10_study.ROWS]
   if unknown:
-    raise ValueError(f"Unknown study rows {unknown}; choose from {sorted(cifar10_study.ROWS)}.")
+    raise StudyError(f"Unknown study rows {unknown}; choose from {sorted(cifar10_study.ROWS)}.")
   runs = []
   for seed in seeds:
     runs += [dict(row=r, seed=seed) for r in rows if r in MAIN_ROWS]
@@ -103,6 +104,14 @@ def planned_runs(rows: Sequence[str], seeds: Sequence[int]) -> List[Dict[str, An
   for run in runs:
     run["name"] = f"{run['row']}_s{run['seed']}"
   return runs
+
+
+def _seeds(text: str) -> List[int]:
+  """The seeds of --main_seeds ('0,1'); StudyError naming the value if one is not an integer."""
+  try:
+    return [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    raise StudyError(f"--main_seeds={text}: give comma-separated integers, e.g. 0,1.") from None
 
 
 def run_command(run: Dict[str, Any], folder: str, out: str,
@@ -118,16 +127,24 @@ def run_command(run: Dict[str, Any], folder: str, out: str,
 
 def _pretrain(run: Dict[str, Any], folder: str, out: str, overrides: Sequence[str],
               cores: Optional[Sequence[int]]) -> float:
-  """Runs one pretraining child process to completion; returns its wall seconds."""
+  """Runs one pretraining child process to completion; returns its wall seconds.
+
+  Raises:
+    StudyError: the run failed; names its status, its own error line and its log.
+  """
   log_path = os.path.join(out, f"{run['name']}.log")
   start = time.time()
   with open(log_path, "a") as log:
+    attempt = log.tell()  # The log is appended to by every attempt: read only this one's.
     preexec = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     result = subprocess.run(run_command(run, folder, out, overrides), stdout=log,
                             stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=preexec, check=False)
   if result.returncode != 0:
-    raise RuntimeError(f"run {run['name']} failed with exit code {result.returncode}; "
-                       f"see {log_path}")
+    with open(log_path, errors="replace") as log:
+      log.seek(attempt)
+      cause = cli.last_error_line(log.read()).rstrip(".")
+    raise StudyError(f"run {run['name']} failed (status {result.returncode}): {cause}; "
+                     f"its log: {log_path}")
   return time.time() - start
 
 
@@ -145,7 +162,8 @@ def pretrain_all(runs: Sequence[Dict[str, Any]], folder: str, out: str, jobs: in
       while queue and free:
         lane = free.pop(0)
         run = queue.pop(0)
-        print(f"[{time.strftime('%H:%M:%S')}] start {run['name']} on cores {lanes[lane]}", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] start {run['name']} on cores {lanes[lane]}",
+              flush=True)
         pending[pool.submit(_pretrain, run, folder, out, overrides, lanes[lane])] = (lane, run)
       done, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
       for future in done:
@@ -161,11 +179,12 @@ def random_init_knn(folder: str, seed: int, overrides: Sequence[str]) -> Dict[st
 
   The parameters are exactly those a pretraining run with this seed starts from.
   """
-  # Deferred: the parent loads JAX and TensorFlow only once the runs have trained.
+  # Deferred: the parent loads JAX and TensorFlow only once the runs have trained, quietly.
+  cli.import_tensorflow()
   from mixsiam_jax import pretrain, recipe, sharding  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.data import sources  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
-  pipeline.hide_accelerators_from_tensorflow()  # TensorFlow only reads the folder.
+  cli.start_jax()
   spec = f"folder:{os.path.abspath(folder)}"
   opts = study_options(overrides, dataset=spec, eval_dataset=spec, seed=seed)
   mesh = sharding.create_mesh()
@@ -209,13 +228,13 @@ def summarise_run(workdir: str) -> Dict[str, Any]:
     z_std and loss are the mean over the last 5 logged rows (smooths batch noise).
 
   Raises:
-    ValueError: if the run has no kNN result yet (not finished).
+    StudyError: if the run has no kNN result yet (not finished).
   """
   rows = workdir_lib.read_metrics(workdir)
   knn = [r for r in rows if "knn_top1" in r]
   train_rows = [r for r in rows if "loss" in r]
   if not knn or not train_rows:
-    raise ValueError(f"{workdir} has no final kNN result; finish it by rerunning the study.")
+    raise StudyError(f"{workdir} has no final kNN result; finish it by rerunning the study.")
   last = train_rows[-5:]
   return dict(knn_top1=knn[-1]["knn_top1"], knn_top5=knn[-1]["knn_top5"],
               knn_curve=[(r["step"], r["knn_top1"]) for r in knn],
@@ -253,9 +272,14 @@ def table(results: Dict[str, Dict[str, Any]], projector_dim: int) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
-  """Runs the study (or collects it with --report_only) and writes the report."""
+  """Runs the study (or collects it with --report_only) and writes the report.
+
+  Raises:
+    StudyError: a bad option or data set, a failed run (named with its own error) or an
+      unfinished run in the report.
+  """
   args = parse_args(argv)
-  seeds = [int(s) for s in args.main_seeds.split(",") if s.strip()]
+  seeds = _seeds(args.main_seeds)
   runs = planned_runs([r for r in args.rows.split(",") if r], seeds)
   folder = data_folder(args.dataset, args.out, args.tfds_data_dir)
   os.makedirs(args.out, exist_ok=True)
@@ -288,7 +312,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except StudyError as e:
-    sys.exit(f"error: {e}")
+  cli.run_tool(main)

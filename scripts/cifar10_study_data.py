@@ -10,9 +10,12 @@ from typing import Optional
 
 from PIL import Image
 
+from mixsiam_jax import cli
+from mixsiam_jax.errors import UserError
 
-class StudyError(ValueError):
-  """A bad study option or an unreadable data set; the message names the value and the fix."""
+
+class StudyError(UserError):
+  """A bad study option, an unreadable data set or a failed run; the message names the fix."""
 
 
 def export_tfds_split(name: str, folder: str, split: str = "train",
@@ -39,7 +42,9 @@ def export_tfds_split(name: str, folder: str, split: str = "train",
   folder = os.path.abspath(folder)
   if os.path.isdir(folder):
     return folder
-  # Deferred: only an export needs TensorFlow Datasets (a rerun reuses the folder).
+  # Deferred: only an export needs TensorFlow Datasets (a rerun reuses the folder); it
+  # imports TensorFlow, loaded first with its start-up notices dropped.
+  cli.import_tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     names = tfds.builder(name, data_dir=data_dir).info.features["label"].names

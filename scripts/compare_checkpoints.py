@@ -17,13 +17,25 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top  (after the repository is on sys.path)
+from mixsiam_jax import cli  # noqa: E402
+from mixsiam_jax.errors import UserError  # noqa: E402
+# pylint: enable=g-import-not-at-top
+
 
 def newest_state(workdir: str) -> Dict[str, np.ndarray]:
-  """{'path': array} of the 'state' item of the newest checkpoint step of ``workdir``."""
+  """{'path': array} of the 'state' item of the newest checkpoint step of ``workdir``.
+
+  Raises:
+    UserError: ``workdir`` has no checkpoint step.
+  """
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise UserError(f"{directory} does not exist: pass the workdirs of two training runs.")
   steps = sorted(int(name) for name in os.listdir(directory) if name.isdigit())
   if not steps:
-    raise SystemExit(f"error: {directory} holds no complete checkpoint step.")
+    raise UserError(f"{directory} holds no complete checkpoint step.")
   tree = ocp.PyTreeCheckpointer().restore(os.path.join(directory, str(steps[-1]), "state"))
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
   out = {"<step directory>": np.asarray(steps[-1])}
@@ -60,4 +72,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run_tool(main, jax_backend=True)

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import cifar10_study  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from configs import cifar10_study as study_config  # noqa: E402
+from tests import entry_points  # noqa: E402
 
 
 def test_plan_runs_main_rows_with_every_seed_and_ablations_once():
@@ -151,3 +152,28 @@ def test_unfinished_run_is_named(tmp_path):
   _write_run(tmp_path / "max_s0", [{"step": 1, "loss": -0.1, "z_std": 0.04}])
   with pytest.raises(ValueError, match="max_s0"):
     cifar10_study.summarise_run(str(tmp_path / "max_s0"))
+
+
+def test_a_bad_dataset_option_is_one_line(tmp_path):
+  result = entry_points.run("scripts/cifar10_study.py", "--dataset=folder:/no/such/dir",
+                            f"--out={tmp_path}")
+  assert "/no/such/dir is not a directory" in entry_points.one_error_line(result)
+
+
+def test_a_failed_run_is_named_with_its_own_error_and_log(tmp_path):
+  # Two images per class: far too few for the study config (its batch, its held-out split).
+  data = tmp_path / "data"
+  for name in ("cat", "dog"):
+    (data / name).mkdir(parents=True)
+    for i in range(2):
+      Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(data / name / f"{i}.png")
+  out = tmp_path / "out"
+  result = entry_points.run("scripts/cifar10_study.py", f"--dataset=folder:{data}",
+                            f"--out={out}", "--rows=simsiam", "--main_seeds=0", "--jobs=1")
+  line = entry_points.one_error_line(result)
+  assert result.returncode == 1
+  log = out / "simsiam_s0.log"
+  child = [l for l in log.read_text().splitlines() if l.startswith("error: ")]
+  assert len(child) == 1, log.read_text()[-3000:]  # main.py's own one line, in the run's log
+  assert line == (f"error: run simsiam_s0 failed (status 1): {child[0].rstrip('.')}; "
+                  f"its log: {log}")

@@ -1,7 +1,9 @@
-"""main.py's plumbing: user errors in one line, bugs keep their traceback, echoes dropped."""
+"""The plumbing of main.py and the tools: user errors in one line, bugs keep their traceback,
+library noise dropped."""
 import asyncio
 import gc
 import logging as logging_lib
+import os
 import signal
 import sys
 import types
@@ -11,6 +13,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from mixsiam_jax import checkpoint, cli, errors, loop, stopping
+from tests import entry_points
 
 
 def test_user_errors_end_in_one_line_and_bugs_keep_their_traceback():
@@ -144,3 +147,82 @@ def test_unretrieved_task_errors_of_a_failed_restore_are_shown_only_at_debug_ver
     logging.set_verbosity(verbosity)
   assert len(records) == 1
   assert "DATA_LOSS" in str(records[0].exc_info[1])
+
+
+def test_a_tools_bug_and_ctrl_c_lines_do_not_speak_of_checkpoints(capsys):
+  assert cli.run_program(_raise(KeyError("a bug")), resumable=False) == cli.EXIT_BUG
+  err = capsys.readouterr().err
+  assert "Traceback" in err
+  assert err.splitlines()[-1] == "error: unexpected KeyError (a bug; the traceback is above)."
+  assert cli.run_program(_raise(KeyboardInterrupt()), resumable=False) == cli.EXIT_INTERRUPTED
+  assert capsys.readouterr().err == "interrupted (Ctrl-C).\n"
+
+
+def test_a_program_that_returns_a_status_exits_with_it():
+  assert cli.run_program(lambda: 2) == 2
+  assert cli.run_program(lambda: "grid.png") == cli.EXIT_FINISHED  # not a status
+  assert cli.run_program(lambda: True) == cli.EXIT_FINISHED
+
+
+def test_a_childs_failure_is_named_by_its_last_error_line():
+  log = ("I1206 main.py:68] JAX process 0 of 1\nerror: Split '[4500:]' selects no image.\n"
+         "W1206 something logged after it\n\n")
+  assert cli.last_error_line(log) == "error: Split '[4500:]' selects no image."
+  assert cli.last_error_line("Killed\n  \n") == "Killed"
+  assert cli.last_error_line("") == "(no output)"
+
+
+def test_held_back_notices_are_all_kept_when_the_block_fails(capfd):
+  notice = cli.TPU_SEARCH_NOTICES[0]
+  with cli.start_notices_dropped([notice]):
+    os.write(2, f"{notice} (dropped)\nkept\n".encode())
+  assert capfd.readouterr().err == "kept\n"
+  with pytest.raises(RuntimeError, match="no backend"):
+    with cli.start_notices_dropped([notice], drop=lambda: 1 / 0):
+      os.write(2, f"{notice} (explains the error)\n".encode())
+      raise RuntimeError("no backend")
+  assert capfd.readouterr().err == f"{notice} (explains the error)\n"
+
+
+# A tool as run_tool runs it: TensorFlow (if asked for) and JAX start quietly, then the program.
+# Importing sharding loads the parts of JAX that, where libtpu is installed, make the backends'
+# start search for a TPU and say so (jax alone does not).
+TOOL = """
+import sys
+from mixsiam_jax import cli, errors, sharding
+def program():
+  import jax
+  assert jax.devices()
+  print("tensorflow" in sys.modules, flush=True)
+  raise errors.UserError("--out=x.png: no such folder.")
+cli.run_tool(program, tensorflow={tensorflow}, jax_backend=True)
+"""
+
+
+@pytest.mark.parametrize("tensorflow", [True, False])
+def test_a_tool_starts_quietly_and_ends_a_user_error_in_one_line(tensorflow):
+  result = entry_points.run("-c", TOOL.format(tensorflow=tensorflow))
+  assert entry_points.one_error_line(result) == "error: --out=x.png: no such folder."
+  assert result.returncode == 1
+  assert result.stdout == f"{tensorflow}\n"  # TensorFlow only where the tool asks for it
+
+
+def test_tools_that_read_no_data_do_not_load_tensorflow(tmp_path):
+  # Each tool's entry point on a bad input, in one process; then: was TensorFlow loaded?
+  code = f"""
+import runpy, sys
+for argv in (["plot", "{tmp_path}/none"],
+             ["weights", "export", "--workdir={tmp_path}", "--out={tmp_path}/w.npz"],
+             ["compile_plan", "--config=configs/cifar10.py:tiny", "--topology=v9:2x2"]):
+  sys.argv = argv
+  try:
+    runpy.run_module("mixsiam_jax." + argv[0], run_name="__main__", alter_sys=True)
+  except SystemExit as e:
+    print(argv[0], e.code)
+print("tensorflow" in sys.modules)
+"""
+  result = entry_points.run("-c", code)
+  assert result.stdout.split() == ["plot", "1", "weights", "1", "compile_plan", "1", "False"], (
+      result.stdout, result.stderr[-3000:])
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 3 and all(line.startswith("error: ") for line in lines), result.stderr

@@ -5,8 +5,10 @@ installed by .ci/run); each compiles the tiny config once for a 2x2 v5e slice (a
 40 s of CPU), one also for a 2x4 v6e slice. The GPU test needs jax-cuda12-plugin and runs only where it is installed.
 """
 import json
+import logging
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -17,6 +19,7 @@ from configs import cifar10
 from mixsiam_jax import compile_plan, program_options, sharding, topologies
 from mixsiam_jax.data import batch_format
 from mixsiam_jax.errors import UserError
+from tests import entry_points
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -27,10 +30,20 @@ def tiny():
 
 
 @pytest.mark.usefixtures("one_block_per_stage")
-def test_cpu_plan_uses_cpu_decisions_and_memory_grows_with_batch():
+def test_cpu_plan_uses_cpu_decisions_and_memory_grows_with_batch(caplog):
   topology = topologies.devices_for("cpu:8")
-  small, large = (compile_plan.plan_and_compile(tiny(), topology, per_device_batch=b)[0]
-                  for b in (2, 16))
+  with caplog.at_level(logging.INFO):
+    small, large = (compile_plan.plan_and_compile(tiny(), topology, per_device_batch=b)[0]
+                    for b in (2, 16))
+  # A compile takes minutes on a large slice: each one says when it starts and ends.
+  messages = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+  assert len(messages) == 4, messages
+  for message, batch in zip(messages[::2], (16, 128)):
+    assert message.startswith("Compiling the pretraining step for cpu:8 (8 cpu devices): "
+                              f"global batch {batch} ({batch // 8} per device)"), message
+  for message, batch in zip(messages[1::2], (2, 16)):
+    assert re.fullmatch(rf"Compiled for cpu:8 in \d+ s \({batch} per device, remat False\): "
+                        r"fits \(no memory limit known\)\.", message), message
   assert small["dtype"] == "float32" and small["conv_impl"] == "matmul_weight_grad"
   assert small["status"] == "unknown" and small["memory"]["usable"] is None
   assert large["memory"]["temporaries"] > 2 * small["memory"]["temporaries"]
@@ -140,6 +153,10 @@ def test_a_config_that_cannot_fit_is_an_answer_not_a_crash(tpu):
   assert result.returncode == compile_plan.EXIT_DOES_NOT_FIT, result.stderr[-2000:]
   assert "DOES NOT FIT: RESOURCE_EXHAUSTED" in result.stdout
   assert "Traceback" not in result.stderr
+  # The console says what runs (INFO), and not libtpu's search for a TPU on this host.
+  assert "] Compiling the pretraining step for v5e:2x2 (4 TPU v5 lite devices)" in result.stderr
+  assert re.search(r"\] Compiled for v5e:2x2 in \d+ s .*: does not fit\.", result.stderr)
+  assert not [n for n in entry_points.START_NOTICES if n in result.stderr], result.stderr
 
 
 def test_gpu_plan_where_the_cuda_plugin_is_installed(tmp_path):

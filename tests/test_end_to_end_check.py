@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests import entry_points
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -30,3 +32,11 @@ def test_the_smoke_check_reports_every_part(cifar_jpeg_folder, tmp_path):
   assert program["host_peak_rss_mib"] > 0
   assert report["save"]["seconds"] > 0 and report["save"]["state_mib"] > 0
   assert "whole program" in result.stdout and "SIGTERM to exit" in result.stdout
+
+
+def test_a_missing_data_folder_is_one_line(tmp_path):
+  result = entry_points.run("benchmarks/end_to_end_check.py", f"--data={tmp_path / 'none'}",
+                            f"--out={tmp_path / 'out'}", "--smoke")
+  line = entry_points.one_error_line(result)
+  assert result.returncode == 1
+  assert str(tmp_path / "none") in line and "does not exist" in line, line

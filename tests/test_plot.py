@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from mixsiam_jax import plot
+from tests import entry_points
 
 
 def make_workdir(root, name, lam=0.5, rows=None):
@@ -88,4 +89,13 @@ def test_errors_name_the_path(tmp_path):
   (tmp_path / "nolam" / "config.json").unlink()
   with pytest.raises(FileNotFoundError, match=r"nolam.config\.json does not exist"):
     plot.read_lam(no_lam)
+  assert not (tmp_path / "x.png").exists()
+
+
+def test_the_command_line_names_a_missing_file_in_one_line(tmp_path):
+  result = entry_points.run("-m", "mixsiam_jax.plot", tmp_path / "nothing",
+                            f"--out={tmp_path / 'x.png'}")
+  line = entry_points.one_error_line(result)
+  assert result.returncode == 1
+  assert line.startswith(f"error: {tmp_path / 'nothing' / 'metrics.jsonl'} does not exist"), line
   assert not (tmp_path / "x.png").exists()

@@ -3,5 +3,4 @@ from mixsiam_jax import cli
 from mixsiam_jax.weights import files
 
 if __name__ == "__main__":
-  with cli.one_line_errors():  # A UserError ends in one line; anything else is a bug.
-    files.main()
+  cli.run_tool(files.main)  # A UserError ends in one line; anything else is a bug.

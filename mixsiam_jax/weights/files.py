@@ -11,7 +11,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from mixsiam_jax import checkpoint, sharding
+from mixsiam_jax import checkpoint, cli, sharding
 from mixsiam_jax.weights import convert
 
 TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar")
@@ -178,7 +178,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   """``python -m mixsiam_jax.weights export --workdir=DIR --out=FILE``; returns FILE.
 
   Raises:
-    UserError (WeightsError, CheckpointError): a bad input, named in one line by __main__.
+    UserError (WeightsError, CheckpointError): a bad input, named in one line by
+      __main__ (cli.run_tool).
   """
   parser = argparse.ArgumentParser(
       prog="python -m mixsiam_jax.weights",
@@ -190,6 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   parser.add_argument("--backbone_only", action="store_true",
                       help="torchvision ResNet keys only (no projector/predictor)")
   args = parser.parse_args(argv)
+  # After the flags (--help answers at once): libtpu's search for a TPU is not shown.
+  cli.start_jax()
   state_dict = export_workdir(args.workdir, args.out, step=args.step,
                               include_heads=not args.backbone_only)
   print(f"Wrote {len(state_dict)} tensors to {args.out}")

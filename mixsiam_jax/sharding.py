@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mixsiam_jax.options import OptionsError
+
 DATA_AXIS = "data"
 
 
@@ -61,11 +63,11 @@ def check_global_batch(global_batch_size: int, mesh: Mesh) -> int:
     The number of examples each process loads per step.
 
   Raises:
-    ValueError: naming the batch size and the device count.
+    OptionsError: naming the batch size, the device count and a batch that fits.
   """
   num_devices = mesh.devices.size
   if global_batch_size <= 0 or global_batch_size % num_devices:
-    raise ValueError(
+    raise OptionsError(
         f"batch_size={global_batch_size} must be a positive multiple of the number of devices "
         f"({num_devices}); set --config.batch_size to e.g. "
         f"{max(1, -(-global_batch_size // num_devices)) * num_devices}.")

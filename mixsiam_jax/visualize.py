@@ -74,9 +74,10 @@ def write_grid(config, out: str, num_images: int, scale: int) -> str:
   # pylint: disable=g-import-not-at-top
   import jax
   from mixsiam_jax import augment, photometric, pretrain, program_options
-  from mixsiam_jax.data import decode, pipeline, sources
+  from mixsiam_jax.data import decode, pipeline, sources, tfds_prepare
   # pylint: enable=g-import-not-at-top
   opts = program_options.pretrain_options(config)
+  tfds_prepare.ensure_prepared(opts.data.dataset)  # downloaded on first use, as main.py does
   data = pretrain.train_data_options(opts, num_images)
   bad_images = decode.BadImageLog()
   ds = pipeline.create_pretrain_dataset(data, process_index=0, process_count=1,

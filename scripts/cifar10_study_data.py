@@ -46,17 +46,19 @@ def export_tfds_split(name: str, folder: str, split: str = "train",
   # imports TensorFlow, loaded first with its start-up notices dropped.
   cli.import_tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.data import tfds_prepare  # pylint: disable=g-import-not-at-top
+  # Downloaded and prepared (array_record) on first use, as main.py does.
+  tfds_prepare.ensure_prepared(f"tfds:{name}", data_dir=data_dir, flag="--dataset")
   try:
     names = tfds.builder(name, data_dir=data_dir).info.features["label"].names
-    examples = tfds.as_numpy(tfds.load(
-        name, split=split, data_dir=data_dir, download=False, shuffle_files=False,
-        read_config=tfds.ReadConfig(interleave_cycle_length=1)))
-  except Exception as e:  # pylint: disable=broad-except  (not prepared, unknown name...)
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    examples = (source[i] for i in range(len(source)))  # the stored (TFDS) order
+  except Exception as e:  # pylint: disable=broad-except  (bad split, unreadable files...)
     cause = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0][:300].rstrip(".")
     raise StudyError(
-        f"TFDS dataset {name!r} (split {split!r}) cannot be read: {cause}. "
-        f"Prepare it with `tfds build {name.split(':')[0]}` (and set TFDS_DATA_DIR or "
-        "--tfds_data_dir to its folder), or pass --dataset=folder:PATH.") from None
+        f"TFDS dataset {name!r} (split {split!r}) cannot be read: {cause}. Pass "
+        "--dataset=folder:PATH, or set TFDS_DATA_DIR (--tfds_data_dir) to a folder where "
+        f"it is prepared (python -m mixsiam_jax.data.tfds_prepare tfds:{name}).") from None
   partial = folder + ".partial"
   shutil.rmtree(partial, ignore_errors=True)
   for class_name in names:

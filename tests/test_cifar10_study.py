@@ -7,7 +7,6 @@ import sys
 import numpy as np
 from PIL import Image
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -15,6 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import cifar10_study  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from configs import cifar10_study as study_config  # noqa: E402
+from mixsiam_jax.data import tfds_prepare  # noqa: E402
 from tests import entry_points  # noqa: E402
 
 
@@ -44,16 +44,21 @@ MOCK_LABELS = (3, 0, 3, 9, 0, 3, 7)
 
 
 def _mock_cifar10(builder, split, **kwargs):
+  """The mocked data source: image i is filled with the value i."""
   del builder, kwargs
   assert split == "train"
-  images = np.stack([np.full((32, 32, 3), i, np.uint8) for i in range(len(MOCK_LABELS))])
-  return tf.data.Dataset.from_tensor_slices(
-      {"image": images, "label": np.array(MOCK_LABELS, np.int64),
-       "id": [f"train_{i}".encode() for i in range(len(MOCK_LABELS))]})
+  return [{"image": np.full((32, 32, 3), i, np.uint8), "label": label, "id": f"train_{i}"}
+          for i, label in enumerate(MOCK_LABELS)]
+
+
+@pytest.fixture(autouse=True)
+def _mock_data_needs_no_preparation(monkeypatch):
+  # tests/test_data_tfds_prepare.py tests the preparation; mock data have none.
+  monkeypatch.setattr(tfds_prepare, "ensure_prepared", lambda *args, **kwargs: None)
 
 
 def test_tfds_export_writes_each_class_in_tfds_order(tmp_path):
-  with tfds.testing.mock_data(as_dataset_fn=_mock_cifar10):
+  with tfds.testing.mock_data(as_data_source_fn=_mock_cifar10):
     names = tfds.builder("cifar10").info.features["label"].names
     folder = cifar10_study.data_folder("tfds:cifar10", str(tmp_path))
   assert folder == str(tmp_path / "data" / "train")
@@ -73,7 +78,7 @@ def test_tfds_export_is_reused_and_an_interrupted_one_redone(tmp_path):
   folder = tmp_path / "data" / "train"
   partial = tmp_path / "data" / "train.partial"
   (partial / "stale").mkdir(parents=True)  # left by an interrupted export
-  with tfds.testing.mock_data(as_dataset_fn=_mock_cifar10):
+  with tfds.testing.mock_data(as_data_source_fn=_mock_cifar10):
     cifar10_study.data_folder("tfds:cifar10", str(tmp_path))
   assert not partial.exists() and not (folder / "stale").exists()
   assert sum(len(files) for _, _, files in os.walk(folder)) == len(MOCK_LABELS)
@@ -81,13 +86,13 @@ def test_tfds_export_is_reused_and_an_interrupted_one_redone(tmp_path):
 
   def fail(*args, **kwargs):
     raise AssertionError("a complete export must not be read again")
-  with tfds.testing.mock_data(as_dataset_fn=fail):
+  with tfds.testing.mock_data(as_data_source_fn=fail):
     assert cifar10_study.data_folder("tfds:cifar10", str(tmp_path)) == str(folder)
   assert (folder / "marker").read_text() == "kept"
 
 
 def test_runs_read_the_tfds_export(tmp_path):
-  with tfds.testing.mock_data(as_dataset_fn=_mock_cifar10):
+  with tfds.testing.mock_data(as_data_source_fn=_mock_cifar10):
     folder = cifar10_study.data_folder("tfds:cifar10", str(tmp_path))
   run = cifar10_study.planned_runs(["max"], [0])[0]
   cmd = cifar10_study.run_command(run, folder, str(tmp_path), [])

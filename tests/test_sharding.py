@@ -7,6 +7,7 @@ import pytest
 from jax.sharding import Mesh
 
 from mixsiam_jax import sharding
+from mixsiam_jax.options import OptionsError
 
 
 def test_mesh_spans_all_devices():
@@ -64,5 +65,5 @@ def test_platform_and_processes_come_from_the_mesh_not_the_host():
 
 
 def test_check_global_batch_names_the_fix():
-  with pytest.raises(ValueError, match=r"batch_size=12 .*\(8\).*e\.g\. 16"):
+  with pytest.raises(OptionsError, match=r"batch_size=12 .*\(8\).*e\.g\. 16"):
     sharding.check_global_batch(12, sharding.create_mesh())

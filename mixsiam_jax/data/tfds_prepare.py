@@ -33,10 +33,10 @@ from mixsiam_jax.data import DatasetError, names, sources
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 
-def _advice(name: str, field: str) -> str:
+def _advice(name: str, flag: str) -> str:
   return (f"Either point TFDS_DATA_DIR at a folder where {name} is prepared (`python -m "
           f"mixsiam_jax.data.tfds_prepare tfds:{name}` on a machine with internet, then copy "
-          f"that folder here), or use --config.{field}=folder:PATH (PATH/<class>/<image>).")
+          f"that folder here), or use {flag}=folder:PATH (PATH/<class>/<image>).")
 
 
 def _endpoint(url: str) -> Tuple[str, int]:
@@ -83,7 +83,7 @@ def _format_bytes(size: float) -> str:
   return f"{size:.1f} GiB"
 
 
-def _download_and_prepare(builder, name: str, field: str) -> None:
+def _download_and_prepare(builder, name: str, field: str, flag: str) -> None:
   """Downloads (or generates) and prepares ``builder`` in array_record; raises DatasetError."""
   urls = sorted(builder.url_infos or {})
   manual_dir = os.path.join(builder.data_dir_root, "downloads", "manual")
@@ -92,12 +92,12 @@ def _download_and_prepare(builder, name: str, field: str) -> None:
       raise DatasetError(
           f"{field}=tfds:{name} is not prepared in {builder.data_dir_root}, and TFDS cannot "
           f"download it: put its archives in {manual_dir} (docs/imagenet.md for ImageNet) and "
-          f"rerun to prepare it there, or use --config.{field}=folder:PATH.")
+          f"rerun to prepare it there, or use {flag}=folder:PATH.")
   elif urls:
     unreachable = check_reachable(urls)
     if unreachable:
       raise DatasetError(f"the download of {name} failed: cannot connect to {unreachable}. "
-                         + _advice(name, field))
+                         + _advice(name, flag))
   size = sum(int(info.size) for info in (builder.url_infos or {}).values())
   what = (f"downloading {_format_bytes(size)} from {urllib.parse.urlparse(urls[0]).hostname}"
           if urls and not builder.MANUAL_DOWNLOAD_INSTRUCTIONS else
@@ -113,16 +113,18 @@ def _download_and_prepare(builder, name: str, field: str) -> None:
     # requests' ConnectionError is an OSError; TFDS reports a bad manual folder as an AssertionError.
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     raise DatasetError(f"the download or preparation of {name} failed: {first}. "
-                       + _advice(name, field)) from None
+                       + _advice(name, flag)) from None
   logging.info("Prepared %s in %s in %.0f s.", name, builder.data_dir, time.monotonic() - start)
 
 
-def ensure_prepared(dataset: str, field: str = "dataset", data_dir: Optional[str] = None) -> None:
+def ensure_prepared(dataset: str, field: str = "dataset", data_dir: Optional[str] = None,
+                    flag: Optional[str] = None) -> None:
   """Makes sure a ``tfds:NAME`` data set can be opened with random access; folders pass.
 
   Args:
     dataset: 'tfds:NAME' or 'folder:PATH'.
     field: the config field that gave it, named in errors.
+    flag: the command-line flag that sets it, in the advice (None: --config.FIELD).
     data_dir: TFDS data folder (None: TFDS_DATA_DIR or ~/tensorflow_datasets).
 
   Raises:
@@ -136,7 +138,7 @@ def ensure_prepared(dataset: str, field: str = "dataset", data_dir: Optional[str
   builder = sources.tfds_builder(name, data_dir, field)
   # builder.is_prepared() would log a warning for every version folder without its info file.
   if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
-    _download_and_prepare(builder, name, field)
+    _download_and_prepare(builder, name, field, flag or f"--config.{field}")
     builder = sources.tfds_builder(name, data_dir, field)  # reads the new dataset_info.json
   if not _has_random_access(builder):
     raise sources.no_random_access(builder, field)

@@ -58,7 +58,7 @@ def export_tfds_split(name: str, folder: str, split: str = "train",
     raise StudyError(
         f"TFDS dataset {name!r} (split {split!r}) cannot be read: {cause}. Pass "
         "--dataset=folder:PATH, or set TFDS_DATA_DIR (--tfds_data_dir) to a folder where "
-        f"it is prepared (python -m mixsiam_jax.data.tfds_prepare tfds:{name}).") from None
+        f"it is prepared (python -m mixsiam_jax.data prepare tfds:{name}).") from None
   partial = folder + ".partial"
   shutil.rmtree(partial, ignore_errors=True)
   for class_name in names:

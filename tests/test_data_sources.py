@@ -62,7 +62,7 @@ def test_offline_tfds_advice_names_the_field(tmp_path):
   empty = sources.TfdsOptions(data_dir=str(tmp_path))
   start = time.time()
   with pytest.raises(DatasetError,
-                     match=r"tfds_prepare tfds:cifar10.*--config\.dataset=folder:PATH\."):
+                     match=r"data prepare tfds:cifar10.*--config\.dataset=folder:PATH\."):
     sources.get_dataset_info("tfds:cifar10", "train", tfds_options=empty)
   with pytest.raises(DatasetError) as err:
     sources.get_dataset_info("tfds:cifar10", "test", field="eval_dataset", tfds_options=empty)

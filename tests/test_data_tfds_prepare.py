@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.data import DatasetError, sources, tfds_prepare
-from tests import tfds_generated
+from tests import entry_points, tfds_generated
 
 GENERATED = f"tfds:{tfds_generated.NAME}"
 # A proxy on a port nothing listens on: every download is refused at once, with or
@@ -149,3 +149,23 @@ def test_main_prepares_an_unprepared_data_set_and_trains_on_it(tmp_path):
   rows = workdir_lib.read_metrics(str(workdir))
   assert [r["step"] for r in rows if "loss" in r] == [2, 4]
   assert "knn_top1" in rows[-1]
+
+
+def test_the_prepare_command_offline_is_one_line(tmp_path):
+  start = time.monotonic()
+  result = entry_points.run("-m", "mixsiam_jax.data", "prepare", "tfds:cifar10",
+                            TFDS_DATA_DIR=str(tmp_path), **REFUSING_PROXY)
+  line = entry_points.one_error_line(result)
+  assert line.startswith("error: the download of cifar10 failed: cannot connect to 127.0.0.1:9")
+  assert time.monotonic() - start < 60
+
+
+def test_the_prepare_command_prepares_a_data_set(tmp_path):
+  # The generating builder is registered by importing tests/tfds_generated.py first.
+  result = entry_points.run(
+      "-c", "import sys; from tests import tfds_generated; from mixsiam_jax.data import "
+      "__main__ as m; m.cli.run_tool(lambda: m.main(sys.argv[1:]))", "prepare", GENERATED,
+      f"--data_dir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"{GENERATED} is prepared." in result.stdout
+  assert any(".array_record-" in f for f in _files(str(tmp_path)))

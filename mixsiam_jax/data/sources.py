@@ -107,7 +107,7 @@ def _tfds_not_prepared(name: str, split: str, err: Exception, field: str) -> Dat
     advice += " (or --config.eval_dataset= for no evaluation set)"
   return DatasetError(
       f"{field}=tfds:{name} (split {split!r}) cannot be read: {str(err).splitlines()[0][:300]} "
-      f"Prepare it with `python -m mixsiam_jax.data.tfds_prepare tfds:{name}` (main.py does "
+      f"Prepare it with `python -m mixsiam_jax.data prepare tfds:{name}` (main.py does "
       f"this on first use) and set TFDS_DATA_DIR to its folder, or use {advice}.")
 
 

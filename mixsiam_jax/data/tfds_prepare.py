@@ -9,9 +9,10 @@ a machine without internet is told at once (TFDS's own downloader retries for
 minutes), with the two ways out. A data set already prepared as TFRecords only
 is refused with the one command that sets it aside to be prepared again; it is
 never read in another order (TFDS's own converter, ``tfds convert_format``,
-needs Apache Beam). ``python -m mixsiam_jax.data.tfds_prepare tfds:NAME ...``
-prepares data sets without training, e.g. on a machine with internet. Data sets that TFDS cannot download (ImageNet) need their
-archives in the manual folder, which the message names.
+needs Apache Beam). Data sets that TFDS cannot download (ImageNet) need their
+archives in the manual folder, which the message names. ``python -m
+mixsiam_jax.data prepare tfds:NAME ...`` (data/__main__.py) prepares data sets
+without training, e.g. on a machine with internet.
 """
 import os
 import socket
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import app, logging
+from absl import logging
 from jax.experimental import multihost_utils
 
 from mixsiam_jax.data import DatasetError, names, sources
@@ -35,7 +36,7 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 
 def _advice(name: str, flag: str) -> str:
   return (f"Either point TFDS_DATA_DIR at a folder where {name} is prepared (`python -m "
-          f"mixsiam_jax.data.tfds_prepare tfds:{name}` on a machine with internet, then copy "
+          f"mixsiam_jax.data prepare tfds:{name}` on a machine with internet, then copy "
           f"that folder here), or use {flag}=folder:PATH (PATH/<class>/<image>).")
 
 
@@ -205,14 +206,3 @@ def prepare_for_run(datasets: Sequence[Tuple[str, str]]) -> None:
   ensure_prepared_on_all_processes(unique, process_index=jax.process_index(),
                                    process_count=jax.process_count(), agree=agree)
 
-
-def main(argv: Sequence[str]) -> None:
-  """``python -m mixsiam_jax.data.tfds_prepare tfds:NAME [...]``: prepares without training."""
-  if len(argv) < 2:
-    raise app.UsageError("name the data sets to prepare, e.g. tfds:cifar10")
-  for dataset in argv[1:]:
-    ensure_prepared(dataset, field="dataset")
-
-
-if __name__ == "__main__":
-  app.run(main)

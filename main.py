@@ -80,7 +80,8 @@ def main(argv):
       _program(program_options.program_name(options))(options, FLAGS.workdir)
 
   status = cli.run_program(run)
-  _exit_without_teardown(status, finished=status in (cli.EXIT_FINISHED, cli.EXIT_INTERRUPTED))
+  _exit_without_teardown(status, finished=status in (cli.EXIT_FINISHED, cli.EXIT_INTERRUPTED,
+                                                     cli.EXIT_PREEMPTED))
 
 
 def _exit_without_teardown(status: int, finished: bool) -> None:

@@ -10,13 +10,14 @@ UserError raised by a program) ends the program with one line, ``error: ...``;
 a stop on a signal with one line saying so; every other exception is a bug and
 keeps its traceback. The exit statuses (README, "Exit status"):
 
-  0    finished (or had finished before), or preempted by SIGTERM with the
-       checkpoint saved (the last line says which);
+  0    finished (or had finished before);
   1    an input error: flags, config, data, workdir, checkpoint (one line);
   3    training diverged (a non-finite loss or norm); the newest checkpoint is good;
   4    a checkpoint could not be written (disk full, permission, I/O error);
   5    a multi-process run lost another process (a collective failed);
   70   an unexpected error (a bug): the traceback is printed;
+  75   preempted (SIGTERM) with the checkpoint saved: EX_TEMPFAIL, "try again",
+       so that a scheduler restarts the run (rerunning resumes it);
   130  interrupted by Ctrl-C with the checkpoint saved (a second Ctrl-C ends
        the process at once, killed by SIGINT).
 """
@@ -39,6 +40,9 @@ from mixsiam_jax.stopping import Stopped
 EXIT_FINISHED = 0
 EXIT_LOST_PEER = 5
 EXIT_BUG = 70
+# sysexits.h's EX_TEMPFAIL: a preempted run is unfinished work that a rerun resumes; 0
+# would tell a scheduler (a Kubernetes Job, SLURM) that the run completed.
+EXIT_PREEMPTED = 75
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
@@ -85,7 +89,7 @@ def run_program(program: Callable[[], object], resumable: bool = True) -> int:
     return result if isinstance(result, int) and not isinstance(result, bool) else EXIT_FINISHED
   except Stopped as e:
     _line(str(e))
-    return EXIT_INTERRUPTED if e.signum == signal.SIGINT else EXIT_FINISHED
+    return EXIT_INTERRUPTED if e.signum == signal.SIGINT else EXIT_PREEMPTED
   except UserError as e:
     logging.debug("Traceback of the error below:", exc_info=True)
     _line(f"error: {e}")

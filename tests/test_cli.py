@@ -86,7 +86,7 @@ def _raise(error):
 
 @pytest.mark.parametrize("program,status,last_line", [
     (lambda: None, 0, None),
-    (_raise(stopping.Stopped(7, signal.SIGTERM)), 0,
+    (_raise(stopping.Stopped(7, signal.SIGTERM)), 75,
      "preempted (SIGTERM) at step 7, checkpoint saved; rerun the same command to resume."),
     (_raise(stopping.Stopped(7, signal.SIGINT)), 130,
      "interrupted (Ctrl-C) at step 7, checkpoint saved; rerun the same command to resume."),

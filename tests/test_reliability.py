@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import cifar10
-from mixsiam_jax import checkpoint, optim, pretrain, sharding, workdir as workdir_lib
+from mixsiam_jax import checkpoint, cli, optim, pretrain, sharding, workdir as workdir_lib
 from mixsiam_jax.program_options import from_config
 from tests.helpers import snapshot
 
@@ -217,7 +217,7 @@ def interrupted(straight, cifar_jpeg_folder, tmp_path_factory):
   facts["a_stop"] = int(stopped.group(1)) if stopped else None
   facts["a_steps"] = steps_on_disk(workdir)
   facts["a_ids"] = read_ids(a_ids)
-  if facts["a_rc"] != 0 or not facts["a_stop"]:
+  if facts["a_rc"] != cli.EXIT_PREEMPTED or not facts["a_stop"]:
     return facts
   facts["a_saved_step"] = int(restore_all(workdir, jax.devices()[:1])[0]["step"])
 
@@ -251,9 +251,9 @@ def interrupted(straight, cifar_jpeg_folder, tmp_path_factory):
 
 
 def test_sigterm_saves_current_step_and_exits_zero(interrupted):
-  """Promise 3: SIGTERM -> checkpoint at the step it arrived in, fully written, exit 0."""
+  """Promise 3: SIGTERM -> checkpoint at the step it arrived in, fully written, exit 75."""
   f = interrupted
-  assert f["a_rc"] == 0, f"SIGTERM exit code {f['a_rc']}:\n{f['a_log'][-3000:]}"
+  assert f["a_rc"] == cli.EXIT_PREEMPTED, f"exit code {f['a_rc']}:\n{f['a_log'][-3000:]}"
   stop = f["a_stop"]
   assert stop is not None, f"no 'Stopped at step' message:\n{f['a_log'][-3000:]}"
   assert 4 <= stop < STEPS, f"stopped at {stop}: the signal did not interrupt the run"
@@ -423,7 +423,7 @@ def test_two_processes_stop_together_and_match_one(straight, cifar_jpeg_folder, 
   """2 processes x 4 devices (jax.distributed on localhost) = the 8-device 1-process run.
 
   A preemption notice reaching one host (SIGTERM to process 1 once step 2 is
-  logged): both processes save the same step and exit 0. The save is collective,
+  logged): both processes save the same step and exit 75 (preempted). The save is collective,
   so they agree on the step through JAX's preemption service
   (multihost_utils.reached_preemption_sync_point). Rerun, they finish the run:
   each step's global batch is the straight run's, row for row (process 0 loads
@@ -436,7 +436,7 @@ def test_two_processes_stop_together_and_match_one(straight, cifar_jpeg_folder, 
   wait_for(lambda: (workdir / "metrics.jsonl").exists(), procs[0], what="step 2")
   procs[1].send_signal(signal.SIGTERM)
   rcs = [finish(p, timeout=200) for p in procs]
-  assert rcs == [0, 0], "\n".join(output(p)[-2000:] for p in procs)
+  assert rcs == [cli.EXIT_PREEMPTED] * 2, "\n".join(output(p)[-2000:] for p in procs)
   stopped = [re.search(r"Stopped at step (\d+) on request", output(p)) for p in procs]
   assert all(stopped), "\n".join(output(p)[-2000:] for p in procs)
   step = int(stopped[0].group(1))

@@ -13,12 +13,19 @@ runs inside ``StopRequest.waiting()``: a signal arriving there raises
 queue of data/iterate.py, are interruptible Python waits), and the loop then
 saves what it has and stops.
 
+Garbage-collector callbacks. A handler runs in whatever Python code the main
+thread executes when the signal is processed, which can be a callback of the
+garbage collector (JAX registers one); an exception raised there is printed as
+"Exception ignored in ..." and lost. A signal that finds the main thread inside
+such a callback is delivered again a moment later instead.
+
 Several processes: they must stop at the same step (the save is collective),
 so SIGTERM is left to JAX's preemption service (``jax.distributed.initialize``
 installs it), which agrees on a step across hosts; a SIGINT is forwarded to it
 as a SIGTERM of this process.
 """
 import contextlib
+import gc
 import os
 import signal
 import threading
@@ -28,6 +35,27 @@ from absl import logging
 
 # What each signal means to the user, in log lines and exit messages.
 SIGNAL_MEANING = {signal.SIGTERM: "preempted (SIGTERM)", signal.SIGINT: "interrupted (Ctrl-C)"}
+
+
+# Delay before a signal that arrived inside a garbage-collector callback is delivered again.
+REDELIVERY_SECONDS = 0.01
+
+
+def inside_gc_callback(frame) -> bool:
+  """Whether ``frame`` (a signal handler's) is in a callback of the garbage collector.
+
+  Args:
+    frame: the frame the main thread was executing, or None.
+
+  Returns:
+    True if it or one of its callers is a function in gc.callbacks.
+  """
+  codes = {getattr(callback, "__code__", None) for callback in gc.callbacks} - {None}
+  while frame is not None and codes:
+    if frame.f_code in codes:
+      return True
+    frame = frame.f_back
+  return False
 
 
 class Interrupted(Exception):
@@ -88,7 +116,11 @@ class StopRequest:
     return self._signum
 
   def _handle(self, signum, frame):
-    del frame
+    if self._waiting and inside_gc_callback(frame):
+      # Raising here would be printed and dropped: deliver the same signal again shortly.
+      threading.Timer(REDELIVERY_SECONDS, signal.pthread_kill,
+                      (threading.main_thread().ident, signum)).start()
+      return
     first = self._signum is None
     if first:
       self._signum = signum

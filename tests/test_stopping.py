@@ -1,0 +1,59 @@
+"""Tests of mixsiam_jax/stopping.py: signals become stop requests, never lost exceptions."""
+import gc
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from mixsiam_jax import stopping
+
+
+def test_a_signal_inside_a_gc_callback_interrupts_the_wait_after_the_callback(monkeypatch):
+  unraisable = []
+  monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+  in_callback = []
+
+  def callback(phase, info):
+    del info
+    if phase == "start" and not in_callback:
+      in_callback.append(True)
+      os.kill(os.getpid(), signal.SIGTERM)
+      for _ in range(1000):  # bytecodes at which Python runs the pending handler
+        pass
+      in_callback.append(False)
+
+  gc.callbacks.append(callback)
+  try:
+    with stopping.StopRequest(num_processes=1) as stop:
+      with pytest.raises(stopping.Interrupted) as interrupted:
+        with stop.waiting():
+          gc.collect()
+          time.sleep(2)  # the signal, delivered again, ends this wait
+  finally:
+    gc.callbacks.remove(callback)
+  # The callback ran to its end (nothing was raised inside it), then the wait was interrupted.
+  assert in_callback == [True, False] and not unraisable
+  assert interrupted.value.signum == signal.SIGTERM and stop.signum == signal.SIGTERM
+
+
+def test_inside_gc_callback_looks_at_the_callers_of_the_frame():
+  frames = []
+
+  def callback(phase, info):
+    del info
+    if phase == "start" and not frames:
+      frames.append(sys._getframe())  # pylint: disable=protected-access
+
+  gc.callbacks.append(callback)
+  try:
+    gc.collect()
+  finally:
+    gc.callbacks.remove(callback)
+  gc.callbacks.append(callback)
+  try:
+    assert stopping.inside_gc_callback(frames[0])
+    assert not stopping.inside_gc_callback(sys._getframe())  # pylint: disable=protected-access
+  finally:
+    gc.callbacks.remove(callback)

@@ -16,7 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 # Light modules only: flags parse (and --help answers) before TensorFlow and JAX load.
-from mixsiam_jax import accelerators, cli, program_options, workdir_lock
+from mixsiam_jax import accelerators, cli, program_options, workdir_lock, workdir_paths
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
@@ -48,6 +48,12 @@ def _program(name):
           "linear_probe": linear_probe.run_linear_probe}[name]
 
 
+def _newest_checkpoint() -> int:
+  """The newest intact checkpoint step of --workdir (0: none), for the one-line errors."""
+  from mixsiam_jax import checkpoint  # pylint: disable=g-import-not-at-top  (loads JAX; see _program)
+  return checkpoint.latest_step(checkpoint.checkpoint_dir(FLAGS.workdir))
+
+
 def main(argv):
   if len(argv) > 1:
     cli.exit_with(f"unexpected argument(s) {' '.join(argv[1:])}: every option is a flag, e.g. "
@@ -76,7 +82,7 @@ def main(argv):
     # run share its workdir, and a second run is stopped by its own process 0.
     lock = (workdir_lock.lock_workdir(FLAGS.workdir) if jax.process_index() == 0
             else contextlib.nullcontext())
-    with lock:
+    with workdir_paths.write_failures_end_the_run(FLAGS.workdir, _newest_checkpoint), lock:
       _program(program_options.program_name(options))(options, FLAGS.workdir)
 
   status = cli.run_program(run)

@@ -160,6 +160,13 @@ def _acquire(lock_path: str) -> Optional[int]:
 def _release(fd: int, lock_path: str) -> None:
   # Delete before unlocking: a run waiting on this file then sees it gone and
   # locks a fresh one (see the inode check in _acquire).
-  with contextlib.suppress(FileNotFoundError):
+  try:
     os.unlink(lock_path)
+  except FileNotFoundError:
+    pass
+  except OSError as e:
+    # A workdir that stopped accepting writes (read-only, gone): the lock stays behind,
+    # names this process, which is ending, and the next run takes it over (_acquire).
+    logging.warning("Could not remove %s (%s); it is stale once this process ends, and the "
+                    "next run takes it over.", lock_path, e.strerror)
   os.close(fd)

@@ -1,11 +1,27 @@
-"""The file-system side of a workdir's path: its length, creating its directories, removing them.
+"""The file-system side of a workdir's path: its length, creating its directories, removing
+them, and the one place where a workdir that stops accepting writes ends the run.
 
 Errors come back as OSErrors and one-line messages; workdir.py raises them as
 WorkdirErrors naming the --workdir flag.
 """
+import contextlib
 import errno
 import os
-from typing import List
+import shutil
+from typing import Callable, Iterator, List, Optional
+
+from mixsiam_jax.errors import UserError
+
+# The OS errors of a storage that stopped accepting writes (full, read-only, no permission).
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+# The same failures as TensorFlow's file writers (the TensorBoard event file) report them.
+TF_WRITE_FAILURES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                     "Permission denied", "Input/output error")
+
+
+class WorkdirWriteError(UserError):
+  """The workdir stopped accepting writes (full, read-only, permission); the run stopped."""
+  exit_status = 4
 
 
 def too_long(path: str, existing: str) -> bool:
@@ -87,3 +103,74 @@ def _shorten(text: str, limit: int = 200) -> str:
     return text
   half = (limit - 5) // 2
   return f"{text[:half]} ... {text[-half:]}"
+
+
+@contextlib.contextmanager
+def write_failures_end_the_run(workdir: str, newest_step: Callable[[], int]) -> Iterator[None]:
+  """Turns a failed write into the workdir, by any writer, into one WorkdirWriteError.
+
+  metrics.jsonl, the TensorBoard event file, config.json, data.json,
+  config_changes.jsonl and the lock are written by different code; a full,
+  read-only or forbidden file system fails each of them with an OSError (or, for
+  TensorFlow's writers, an error carrying the OS message). One place, around
+  the whole program, names the path, the OS error, the free space and the
+  newest intact checkpoint (checkpoint writes have their own message,
+  checkpoint.CheckpointSaveError, with the same status).
+
+  Args:
+    workdir: the --workdir value.
+    newest_step: returns the newest intact checkpoint step (0: none).
+
+  Raises:
+    WorkdirWriteError: a write into the workdir failed (exit status 4).
+  """
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless it is a write failure)
+    message = write_failure_message(e, workdir, newest_step)
+    if message is None:
+      raise
+    raise WorkdirWriteError(message) from e
+
+
+def write_failure_message(error: BaseException, workdir: str,
+                          newest_step: Callable[[], int]) -> Optional[str]:
+  """The one-line message if ``error`` is a failed write into ``workdir``, else None."""
+  root = os.path.abspath(workdir)
+  if isinstance(error, OSError) and error.errno in WRITE_FAILURES:
+    if error.filename:
+      path = os.path.abspath(str(error.filename))
+      if path != root and not path.startswith(root + os.sep):
+        return None  # not the workdir's (e.g. the data or a cache)
+      what = f"cannot write {_shorten(path)}: {error.strerror}"
+    elif error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+      # A failed write() or close() names no file; during a run these come from its writers.
+      what = f"cannot write into the workdir {_shorten(root)}: {error.strerror}"
+    else:
+      return None
+  elif type(error).__module__.startswith("tensorflow") and any(
+      marker in str(error) for marker in TF_WRITE_FAILURES):
+    reason = next(marker for marker in TF_WRITE_FAILURES if marker in str(error))
+    what = f"cannot write the TensorBoard event file in {_shorten(root)}: {reason}"
+  else:
+    return None
+  try:
+    free = f", {_format_bytes(shutil.disk_usage(root).free)} free"
+  except OSError:
+    free = ""
+  try:
+    step = newest_step()
+    saved = (f"the newest intact checkpoint is step {step}" if step else
+             "no checkpoint was written yet")
+  except Exception as e:  # pylint: disable=broad-except  (the message must still come out)
+    saved = f"the newest checkpoint could not be read ({str(e).splitlines()[0][:200]})"
+  return (f"{what}{free}; {saved}. Make the workdir writable (free space, permissions, "
+          "remount) and rerun the same command to resume.")
+
+
+def _format_bytes(size: float) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if size < 1024 or unit == "GiB":
+      return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+    size /= 1024
+  return f"{size:.1f} GiB"

@@ -13,6 +13,7 @@ import pytest
 
 from mixsiam_jax import workdir as workdir_lib, workdir_lock
 from mixsiam_jax.program_options import from_config
+from tests.helpers import snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ("--config=configs/cifar10.py:tiny", "--config.eval_dataset=")
@@ -111,6 +112,37 @@ def test_a_finished_run_is_extended_on_purpose_and_a_broken_newest_step_is_named
   assert rows[-2:] == [8, 9]
   assert "9" in os.listdir(run / "checkpoints")
   assert workdir_lib.read_config(str(run))["num_train_steps"] == 9
+
+
+@pytest.mark.slow
+def test_a_flipped_byte_in_an_array_of_the_newest_checkpoint_is_refused_in_one_line(
+    tiny_pretrained, cifar_jpeg_folder, tmp_path):
+  from mixsiam_jax import checkpoint, sharding  # pylint: disable=g-import-not-at-top
+  from tests.test_checkpoint import (  # pylint: disable=g-import-not-at-top
+      flip_a_byte_in_the_largest_array_file, restores_silently_with_other_values)
+  broken = tmp_path / "broken"
+  shutil.copytree(tiny_pretrained, broken)
+  mesh = sharding.create_mesh()
+  items = ("step", "params", "batch_stats", "opt_state", "rng")
+  read = lambda workdir: checkpoint.restore_replicated(str(workdir), mesh, items=items)[0]
+  intact = read(tiny_pretrained)
+  # A byte of array data: without the checksums, the run would train on from other values.
+  flip_a_byte_in_the_largest_array_file(
+      broken / "checkpoints" / "6",
+      lambda: restores_silently_with_other_values(lambda: read(broken), intact))
+  before = snapshot(broken)
+  result = run_main(*TINY, f"--config.dataset=folder:{cifar_jpeg_folder}", f"--workdir={broken}",
+                    "--config.num_train_steps=9", "--config.allow_length_change=true")
+  assert result.returncode == 1, result.stderr[-3000:]
+  lines = errors_of(result)
+  assert len(lines) == 1, result.stderr[-3000:]
+  where = re.escape(str(broken))
+  assert re.fullmatch(
+      rf"error: checkpoint {where}/checkpoints/6 is corrupt \(array \S+ does not match the "
+      r"checksum recorded when it was saved: CRC-32 [0-9a-f]{8}, saved [0-9a-f]{8}\); step 3 is "
+      rf"intact: move the broken step away \(mv {where}/checkpoints/6 {where}/broken_checkpoint_6"
+      r"\) and rerun the same command to use step 3\.", lines[0]), lines[0]
+  assert snapshot(broken) == before
 
 
 # ---------------------------------------------------------------------------
@@ -216,13 +248,14 @@ def test_deleted_classes_stop_the_run_naming_the_change(cifar_jpeg_folder, tmp_p
          "the run started with 200 in 10 (data.json)" in lines[0], lines
 
 
-def small_disk(path, megabytes):
-  """A tmpfs of ``megabytes`` at ``path`` (root only); False where it cannot be mounted."""
+def small_disk(path, megabytes, size=None):
+  """A tmpfs of ``megabytes`` (or ``size``, e.g. '8k') at ``path`` (root only); False where it
+  cannot be mounted."""
   path.mkdir()
   if os.geteuid() != 0 or not shutil.which("mount"):
     return False
-  return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
-                        capture_output=True).returncode == 0
+  return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size or f'{megabytes}m'}",
+                         "tmpfs", str(path)], capture_output=True).returncode == 0
 
 
 @pytest.mark.slow

@@ -99,3 +99,23 @@ def test_a_too_long_workdir_ends_in_one_line_and_leaves_nothing(tmp_path):
   assert last.startswith("error: --workdir=") and "is too long for the file system" in last, last
   assert len(last) < 500
   assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_that_cannot_be_removed_is_left_stale_with_a_warning(tmp_path, caplog,
+                                                                    monkeypatch):
+  workdir = tmp_path / "run"
+  real_unlink = os.unlink
+
+  def read_only(path, *args, **kwargs):
+    if str(path).endswith(".lock"):
+      raise OSError(30, "Read-only file system", str(path))
+    return real_unlink(path, *args, **kwargs)
+
+  with workdir_lock.lock_workdir(str(workdir)):
+    monkeypatch.setattr(os, "unlink", read_only)
+  monkeypatch.setattr(os, "unlink", real_unlink)
+  assert "Could not remove" in caplog.text and "Read-only file system" in caplog.text
+  # Left behind, naming this process: the next run (here, of this process) takes it over.
+  with workdir_lock.lock_workdir(str(workdir)):
+    pass
+  assert not (workdir / ".lock").exists()

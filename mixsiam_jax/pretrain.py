@@ -21,7 +21,8 @@ from jax.sharding import Mesh
 from mixsiam_jax import augment, checkpoint, loop, progress, runner, sharding, train
 from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.checkpointing import Checkpoints
-from mixsiam_jax.data import DatasetError, decode, iterate, pipeline, sources, tfds_prepare
+from mixsiam_jax.data import DatasetError, decode, identity, iterate, pipeline, sources
+from mixsiam_jax.data import tfds_prepare
 from mixsiam_jax.evaluation import evaluators
 from mixsiam_jax.models import metadata
 from mixsiam_jax.program_options import PretrainOptions
@@ -29,8 +30,11 @@ from mixsiam_jax.recipe import Training, build_training
 
 # Re-exported: tests and callers catch it from the program they ran.
 TrainingError = loop.TrainingError
-# The data sets of the run: dataset, split, number of examples and classes.
+# The data sets of the run: dataset, split, number of examples and classes, and the
+# fingerprint of their content (data/identity.py).
 DATA_FILE = "data.json"
+_NAMED = ("dataset", "split")
+_COUNTS = ("num_examples", "num_classes")
 
 
 def _preview_images(views: jax.Array, count: int = 4) -> np.ndarray:
@@ -52,20 +56,26 @@ def _data_sets(opts: PretrainOptions) -> List[Tuple[str, str]]:
   return sets
 
 
+def _describe_set(dataset: str, split: str, info: sources.DatasetInfo,
+                  field: str) -> Dict[str, Any]:
+  """What data.json records of one data set: its name, split, counts and identity."""
+  return dict(dataset=dataset, split=split, num_examples=info.num_examples,
+              num_classes=info.num_classes,
+              **identity.identify(dataset, split, field=field).record())
+
+
 def _describe_data(opts: PretrainOptions, train_info: sources.DatasetInfo
                    ) -> Dict[str, Dict[str, Any]]:
   """What the run trains and evaluates on (logged at the start and written to data.json)."""
-  described = {"train": dict(dataset=opts.data.dataset, split=opts.data.split,
-                             num_examples=train_info.num_examples,
-                             num_classes=train_info.num_classes)}
+  described = {"train": _describe_set(opts.data.dataset, opts.data.split, train_info, "dataset")}
   if opts.evaluation is not None:
     e = opts.evaluation
     info = sources.get_dataset_info(e.eval_dataset, e.eval_split, field="eval_dataset")
-    described["eval"] = dict(dataset=e.eval_dataset, split=e.eval_split,
-                             num_examples=info.num_examples, num_classes=info.num_classes)
+    described["eval"] = _describe_set(e.eval_dataset, e.eval_split, info, "eval_dataset")
   for role, d in described.items():
-    logging.info("%s data: %s split %r: %d examples, %d classes.", role, d["dataset"],
-                 d["split"], d["num_examples"], d["num_classes"])
+    logging.info("%s data: %s split %r: %d examples, %d classes (fingerprint %s).", role,
+                 d["dataset"], d["split"], d["num_examples"], d["num_classes"],
+                 d["fingerprint"])
   return described
 
 
@@ -129,26 +139,79 @@ def _with_preview(writer: Any, batches: Iterator[Any], training: Training, rng: 
     batches.close()
 
 
-def _check_same_data(recorded_path: str, described: Dict[str, Dict[str, Any]]) -> None:
-  """Refuses a resume on data sets that differ from the ones data.json recorded."""
-  if not os.path.exists(recorded_path):
-    return
+def _read_data_file(path: str) -> Dict[str, Any]:
+  """data.json as a dict; an unreadable one is a WorkdirError naming it."""
   try:
-    with open(recorded_path) as f:
+    with open(path) as f:
       recorded = json.load(f)
   except (OSError, ValueError) as e:
-    raise workdir_lib.WorkdirError(f"{recorded_path} is unreadable ({e}); restore it or use a "
+    raise workdir_lib.WorkdirError(f"{path} is unreadable ({e}); restore it or use a "
                                    "fresh --workdir.") from None
+  if not isinstance(recorded, dict):
+    raise workdir_lib.WorkdirError(f"{path} is unreadable (a JSON {type(recorded).__name__}, "
+                                   "not an object); restore it or use a fresh --workdir.")
+  return recorded
+
+
+def _data_change(role: str, before: Dict[str, Any], now: Dict[str, Any]) -> Optional[str]:
+  """How data set ``role`` differs from data.json's record (None: it does not)."""
+  if any(before.get(k) != now[k] for k in _NAMED + _COUNTS):
+    return (f"the {role} data set differs from the one this run started on ({DATA_FILE}: "
+            f"{before.get('num_examples')} examples in {before.get('num_classes')} classes of "
+            f"{before.get('dataset')} split {before.get('split')!r}; now {now['num_examples']} "
+            f"in {now['num_classes']} of {now['dataset']} split {now['split']!r})")
+  if "fingerprint" not in before or before["fingerprint"] == now["fingerprint"]:
+    return None
+  if now.get("tfds_version") is not None:
+    what = (f"same {now['num_examples']} examples, but TFDS {before.get('tfds_version')} in "
+            f"{DATA_FILE}, {now['tfds_version']} now")
+  else:
+    what = (f"same {now['num_examples']} files in {now['num_classes']} classes, but their "
+            "names or sizes changed")
+  return (f"the {role} data set's content differs from the one this run started on ({what}: "
+          f"{DATA_FILE} fingerprint {before['fingerprint']}, now {now['fingerprint']})")
+
+
+def check_same_data(workdir: str, described: Dict[str, Dict[str, Any]]) -> None:
+  """Refuses a resume on data sets other than the ones the workdir's data.json records.
+
+  Only a workdir with checkpoints is checked: a run without any starts over. Data
+  sets are compared by name, split, counts and content fingerprint. An evaluation
+  set whose name or split the config changed is not compared (those fields may
+  change on a resume: resume_rules.SAFE_TO_CHANGE). A data.json written before
+  fingerprints were recorded is compared without them, with one warning; the run
+  then rewrites it with them.
+
+  Args:
+    workdir: the run's directory (from runner.open_run).
+    described: from _describe_data.
+
+  Raises:
+    WorkdirError: the workdir holds checkpoints but no data.json, or an unreadable one.
+    DatasetError: one line naming the data set, what changed and the fixes.
+  """
+  if not workdir_lib.checkpoint_steps(workdir):
+    return  # a new run, or one stopped before its first checkpoint: it records its data anew
+  workdir_lib.check_record_kept(workdir, DATA_FILE, "the data sets they were trained on")
+  path = os.path.join(workdir, DATA_FILE)
+  recorded = _read_data_file(path)
+  unfingerprinted = []
   for role, now in described.items():
     before = recorded.get(role)
-    keys = ("dataset", "split", "num_examples", "num_classes")
-    if before and any(before.get(k) != now[k] for k in keys):
-      raise DatasetError(
-          f"the {role} data set differs from the one this run started on ({DATA_FILE}: "
-          f"{before.get('num_examples')} examples in {before.get('num_classes')} classes of "
-          f"{before.get('dataset')} split {before.get('split')!r}; now {now['num_examples']} in "
-          f"{now['num_classes']} of {now['dataset']} split {now['split']!r}). Restore the data "
-          "and rerun, or start a new run in a new --workdir.")
+    if not isinstance(before, dict):
+      continue  # the run had no such data set (an evaluation set added on this resume)
+    if role != "train" and any(before.get(k) != now[k] for k in _NAMED):
+      continue  # eval_dataset or eval_split changed: allowed, recorded by the config check
+    change = _data_change(role, before, now)
+    if change:
+      raise DatasetError(f"{change}. Restore the data and rerun, or start a new run in a new "
+                         "--workdir.")
+    if "fingerprint" not in before:
+      unfingerprinted.append(role)
+  if unfingerprinted:
+    logging.warning("%s was written before runs recorded their data's fingerprint: the %s "
+                    "data set(s) are checked by name and counts only on this resume.", path,
+                    " and ".join(unfingerprinted))
 
 
 def train_data_options(opts: PretrainOptions, global_batch_size: int
@@ -210,7 +273,7 @@ def train_and_evaluate(opts: PretrainOptions, workdir: str,
                  training.num_steps)
     return {}
   described = _describe_data(opts, info)
-  _check_same_data(run.file(DATA_FILE), described)
+  check_same_data(run.path, described)
   stream = _training_stream(opts, info, run.start_step)
   evaluate = None
   if opts.evaluation is not None:

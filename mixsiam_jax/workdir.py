@@ -200,6 +200,48 @@ def _check_no_lost_checkpoints(workdir: str, old: Mapping[str, Any],
         "were deleted or moved. Put them back to resume, or start over in a new --workdir.")
 
 
+def _lost_record_error(workdir: str, steps: List[int], name: str, unknown: str,
+                       other_fixes: str = "start over in a new --workdir") -> WorkdirError:
+  """The refusal of a workdir whose checkpoints outlived one of the run's record files.
+
+  Args:
+    workdir: the workdir.
+    steps: its checkpoint steps.
+    name: the lost file, e.g. 'config.json'.
+    unknown: what the file told, e.g. 'the settings they were trained with'.
+    other_fixes: the ways out besides putting the file back.
+
+  Returns:
+    The WorkdirError (one line) naming the file and the fixes.
+  """
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  return WorkdirError(
+      f"--workdir={workdir} holds checkpoints (steps {steps} in {directory}) but no {name}, "
+      f"so {unknown} are unknown and a resume could change them unnoticed. Put the run's "
+      f"{name} back to resume, or {other_fixes}.")
+
+
+def check_record_kept(workdir: str, name: str, unknown: str) -> None:
+  """Refuses a workdir that holds checkpoints but not the record file ``name``.
+
+  For a program's own record files (pretraining's data.json): a resume could not
+  check what the file recorded, as for config.json (check_resume). Moving the
+  checkpoints away is no way out here: config.json and metrics.jsonl would still
+  prove that they existed, so the fixes are the file or a new --workdir.
+
+  Args:
+    workdir: the workdir (from check_workdir).
+    name: the file's name in the workdir.
+    unknown: what the file records, e.g. 'the data sets they were trained on'.
+
+  Raises:
+    WorkdirError: one line naming the file and the fixes.
+  """
+  steps = checkpoint_steps(workdir)
+  if steps and not os.path.exists(os.path.join(workdir, name)):
+    raise _lost_record_error(workdir, steps, name, unknown)
+
+
 def check_resume(workdir: str, config: Mapping[str, Any]) -> List[resume_rules.Difference]:
   """Checks ``config`` against the run already in ``workdir``; creates and writes nothing.
 
@@ -224,12 +266,11 @@ def check_resume(workdir: str, config: Mapping[str, Any]) -> List[resume_rules.D
   if old is None:
     if steps:
       directory = os.path.join(workdir, CHECKPOINT_DIR)
-      raise WorkdirError(
-          f"--workdir={workdir} holds checkpoints (steps {steps} in {directory}) but no "
-          f"{CONFIG_FILE}, so the settings they were trained with are unknown and a resume could "
-          f"change them unnoticed. Put the run's {CONFIG_FILE} back to resume, or move the "
-          f"checkpoints away (mv {directory} {directory}_without_config) to start over, or use "
-          "a new --workdir.")
+      # Without config.json the workdir is a new run once its checkpoints are moved away.
+      raise _lost_record_error(
+          workdir, steps, CONFIG_FILE, "the settings they were trained with",
+          f"move the checkpoints away (mv {directory} {directory}_without_config) to start "
+          "over, or use a new --workdir")
     return []
   allowed = check_resume_config(old, config, workdir=workdir)
   if not steps:

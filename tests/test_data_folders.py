@@ -94,6 +94,20 @@ def test_folder_errors_name_the_field(tmp_path):
     folders.list_folder(str(tmp_path / "empty"))
 
 
+def test_list_split_keeps_the_split_s_files_and_checks_the_split_first(tmp_path):
+  root = _image_folder(tmp_path / "d", {"a": 3, "b": 2})
+  whole = folders.list_folder(str(root))
+  assert folders.list_split(str(root), "train") == whole
+  part = folders.list_split(str(root), "[1:]")
+  assert [os.path.relpath(p, root) for p in part.paths] == ["a/1.png", "a/2.png", "b/1.png"]
+  assert part.labels == (0, 0, 1) and part.class_names == whole.class_names
+  with pytest.raises(DatasetError, match=r"^eval_split='\[x:\]' is not a valid split"):
+    folders.list_split(str(tmp_path / "missing"), "[x:]", "eval_dataset")  # before listing
+  with pytest.raises(DatasetError, match=r"^Split '\[5:\]' selects no image of folder .*"
+                     r"\(5 images in 2 class\(es\)\)"):
+    folders.list_split(str(root), "[5:]")
+
+
 def test_split_percent_rounding(tmp_path):
   labels = folders.list_folder(str(_image_folder(tmp_path / "d",
                                                  {"a": 5, "b": 3, "c": 7, "d": 1}))).labels

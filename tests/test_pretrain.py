@@ -1,5 +1,6 @@
 """End-to-end pretraining runs of the tiny config: files, resume, devices, bad input."""
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -16,6 +17,7 @@ from configs import cifar10
 from mixsiam_jax import pretrain, workdir as workdir_lib
 from mixsiam_jax.data import tfds_prepare
 from mixsiam_jax.program_options import from_config
+from tests.helpers import snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOSS_KEYS = ("loss", "loss_siam", "loss_mix", "z_std", "grad_norm", "lr")
@@ -181,3 +183,130 @@ def test_a_tiny_run_says_what_it_does_and_logs_the_lr_of_each_logged_step(cifar_
   for r in rows:
     expected = 0.03 * 16 / 256 * 0.5 * (1 + np.cos(np.pi * (r["step"] - 1) / 6))
     assert r["lr"] == pytest.approx(expected, rel=1e-6)
+
+
+def _resumable_run(tiny_pretrained, tmp_path):
+  """A copy of the tiny_pretrained run that resumes at step 3."""
+  run = tmp_path / "run"
+  shutil.copytree(tiny_pretrained, run)
+  shutil.rmtree(run / "checkpoints" / "6")
+  return run
+
+
+def _repoint_to_a_copy_of_its_data(run, folder, tmp_path):
+  """Copies the run's data folder and points config.json and data.json at the copy.
+
+  The fingerprint names files relative to the folder, so it holds for the copy:
+  the run is the same run, with its data at another path.
+  """
+  data = shutil.copytree(folder, tmp_path / "data")
+  for name in ("config.json", pretrain.DATA_FILE):
+    path = run / name
+    path.write_text(path.read_text().replace(f"folder:{folder}", f"folder:{data}"))
+  return data
+
+
+def _fixture_config(folder):
+  """The config of the tiny_pretrained run, on ``folder``."""
+  config = cifar10.get_config("tiny")
+  config.dataset = config.eval_dataset = f"folder:{folder}"
+  config.async_checkpointing = False
+  return config
+
+
+@pytest.mark.slow
+def test_a_resume_on_files_changed_in_content_but_not_in_count_is_refused_in_one_line(
+    tiny_pretrained, cifar_jpeg_folder, tmp_path):
+  run = _resumable_run(tiny_pretrained, tmp_path)
+  data = _repoint_to_a_copy_of_its_data(run, cifar_jpeg_folder, tmp_path)
+  recorded = json.loads((run / pretrain.DATA_FILE).read_text())["train"]["fingerprint"]
+  before = snapshot(run)
+  image = data / "cat" / "0000.jpg"
+  original = image.read_bytes()
+  # Another image of another size under the same name; then the original under another name.
+  other = next(p for p in sorted((data / "dog").iterdir()) if p.stat().st_size != len(original))
+  image.write_bytes(other.read_bytes())
+  with pytest.raises(pretrain.DatasetError) as err:
+    pretrain.train_and_evaluate(from_config(_fixture_config(data)), str(run))
+  message = str(err.value)
+  assert "\n" not in message
+  assert message.startswith(
+      "the train data set's content differs from the one this run started on (same 200 files in "
+      f"10 classes, but their names or sizes changed: data.json fingerprint {recorded}, now ")
+  assert message.endswith(". Restore the data and rerun, or start a new run in a new --workdir.")
+  image.write_bytes(original)
+  image.rename(data / "cat" / "renamed.jpg")
+  with pytest.raises(pretrain.DatasetError, match=rf"fingerprint {recorded}, now [0-9a-f]{{16}}\)"):
+    pretrain.train_and_evaluate(from_config(_fixture_config(data)), str(run))
+  assert snapshot(run) == before
+
+
+@pytest.mark.slow
+def test_a_resume_whose_data_json_is_gone_is_refused_naming_it(tiny_pretrained, cifar_jpeg_folder,
+                                                                tmp_path):
+  run = _resumable_run(tiny_pretrained, tmp_path)
+  (run / pretrain.DATA_FILE).unlink()
+  before = snapshot(run)
+  with pytest.raises(workdir_lib.WorkdirError) as err:
+    pretrain.train_and_evaluate(from_config(_fixture_config(cifar_jpeg_folder)), str(run))
+  assert str(err.value) == (
+      f"--workdir={run} holds checkpoints (steps [3] in {run}/checkpoints) but no data.json, so "
+      "the data sets they were trained on are unknown and a resume could change them unnoticed. "
+      "Put the run's data.json back to resume, or start over in a new --workdir.")
+  assert snapshot(run) == before
+
+
+@pytest.mark.slow
+def test_a_data_json_without_fingerprints_resumes_with_one_warning(
+    tiny_pretrained, cifar_jpeg_folder, tmp_path, caplog):
+  run = _resumable_run(tiny_pretrained, tmp_path)
+  described = json.loads((run / pretrain.DATA_FILE).read_text())
+  fingerprints = {role: d.pop("fingerprint") for role, d in described.items()}
+  (run / pretrain.DATA_FILE).write_text(json.dumps(described))  # as written before them
+  config = _fixture_config(cifar_jpeg_folder)
+  config.eval_dataset = ""  # an allowed change that spares compiling the kNN monitor
+  with caplog.at_level(logging.WARNING):
+    pretrain.train_and_evaluate(from_config(config), str(run))
+  assert sorted(os.listdir(run / "checkpoints")) == ["3", "6"]
+  warnings = [r.getMessage() for r in caplog.records if "fingerprint" in r.getMessage()]
+  assert len(warnings) == 1 and "checked by name and counts only" in warnings[0], warnings
+  assert json.loads((run / pretrain.DATA_FILE).read_text())["train"]["fingerprint"] == \
+      fingerprints["train"]  # rewritten with it
+
+
+def _described(folder="folder:/d", fingerprint="0" * 16, **fields):
+  return {"dataset": folder, "split": "train", "num_examples": 20, "num_classes": 2,
+          "fingerprint": fingerprint, **fields}
+
+
+def test_check_same_data_on_a_workdir_without_checkpoints_checks_nothing(tmp_path):
+  (tmp_path / pretrain.DATA_FILE).write_text(json.dumps({"train": _described(num_examples=9)}))
+  pretrain.check_same_data(str(tmp_path), {"train": _described()})  # starts over: no refusal
+  (tmp_path / pretrain.DATA_FILE).unlink()
+  pretrain.check_same_data(str(tmp_path), {"train": _described()})
+
+
+def test_check_same_data_leaves_a_changed_evaluation_set_and_names_a_tfds_version(tmp_path):
+  (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+  tfds_set = _described("tfds:cifar10", tfds_version="cifar10/3.0.1")
+  recorded = {"train": tfds_set, "eval": _described("folder:/e", "1" * 16)}
+  (tmp_path / pretrain.DATA_FILE).write_text(json.dumps(recorded))
+  # eval_dataset may change on a resume (resume_rules.SAFE_TO_CHANGE): not compared.
+  pretrain.check_same_data(str(tmp_path), {"train": tfds_set,
+                                           "eval": _described("folder:/other", "2" * 16)})
+  with pytest.raises(pretrain.DatasetError, match=r"^the eval data set's content differs"):
+    pretrain.check_same_data(str(tmp_path), {"train": tfds_set,
+                                             "eval": _described("folder:/e", "2" * 16)})
+  with pytest.raises(pretrain.DatasetError, match=(
+      r"^the train data set's content differs from the one this run started on \(same 20 "
+      r"examples, but TFDS cifar10/3.0.1 in data.json, cifar10/3.0.2 now: data.json fingerprint "
+      r"0{16}, now 3{16}\)\. Restore the data")):
+    pretrain.check_same_data(str(tmp_path), {"train": _described(
+        "tfds:cifar10", "3" * 16, tfds_version="cifar10/3.0.2")})
+
+
+def test_check_same_data_refuses_an_unreadable_data_json(tmp_path):
+  (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+  (tmp_path / pretrain.DATA_FILE).write_text("[1, 2]")
+  with pytest.raises(workdir_lib.WorkdirError, match=r"data.json is unreadable \(a JSON list, "):
+    pretrain.check_same_data(str(tmp_path), {"train": _described()})

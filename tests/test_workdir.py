@@ -137,6 +137,19 @@ def test_checkpoints_without_config_json_are_refused_and_nothing_is_written(tmp_
   assert workdir_lib.check_resume(str(empty), config_dict()) == []
 
 
+def test_checkpoints_without_a_program_s_record_file_are_refused_naming_it(tmp_path):
+  workdir_lib.check_record_kept(str(tmp_path), "data.json", "the data sets")  # a new run
+  (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+  with pytest.raises(workdir_lib.WorkdirError) as err:
+    workdir_lib.check_record_kept(str(tmp_path), "data.json", "the data sets they were trained on")
+  assert str(err.value) == (
+      f"--workdir={tmp_path} holds checkpoints (steps [3] in {tmp_path}/checkpoints) but no "
+      "data.json, so the data sets they were trained on are unknown and a resume could change "
+      "them unnoticed. Put the run's data.json back to resume, or start over in a new --workdir.")
+  (tmp_path / "data.json").write_text("{}")
+  workdir_lib.check_record_kept(str(tmp_path), "data.json", "the data sets")
+
+
 @pytest.mark.parametrize("async_checkpointing,last_kept,first_refused", [
     (False, 3, 4),  # the tiny config saves every 3 steps; step 4 is logged after save 3 returned
     (True, 6, 7),   # asynchronous: step 7 is logged after save 6 waited for save 3

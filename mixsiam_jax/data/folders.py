@@ -187,6 +187,36 @@ def list_folder(path: str, field: str = "dataset") -> FolderListing:
                        tuple(skipped))
 
 
+def list_split(path: str, split: str, field: str = "dataset") -> FolderListing:
+  """Lists an image folder and keeps the files that ``split`` selects (the run's examples).
+
+  Args:
+    path: the folder, as list_folder takes it.
+    split: a folder split string.
+    field: the config field that named the folder; a bad split names its own field
+      (train_split, eval_split) and is refused before the folder is listed.
+
+  Returns:
+    The FolderListing with ``paths`` and ``labels`` of the split only (class
+    names, non-images and skipped links of the whole folder).
+
+  Raises:
+    DatasetError: as list_folder, a bad split, or a split that selects nothing.
+  """
+  parse_folder_split(split, {"dataset": "train_split",
+                             "eval_dataset": "eval_split"}.get(field, f"{field} split"))
+  listing = list_folder(path, field)
+  keep = folder_split_indices(listing.labels, split)
+  if not keep.size:
+    raise DatasetError(f"Split {split!r} selects no image of folder {path!r} "
+                       f"({len(listing.paths)} images in {max(len(listing.class_names), 1)} "
+                       f"class(es)); accepted: {FOLDER_SPLIT_SYNTAX}.")
+  if keep.size == len(listing.paths):
+    return listing
+  return dataclasses.replace(listing, paths=tuple(listing.paths[i] for i in keep),
+                             labels=tuple(listing.labels[i] for i in keep))
+
+
 def parse_folder_split(split: str, field: str = "train_split"
                        ) -> Tuple[Optional[float], Optional[float], bool]:
   """Parses a folder split string (see "Splits" in the module docstring).

@@ -72,19 +72,8 @@ class Source:
 
 
 def _folder_source(path: str, split: str, field: str) -> Source:
-  # Bad split strings fail before the folder is listed, naming the split's own field.
-  folders.parse_folder_split(split, {"dataset": "train_split",
-                                     "eval_dataset": "eval_split"}.get(field, f"{field} split"))
-  listing = folders.list_folder(os.path.abspath(os.path.expanduser(path)), field)
+  listing = folders.list_split(os.path.abspath(os.path.expanduser(path)), split, field)
   paths, labels = listing.paths, listing.labels
-  keep = folders.folder_split_indices(labels, split)
-  if not keep.size:
-    raise DatasetError(f"Split {split!r} selects no image of folder {path!r} "
-                       f"({len(paths)} images in {max(len(listing.class_names), 1)} class(es)); "
-                       f"accepted: {folders.FOLDER_SPLIT_SYNTAX}.")
-  if keep.size < len(paths):
-    paths = tuple(paths[i] for i in keep)
-    labels = tuple(labels[i] for i in keep)
   # A lookup table instead of a graph constant: a million paths stay out of the
   # serialised tf.data functions.
   table = tf.lookup.StaticHashTable(

@@ -50,6 +50,19 @@ def test_symlink_loop_lists_each_image_once_and_warns(tmp_path, caplog, target):
   assert "cat/loop" in message and "5 images in 2 class(es)" in message
 
 
+@pytest.mark.parametrize("target,link", [(".", "loop_top"), ("..", "up"), ("cat", "kitten")])
+def test_a_top_level_link_back_into_the_folder_is_no_class_and_no_second_copy(
+    tmp_path, caplog, target, link):
+  root = _image_folder(tmp_path / "d", {"cat": 3, "dog": 2})
+  os.symlink(target, root / link)
+  with caplog.at_level(logging.WARNING):
+    listing = folders.list_folder(str(root))
+  assert listing.class_names == ("cat", "dog") and listing.labels == (0, 0, 0, 1, 1)
+  assert len(set(listing.paths)) == 5
+  assert len(listing.skipped_links) == 1 and f"d/{link} -> " in listing.skipped_links[0]
+  assert "5 images in 2 class(es)" in caplog.text
+
+
 def test_link_into_another_class_is_not_listed_twice(tmp_path):
   root = _image_folder(tmp_path / "d", {"cat": 2, "dog": 2})
   os.symlink("../dog", root / "cat" / "dogs")

@@ -155,9 +155,18 @@ def list_folder(path: str, field: str = "dataset") -> FolderListing:
   if not os.path.isdir(path):
     raise DatasetError(f"{path!r} is not a folder; --config.{field}=folder:PATH needs "
                        "PATH/<class>/<image>.")
-  classes, _, loose = _scan(path)
-  listed = [os.path.realpath(path)] + [os.path.realpath(os.path.join(path, c)) for c in classes]
-  paths, labels, others, skipped = [], [], [], []
+  classes, links, loose = _scan(path)
+  root = os.path.realpath(path)
+  skipped = []
+  for name in sorted(links):
+    real = os.path.realpath(os.path.join(path, name))
+    # A link to the folder (or above it) would list every image again under a class of its
+    # own; a link into the folder is a second path to images that are listed already.
+    if _under(root, real) or _under(real, root):
+      skipped.append(f"{os.path.join(path, name)} -> {real}")
+      classes.remove(name)
+  listed = [root] + [os.path.realpath(os.path.join(path, c)) for c in classes]
+  paths, labels, others = [], [], []
   for label, name in enumerate(classes):
     for f in _walk_class(os.path.join(path, name), listed, skipped):
       if _is_image(f):

@@ -5,7 +5,10 @@ A checkpoint step holds two items:
     raw uint32 key data (typed PRNG keys are not serialisable on every Orbax
     version);
   * 'meta': JSON with the model options (so evaluation programs can rebuild
-    the network without the config) and the data-pipeline position.
+    the network without the config) and the data-pipeline position, plus the
+    checksum of every array of 'state' (checkpoint_checksums), which every
+    restore verifies: a step whose arrays differ is refused like an unreadable
+    one. Callers never see the checksums in the metadata they get back.
 Orbax writes each step into a temporary directory and renames it when complete,
 so a crash mid-save leaves the previous step as the newest one.
 """
@@ -15,10 +18,11 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
-from mixsiam_jax import checkpoint_faults, checkpoint_orbax, sharding
+from mixsiam_jax import checkpoint_checksums, checkpoint_faults, checkpoint_orbax, sharding
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.workdir import CHECKPOINT_DIR
 
@@ -136,7 +140,8 @@ def read_step(manager: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
     saved = None
   if saved is None:
     raise ValueError(f"it has no '{STATE}' item")
-  meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+  meta, _ = checkpoint_checksums.split(manager.restore(
+      step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META])
   if "step" in saved:
     restored = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
         {"step": 0}, restore_args={"step": ocp.RestoreArgs(restore_type=np.ndarray)},
@@ -145,7 +150,7 @@ def read_step(manager: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
     if number != step:
       raise ValueError(f"it holds the state of step {number}: a renamed or copied step "
                        "directory")
-  return dict(meta or {})
+  return meta
 
 
 def state_tree(state: Any, rng: jax.Array) -> Dict[str, Any]:
@@ -158,10 +163,15 @@ def save(manager: ocp.CheckpointManager, step: int, tree: Dict[str, Any],
          meta: Dict[str, Any]) -> None:
   """Starts saving ``tree`` and ``meta`` as ``step`` (asynchronously if so configured).
 
+  The checksums of ``tree``'s arrays are computed first, on the host, and saved
+  in the 'meta' item (about 0.1 s for the 0.3 GiB ResNet-50 state on a 2-core
+  CPU; docs/operations.md, "What the checksums cost").
+
   Raises:
     CheckpointSaveError: this save, or a pending asynchronous one, failed to
       write (see save_failure).
   """
+  meta = {**meta, checkpoint_checksums.KEY: checkpoint_checksums.record(tree)}
   try:
     manager.save(step, args=ocp.args.Composite(
         **{STATE: ocp.args.PyTreeSave(tree), META: ocp.args.JsonSave(meta)}), force=True)
@@ -235,17 +245,19 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Dict[str, Any]
 
   Raises:
     CheckpointError: one line naming the checkpoint and what did not match; if
-      the newest step is unreadable, also the newest older step that restores
-      and the command that makes the next run use it. The caller closes the
-      manager before the error ends the program.
+      the newest step is unreadable or its arrays differ from their recorded
+      checksums, also the newest older step that restores intact and the
+      command that makes the next run use it. The caller closes the manager
+      before the error ends the program.
   """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
 
   def read(s):
-    return manager.restore(s, args=ocp.args.Composite(
+    restored = manager.restore(s, args=ocp.args.Composite(
         **{STATE: ocp.args.PyTreeRestore(
             abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
            META: ocp.args.JsonRestore()}))
+    return _verified(restored[STATE], restored[META])
 
   try:
     saved = manager.item_metadata(step)[STATE]
@@ -256,10 +268,41 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Dict[str, Any]
   if mismatch:
     raise CheckpointError(mismatch)
   try:
-    restored = read(step)
+    tree, meta, verified = read(step)
   except Exception as e:  # Truncated files surface as many different errors.
     raise _broken(manager, step, e, read) from e
-  return restored[STATE], dict(restored[META] or {})
+  if not verified:
+    _warn_unverified(manager, step)
+  return tree, meta
+
+
+def _verified(tree: Dict[str, Any], saved_meta: Optional[Dict[str, Any]]
+              ) -> Tuple[Dict[str, Any], Dict[str, Any], bool]:
+  """Checks a restored state ``tree`` against the checksums in the metadata saved with it.
+
+  Args:
+    tree: the restored state of a step (all of it or some entries).
+    saved_meta: the step's 'meta' item as saved.
+
+  Returns:
+    (tree, the metadata without the checksums, whether checksums were recorded:
+    a checkpoint written before they were has none).
+
+  Raises:
+    checkpoint_checksums.ChecksumMismatch: an array differs from the one saved
+      (callers turn it into a CheckpointError, see _broken).
+  """
+  meta, recorded = checkpoint_checksums.split(saved_meta)
+  if recorded is not None:
+    checkpoint_checksums.verify(tree, recorded)
+  return tree, meta, recorded is not None
+
+
+def _warn_unverified(manager: ocp.CheckpointManager, step: int) -> None:
+  """One line saying that ``step`` records no checksums, so it was restored unverified."""
+  logging.warning("Checkpoint %s records no checksums of its arrays (written by an earlier "
+                  "version): restored without verifying them.",
+                  checkpoint_faults.step_path(str(manager.directory), step))
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
@@ -274,7 +317,7 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
     where = checkpoint_faults.step_path(str(manager.directory), step)
     raise CheckpointError(f"checkpoint {where} is unreadable or incomplete "
                           f"({checkpoint_faults.reason(e)}).") from e
-  return dict(restored[META] or {})
+  return checkpoint_checksums.split(restored[META])[0]
 
 
 def restore_replicated(workdir: str, mesh: Mesh, step: Optional[int] = None,
@@ -296,7 +339,8 @@ def restore_replicated(workdir: str, mesh: Mesh, step: Optional[int] = None,
 
   Raises:
     CheckpointError: one line naming the path when there is nothing usable to
-      restore (for an unreadable newest step, as restore does).
+      restore (for an unreadable newest step, or one whose restored entries
+      differ from their recorded checksums, as restore does).
   """
   if not workdir:
     raise CheckpointError("--config.pretrained is empty: set it to a pretraining workdir.")
@@ -317,19 +361,24 @@ def restore_replicated(workdir: str, mesh: Mesh, step: Optional[int] = None,
                             f"available: {sorted(steps)}.")
     read = lambda s: _read_replicated(manager, s, sharding.replicated(mesh), items)
     try:
-      tree, meta = read(step)
+      tree, meta, verified = read(step)
     except CheckpointError:
       raise
-    except Exception as e:  # Orbax raises several types for unreadable or truncated files.
+    except Exception as e:  # Unreadable or truncated files, or arrays that differ from the saved.
       raise _broken(manager, step, e, read) from e
+    if not verified:
+      _warn_unverified(manager, step)
     return tree, meta, step
   finally:
     manager.close()
 
 
-def _read_replicated(manager: ocp.CheckpointManager, step: int, rep: Any,
-                     items: Tuple[str, ...]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """(requested entries of the state, meta) of ``step`` with sharding ``rep``; Orbax errors pass."""
+def _read_replicated(manager: ocp.CheckpointManager, step: int, rep: Any, items: Tuple[str, ...]
+                     ) -> Tuple[Dict[str, Any], Dict[str, Any], bool]:
+  """(requested entries of the state, meta, whether verified) of ``step`` with sharding ``rep``.
+
+  Orbax's errors and checkpoint_checksums.ChecksumMismatch pass to the caller.
+  """
   saved = manager.item_metadata(step)[STATE]
   meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
   abstract = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep),
@@ -342,4 +391,4 @@ def _read_replicated(manager: ocp.CheckpointManager, step: int, rep: Any,
       STATE: ocp.args.PyTreeRestore(abstract, restore_args=jax.tree.map(
           lambda a: ocp.ArrayRestoreArgs(sharding=rep, global_shape=a.shape, dtype=a.dtype),
           abstract), partial_restore=True)}))
-  return dict(restored[STATE]), dict(meta or {})
+  return _verified(dict(restored[STATE]), meta)

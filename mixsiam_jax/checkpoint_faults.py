@@ -13,6 +13,8 @@ from typing import Any, Callable, List, Optional, Sequence
 import jax
 import orbax.checkpoint as ocp
 
+from mixsiam_jax.checkpoint_checksums import ChecksumMismatch
+
 # TensorStore's status codes and OS error numbers mark a failure of the storage, not of the program.
 _STORAGE_FAULT = re.compile(r"os_error_code|^(RESOURCE_EXHAUSTED|PERMISSION_DENIED|NOT_FOUND|"
                             r"FAILED_PRECONDITION|UNAVAILABLE|DATA_LOSS|ABORTED|UNKNOWN|"
@@ -105,19 +107,24 @@ def broken_message(directory: str, steps: Sequence[int], step: int, error: BaseE
                    read: Callable[[int], Any]) -> str:
   """The one-line message for an unreadable ``step``; for the newest, an intact older step to use.
 
+  A step whose arrays do not match their recorded checksums is named corrupt;
+  the advice is the same.
+
   Args:
     directory: the checkpoints/ directory.
     steps: the steps it holds (the manager's all_steps()).
     step: the step that failed.
-    error: what failed.
-    read: step -> anything, raising if that step cannot be restored (tried on
-      older steps, newest first, until one works).
+    error: what failed (a ChecksumMismatch for a corrupt array).
+    read: step -> anything, raising if that step cannot be restored or does not
+      match its checksums (tried on older steps, newest first, until one works).
 
   Returns:
     The message of the error to raise.
   """
   where = step_path(directory, step)
-  message = f"checkpoint {where} is unreadable or incomplete ({reason(error)})"
+  # A checksum that differs: the files read, but an array is not what was saved.
+  state = "corrupt" if isinstance(error, ChecksumMismatch) else "unreadable or incomplete"
+  message = f"checkpoint {where} is {state} ({reason(error)})"
   steps = sorted(steps, reverse=True)
   if not steps or step != steps[0]:
     return message + "."
@@ -147,7 +154,9 @@ def incompatibility(saved: Any, abstract: Any, where: str) -> Optional[str]:
     where: the step directory, named in the message.
 
   Returns:
-    The message naming the first difference; None when they match.
+    The message naming the first difference (for a classifier that differs in
+    its output dimension only, the class counts of the data and of the
+    checkpoint); None when they match.
   """
   def flat(tree):
     return {jax.tree_util.keystr(k): v for name in ("params", "batch_stats") if name in tree
@@ -160,10 +169,33 @@ def incompatibility(saved: Any, abstract: Any, where: str) -> Optional[str]:
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. "
             "Use the config it was trained with (its workdir's config.json) or a fresh --workdir.")
-  for key, want in want_flat.items():
-    have = getattr(saved_flat[key], "shape", None)
-    if have is not None and tuple(have) != tuple(want.shape):
-      return (f"checkpoint {where}: {key} has shape {tuple(have)}, the model expects "
-              f"{tuple(want.shape)} (different depth or width?). Use the config it was trained "
-              "with or a fresh --workdir.")
+  shapes = [(key, tuple(saved_flat[key].shape), tuple(want.shape))
+            for key, want in want_flat.items()
+            if getattr(saved_flat[key], "shape", None) is not None
+            and tuple(saved_flat[key].shape) != tuple(want.shape)]
+  # The model's own differences first: the class count is the cause only when nothing but a
+  # classifier's output dimension differs.
+  shapes.sort(key=lambda item: _class_count_change(*item) is not None)
+  if not shapes:
+    return None
+  key, have, want = shapes[0]
+  classes = _class_count_change(key, have, want)
+  if classes is not None:
+    return (f"checkpoint {where}: {key} has shape {have}, the model expects {want}: the data "
+            f"set has {classes[1]} classes, the checkpoint was trained with {classes[0]}. Use the "
+            "data set it was trained with or a fresh --workdir.")
+  return (f"checkpoint {where}: {key} has shape {have}, the model expects {want} (different "
+          "depth or width?). Use the config it was trained with or a fresh --workdir.")
+
+
+# The classifiers whose output dimension is the number of classes of the data: the online probe
+# of pretraining ('online_probe') and the linear probe's head (the only module of its params).
+_CLASSIFIER_KEYS = re.compile(r"^\['params'\](\['online_probe'\])?\['(kernel|bias)'\]$")
+
+
+def _class_count_change(key: str, have: tuple, want: tuple) -> Optional[tuple]:
+  """(saved, expected) class counts when ``key`` is a classifier differing in its output only."""
+  if (_CLASSIFIER_KEYS.match(key) and len(have) == len(want) and have
+      and have[:-1] == want[:-1]):
+    return have[-1], want[-1]
   return None

@@ -1,17 +1,21 @@
 """Checkpoints: a broken newest step is named, with the intact older step and how to use it."""
+import json
 import logging
 import pathlib
 import re
 import shlex
 import shutil
 import subprocess
+import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import orbax.checkpoint as ocp
 import pytest
 
-from mixsiam_jax import checkpoint, errors, sharding
+from mixsiam_jax import checkpoint, checkpoint_checksums, checkpoint_faults, errors, sharding
 from mixsiam_jax.program_options import from_config
 from tests.helpers import snapshot
 
@@ -21,12 +25,55 @@ def tree(value):
           "batch_stats": {"mean": jnp.full((8,), value, jnp.float32)}}
 
 
-def saved_run(workdir, steps):
+def random_tree(value):
+  """Like tree(value), with random values: a flipped byte of their data decodes silently."""
+  rng = np.random.default_rng(value)
+  return {"step": jnp.int32(value),
+          "params": {"w": jnp.asarray(rng.normal(size=(32, 32)).astype(np.float32))},
+          "batch_stats": {"mean": jnp.asarray(rng.normal(size=(8,)).astype(np.float32))}}
+
+
+def saved_run(workdir, steps, make=tree):
   manager = checkpoint.create_manager(checkpoint.checkpoint_dir(str(workdir)), async_save=False)
   for step in steps:
-    checkpoint.save(manager, step, tree(step), {"image_size": 16})
+    checkpoint.save(manager, step, make(step), {"image_size": 16})
   manager.close()
   return pathlib.Path(checkpoint.checkpoint_dir(str(workdir)))
+
+
+def flip_a_byte_in_the_largest_array_file(step_dir, changed=None):
+  """Inverts a byte of the largest file of array data (OCDBT's d/) of a step.
+
+  Args:
+    step_dir: the step directory.
+    changed: None to flip the middle byte; else a function that restores the
+      arrays it cares about without verifying their checksums and says whether
+      they restored silently with other values: the first of a few positions
+      that makes it true is kept (which arrays lie where in the file varies
+      from run to run, since Orbax writes them concurrently).
+  """
+  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+  path = max(files, key=lambda p: p.stat().st_size)
+  original = path.read_bytes()
+  for fraction in (0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.1, 0.9):
+    data = bytearray(original)
+    data[int(len(data) * fraction)] ^= 0xFF
+    path.write_bytes(bytes(data))
+    if changed is None or changed():
+      return
+  raise AssertionError(f"no flipped byte of {path} changed the arrays")
+
+
+def restores_silently_with_other_values(restore, intact):
+  """Whether ``restore()`` (checksums not verified) works and gives another tree than ``intact``."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(checkpoint_checksums, "verify", lambda restored, recorded: 0)
+    try:
+      restored = restore()
+    except Exception:  # pylint: disable=broad-except  (the flip broke the file's format)
+      return False
+  return not all(np.array_equal(np.asarray(a), np.asarray(b))
+                 for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(intact)))
 
 
 def truncate(step_dir):
@@ -198,3 +245,107 @@ def test_a_file_where_the_checkpoints_directory_belongs_is_refused_in_one_line(t
     with pytest.raises(checkpoint.CheckpointError,
                        match=rf"^{directory} is a file, not a checkpoint directory"):
       call()
+
+
+def test_a_flipped_byte_in_an_array_of_the_newest_step_is_named_with_the_intact_step(
+    tmp_path, monkeypatch):
+  directory = saved_run(tmp_path, (3, 6), make=random_tree)
+  flip_a_byte_in_the_largest_array_file(directory / "6")
+  # The byte lies in the array's data: unverified, step 6 restores silently, with other values.
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpoint_checksums, "verify", lambda restored, recorded: 0)
+    step, w, _ = restore_newest(directory)
+  assert step == 6 and np.any(w != np.asarray(random_tree(6)["params"]["w"]))
+  with pytest.raises(checkpoint.CheckpointError) as err:
+    restore_newest(directory)
+  message = str(err.value)
+  where = re.escape(str(directory))
+  assert re.fullmatch(
+      rf"checkpoint {where}/6 is corrupt \(array params/w does not match the checksum recorded "
+      r"when it was saved: CRC-32 [0-9a-f]{8}, saved [0-9a-f]{8}\); step 3 is intact: move the "
+      rf"broken step away \(mv {where}/6 {re.escape(str(tmp_path))}/broken_checkpoint_6\) and "
+      r"rerun the same command to use step 3\.", message), message
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/6 is corrupt .*step 3 is "):
+    checkpoint.restore_replicated(str(tmp_path), mesh)
+  subprocess.run(shlex.split(re.search(r"\((mv [^)]*)\)", message).group(1)), check=True)
+  step, w, meta = restore_newest(directory)
+  assert step == 3 and meta == {"image_size": 16}
+  np.testing.assert_array_equal(w, np.asarray(random_tree(3)["params"]["w"]))
+
+
+def test_every_array_is_verified_and_the_checksums_stay_out_of_the_metadata(tmp_path):
+  params = {"w": jnp.arange(12, dtype=jnp.float32).reshape(3, 4)}
+  state = {"step": jnp.int32(3), "params": params, "batch_stats": {"mean": jnp.ones(4)},
+           "opt_state": optax.sgd(0.1, momentum=0.9).init(params),
+           "rng": jax.random.key_data(jax.random.key(0))}
+  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(str(tmp_path)), async_save=False)
+  checkpoint.save(manager, 3, state, {"image_size": 16})
+  saved_meta = json.loads((tmp_path / "checkpoints" / "3" / "meta" / "metadata").read_text())
+  recorded = saved_meta.pop(checkpoint_checksums.KEY)
+  assert saved_meta == {"image_size": 16}
+  assert recorded["algorithm"] == "crc32"
+  assert sorted(recorded["arrays"]) == ["batch_stats/mean", "opt_state/0/trace/w", "params/w",
+                                        "rng", "step"]
+  assert recorded["arrays"]["step"] == f"int32:{zlib.crc32(np.int32(3).tobytes()):08x}"
+  restored, meta = checkpoint.restore(manager, 3, state)
+  assert meta == checkpoint.read_meta(manager, 3) == {"image_size": 16}
+  assert checkpoint_checksums.verify(restored, recorded) == 5
+  manager.close()
+  # The probes' restore builds its target from Orbax's metadata: the same names.
+  everything, meta, _ = checkpoint.restore_replicated(
+      str(tmp_path), sharding.create_mesh(), items=tuple(state))
+  assert meta == {"image_size": 16}
+  assert checkpoint_checksums.verify(everything, recorded) == 5
+
+
+def test_a_checkpoint_saved_without_checksums_restores_with_a_one_line_warning(tmp_path, caplog):
+  directory = checkpoint.checkpoint_dir(str(tmp_path))
+  manager = checkpoint.create_manager(directory, async_save=False)
+  # What checkpoint.save wrote before it recorded checksums.
+  manager.save(3, args=ocp.args.Composite(state=ocp.args.PyTreeSave(tree(3)),
+                                          meta=ocp.args.JsonSave({"image_size": 16})))
+  manager.close()
+  with caplog.at_level(logging.WARNING):
+    step, w, meta = restore_newest(directory)
+    restored, replicated_meta, _ = checkpoint.restore_replicated(
+        str(tmp_path), sharding.create_mesh(jax.devices()[:1]))
+  assert step == 3 and np.all(w == 3) and meta == replicated_meta == {"image_size": 16}
+  assert np.all(np.asarray(restored["params"]["w"]) == 3)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert warnings == [f"Checkpoint {directory}/3 records no checksums of its arrays (written by "
+                      "an earlier version): restored without verifying them."] * 2
+
+
+def _classifier_tree(classes, width=4, probe_key="online_probe"):
+  """A pretraining-like state with an online probe, or a linear probe's (probe_key=None)."""
+  head = {"kernel": jnp.zeros((width, classes)), "bias": jnp.zeros((classes,))}
+  params = {"backbone": {"kernel": jnp.zeros((3, width))}, probe_key: head} if probe_key else head
+  return {"step": jnp.int32(3), "params": params, "batch_stats": {}}
+
+
+@pytest.mark.parametrize("probe_key,key", [("online_probe", "['params']['online_probe']['bias']"),
+                                           (None, "['params']['bias']")])
+def test_a_classifier_of_another_class_count_names_the_data_set(tmp_path, probe_key, key):
+  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(str(tmp_path)), async_save=False)
+  checkpoint.save(manager, 3, _classifier_tree(10, probe_key=probe_key), {})
+  with pytest.raises(checkpoint.CheckpointError) as err:
+    checkpoint.restore(manager, 3, _classifier_tree(9, probe_key=probe_key))
+  manager.close()
+  assert str(err.value) == (
+      f"checkpoint {tmp_path}/checkpoints/3: {key} has shape (10,), the model expects (9,): the "
+      "data set has 9 classes, the checkpoint was trained with 10. Use the data set it was "
+      "trained with or a fresh --workdir.")
+
+
+def test_a_model_of_another_width_is_named_as_such_even_with_another_class_count():
+  def shapes(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  for probe_key, key in (("online_probe", "['params']['backbone']['kernel']"),
+                         (None, "['params']['kernel']")):
+    message = checkpoint_faults.incompatibility(
+        shapes(_classifier_tree(10, width=4, probe_key=probe_key)),
+        shapes(_classifier_tree(9, width=8, probe_key=probe_key)), "/w/checkpoints/3")
+    assert message.startswith(f"checkpoint /w/checkpoints/3: {key} has shape "), message
+    assert message.endswith("(different depth or width?). Use the config it was trained with or a "
+                            "fresh --workdir."), message

@@ -6,11 +6,16 @@ import jax
 import numpy as np
 import pytest
 
+from configs import knn as knn_config
+from configs import linear_probe as probe_config
 from mixsiam_jax import checkpoint, sharding, weights
-from mixsiam_jax.evaluation import encoder
+from mixsiam_jax.evaluation import encoder, knn_program, linear_probe
 from mixsiam_jax.models import MixSiamNetwork, ResNet
+from mixsiam_jax.program_options import from_config
 from mixsiam_jax.run_options import FileArchitecture
-from tests.helpers import model_options
+from tests.helpers import model_options, snapshot
+from tests.test_checkpoint import (flip_a_byte_in_the_largest_array_file,
+                                   restores_silently_with_other_values)
 
 
 RESNET50 = FileArchitecture(depth=50, width=64, stem="imagenet", image_size=224)
@@ -86,6 +91,36 @@ def test_truncated_checkpoint_is_reported_with_its_path(tiny_pretrained, tmp_pat
       path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
   with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint .*checkpoints/6"):
     encoder.restore_encoder(str(broken), sharding.create_mesh())
+
+
+@pytest.mark.slow
+def test_an_encoder_whose_arrays_differ_from_their_checksums_is_refused(
+    tiny_pretrained, cifar_jpeg_folder, tmp_path):
+  broken = tmp_path / "broken"
+  shutil.copytree(tiny_pretrained, broken)
+  mesh = sharding.create_mesh()
+  intact = encoder.restore_encoder(str(tiny_pretrained), mesh).variables
+  # A byte of the encoder's arrays: unverified, they would restore silently, with other values.
+  flip_a_byte_in_the_largest_array_file(
+      broken / "checkpoints" / "6", lambda: restores_silently_with_other_values(
+          lambda: encoder.restore_encoder(str(broken), mesh).variables, intact))
+  refusal = (rf"^checkpoint {broken}/checkpoints/6 is corrupt \(array (params|batch_stats)/backbone/"
+             r".* does not match the checksum recorded when it was saved: .*\); step 3 is intact: "
+             rf"move the broken step away \(mv {broken}/checkpoints/6 ")
+  with pytest.raises(checkpoint.CheckpointError, match=refusal):
+    encoder.restore_encoder(str(broken), mesh)
+  before = snapshot(broken)
+  # The kNN program and the linear probe refuse it before they write anything.
+  for module, run in ((knn_config, knn_program.run_knn),
+                      (probe_config, linear_probe.run_linear_probe)):
+    config = module.get_config()
+    config.pretrained = str(broken)
+    config.dataset = config.eval_dataset = f"folder:{cifar_jpeg_folder}"
+    workdir = tmp_path / config.program
+    with pytest.raises(checkpoint.CheckpointError, match=refusal):
+      run(from_config(config), str(workdir))
+    assert not (workdir / "config.json").exists() and not (workdir / "checkpoints").exists()
+  assert snapshot(broken) == before
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 # Light modules only: flags parse (and --help answers) before TensorFlow and JAX load.
-from mixsiam_jax import accelerators, cli, program_options, workdir_lock, workdir_paths
+from mixsiam_jax import accelerators, cli, program_options, stderr_filter, workdir_lock
+from mixsiam_jax import workdir_paths
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
@@ -85,7 +86,9 @@ def main(argv):
     with workdir_paths.write_failures_end_the_run(FLAGS.workdir, _newest_checkpoint), lock:
       _program(program_options.program_name(options))(options, FLAGS.workdir)
 
-  status = cli.run_program(run)
+  # libjpeg's own warnings about corrupt files (data/decode.py names each bad file once).
+  with stderr_filter.dropped():
+    status = cli.run_program(run)
   _exit_without_teardown(status, finished=status in (cli.EXIT_FINISHED, cli.EXIT_INTERRUPTED,
                                                      cli.EXIT_PREEMPTED))
 

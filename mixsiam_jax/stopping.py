@@ -13,11 +13,12 @@ runs inside ``StopRequest.waiting()``: a signal arriving there raises
 queue of data/iterate.py, are interruptible Python waits), and the loop then
 saves what it has and stops.
 
-Garbage-collector callbacks. A handler runs in whatever Python code the main
-thread executes when the signal is processed, which can be a callback of the
-garbage collector (JAX registers one); an exception raised there is printed as
-"Exception ignored in ..." and lost. A signal that finds the main thread inside
-such a callback is delivered again a moment later instead.
+The garbage collector. A handler runs in whatever Python code the main thread
+executes when the signal is processed, which can be a callback of the garbage
+collector (JAX registers one) or a finalizer (``__del__``) it calls; an
+exception raised there is printed as "Exception ignored in ..." and lost. A
+signal that finds the main thread collecting garbage is delivered again a
+moment later instead.
 
 Several processes: they must stop at the same step (the save is collective),
 so SIGTERM is left to JAX's preemption service (``jax.distributed.initialize``
@@ -96,10 +97,13 @@ class StopRequest:
     self._signum: Optional[int] = None
     self._waiting = 0
     self._previous = {}
+    self._collecting = False  # the main thread is inside a garbage collection
 
   def __enter__(self):
     if threading.current_thread() is not threading.main_thread():
       return self
+    # First in the list: marked before the other callbacks of a collection run.
+    gc.callbacks.insert(0, self._track_collection)
     signals = (signal.SIGINT,) if self._multiprocess else (signal.SIGINT, signal.SIGTERM)
     for signum in signals:
       self._previous[signum] = signal.signal(signum, self._handle)
@@ -108,7 +112,14 @@ class StopRequest:
   def __exit__(self, *exc):
     for signum, previous in self._previous.items():
       signal.signal(signum, previous)
+    if self._previous:
+      gc.callbacks.remove(self._track_collection)
     self._previous = {}
+
+  def _track_collection(self, phase, info):
+    del info
+    if threading.current_thread() is threading.main_thread():
+      self._collecting = phase == "start"
 
   @property
   def signum(self) -> Optional[int]:
@@ -116,7 +127,7 @@ class StopRequest:
     return self._signum
 
   def _handle(self, signum, frame):
-    if self._waiting and inside_gc_callback(frame):
+    if self._waiting and (self._collecting or inside_gc_callback(frame)):
       # Raising here would be printed and dropped: deliver the same signal again shortly.
       threading.Timer(REDELIVERY_SECONDS, signal.pthread_kill,
                       (threading.main_thread().ident, signum)).start()

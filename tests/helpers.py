@@ -1,6 +1,7 @@
 """Helpers shared by several test modules."""
 import dataclasses
 import pathlib
+import sys
 
 from configs import cifar10
 from mixsiam_jax import models, program_options
@@ -76,3 +77,20 @@ def snapshot(directory, mtimes: bool = False):
   return {str(p.relative_to(directory)): ((p.stat().st_mtime_ns, p.read_bytes()) if mtimes
                                           else p.read_bytes())
           for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def progress_recorder(lines):
+  """A stand-in for absl's logging.info that records what progress.py prints in ``lines``.
+
+  Recorded directly, not through caplog: another test may have quieted absl's
+  logger; lines of other modules are passed on to absl.
+  """
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  info = logging.info
+
+  def record(fmt, *args, **kwargs):
+    if sys._getframe(1).f_code.co_filename.endswith("progress.py"):  # pylint: disable=protected-access
+      lines.append(fmt % args if args else fmt)
+    else:
+      info(fmt, *args, **kwargs)
+  return record

@@ -12,6 +12,7 @@ from mixsiam_jax import checkpoint, loop, metric_writer, progress, stopping
 from mixsiam_jax.checkpointing import Checkpoints
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.run_options import Cadence, CheckpointOptions
+from tests.helpers import progress_recorder
 
 
 class Pending(float):
@@ -324,17 +325,20 @@ def test_lr_is_logged_at_the_logged_step_and_losses_as_window_means(tmp_path):
   assert logged[4]["loss"] == pytest.approx(-2.5) and logged[6]["loss"] == pytest.approx(-5.5)
 
 
-def _console_lines(caplog):
-  return [r.getMessage() for r in caplog.records if r.filename == "progress.py"]
+@pytest.fixture
+def console_lines(monkeypatch):
+  """The lines progress.py prints (recorded directly: other tests may quiet absl's logger)."""
+  lines = []
+  monkeypatch.setattr(progress.logging, "info", progress_recorder(lines))
+  return lines
 
 
-def test_console_says_compiling_and_step_1_and_progress_at_log_steps(tmp_path, caplog):
-  caplog.set_level("INFO")
+def test_console_says_compiling_and_step_1_and_progress_at_log_steps(tmp_path, console_lines):
   writer = ListWriter()
   run_loop(fake_checkpoints(tmp_path), FakeProgram(seconds_at={1: 0.3}),
            iter(np.ones(6, np.float32)), num_steps=6, log_every=4, checkpoint_every=100,
            writer=writer, examples_per_step=32)
-  lines = _console_lines(caplog)
+  lines = console_lines
   assert lines[0] == "Compiling the training step (XLA) ..."
   assert lines[1].startswith("Compiled the training step in 0.") and lines[1].endswith(" s.")
   assert lines[2] == "step 1/6 (first step done), loss -0.5000."
@@ -342,17 +346,16 @@ def test_console_says_compiling_and_step_1_and_progress_at_log_steps(tmp_path, c
   assert lines[4].startswith("step 6/6, ") and len(lines) == 5
 
 
-def test_a_long_step_gets_a_progress_line_without_waiting_for_a_log_step(tmp_path, caplog,
+def test_a_long_step_gets_a_progress_line_without_waiting_for_a_log_step(tmp_path, console_lines,
                                                                         monkeypatch):
   monkeypatch.setattr(progress, "INTERVAL_SECONDS", 0.3)
-  caplog.set_level("INFO")
   run_loop(fake_checkpoints(tmp_path), FakeProgram(seconds_at={4: 1.2}),
            iter(np.ones(5, np.float32)), num_steps=5, log_every=100, checkpoint_every=100)
-  silent = [line for line in _console_lines(caplog) if " running for " in line]
+  silent = [line for line in console_lines if " running for " in line]
   assert silent and silent[0].startswith("step ") and "steps/s" in silent[0]
 
 
-def test_only_process_0_writes_to_the_console(tmp_path, caplog):
+def test_only_process_0_writes_to_the_console(tmp_path, console_lines, caplog):
   caplog.set_level("INFO")
   writer = metric_writer.create_writer(str(tmp_path), is_main_process=False)
   writer.write_scalars(1, {"loss": 1.0})
@@ -361,4 +364,4 @@ def test_only_process_0_writes_to_the_console(tmp_path, caplog):
                                    enabled=False)
   with quiet, quiet.compiling():
     quiet.finished(1, -0.5)
-  assert not caplog.records and not os.listdir(tmp_path)
+  assert not console_lines and not caplog.records and not os.listdir(tmp_path)

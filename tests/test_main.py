@@ -206,6 +206,23 @@ def test_divergence_ends_with_status_3_and_one_line(cifar_jpeg_folder, tmp_path)
 
 
 @pytest.mark.slow
+def test_ctrl_c_during_the_compilation_is_one_line_and_status_130(cifar_jpeg_folder, tmp_path):
+  workdir = tmp_path / "run"
+  proc = start_main(workdir, cifar_jpeg_folder, *LONG)
+  seen = []
+  for line in proc.stderr:  # until the loop says it compiles the step
+    seen.append(line)
+    if "Compiling the training step" in line:
+      break
+  assert proc.poll() is None, "".join(seen)[-3000:]
+  proc.send_signal(signal.SIGINT)
+  status, lines = ended_within(proc, 120)
+  assert status == 130, lines
+  assert len(lines) == 1 and lines[0].startswith("interrupted (Ctrl-C) at step "), lines
+  assert checkpoint_steps(workdir) == [int(lines[0].split()[4].rstrip(","))]
+
+
+@pytest.mark.slow
 def test_ctrl_c_saves_the_step_and_ends_with_status_130(cifar_jpeg_folder, tmp_path):
   workdir = tmp_path / "run"
   proc = start_main(workdir, cifar_jpeg_folder, *LONG)

@@ -2,6 +2,7 @@
 import pytest
 
 from mixsiam_jax import progress
+from tests.helpers import progress_recorder
 
 
 class Clock:
@@ -18,8 +19,10 @@ def test_format_seconds(seconds, text):
   assert progress.format_seconds(seconds) == text
 
 
-def test_status_has_rate_images_eta_loss_and_what_runs_now(caplog):
-  caplog.set_level("INFO")
+def test_status_has_rate_images_eta_loss_and_what_runs_now(monkeypatch):
+  # Recorded directly: another test may have quieted absl's logger.
+  lines = []
+  monkeypatch.setattr(progress.logging, "info", progress_recorder(lines))
   clock = Clock()
   console = progress.ConsoleProgress(start_step=10, num_steps=110, examples_per_step=256,
                                      enabled=True, interval=30, clock=clock)
@@ -32,7 +35,6 @@ def test_status_has_rate_images_eta_loss_and_what_runs_now(caplog):
   clock.now += 20
   console.finished(21, -0.5)  # 10 steps in 20 s after the first: 0.5 steps/s, 128 img/s
   clock.now += 15
-  lines = [r.getMessage() for r in caplog.records]
   assert lines == ["Compiling the training step (XLA) ...",
                    "Compiled the training step in 42.0 s.",
                    "step 11/110 (first step done), loss -0.2500."]

@@ -3,6 +3,7 @@ import gc
 import os
 import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -17,7 +18,9 @@ def test_a_signal_inside_a_gc_callback_interrupts_the_wait_after_the_callback(mo
 
   def callback(phase, info):
     del info
-    if phase == "start" and not in_callback:
+    # Only a collection of the main thread: another thread's would signal at any moment.
+    main = threading.current_thread() is threading.main_thread()
+    if phase == "start" and not in_callback and main:
       in_callback.append(True)
       os.kill(os.getpid(), signal.SIGTERM)
       for _ in range(1000):  # bytecodes at which Python runs the pending handler
@@ -57,3 +60,31 @@ def test_inside_gc_callback_looks_at_the_callers_of_the_frame():
     assert not stopping.inside_gc_callback(sys._getframe())  # pylint: disable=protected-access
   finally:
     gc.callbacks.remove(callback)
+
+
+class _SignalsWhenCollected:
+  """Part of a reference cycle: its finalizer runs inside a garbage collection."""
+
+  def __init__(self, log):
+    self.log, self.cycle = log, self
+
+  def __del__(self):
+    self.log.append(True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):  # bytecodes at which Python runs the pending handler
+      pass
+    self.log.append(False)
+
+
+def test_a_signal_inside_a_finalizer_interrupts_the_wait_after_the_collection(monkeypatch):
+  unraisable = []
+  monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+  log = []
+  with stopping.StopRequest(num_processes=1) as stop:
+    with pytest.raises(stopping.Interrupted):
+      with stop.waiting():
+        _SignalsWhenCollected(log)
+        gc.collect()
+        time.sleep(2)
+  assert log == [True, False] and not unraisable and stop.signum == signal.SIGTERM
+  assert stop._track_collection not in gc.callbacks  # pylint: disable=protected-access

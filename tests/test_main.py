@@ -265,6 +265,29 @@ def test_deleted_classes_stop_the_run_naming_the_change(cifar_jpeg_folder, tmp_p
          "the run started with 200 in 10 (data.json)" in lines[0], lines
 
 
+@pytest.mark.slow
+def test_files_added_mid_run_are_not_read_and_the_next_resume_refuses_them(
+    cifar_jpeg_folder, tmp_path):
+  data = copy_folder(cifar_jpeg_folder, tmp_path / "data")
+  workdir = tmp_path / "run"
+  proc = start_main(workdir, data, "--config.num_train_steps=30", "--config.log_every_steps=1",
+                    "--config.checkpoint_every_steps=10")
+  wait_for_step(workdir, 4, proc)
+  for i in range(5):
+    shutil.copy(data / "cat" / "0000.jpg", data / "cat" / f"added_{i}.jpg")
+  (data / "newclass").mkdir()
+  shutil.copy(data / "dog" / "0000.jpg", data / "newclass" / "0000.jpg")
+  status, lines = ended_within(proc, 240)
+  assert status == 0 and not lines, lines  # the run reads the listing it started with
+  assert checkpoint_steps(workdir)[-1] == 30
+  result = run_main(*TINY, f"--config.dataset=folder:{data}", f"--workdir={workdir}",
+                    "--config.num_train_steps=40", "--config.log_every_steps=1",
+                    "--config.checkpoint_every_steps=10", "--config.allow_length_change=true")
+  assert result.returncode == 1, result.stderr[-3000:]
+  lines = errors_of(result)
+  assert len(lines) == 1 and "differs from the one this run started on" in lines[0], lines
+
+
 def small_disk(path, megabytes, size=None):
   """A tmpfs of ``megabytes`` (or ``size``, e.g. '8k') at ``path`` (root only); False where it
   cannot be mounted."""

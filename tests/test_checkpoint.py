@@ -42,7 +42,7 @@ def saved_run(workdir, steps, make=tree):
 
 
 def flip_a_byte_in_the_largest_array_file(step_dir, changed=None):
-  """Inverts a byte of the largest file of array data (OCDBT's d/) of a step.
+  """Inverts a byte of a file of array data (OCDBT's d/) of a step, the largest if it serves.
 
   Args:
     step_dir: the step directory.
@@ -53,15 +53,17 @@ def flip_a_byte_in_the_largest_array_file(step_dir, changed=None):
       from run to run, since Orbax writes them concurrently).
   """
   files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
-  path = max(files, key=lambda p: p.stat().st_size)
-  original = path.read_bytes()
-  for fraction in (0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.1, 0.9):
-    data = bytearray(original)
-    data[int(len(data) * fraction)] ^= 0xFF
-    path.write_bytes(bytes(data))
-    if changed is None or changed():
-      return
-  raise AssertionError(f"no flipped byte of {path} changed the arrays")
+  # Largest first; the arrays a caller restores may lie in any of them (written concurrently).
+  for path in sorted(files, key=lambda p: p.stat().st_size, reverse=True):
+    original = path.read_bytes()
+    for fraction in (0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.1, 0.9):
+      data = bytearray(original)
+      data[int(len(data) * fraction)] ^= 0xFF
+      path.write_bytes(bytes(data))
+      if changed is None or changed():
+        return
+    path.write_bytes(original)
+  raise AssertionError(f"no flipped byte of the array files of {step_dir} changed the arrays")
 
 
 def restores_silently_with_other_values(restore, intact):

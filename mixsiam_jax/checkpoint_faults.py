@@ -13,6 +13,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import jax
 import orbax.checkpoint as ocp
 
+from mixsiam_jax import workdir_paths
 from mixsiam_jax.checkpoint_checksums import ChecksumMismatch
 
 # TensorStore's status codes and OS error numbers mark a failure of the storage, not of the program.
@@ -64,27 +65,12 @@ def save_failure_message(directory: str, step: int, error: BaseException) -> Opt
   errno_value = int(code.group(1)) if code else getattr(error, "errno", None)
   why = os.strerror(errno_value).lower() if errno_value else reason(error)
   if errno_value == errno.ENOSPC:
-    why += f", {_free_space(directory)} free"
+    why += f", {workdir_paths.free_space(directory)} free"
   intact = [s for s in _complete_steps(directory) if s < step]
   resume = (f"the newest intact checkpoint is step {max(intact)}" if intact
             else "no earlier checkpoint exists")
   return (f"cannot save checkpoint {step} in {directory}: {why}; {resume}. Fix the storage "
           "(free space, permissions) and rerun the same command to resume.")
-
-
-def _free_space(directory: str) -> str:
-  path = directory
-  while path and not os.path.exists(path):
-    path = os.path.dirname(path)
-  try:
-    free = shutil.disk_usage(path or "/").free
-  except OSError:
-    return "unknown space"
-  for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-    if free < 1024 or unit == "TiB":
-      return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
-    free /= 1024.0
-  return ""
 
 
 def _complete_steps(directory: str) -> List[int]:

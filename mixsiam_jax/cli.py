@@ -123,8 +123,15 @@ def quiet_start() -> None:
   Sets TF_CPP_MIN_LOG_LEVEL=2 (TensorFlow's and XLA's C++ INFO and WARNING logs;
   a value the user set is kept), adds QuietLibraryInfo to absl's log handler
   and installs drop_abandoned_reads as sys.unraisablehook. Call it once, first.
+  A tool that parses its arguments with argparse (absl's flags unparsed) gets
+  absl's handler at INFO, so that the library's progress lines (a download, a
+  compile) reach its console as they reach main.py's.
   """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # absl's own flags at their defaults, without its warning
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(QuietLibraryInfo())
   sys.unraisablehook = drop_abandoned_reads(sys.unraisablehook)
 

@@ -131,13 +131,17 @@ class _Run:
     self.history, self.last, self.evaluation = [], {}, {}
     self.progress = Progress(num_steps)
     self.saved = start_step  # the newest step whose checkpoint exists or is being written
+    self.start_step = start_step
 
   def wait_for_steps(self, keep_running: int) -> None:
     """Waits for the oldest dispatched steps until at most ``keep_running`` are unfinished."""
     while len(self.in_flight) > keep_running:
       step, metrics = self.in_flight.popleft()
       jax.block_until_ready(metrics)
-      self.console.finished(step, _loss(metrics) if self.console.enabled else None)
+      # Only the first step's loss is fetched here (its line says it); later lines show the
+      # logged mean, so no step pays for a transfer it does not need.
+      first = step == self.start_step + 1 and self.console.enabled
+      self.console.finished(step, _loss(metrics) if first else None)
 
   def save(self, step: int, state: State) -> None:
     # A run killed once this checkpoint exists resumes after it: its metrics
@@ -165,7 +169,7 @@ class _Run:
     self.wait_for_steps(0)
     self.progress.mark(step)
     self.writer.write_scalars(step, {**self.last, **self.progress.report()})
-    self.console.log_step(step)
+    self.console.log_step(step, _loss(self.last))
 
   def evaluate(self, step: int, state: State, evaluate: Callable[[State], Dict[str, Any]],
                stop: StopRequest) -> bool:

@@ -5,7 +5,7 @@ logged metrics (every ``log_every_steps``) would leave it silent all that time.
 ConsoleProgress prints, on process 0 only:
 - when the step starts compiling and when it is compiled, with the seconds;
 - step 1 of the run (the first finished step) with its loss;
-- a progress line (step, steps/s, images/s, ETA, the newest finished loss) at
+- a progress line (step, steps/s, images/s, ETA, the last logged loss) at
   every log step and, from a helper thread, whenever nothing was printed for
   ``interval`` seconds, naming what the loop is doing then (compiling, waiting for
   a step, evaluating, saving).
@@ -112,9 +112,14 @@ class ConsoleProgress:
     if first:
       self._print(self._status(prefix="first step done"))
 
-  def log_step(self, step: int) -> None:
-    """A log step: the progress line beside the logged metrics."""
-    del step  # the newest finished step is the log step: the loop waited for it
+  def log_step(self, step: int, loss: Optional[float] = None) -> None:
+    """A log step, every step up to it finished: the progress line beside the logged metrics.
+
+    Args:
+      step: the log step.
+      loss: the logged (window mean) loss, shown from here on.
+    """
+    self.finished(step, loss)
     self._print(self._status())
 
   def _status(self, prefix: str = "") -> str:

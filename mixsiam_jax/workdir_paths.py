@@ -154,10 +154,7 @@ def write_failure_message(error: BaseException, workdir: str,
     what = f"cannot write the TensorBoard event file in {_shorten(root)}: {reason}"
   else:
     return None
-  try:
-    free = f", {_format_bytes(shutil.disk_usage(root).free)} free"
-  except OSError:
-    free = ""
+  free = f", {free_space(root)} free"
   try:
     step = newest_step()
     saved = (f"the newest intact checkpoint is step {step}" if step else
@@ -168,9 +165,22 @@ def write_failure_message(error: BaseException, workdir: str,
           "remount) and rerun the same command to resume.")
 
 
-def _format_bytes(size: float) -> str:
-  for unit in ("B", "KiB", "MiB", "GiB"):
+def free_space(directory: str) -> str:
+  """The free space of the file system holding ``directory`` (or its nearest existing parent),
+  e.g. '980.0 KiB'; 'unknown space' if it cannot be read."""
+  path = directory
+  while path and not os.path.exists(path):
+    path = os.path.dirname(path)
+  try:
+    return format_bytes(shutil.disk_usage(path or "/").free)
+  except OSError:
+    return "unknown space"
+
+
+def format_bytes(size: float) -> str:
+  """'512 bytes', '980.0 KiB', '162.2 MiB', ... (powers of 1024)."""
+  for unit in ("bytes", "KiB", "MiB", "GiB"):
     if size < 1024 or unit == "GiB":
-      return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
-    size /= 1024
-  return f"{size:.1f} GiB"
+      break
+    size /= 1024.0
+  return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"

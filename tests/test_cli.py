@@ -139,12 +139,15 @@ def unretrieved_task_records():
 
 def test_unretrieved_task_errors_of_a_failed_restore_are_shown_only_at_debug_verbosity():
   assert unretrieved_task_records() == []
-  verbosity = logging.get_verbosity()
+  # The absl logger's own level, restored as it was (often unset): set_verbosity(get_verbosity())
+  # would pin it, and later tests' caplog would see no INFO record of absl.
+  absl_logger = logging_lib.getLogger("absl")
+  level = absl_logger.level
   logging.set_verbosity(logging.DEBUG)
   try:
     records = unretrieved_task_records()
   finally:
-    logging.set_verbosity(verbosity)
+    absl_logger.setLevel(level)
   assert len(records) == 1
   assert "DATA_LOSS" in str(records[0].exc_info[1])
 

@@ -28,6 +28,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from jax.experimental import multihost_utils
 
+from mixsiam_jax import workdir_paths
 from mixsiam_jax.data import DatasetError, names, sources
 
 # Seconds to wait for a TCP connection to a download host before calling the machine offline.
@@ -76,14 +77,6 @@ def _has_random_access(builder) -> bool:
   return bool(formats & set(tfds.core.FileFormat.with_random_access()))
 
 
-def _format_bytes(size: float) -> str:
-  for unit in ("B", "KiB", "MiB", "GiB"):
-    if size < 1024 or unit == "GiB":
-      return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-    size /= 1024
-  return f"{size:.1f} GiB"
-
-
 def _download_and_prepare(builder, name: str, field: str, flag: str) -> None:
   """Downloads (or generates) and prepares ``builder`` in array_record; raises DatasetError."""
   urls = sorted(builder.url_infos or {})
@@ -100,7 +93,7 @@ def _download_and_prepare(builder, name: str, field: str, flag: str) -> None:
       raise DatasetError(f"the download of {name} failed: cannot connect to {unreachable}. "
                          + _advice(name, flag))
   size = sum(int(info.size) for info in (builder.url_infos or {}).values())
-  what = (f"downloading {_format_bytes(size)} from {urllib.parse.urlparse(urls[0]).hostname}"
+  what = (f"downloading {workdir_paths.format_bytes(size)} from {urllib.parse.urlparse(urls[0]).hostname}"
           if urls and not builder.MANUAL_DOWNLOAD_INSTRUCTIONS else
           f"reading the archives in {manual_dir}" if builder.MANUAL_DOWNLOAD_INSTRUCTIONS else
           "generating its examples")

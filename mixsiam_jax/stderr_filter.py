@@ -15,14 +15,32 @@ import os
 import threading
 from typing import Iterator, Sequence
 
-# The warnings of libjpeg(-turbo) (jerror.h, JWRN_*) and its error texts, as printed.
+# Every warning and error text of libjpeg(-turbo) (jerror.h, JWRN_* and JERR_*), as printed:
+# TensorFlow's decoder prints an error's text too before it turns it into a failed op.
 LIBJPEG_MESSAGES = (
+    # Warnings (JWRN_*).
     "Corrupt JPEG data", "Premature end of JPEG file", "Unsupported marker type",
     "Invalid SOS parameters", "Inconsistent progression sequence", "Warning: unknown JFIF",
-    "Warning: thumbnail image size", "Unknown Adobe color transform", "Invalid JPEG file",
-    "Not a JPEG file", "Bogus marker length", "Bogus Huffman table", "Bogus DQT index",
-    "Bogus DHT index", "JPEG datastream contains no image", "Huffman table 0x",
-    "Application transferred too few scanlines")
+    "Warning: thumbnail image size", "Unknown Adobe color transform",
+    "Application transferred too many scanlines",
+    # Errors (JERR_*) a damaged or unusual file can raise.
+    "Invalid JPEG file", "Not a JPEG file", "Bogus marker length", "Bogus Huffman table",
+    "Bogus DQT index", "Bogus DHT index", "Bogus DAC", "Bogus sampling factors",
+    "Bogus JPEG colorspace", "Bogus input colorspace", "Bogus virtual array access",
+    "Bogus message code", "Bogus parameter", "JPEG datastream contains no image",
+    "Huffman table 0x", "Huffman code size table overflow", "Missing Huffman code table entry",
+    "Quantization table 0x", "Arithmetic table 0x", "Application transferred too few scanlines",
+    "Input file read error", "Empty input file", "Premature end of input file",
+    "Unsupported JPEG process", "Unsupported JPEG data precision", "Unsupported color conversion",
+    "Invalid component ID", "Invalid crop request", "Invalid progressive parameters",
+    "Invalid scan script", "Invalid memory pool code", "Improper call to JPEG library",
+    "DCT coefficient out of range", "IDCT output block size", "Sampling factors too large",
+    "Too many color components", "Empty JPEG image", "Didn't expect more than one scan",
+    "Maximum supported image dimension", "Image too wide for this implementation",
+    "Insufficient memory (case", "Scan script does not transmit all data",
+    "Fractional sampling not implemented", "CCIR601 sampling not implemented",
+    "Requested feature was omitted at compile time", "Not implemented yet",
+    "Suspension not allowed here", "Buffer passed to JPEG library is too small")
 
 # Seconds to wait, on exit, for the forwarding thread to write out what is still in the pipe.
 DRAIN_SECONDS = 2.0

@@ -127,6 +127,31 @@ def test_a_batch_that_does_not_decode_is_built_again_with_checked_decoding():
   assert calls == [(0, False), (4, True), (5, False)]
 
 
+def test_the_checked_decoder_reads_on_while_it_meets_new_bad_files():
+  """Bad files at elements 4, 5, 7 and 20: one fault, then checked reading until 4 calm batches."""
+  bad, known, calls = {4, 5, 7, 20}, set(), []
+
+  def make(start, checked):
+    calls.append((start, checked))
+
+    def elements():
+      for i in range(start, 30):
+        if i in bad and not checked and i not in known:
+          raise tf.errors.InvalidArgumentError(None, None, "jpeg::Uncompress failed.")
+        if i in bad and checked:
+          known.add(i)
+        yield -i if checked else i
+
+    return FakeDataset(elements)
+
+  got = list(iterate.numpy_batches(make, remembered=lambda: len(known)))
+  # Checked from 4 on: new bad files at 4, 5, 7; calm at 8, 9, 10, 11; fast again from 12;
+  # the next new one (20) costs one more checked stretch (20-24).
+  assert calls == [(0, False), (4, True), (12, False), (20, True), (25, False)]
+  assert got == [0, 1, 2, 3] + [-i for i in range(4, 12)] + list(range(12, 20)) + [
+      -i for i in range(20, 25)] + list(range(25, 30))
+
+
 def test_a_project_error_inside_tensorflow_is_its_own_one_line_message():
   error = tf.errors.InvalidArgumentError(
       None, None, "Error in user-defined function passed to MapDataset:3: DatasetError: "

@@ -10,6 +10,14 @@ them), otherwise they raise DatasetError. A file that passes the check and
 still fails TensorFlow's decoder (corrupt entropy data) fails its batch; the
 stream (iterate.py) then rebuilds that batch with ``checked=True``, which
 decodes every file in Python and so reports that one as above.
+
+The log also remembers, for the rest of the program, every file that TensorFlow's
+decoder failed on (by name): from then on that file goes straight to PIL, or,
+if PIL could not read it either, is flagged without being decoded at all. So a
+rotten file costs one checked decode of its batch in a whole run, not one per
+epoch, and a batch that holds only files already known never fails. Either way
+it gives exactly the pixels (or the flag) the checked decode gave, so batches
+stay a pure function of their position.
 """
 import io
 import threading
@@ -33,10 +41,30 @@ class BadImageLog:
   snapshot() has them all.
   """
   NAMED_WARNINGS = 20
+  # What the program knows of a file (the table's values; unknown files are FAST).
+  FAST, PIL_ONLY, UNREADABLE = 0, 1, 2
 
   def __init__(self):
     self._lock = threading.Lock()
     self._bad: Dict[str, str] = {}
+    # A TensorFlow table, so the tf.data graph reads it without a Python call per file.
+    self._known = tf.lookup.experimental.MutableHashTable(tf.string, tf.int32, self.FAST)
+    self._remembered = 0
+
+  def known(self, name: tf.Tensor) -> tf.Tensor:
+    """How ``name`` must be decoded: FAST (unknown), PIL_ONLY or UNREADABLE (int32 scalar)."""
+    return self._known.lookup(name)
+
+  def remember(self, name: str, how: int) -> None:
+    """Records how the file ``name`` decodes (PIL_ONLY or UNREADABLE) for the rest of the program."""
+    self._known.insert(tf.constant([name]), tf.constant([how], tf.int32))
+    with self._lock:
+      self._remembered += 1
+
+  def remembered(self) -> int:
+    """How many times remember() was called: it grows while a stream meets new bad files."""
+    with self._lock:
+      return self._remembered
 
   def report(self, name: str, reason: str, skip: bool) -> None:
     """Records an unreadable image (a warning the first time) or raises.
@@ -98,7 +126,8 @@ def _pil_decoder(log: BadImageLog, skip: bool, tensorflow_first: bool = False):
       try:
         return tf.io.decode_image(data, channels=3, expand_animations=False).numpy(), True
       except tf.errors.InvalidArgumentError:
-        pass  # PIL reads some files TensorFlow cannot; else the file is reported below.
+        # PIL reads some files TensorFlow cannot; else the file is reported below.
+        log.remember(name, log.PIL_ONLY)
     try:
       with Image.open(io.BytesIO(data.numpy())) as im:
         im.seek(0)  # First frame of animations.
@@ -109,6 +138,7 @@ def _pil_decoder(log: BadImageLog, skip: bool, tensorflow_first: bool = False):
     except Exception as e:  # pylint: disable=broad-except  (any PIL failure is a bad file)
       reason = "empty file" if not data.numpy() else f"{type(e).__name__}: {e}"
       log.report(name, reason, skip)
+      log.remember(name, log.UNREADABLE)
       return np.zeros((1, 1, 3), np.uint8), False
   return decode
 
@@ -122,24 +152,32 @@ def decode_image(data: tf.Tensor, name: tf.Tensor, log: BadImageLog,
     name: scalar tf.string naming the file in reports.
     log: where unreadable files are reported.
     skip: report and flag (True) or raise (False) on unreadable files.
-    checked: decode every file in a tf.py_function that catches the decoder's
-      errors (slower): for rebuilding a batch in which a file passed the cheap
-      check but failed TensorFlow's decoder, which cannot be caught in a graph.
+    checked: decode the files TensorFlow would decode in a tf.py_function that
+      catches the decoder's errors (slower; the same pixels): for rebuilding a
+      batch in which a file passed the cheap check but failed TensorFlow's
+      decoder, which cannot be caught in a graph.
 
   Returns:
     (uint8 [h, w, 3], bool ok). An unreadable file gives a 1x1 black image, ok False.
+    A file ``log`` knows is decoded the way it remembers (see the module docstring).
   """
   def fast():
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     return image, tf.constant(True)
 
-  def slow():
-    image, ok = tf.py_function(_pil_decoder(log, skip, tensorflow_first=checked), [data, name],
+  def python(tensorflow_first):
+    image, ok = tf.py_function(_pil_decoder(log, skip, tensorflow_first), [data, name],
                                [tf.uint8, tf.bool])
     return tf.ensure_shape(image, [None, None, 3]), tf.ensure_shape(ok, [])
 
-  if checked:
-    image, ok = slow()
-  else:
-    image, ok = tf.cond(_looks_decodable(data), fast, slow)
+  def unreadable():
+    return tf.zeros([1, 1, 3], tf.uint8), tf.constant(False)
+
+  # The same routing with and without ``checked``, so both give the same pixels; checked
+  # only catches TensorFlow's failure (the file then goes to PIL) instead of failing the batch.
+  known = log.known(name)
+  tensorflow_reads = _looks_decodable(data) & tf.equal(known, log.FAST)
+  image, ok = tf.case([(tf.equal(known, log.UNREADABLE), unreadable),
+                       (tensorflow_reads, (lambda: python(True)) if checked else fast)],
+                      default=lambda: python(False))
   return tf.ensure_shape(image, [None, None, 3]), ok

@@ -25,9 +25,15 @@ data/decode.py) the stream tells two faults apart:
     function of the position); if it still fails, the stream ends with one
     DatasetError naming the file or folder. A rebuilt data set that lists
     differently (classes or files gone: DataChangedError) ends it at once;
-  * a file that reads but does not decode: that one batch is rebuilt with
-    ``safe=True``, which names the bad image and replaces or masks it
-    (skip_bad_images) or raises a DatasetError naming it.
+  * a file that reads but does not decode: the stream is rebuilt at that batch
+    with ``safe=True``, which names the bad image and replaces or masks it
+    (skip_bad_images) or raises a DatasetError naming it. Given ``remembered``
+    (data/decode.py's count of the bad files the program knows), the stream
+    reads on with ``safe=True`` while it keeps meeting new bad files, and goes
+    back to the fast decoder after CALM_BATCHES batches without one: a data set
+    with many rotten files costs a few rebuilds, not one per file. Without it,
+    only the failed batch is read with ``safe=True``. Both decoders give the
+    same batches, so when the stream switches never changes what it yields.
 """
 import queue
 import re
@@ -46,6 +52,8 @@ from mixsiam_jax.data import DataChangedError, DatasetError
 READ_RETRY_DELAYS = (1.0, 2.0)
 # A stream that has produced nothing for this long says so (then at 2x, 4x, ...).
 STALL_WARNING_SECONDS = 60.0
+# Checked batches in a row that meet no new bad file before the fast decoder is used again.
+CALM_BATCHES = 4
 
 MakeDataset = Callable[[int, bool], tf.data.Dataset]
 
@@ -92,8 +100,10 @@ class BatchStream:
 
   def __init__(self, make: MakeDataset, *, start: int = 0, rebuildable: bool = True,
                name: str = "the data", stall_warning_seconds: float = STALL_WARNING_SECONDS,
-               read_retry_delays: Sequence[float] = READ_RETRY_DELAYS, buffer: int = 1):
+               read_retry_delays: Sequence[float] = READ_RETRY_DELAYS, buffer: int = 1,
+               remembered: Optional[Callable[[], int]] = None):
     self._make, self._start, self._rebuildable = make, start, rebuildable
+    self._remembered = remembered
     self._name, self._stall_warning = name, stall_warning_seconds
     self._delays = tuple(read_retry_delays)
     self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=max(buffer, 1))
@@ -109,7 +119,7 @@ class BatchStream:
       raise StopIteration
     if self._thread is None:
       reader = _Reader(self._make, self._start, self._rebuildable, self._name, self._delays,
-                       self._queue, self._stop)
+                       self._queue, self._stop, self._remembered)
       self._thread = threading.Thread(target=reader.run, name=f"read {self._name}", daemon=True)
       self._thread.start()
     started = time.monotonic()
@@ -148,9 +158,13 @@ class _Reader:
   so a stream that is dropped is collected, and its __del__ stops this thread."""
 
   def __init__(self, make: MakeDataset, start: int, rebuildable: bool, name: str,
-               delays: Sequence[float], out: "queue.Queue[Any]", stop: threading.Event):
+               delays: Sequence[float], out: "queue.Queue[Any]", stop: threading.Event,
+               remembered: Optional[Callable[[], int]]):
     self._make, self._start, self._rebuildable, self._name = make, start, rebuildable, name
     self._delays, self._queue, self._stop = delays, out, stop
+    self._remembered = remembered
+    # Whether the live iterator decodes with ``safe=True``, and its batches since a new bad file.
+    self._checked, self._calm = False, 0
     # Iterators given up after a fault: released with the last one, when the stream ends.
     self._given_up: List[Any] = []
 
@@ -210,7 +224,16 @@ class _Reader:
   def _next(self, owner: List[Any], position: int) -> Any:
     """The batch at ``position``; a batch with an image that does not decode is built again."""
     if not owner:
-      owner.append(self._make(position, False).as_numpy_iterator())
+      owner.append(self._make(position, self._checked).as_numpy_iterator())
+    if self._checked:
+      before = self._remembered() if self._remembered else None
+      batch = next(owner[0])
+      learned = self._remembered is not None and self._remembered() != before
+      self._calm = 0 if learned else self._calm + 1
+      if self._remembered is None or self._calm >= CALM_BATCHES:
+        self._checked = False  # the fast decoder again, from the next batch on
+        self._give_up(owner)
+      return batch
     try:
       return next(owner[0])
     except tf.errors.InvalidArgumentError as e:
@@ -218,11 +241,8 @@ class _Reader:
         raise
       # A file of this batch read but did not decode: name it through the checked decoder.
       self._give_up(owner)
-      checked = [self._make(position, True).as_numpy_iterator()]
-      try:
-        return next(checked[0])
-      finally:
-        self._give_up(checked)
+      self._checked, self._calm = True, 0
+      return self._next(owner, position)
 
   def _give_up(self, owner: List[Any]) -> None:
     """Moves the iterator out of ``owner`` into the ones released when the stream ends."""
@@ -248,7 +268,8 @@ def numpy_batches(data: Union[tf.data.Dataset, MakeDataset], *, start: int = 0,
     first: ``make(start, False)`` where the caller has built it already (to
       check the data before writing anything): read first instead of built again.
     name: what the stream reads, in messages (e.g. "--config.dataset=folder:X").
-    **stream_options: stall_warning_seconds, read_retry_delays, buffer (see BatchStream).
+    **stream_options: stall_warning_seconds, read_retry_delays, buffer, remembered
+      (see BatchStream and the module docstring).
 
   Returns:
     The stream; close() it when done (dropping it also stops its thread).

@@ -118,7 +118,8 @@ def dataset_features(embed_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, dat
         bad_images=bad_images, start_batch=start_batch, checked_decoding=checked)
 
   batches = sharding.prefetch_to_mesh(
-      iterate.numpy_batches(make, name=f"--config.{field}={dataset}"), mesh, 2)
+      iterate.numpy_batches(make, name=f"--config.{field}={dataset}",
+                            remembered=bad_images.remembered), mesh, 2)
   try:
     return extract_features(embed_fn, batches)
   finally:

@@ -177,7 +177,8 @@ def _train_batches(opts: ProbeOptions, data: EvalData, mesh: Mesh,
         options, start_step=step, bad_images=bad_images, checked_decoding=checked)
     # Built now, before the workdir is written, so that it checks the data set; read later.
     stream = iterate.numpy_batches(make, start=start_step, first=make(start_step, False),
-                                   name=f"--config.dataset={data.dataset}")
+                                   name=f"--config.dataset={data.dataset}",
+                                   remembered=bad_images.remembered)
     return _first_views(stream)
   # Fast variant: features of the un-augmented training images, computed once.
   feats, labels = features.split_features(embed, mesh, data, "train")

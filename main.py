@@ -16,8 +16,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 # Light modules only: flags parse (and --help answers) before TensorFlow and JAX load.
-from mixsiam_jax import accelerators, cli, program_options, stderr_filter, workdir_lock
-from mixsiam_jax import workdir_paths
+from mixsiam_jax import accelerators, cli, program_options, stderr_filter, stopping
+from mixsiam_jax import workdir_lock, workdir_paths
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
@@ -59,36 +59,54 @@ def main(argv):
   if len(argv) > 1:
     cli.exit_with(f"unexpected argument(s) {' '.join(argv[1:])}: every option is a flag, e.g. "
                   "--config=configs/cifar10.py --workdir=DIR (see --help).")
-  # Ctrl-C before the training loop has nothing to save: it ends the process at once, even
-  # inside a compile. The loop installs its own handler (save, then stop).
-  signal.signal(signal.SIGINT, signal.SIG_DFL)
-  # TensorFlow and JAX load here, not at the top: flags parse (and --help answers) first,
-  # and their start-up notices are held back (the same start as every tool's: cli.run_tool).
-  cli.quiet_start()
-  cli.import_tensorflow()
-  import jax  # pylint: disable=g-import-not-at-top
-  if FLAGS.jax_distributed or FLAGS.coordinator_address:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
-                               heartbeat_timeout_seconds=FLAGS.distributed_heartbeat_timeout_seconds)
-  backend = cli.start_jax()
-  logging.info("JAX process %d of %d; %d local of %d devices (%s).", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
+  # Until the first step has finished, SIGINT and SIGTERM end the process within a moment
+  # (nothing is trained yet); after it the loop saves, then stops. Several processes leave
+  # SIGTERM to JAX's preemption service.
+  multiprocess = FLAGS.jax_distributed or FLAGS.coordinator_address
+  signals = (signal.SIGINT,) if multiprocess else (signal.SIGINT, signal.SIGTERM)
+  restore_stderr = []
+  # The console's stderr, whatever file descriptor 2 is turned into later (start-up notices
+  # held back, libjpeg's lines filtered): the line below must reach it.
+  console = os.dup(2)
 
-  def run():
-    accelerators.check_backend(backend, allow_cpu=FLAGS.allow_cpu, environ=os.environ)
-    options = program_options.from_config(FLAGS.config)
-    # One run per workdir. Only process 0 locks it: the other processes of this
-    # run share its workdir, and a second run is stopped by its own process 0.
-    lock = (workdir_lock.lock_workdir(FLAGS.workdir) if jax.process_index() == 0
-            else contextlib.nullcontext())
-    with workdir_paths.write_failures_end_the_run(FLAGS.workdir, _newest_checkpoint), lock:
-      _program(program_options.program_name(options))(options, FLAGS.workdir)
+  def stop_before_first_step(signum):
+    logging.flush()
+    for restore in restore_stderr:
+      restore()  # forwards what the filter still holds first
+    os.write(console, f"{stopping.before_first_step_message(signum)}\n".encode())
+    _exit_without_teardown(cli.EXIT_INTERRUPTED if signum == signal.SIGINT
+                           else cli.EXIT_PREEMPTED, finished=False)
 
-  # libjpeg's own warnings about corrupt files (data/decode.py names each bad file once).
-  with stderr_filter.dropped():
-    status = cli.run_program(run)
+  with stopping.exit_before_first_step(stop_before_first_step, signals):
+    # TensorFlow and JAX load here, not at the top: flags parse (and --help answers) first,
+    # and their start-up notices are held back (the same start as every tool's: cli.run_tool).
+    cli.quiet_start()
+    cli.import_tensorflow()
+    import jax  # pylint: disable=g-import-not-at-top
+    if multiprocess:
+      jax.distributed.initialize(
+          coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+          process_id=FLAGS.process_id,
+          heartbeat_timeout_seconds=FLAGS.distributed_heartbeat_timeout_seconds)
+    backend = cli.start_jax()
+    logging.info("JAX process %d of %d; %d local of %d devices (%s).", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(),
+                 jax.devices()[0].platform)
+
+    def run():
+      accelerators.check_backend(backend, allow_cpu=FLAGS.allow_cpu, environ=os.environ)
+      options = program_options.from_config(FLAGS.config)
+      # One run per workdir. Only process 0 locks it: the other processes of this
+      # run share its workdir, and a second run is stopped by its own process 0.
+      lock = (workdir_lock.lock_workdir(FLAGS.workdir) if jax.process_index() == 0
+              else contextlib.nullcontext())
+      with workdir_paths.write_failures_end_the_run(FLAGS.workdir, _newest_checkpoint), lock:
+        _program(program_options.program_name(options))(options, FLAGS.workdir)
+
+    # libjpeg's own warnings about corrupt files (data/decode.py names each bad file once).
+    with stderr_filter.dropped() as restore:
+      restore_stderr.append(restore)
+      status = cli.run_program(run)
   _exit_without_teardown(status, finished=status in (cli.EXIT_FINISHED, cli.EXIT_INTERRUPTED,
                                                      cli.EXIT_PREEMPTED))
 
@@ -113,10 +131,12 @@ def _exit_without_teardown(status: int, finished: bool) -> None:
       must not wait at (its peers stop when its heartbeats do).
   """
   # main.py keeps TensorFlow and JAX out of its module scope so that flags parse (and
-  # --help answers) before either loads; main() has loaded JAX by now.
-  import jax  # pylint: disable=g-import-not-at-top
-  if finished and jax.process_count() > 1:
-    jax.distributed.shutdown()  # The barrier at the end of a multi-process run.
+  # --help answers) before either loads; a program that finished has loaded JAX (a
+  # signal before the first step may come while the main thread is still importing it).
+  if finished:
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_count() > 1:
+      jax.distributed.shutdown()  # The barrier at the end of a multi-process run.
   logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()

@@ -88,30 +88,30 @@ def run_program(program: Callable[[], object], resumable: bool = True) -> int:
     result = program()
     return result if isinstance(result, int) and not isinstance(result, bool) else EXIT_FINISHED
   except Stopped as e:
-    _line(str(e))
+    print_line(str(e))
     return EXIT_INTERRUPTED if e.signum == signal.SIGINT else EXIT_PREEMPTED
   except UserError as e:
     logging.debug("Traceback of the error below:", exc_info=True)
-    _line(f"error: {e}")
+    print_line(f"error: {e}")
     return e.exit_status
   except KeyboardInterrupt:
-    _line("interrupted (Ctrl-C) before training started; nothing to save." if resumable
+    print_line("interrupted (Ctrl-C) before training started; nothing to save." if resumable
           else "interrupted (Ctrl-C).")
     return EXIT_INTERRUPTED
   except SystemExit as e:
     if isinstance(e.code, str):
-      _line(e.code)  # What Python would print at its exit, which the caller skips.
+      print_line(e.code)  # What Python would print at its exit, which the caller skips.
     return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
   except BaseException as e:  # pylint: disable=broad-except  (a bug: its traceback, then the exit)
     if _lost_peer(e):
       logging.debug("Traceback of the error below:", exc_info=True)
-      _line(f"error: lost contact with another process of this run ({_first_line(e)}); its "
+      print_line(f"error: lost contact with another process of this run ({_first_line(e)}); its "
             "own log says why. Restart every process with the same command to resume from the "
             "newest checkpoint.")
       return EXIT_LOST_PEER
     logging.flush()
     traceback.print_exc()
-    _line(f"error: unexpected {sys.exc_info()[0].__name__} (a bug; the traceback is above)."
+    print_line(f"error: unexpected {sys.exc_info()[0].__name__} (a bug; the traceback is above)."
           + (" The newest checkpoint is intact: rerun the same command to resume." if resumable
              else ""))
     return EXIT_BUG
@@ -291,7 +291,8 @@ def last_error_line(output: str) -> str:
   return (errors or lines or ["(no output)"])[-1]
 
 
-def _line(text: str) -> None:
+def print_line(text: str) -> None:
+  """Prints one line of the program's outcome on stderr, after the log lines before it."""
   logging.flush()
   sys.stderr.write(text + "\n")
   sys.stderr.flush()

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from mixsiam_jax import stopping
 from mixsiam_jax.checkpointing import Checkpoints
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.options import positive_int
@@ -268,6 +269,7 @@ def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: in
           if step == start_step + 1:  # Start the clock once the compiled first step is done.
             loop.wait_for_steps(0)
             loop.progress.mark(step)
+            stopping.first_step_finished()  # From here on a signal saves, then stops.
           loop.history.append(metrics)
           for hook in hooks:
             hook(step)

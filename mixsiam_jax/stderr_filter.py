@@ -12,8 +12,9 @@ Python's own writes go through the same pipe, so the order of lines is kept.
 """
 import contextlib
 import os
+import sys
 import threading
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 # Every warning and error text of libjpeg(-turbo) (jerror.h, JWRN_* and JERR_*), as printed:
 # TensorFlow's decoder prints an error's text too before it turns it into a failed op.
@@ -47,7 +48,7 @@ DRAIN_SECONDS = 2.0
 
 
 @contextlib.contextmanager
-def dropped(prefixes: Sequence[str] = LIBJPEG_MESSAGES) -> Iterator[None]:
+def dropped(prefixes: Sequence[str] = LIBJPEG_MESSAGES) -> Iterator[Callable[[], None]]:
   """Drops the stderr lines (file descriptor 2) that start with one of ``prefixes``.
 
   On exit file descriptor 2 is restored and everything written before is
@@ -56,6 +57,10 @@ def dropped(prefixes: Sequence[str] = LIBJPEG_MESSAGES) -> Iterator[None]:
 
   Args:
     prefixes: the starts of the lines to drop.
+
+  Yields:
+    ``restore()``: ends the filtering early (what the exit does; later calls do
+    nothing), for a thread that ends the process with os._exit inside the block.
   """
   original = os.dup(2)
   read_end, write_end = os.pipe()
@@ -64,13 +69,23 @@ def dropped(prefixes: Sequence[str] = LIBJPEG_MESSAGES) -> Iterator[None]:
   forward = threading.Thread(target=_forward, args=(read_end, original, tuple(
       p.encode() for p in prefixes)), name="stderr-filter", daemon=True)
   forward.start()
+  lock, restored = threading.Lock(), []
+
+  def restore() -> None:
+    with lock:
+      if restored:
+        return
+      restored.append(True)
+      # Restoring fd 2 closes the pipe's last write end: the thread reads the rest, then EOF.
+      sys.stderr.flush()
+      os.dup2(original, 2)
+      forward.join(DRAIN_SECONDS)
+      os.close(original)
+
   try:
-    yield
+    yield restore
   finally:
-    # Restoring fd 2 closes the pipe's last write end: the thread reads the rest, then EOF.
-    os.dup2(original, 2)
-    forward.join(DRAIN_SECONDS)
-    os.close(original)
+    restore()
 
 
 def _forward(read_end: int, out: int, prefixes: Sequence[bytes]) -> None:

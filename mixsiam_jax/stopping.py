@@ -20,6 +20,13 @@ exception raised there is printed as "Exception ignored in ..." and lost. A
 signal that finds the main thread collecting garbage is delivered again a
 moment later instead.
 
+Before the first step. Until a program's first step has finished (imports, data
+checks, restoring, the first compile: seconds to minutes, mostly inside
+TensorFlow's or XLA's C++ code, where no Python handler runs), there is nothing
+to save, and ``exit_before_first_step`` ends the process within a moment of a
+stop signal: Python's C-level handler writes the signal to a wakeup file
+descriptor that a helper thread reads, whatever the main thread is doing.
+
 Several processes: they must stop at the same step (the save is collective),
 so SIGTERM is left to JAX's preemption service (``jax.distributed.initialize``
 installs it), which agrees on a step across hosts; a SIGINT is forwarded to it
@@ -30,7 +37,7 @@ import gc
 import os
 import signal
 import threading
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 from absl import logging
 
@@ -57,6 +64,78 @@ def inside_gc_callback(frame) -> bool:
       return True
     frame = frame.f_back
   return False
+
+
+# Set while a program runs under exit_before_first_step and its first step has not finished.
+_BEFORE_FIRST_STEP = threading.Event()
+
+
+def before_first_step_message(signum: int) -> str:
+  """The one line for a stop signal that arrived before the first step finished."""
+  return (f"{SIGNAL_MEANING.get(signum, f'signal {signum}')} before the first step finished: "
+          "nothing was trained, so nothing is saved; rerun the same command to start again.")
+
+
+@contextlib.contextmanager
+def exit_before_first_step(on_signal: Callable[[int], None],
+                           signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)
+                           ) -> Iterator[None]:
+  """Within the block, until first_step_finished(), a stop signal calls ``on_signal`` at once.
+
+  ``on_signal(signum)`` runs on a helper thread while the main thread may be
+  anywhere (inside a compile, an import, a data check); it is expected to end
+  the process (print its line, os._exit). Afterwards the signals belong to
+  whatever handlers the program installs (StopRequest); the helper ignores them.
+  Only the main thread can install this; elsewhere the block runs unchanged.
+
+  Args:
+    on_signal: called with the signal number, on the helper thread.
+    signals: the signals it covers.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  read_fd, write_fd = os.pipe()
+  os.set_blocking(write_fd, False)
+  # A Python handler must be installed for the C-level handler to write to the wakeup fd.
+  previous = {signum: signal.signal(signum, _default_after_first_step) for signum in signals}
+  previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+  _BEFORE_FIRST_STEP.set()
+  threading.Thread(target=_watch, args=(read_fd, on_signal), name="stop-before-first-step",
+                   daemon=True).start()
+  try:
+    yield
+  finally:
+    _BEFORE_FIRST_STEP.clear()
+    signal.set_wakeup_fd(previous_fd)
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+    os.close(write_fd)  # The helper reads end-of-file and ends.
+
+
+def first_step_finished() -> None:
+  """Tells exit_before_first_step that there is something to save from now on."""
+  _BEFORE_FIRST_STEP.clear()
+
+
+def _default_after_first_step(signum, frame) -> None:
+  """The main thread's handler: before the first step the helper acts; after it (outside
+  the loop's own handlers) the signal's default action ends the process, as without the block."""
+  del frame
+  if not _BEFORE_FIRST_STEP.is_set():
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _watch(read_fd: int, on_signal: Callable[[int], None]) -> None:
+  """Reads signal numbers from the wakeup fd until it closes; acts before the first step."""
+  with os.fdopen(read_fd, "rb", buffering=0) as wakeups:
+    while True:
+      received = wakeups.read(1)
+      if not received:
+        return
+      if _BEFORE_FIRST_STEP.is_set():
+        on_signal(received[0])
 
 
 class Interrupted(Exception):
@@ -127,6 +206,8 @@ class StopRequest:
     return self._signum
 
   def _handle(self, signum, frame):
+    if _BEFORE_FIRST_STEP.is_set():
+      return  # exit_before_first_step's helper ends the process.
     if self._waiting and (self._collecting or inside_gc_callback(frame)):
       # Raising here would be printed and dropped: deliver the same signal again shortly.
       threading.Timer(REDELIVERY_SECONDS, signal.pthread_kill,

@@ -88,3 +88,57 @@ def test_a_signal_inside_a_finalizer_interrupts_the_wait_after_the_collection(mo
         time.sleep(2)
   assert log == [True, False] and not unraisable and stop.signum == signal.SIGTERM
   assert stop._track_collection not in gc.callbacks  # pylint: disable=protected-access
+
+
+# ---------------------------------------------------------------------------
+# Before the first step: a helper thread ends the run, whatever the main thread does.
+# ---------------------------------------------------------------------------
+def _heard(received):
+  def on_signal(signum):
+    received.append((signum, threading.current_thread().name, time.monotonic()))
+  return on_signal
+
+
+def test_a_signal_before_the_first_step_reaches_the_helper_at_once():
+  received = []
+  previous = signal.getsignal(signal.SIGTERM)
+  with stopping.exit_before_first_step(_heard(received)):
+    sent = time.monotonic()
+    os.kill(os.getpid(), signal.SIGTERM)
+    # Busy in the main thread, as in a compile; nothing is raised here.
+    deadline = time.monotonic() + 5
+    while not received and time.monotonic() < deadline:
+      sum(range(10000))
+  assert [(signum, thread) for signum, thread, _ in received] == [
+      (signal.SIGTERM, "stop-before-first-step")]
+  assert received[0][2] - sent < 2.0
+  assert signal.getsignal(signal.SIGTERM) == previous  # restored on exit
+  assert signal.set_wakeup_fd(-1) == -1  # and the wakeup fd too
+
+
+def test_the_loop_handles_signals_once_the_first_step_has_finished():
+  received = []
+  with stopping.exit_before_first_step(_heard(received)):
+    with stopping.StopRequest(num_processes=1) as stop:
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(0.2)
+      assert stop.signum is None  # before the first step, the loop leaves it to the helper
+      stopping.first_step_finished()
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(0.2)
+      assert stop.requested(1) and stop.signum == signal.SIGTERM  # save, then stop
+  assert [signum for signum, _, _ in received] == [signal.SIGTERM]
+
+
+def test_after_the_first_step_outside_the_loop_a_signal_has_its_default_action():
+  script = ("import os, signal, time\n"
+            "from mixsiam_jax import stopping\n"
+            "with stopping.exit_before_first_step(print):\n"
+            "  stopping.first_step_finished()\n"
+            "  os.kill(os.getpid(), signal.SIGTERM)\n"
+            "  time.sleep(5)\n"
+            "print('not reached')\n")
+  import subprocess  # pylint: disable=g-import-not-at-top
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert result.returncode == -signal.SIGTERM and "not reached" not in result.stdout

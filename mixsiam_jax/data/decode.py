@@ -56,7 +56,7 @@ class BadImageLog:
     return self._known.lookup(name)
 
   def remember(self, name: str, how: int) -> None:
-    """Records how the file ``name`` decodes (PIL_ONLY or UNREADABLE) for the rest of the program."""
+    """Records how the file ``name`` decodes (PIL_ONLY or UNREADABLE), for the whole program."""
     self._known.insert(tf.constant([name]), tf.constant([how], tf.int32))
     with self._lock:
       self._remembered += 1

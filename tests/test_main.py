@@ -332,6 +332,66 @@ def test_a_full_disk_ends_in_one_line_and_the_run_resumes_once_there_is_space(
     subprocess.run(["umount", "-l", str(disk)])
 
 
+def resumes(workdir, data):
+  """Starts the run again on ``workdir``; True once it says it resumed (then stopped by SIGTERM)."""
+  proc = start_main(workdir, data, *LONG)
+  seen = []
+  for line in proc.stderr:
+    seen.append(line)
+    if "Resumed from " in line:
+      break
+  proc.send_signal(signal.SIGTERM)
+  proc.communicate(timeout=120)
+  return any("Resumed from " in line for line in seen)
+
+
+@pytest.mark.slow
+def test_a_disk_filled_by_another_program_mid_run_ends_in_one_line_with_status_4(
+    cifar_jpeg_folder, tmp_path):
+  disk = tmp_path / "disk"
+  if not small_disk(disk, 16):
+    pytest.skip("needs root to mount a small tmpfs")
+  try:
+    workdir = disk / "run"
+    proc = start_main(workdir, cifar_jpeg_folder, *LONG)
+    wait_for_step(workdir, 4, proc)
+    # Another program fills the disk (dd until it is full).
+    subprocess.run(["dd", "if=/dev/zero", f"of={disk / 'filler'}", "bs=64k"], capture_output=True)
+    status, lines = ended_within(proc, 60)
+    assert status == 4 and len(lines) == 1, lines
+    assert re.match(r"error: cannot (save checkpoint \d+ in|write) .*[Nn]o space left on device, "
+                    r"[\d.]+ \w+ free; the newest intact checkpoint is step \d+", lines[0]), lines
+    os.remove(disk / "filler")
+    assert resumes(workdir, cifar_jpeg_folder)
+  finally:
+    subprocess.run(["umount", "-l", str(disk)])
+
+
+@pytest.mark.slow
+def test_a_workdir_made_read_only_mid_run_ends_in_one_line_with_status_4(cifar_jpeg_folder,
+                                                                        tmp_path):
+  workdir = tmp_path / "run"
+  if os.geteuid() != 0 or not shutil.which("mount"):
+    pytest.skip("needs root to mount")
+  proc = start_main(workdir, cifar_jpeg_folder, *LONG)
+  wait_for_step(workdir, 4, proc)
+  # A read-only view of the workdir over it: every path opened from now on is read-only (the
+  # kernel refuses to remount a file system read-only while files on it are open for writing).
+  mounted = subprocess.run(["mount", "--bind", str(workdir), str(workdir)]).returncode == 0
+  try:
+    if not mounted or subprocess.run(["mount", "-o", "remount,ro,bind", str(workdir)]).returncode:
+      proc.kill()
+      pytest.skip("this machine cannot bind-mount read-only")
+    status, lines = ended_within(proc, 60)
+    assert status == 4 and len(lines) == 1, lines
+    assert re.match(r"error: cannot (save checkpoint \d+ in|write) .*[Rr]ead-only file system.*"
+                    r"the newest intact checkpoint is step \d+", lines[0]), lines
+  finally:
+    if mounted:
+      subprocess.run(["umount", "-l", str(workdir)])
+  assert resumes(workdir, cifar_jpeg_folder)
+
+
 @pytest.mark.slow
 def test_a_failing_knn_monitor_keeps_the_checkpoint_of_its_step(cifar_jpeg_folder, tmp_path):
   evaluation = copy_folder(cifar_jpeg_folder, tmp_path / "eval")

@@ -292,6 +292,18 @@ def test_files_added_mid_run_are_not_read_and_the_next_resume_refuses_them(
   assert len(lines) == 1 and "differs from the one this run started on" in lines[0], lines
 
 
+@pytest.mark.slow
+def test_a_link_from_the_data_folder_to_itself_adds_no_class_and_no_image(cifar_jpeg_folder,
+                                                                         tmp_path):
+  data = copy_folder(cifar_jpeg_folder, tmp_path / "data")
+  os.symlink(".", data / "loop_top")
+  result = run_main(*TINY, f"--config.dataset=folder:{data}", f"--workdir={tmp_path / 'run'}",
+                    "--config.num_train_steps=1", timeout=180)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"train data: folder:{data} split 'train': 200 examples, 10 classes" in result.stderr
+  assert result.stderr.count("loop_top") == 1, result.stderr[-3000:]  # named once
+
+
 def small_disk(path, megabytes, size=None):
   """A tmpfs of ``megabytes`` (or ``size``, e.g. '8k') at ``path`` (root only); False where it
   cannot be mounted."""

@@ -136,6 +136,10 @@ def _check_class_sizes(path: str, class_names, labels) -> None:
         "so an empty one would shift every label after it. Add images or remove the folder(s).")
 
 
+# (folder, skipped links) already named in a warning by this process.
+_WARNED_LINKS = set()
+
+
 def list_folder(path: str, field: str = "dataset") -> FolderListing:
   """Lists an image folder (see the module docstring); reads no image.
 
@@ -186,7 +190,9 @@ def list_folder(path: str, field: str = "dataset") -> FolderListing:
                        "expected PATH/<class>/<image> or a flat folder of images.")
   if classes:
     _check_class_sizes(path, classes, labels)
-  if skipped:
+  if skipped and (path, tuple(skipped)) not in _WARNED_LINKS:
+    # Once per process: the program lists a folder several times (checks, streams rebuilt).
+    _WARNED_LINKS.add((path, tuple(skipped)))
     logging.warning(
         "Image folder %s: did not follow %d folder link(s) that lead back into the folders "
         "being listed (a loop, or a second path to the same images): %s. Each image is listed "

@@ -321,8 +321,8 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
 
 
 def restore_replicated(workdir: str, mesh: Mesh, step: Optional[int] = None,
-                       items: Tuple[str, ...] = ("params", "batch_stats")
-                       ) -> Tuple[Dict[str, Any], Dict[str, Any], int]:
+                       items: Tuple[str, ...] = ("params", "batch_stats"),
+                       field: str = "pretrained") -> Tuple[Dict[str, Any], Dict[str, Any], int]:
   """Restores parts of a pretraining run's checkpoint, replicated on ``mesh``.
 
   Works whatever device layout wrote the checkpoint; nothing in ``workdir`` is
@@ -333,6 +333,8 @@ def restore_replicated(workdir: str, mesh: Mesh, step: Optional[int] = None,
     mesh: where the restored arrays are placed (replicated).
     step: the step to restore (default: the newest).
     items: top-level entries of the state tree to return.
+    field: the option that named ``workdir``, in messages ("pretrained" for
+      --config.pretrained, "--workdir" for a tool's flag).
 
   Returns:
     (dict of the requested entries, meta dict, step).
@@ -345,19 +347,19 @@ def restore_replicated(workdir: str, mesh: Mesh, step: Optional[int] = None,
   if not workdir:
     raise CheckpointError("--config.pretrained is empty: set it to a pretraining workdir.")
   if not os.path.isdir(workdir):
-    raise CheckpointError(f"pretrained={workdir} does not exist or is not a directory.")
+    raise CheckpointError(f"{field}={workdir} does not exist or is not a directory.")
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
-    raise CheckpointError(f"pretrained={workdir} holds no checkpoints/ directory; "
+    raise CheckpointError(f"{field}={workdir} holds no checkpoints/ directory; "
                           "point it at the --workdir of a pretraining run.")
   manager = create_manager(directory, read_only=True, async_save=False)
   try:
     steps = manager.all_steps()
     if not steps:
-      raise CheckpointError(f"pretrained={workdir}: {directory} holds no complete checkpoint.")
+      raise CheckpointError(f"{field}={workdir}: {directory} holds no complete checkpoint.")
     step = max(steps) if step is None else step
     if step not in steps:
-      raise CheckpointError(f"pretrained={workdir} has no checkpoint at step {step}; "
+      raise CheckpointError(f"{field}={workdir} has no checkpoint at step {step}; "
                             f"available: {sorted(steps)}.")
     read = lambda s: _read_replicated(manager, s, sharding.replicated(mesh), items)
     try:

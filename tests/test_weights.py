@@ -482,7 +482,8 @@ def test_command_line_errors_are_one_line(tmp_path):
       ([f"--workdir={tmp_path}", f"--out={missing}/w.npz"], f"folder {missing} does not exist"),
       ([f"--workdir={tmp_path}/run", f"--out={tmp_path}/w.npz"], "run does not exist"),
       # Read after JAX's backend has started (where libtpu is installed, its TPU search).
-      ([f"--workdir={tmp_path}", f"--out={tmp_path}/w.npz"], "holds no checkpoints/")):
+      ([f"--workdir={tmp_path}", f"--out={tmp_path}/w.npz"],
+       f"--workdir={tmp_path} holds no checkpoints/")):
     result = entry_points.run("-m", "mixsiam_jax.weights", "export", *args)
     assert result.returncode == 1
     assert message in entry_points.one_error_line(result)

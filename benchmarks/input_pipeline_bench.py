@@ -52,9 +52,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mixsiam_jax import cli  # noqa: E402
 # Before mixsiam_jax.data imports TensorFlow: its start-up notices dropped, the GPUs hidden.
 cli.import_tensorflow()
-from configs import cifar10  # noqa: E402
-from mixsiam_jax import models, optim, program_options, sharding, train  # noqa: E402
-from mixsiam_jax.data import pipeline  # noqa: E402
+from configs import cifar10, imagenet  # noqa: E402
+from mixsiam_jax import device_crops, models, optim, program_options, sharding, train  # noqa: E402
+from mixsiam_jax.data import decode, pipeline, sources  # noqa: E402
 from mixsiam_jax.photometric import device_photometric_augment  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -152,14 +152,42 @@ def write_imagenet_like(sample_dir, out_dir, num_files, num_classes, seed=0):
   return len(sources), sum(sizes)
 
 
-def bench_ours(folder, size, n, mode, blur, batch_size, warmup=3):
-  """Examples/s (each two views) of our pipeline; mode: 'host_crop', 'device', 'host_all'."""
+def _decode_only(folder, batch_size):
+  """Read + decode of every file in a seeded order, nothing else: the host's floor."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (after cli.import_tensorflow)
+  source = sources.open_source(f"folder:{folder}", "train")
+  log = decode.BadImageLog()
+  n = source.info.num_examples
+
+  def read_decode(k):
+    data, _, name = source.fetch(tf.random.experimental.index_shuffle(
+        k % n, seed=tf.constant([0, 0], tf.int64), max_index=n - 1))
+    image, ok = decode.decode_image(data, name, log)
+    return tf.shape(image), ok
+
+  ds = tf.data.Dataset.counter(dtype=tf.int64).map(read_decode, num_parallel_calls=-1,
+                                                   deterministic=True)
+  return ds.batch(batch_size).prefetch(-1)
+
+
+def bench_ours(folder, size, n, mode, blur, batch_size, canvas_size, warmup=3):
+  """Examples/s (each two views) of a host pipeline, timed the same way for every mode.
+
+  Modes: 'decode_only' (read + decode), 'ours' (decode, windows, canvas:
+  resize on the device), 'ours_host_resize' (crop + resize + flip on the host),
+  'device' (ours_host_resize + the photometric ops jitted on this CPU),
+  'host_all' (everything in tf.data).
+  """
   photometric = photometric_options(blur)
-  options = pipeline.TrainDataOptions(
-      dataset=f"folder:{folder}", split="train", global_batch_size=batch_size, image_size=size,
-      seed=0, crop_scale=(0.2, 1.0), skip_bad_images=True,
-      host_photometric=photometric if mode == "host_all" else None)
-  ds = pipeline.create_pretrain_dataset(options, process_index=0, process_count=1)
+  if mode == "decode_only":
+    ds = _decode_only(folder, batch_size)
+  else:
+    options = pipeline.TrainDataOptions(
+        dataset=f"folder:{folder}", split="train", global_batch_size=batch_size,
+        image_size=size, seed=0, crop_scale=(0.2, 1.0), skip_bad_images=True,
+        canvas_size=canvas_size if mode == "ours" else 0,
+        host_photometric=photometric if mode == "host_all" else None)
+    ds = pipeline.create_pretrain_dataset(options, process_index=0, process_count=1)
 
   def device_part(i, views):  # [B, 2, S, S, 3] uint8 -> dispatched (async) jax.Array.
     flat = views.reshape((-1,) + views.shape[2:])
@@ -174,12 +202,12 @@ def bench_ours(folder, size, n, mode, blur, batch_size, warmup=3):
   start, seen, pending = time.time(), 0, None
   i = warmup
   while seen < n:
-    views = next(it)["views"]  # The host part of the next batch overlaps the device part.
+    batch = next(it)  # The host part of the next batch overlaps the device part.
     if pending is not None:
       pending.block_until_ready()
     if mode == "device":
-      pending = device_part(i, views)
-    seen += views.shape[0]
+      pending = device_part(i, batch["views"])
+    seen += len(batch["index"] if mode != "decode_only" else batch[1])
     i += 1
   if pending is not None:
     pending.block_until_ready()
@@ -187,6 +215,23 @@ def bench_ours(folder, size, n, mode, blur, batch_size, warmup=3):
   del it, ds
   gc.collect()
   return rate
+
+
+def bench_device_crops(batch_size, size, canvas_size, reps=5):
+  """Seconds per batch of device_crops.crop_resize_flip jitted on this CPU (median of reps)."""
+  rs = np.random.RandomState(0)
+  canvas = rs.randint(0, 256, (batch_size, canvas_size, canvas_size, 3)).astype(np.uint8)
+  side = min(canvas_size, int(canvas_size * 0.9))
+  windows = np.tile(np.array([0, 0, side, side], np.float32), (batch_size, 2, 1))
+  flip = rs.rand(batch_size, 2) < 0.5
+  fn = jax.jit(device_crops.crop_resize_flip, static_argnums=3)
+  fn(canvas, windows, flip, size).block_until_ready()
+  times = []
+  for _ in range(reps):
+    start = time.time()
+    fn(canvas, windows, flip, size).block_until_ready()
+    times.append(time.time() - start)
+  return float(np.median(times))
 
 
 def bench_torch(python, folder, size, n, blur, batch_size):
@@ -253,6 +298,13 @@ def main():
                       help="Default 0 (CIFAR recipe), 0.5 with --imagenet.")
   parser.add_argument("--torch_python", default=sys.executable,
                       help="interpreter with torch and torchvision (default: this one)")
+  parser.add_argument("--canvas_size", type=int, default=0,
+                      help="Canvas of the 'ours' row (default: the recipe's, 32 or 512 with "
+                           "--imagenet).")
+  parser.add_argument("--rows", default="decode_only,ours_host_resize,ours,device,host_all",
+                      help="Our pipeline rows to time, in this order.")
+  parser.add_argument("--repeats", type=int, default=2,
+                      help="Rounds over the rows; each row reports its best round.")
   parser.add_argument("--step", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
   parser.add_argument("--step_depth", type=int, default=18)
   parser.add_argument("--step_width", type=int, default=64)
@@ -260,15 +312,16 @@ def main():
   parser.add_argument("--step_image", type=int, default=32)
   parser.add_argument("--step_reps", type=int, default=5)
   args = parser.parse_args()
-  imagenet = args.imagenet
-  size = args.image_size or (224 if imagenet else 32)
-  num = args.num or (1536 if imagenet else 10000)
-  batch = args.batch_size or (128 if imagenet else 256)
-  blur = args.blur_prob if args.blur_prob >= 0 else (0.5 if imagenet else 0.0)
+  size = args.image_size or (224 if args.imagenet else 32)
+  num = args.num or (1536 if args.imagenet else 10000)
+  batch = args.batch_size or (128 if args.imagenet else 256)
+  blur = args.blur_prob if args.blur_prob >= 0 else (0.5 if args.imagenet else 0.0)
+  canvas_size = args.canvas_size or (imagenet.get_config() if args.imagenet
+                                     else cifar10.get_config()).data.canvas_size
   cores = os.cpu_count()
   tmp = None
   try:
-    if imagenet:
+    if args.imagenet:
       sample_dir = args.sample_dir or find_sample_dir([sys.executable, args.torch_python])
       if not sample_dir:
         raise SystemExit("scikit-image not found; `pip install scikit-image` into --torch_python's "
@@ -290,13 +343,25 @@ def main():
           f"{num} examples timed (examples/s; each example = two views)")
     print(f"  {'torchvision (official SimSiam, %d workers)' % cores:58s}"
           + (f"{torch_ips:8.0f}" if torch_ips else msg))
+    names = {"decode_only": "read + decode only (the host's floor)",
+             "ours": f"ours: decode + windows + {canvas_size}px canvas (resize on device)",
+             "ours_host_resize": "ours_host_resize: crop+resize+flip on host",
+             "device": "ours_host_resize + photometric jitted on this CPU",
+             "host_all": "ours: all on host"}
+    modes = [m for m in args.rows.split(",") if m]
+    for mode in modes:
+      if mode not in names:
+        raise SystemExit(f"--rows: unknown row {mode!r}; choose from {', '.join(names)}")
+    # Rows alternate over --repeats rounds and each keeps its best round, so that load from
+    # other processes on a shared machine hurts every row alike.
     rates = {}
-    for mode, what in (("host_crop", "ours: crop+flip on host (host part only)"),
-                       ("device", "ours: crop+flip host + photometric jitted on this CPU"),
-                       ("host_all", "ours: all on host")):
-      rates[mode] = bench_ours(folder, size, num, mode, blur, batch)
+    for _ in range(args.repeats):
+      for mode in modes:
+        rate = bench_ours(folder, size, num, mode, blur, batch, canvas_size)
+        rates[mode] = max(rates.get(mode, 0.0), rate)
+    for mode in modes:
       ratio = f"   ratio {rates[mode] / torch_ips:5.2f}x" if torch_ips else ""
-      print(f"  {what:58s}{rates[mode]:8.0f}{ratio}")
+      print(f"  {names[mode]:58s}{rates[mode]:8.0f}{ratio}")
   finally:
     if tmp:
       shutil.rmtree(tmp, ignore_errors=True)
@@ -311,8 +376,16 @@ def main():
     for mode, rate in rates.items():
       verdict = "faster" if rate > ips else "SLOWER"
       print(f"  pipeline '{mode}' {rate:.0f}/s is {verdict} than the step ({rate / ips:.1f}x)")
-    if imagenet and args.step_image != size:
+    if args.imagenet and args.step_image != size:
       print(f"  (the step is the {args.step_image}-px one; a {size}-px step is far slower still)")
+  if "ours" in rates:
+    seconds = bench_device_crops(batch, size, canvas_size)
+    print(f"device part of 'ours' (crop + resize + flip of {batch} x 2 views from "
+          f"{canvas_size}px canvases) jitted on this CPU: {seconds * 1e3:.0f} ms per batch "
+          f"= {batch / seconds:.0f} examples/s")
+  for other in ("decode_only", "ours_host_resize"):
+    if "ours" in rates and other in rates:
+      print(f"ratio ours / {other}: {rates['ours'] / rates[other]:.2f}")
 
 
 if __name__ == "__main__":

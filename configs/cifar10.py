@@ -51,6 +51,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data.blur_sigma = (0.1, 2.0)
   # Colour jitter, grayscale and blur on the device inside the jitted step (True) or on the host.
   config.data.photometric_on_device = True
+  # Where the crops are resized and flipped: True = the host decodes and draws the crop windows,
+  # the jitted step resizes (antialiased, as tf.image.resize) and flips; False = the host does
+  # it all. Chosen per recipe from docs/input_pipeline.md's measurements (the same windows).
+  config.data.resize_on_device = False
+  # Side of the uint8 canvas that carries each decoded image to the device (resize_on_device);
+  # a larger image is shrunk on the host to fit, counted and reported. CIFAR images are 32 px.
+  config.data.canvas_size = 32
   # Skip (and report once) undecodable images instead of failing.
   config.data.skip_bad_images = True
   # Batches kept ready on the device ahead of the step.

@@ -58,13 +58,15 @@ def _dataset_size(opts: PretrainOptions) -> Tuple[int, int]:
   return opts.batch_size, 0
 
 
-def abstract_batch(batch_size: int, image_size: int, mesh: jax.sharding.Mesh) -> Dict[str, Any]:
+def abstract_batch(batch_size: int, image_size: int, mesh: jax.sharding.Mesh,
+                   canvas_size: int = 0) -> Dict[str, Any]:
   """What the pretraining input pipeline yields per step, as sharded abstract arrays.
 
   Args:
     batch_size: the global batch.
     image_size: side of the square views.
     mesh: the mesh the batch is sharded over (along its rows).
+    canvas_size: 0 (views resized on the host) or the side of the canvases.
 
   Returns:
     batch_format.pretrain_batch_format's keys, shapes and dtypes as
@@ -72,7 +74,8 @@ def abstract_batch(batch_size: int, image_size: int, mesh: jax.sharding.Mesh) ->
   """
   data = sharding.batch_sharded(mesh)
   return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=data) for key, (shape, dtype)
-          in batch_format.pretrain_batch_format(batch_size, image_size).items()}
+          in batch_format.pretrain_batch_format(batch_size, image_size,
+                                                canvas_size=canvas_size).items()}
 
 
 def build_step(opts: PretrainOptions, mesh: jax.sharding.Mesh) -> BuiltStep:
@@ -88,7 +91,8 @@ def build_step(opts: PretrainOptions, mesh: jax.sharding.Mesh) -> BuiltStep:
                                      mesh=mesh)
   rng = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype,
                              sharding=sharding.replicated(mesh))
-  batch = abstract_batch(opts.batch_size, opts.image_size, mesh)
+  batch = abstract_batch(opts.batch_size, opts.image_size, mesh,
+                         opts.data.canvas_size if opts.data.resize_on_device else 0)
   platform = sharding.mesh_platform(mesh)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   return BuiltStep(training.step, (state, batch, rng), num_params,
@@ -165,6 +169,9 @@ def plan_and_compile(opts: PretrainOptions, topology: topologies.Topology, *,
   if cost["per_device"]:
     cost["per_image"] = cost["per_device"] * num_devices / opts.batch_size
   out["flops"] = cost
+  if opts.data.resize_on_device:
+    out["device_crops"] = compile_report.device_crops_cost(
+        opts.batch_size // num_devices, opts.image_size, opts.data.canvas_size)
   out["collectives"] = compile_report.collectives(hlo)
   out["program"] = compile_report.program_shape(hlo)
   # The chips' peaks are bf16 peaks: a float32 step has no estimate.

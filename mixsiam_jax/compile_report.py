@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional
 
 import jax
 
+from mixsiam_jax import device_crops
+
 GIB = 2**30
 # Bytes per element of HLO's primitive types.
 _ELEMENT_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1,
@@ -129,6 +131,30 @@ def flops(compiled: Any, step: Any, args: Any, num_devices: int, platform: str
   return {"per_device": None, "source": "not available"}
 
 
+def device_crops_cost(batch_size: int, image_size: int, canvas_size: int) -> Dict[str, float]:
+  """FLOPs and bytes accessed of the step's crop, resize and flip (device_crops.py), per device.
+
+  XLA's cost analysis of the function alone, lowered for this host's CPU (its
+  products are plain dots there, which a GPU's analysis would leave out).
+
+  Args:
+    batch_size: examples per device (two views each).
+    image_size: side of the views.
+    canvas_size: side of the canvases.
+
+  Returns:
+    {'flops', 'bytes_accessed'} per device per step.
+  """
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  args = [jax.ShapeDtypeStruct(shape, dtype, sharding=cpu) for shape, dtype in (
+      ((batch_size, canvas_size, canvas_size, 3), jax.numpy.uint8),
+      ((batch_size, 2, 4), jax.numpy.float32), ((batch_size, 2), jax.numpy.bool_))]
+  cost = jax.jit(device_crops.crop_resize_flip, static_argnums=3).lower(
+      *args, image_size).cost_analysis()
+  return {"flops": float(cost.get("flops", 0.0)),
+          "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
+
+
 def program_shape(hlo_text: str) -> Dict[str, int]:
   """Counts of while loops and convolutions in optimised HLO (XLA's or cuDNN's)."""
   return {"while_loops": len(_WHILE.findall(hlo_text)),
@@ -166,6 +192,10 @@ def summary(plan: Dict[str, Any]) -> str:
   if cost["per_device"]:
     lines.append(f"FLOPs: {_count(cost['per_device'])} per device per step, "
                  f"{_count(cost['per_image'])} per image ({cost['source']}).")
+  crops = plan.get("device_crops")
+  if crops:
+    lines.append(f"of which crop + resize + flip on the device: {_count(crops['flops'])} FLOPs, "
+                 f"{_gib(crops['bytes_accessed'])} accessed per device per step.")
   est = plan.get("step_time_estimate")
   if est:
     lines.append(f"Step time ESTIMATE (not measured): {est['seconds'] * 1e3:.3g} ms at "

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from mixsiam_jax import augment, checkpoint, loop, progress, runner, sharding, train
 from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.checkpointing import Checkpoints
-from mixsiam_jax.data import DatasetError, decode, identity, iterate, pipeline, sources
+from mixsiam_jax.data import DatasetError, canvas, decode, identity, iterate, pipeline, sources
 from mixsiam_jax.data import tfds_prepare
 from mixsiam_jax.evaluation import evaluators
 from mixsiam_jax.models import metadata
@@ -214,13 +214,16 @@ def check_same_data(workdir: str, described: Dict[str, Dict[str, Any]]) -> None:
                     " and ".join(unfingerprinted))
 
 
-def train_data_options(opts: PretrainOptions, global_batch_size: int
+def train_data_options(opts: PretrainOptions, global_batch_size: int, host_views: bool = False
                        ) -> pipeline.TrainDataOptions:
-  """The input pipeline's options for pretraining with ``opts`` at ``global_batch_size``."""
+  """The input pipeline's options for pretraining with ``opts`` at ``global_batch_size``;
+  ``host_views`` makes the host resize the crops even where the step would."""
+  on_device = opts.data.resize_on_device and not host_views
   return pipeline.TrainDataOptions(
       dataset=opts.data.dataset, split=opts.data.split, global_batch_size=global_batch_size,
       image_size=opts.image_size, seed=opts.seed, crop_scale=opts.data.crop_scale,
       host_photometric=None if opts.photometric_on_device else opts.photometric,
+      canvas_size=opts.data.canvas_size if on_device else 0,
       skip_bad_images=opts.data.skip_bad_images)
 
 
@@ -230,12 +233,15 @@ def _training_stream(opts: PretrainOptions, info: sources.DatasetInfo,
   data checked) now, the reading starts when the stream is first read."""
   data_options = train_data_options(opts, opts.batch_size)
   bad_images = decode.BadImageLog()
+  overflows = canvas.OverflowLog(data_options.canvas_size)
 
   def make(step, checked):
     return pipeline.create_pretrain_dataset(data_options, start_step=step, expect=info,
-                                            bad_images=bad_images, checked_decoding=checked)
+                                            bad_images=bad_images, checked_decoding=checked,
+                                            canvas_overflows=overflows)
   return iterate.numpy_batches(make, start=start_step, first=make(start_step, False),
-                               name=f"--config.dataset={opts.data.dataset}")
+                               name=f"--config.dataset={opts.data.dataset}",
+                               remembered=bad_images.remembered)
 
 
 def _profiler(opts: PretrainOptions, path: str, start_step: int) -> Sequence[Any]:

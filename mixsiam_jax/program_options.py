@@ -71,6 +71,10 @@ class PretrainOptions:
     check_duration(self.num_train_steps, self.num_epochs)
     boolean("online_probe", self.online_probe)
     boolean("data.photometric_on_device", self.photometric_on_device)
+    if self.data.resize_on_device and not self.photometric_on_device:
+      raise OptionsError("data.resize_on_device=True needs data.photometric_on_device=True (the "
+                         "colour ops run on the views, which the device makes); set "
+                         "data.resize_on_device=False to do both on the host.")
     non_negative_int("profile_steps", self.profile_steps, "off")
     if self.optim.name != "sgd":
       raise OptionsError(f"optim.name={self.optim.name!r}: pretraining uses 'sgd' (LARS is "
@@ -204,7 +208,8 @@ def pretrain_options(config: ml_collections.ConfigDict) -> PretrainOptions:
       num_epochs=config.num_epochs, online_probe=config.online_probe,
       data=TrainData(dataset=config.dataset, split=config.train_split,
                      crop_scale=d.crop_scale, skip_bad_images=d.skip_bad_images,
-                     device_prefetch=d.device_prefetch),
+                     device_prefetch=d.device_prefetch, resize_on_device=d.resize_on_device,
+                     canvas_size=d.canvas_size),
       evaluation=_eval_data(config) if config.eval_dataset else None,
       knn=_knn(config),
       cadence=Cadence(log_every_steps=config.log_every_steps,

@@ -58,10 +58,11 @@ def build_training(opts: PretrainOptions, mesh: Mesh, num_examples: int,
       opts.optim, num_train_steps=opts.num_train_steps, num_epochs=opts.num_epochs,
       num_examples=num_examples, batch_size=opts.batch_size, has_predictor=True)
   photometric = opts.photometric if opts.photometric_on_device else None
+  crop_size = opts.image_size if opts.data.resize_on_device else None
   step = train.jit_train_step(
-      train.make_train_step(optimization.schedule, opts.method, photometric), mesh)
+      train.make_train_step(optimization.schedule, opts.method, photometric, crop_size), mesh)
   rep = sharding.replicated(mesh)
-  views = jax.jit(train.make_view_fn(opts.method, photometric),
+  views = jax.jit(train.make_view_fn(opts.method, photometric, crop_size),
                   in_shardings=(sharding.batch_sharded(mesh), rep, rep), out_shardings=rep)
   return Training(network=network, tx=optimization.tx, schedule=optimization.schedule,
                   num_steps=optimization.num_steps, step=step, views=views)

@@ -22,6 +22,11 @@ SAFE_TO_CHANGE = (
 FORMER_FIELDS = {
     "data.prefetch": "data.device_prefetch",
 }
+# Fields added to the configs after runs were recorded without them: the value that does
+# what those runs did (they resized the crops on the host, where the canvas has no role;
+# ANY: not compared when the recorded config lacks it).
+ANY = object()
+ADDED_FIELDS = {"data.resize_on_device": False, "data.canvas_size": ANY}
 # The run's length: changing it on a resume recomputes the lr schedule, so it is
 # refused unless the new config sets ALLOW_LENGTH_CHANGE.
 LENGTH_FIELDS = ("num_train_steps", "num_epochs")
@@ -46,8 +51,9 @@ _PROGRAMS = {"pretrain": "pretraining", "knn": "kNN", "linear_probe": "linear-pr
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[Difference]:
   """Lists (field, old value, new value) for every field that differs.
 
-  A field that one config lacks has the value ABSENT there; a field absent on
-  one side and None on the other does not differ (an unset optional field).
+  A field that one config lacks has the value ABSENT there (one of ADDED_FIELDS
+  that ``old`` lacks: its value there); a field absent on one side and None on the
+  other does not differ (an unset optional field).
 
   Args:
     old: a flattened config.
@@ -58,7 +64,9 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> List[D
   """
   diffs = []
   for key in sorted(set(old) | set(new)):
-    va, vb = old.get(key, ABSENT), new.get(key, ABSENT)
+    va, vb = old.get(key, ADDED_FIELDS.get(key, ABSENT)), new.get(key, ABSENT)
+    if va is ANY:
+      continue
     if va != vb and not (va is ABSENT and vb is None or vb is ABSENT and va is None):
       diffs.append((key, va, vb))
   return diffs

@@ -74,18 +74,26 @@ class TrainData:
     crop_scale: RandomResizedCrop area range.
     skip_bad_images: skip (and report) undecodable images instead of failing.
     device_prefetch: batches placed on the devices ahead of the step.
+    resize_on_device: the host sends decoded images in canvases with their crop
+      windows, and the train step crops, resizes and flips (False: the host does).
+    canvas_size: side of the canvases (resize_on_device); larger images are shrunk
+      on the host to fit, counted and reported.
   """
   dataset: str
   split: str
   crop_scale: Tuple[float, float]
   skip_bad_images: bool
   device_prefetch: int
+  resize_on_device: bool
+  canvas_size: int
 
   def __post_init__(self):
     names.check_split(self.dataset, self.split, "dataset", "train_split")
     object.__setattr__(self, "crop_scale", check_crop_scale(self.crop_scale))
     boolean("data.skip_bad_images", self.skip_bad_images)
     positive_int("data.device_prefetch", self.device_prefetch)
+    boolean("data.resize_on_device", self.resize_on_device)
+    positive_int("data.canvas_size", self.canvas_size)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from mixsiam_jax import augment, losses, sharding
+from mixsiam_jax import augment, device_crops, losses, sharding
 from mixsiam_jax.options import MethodOptions, PhotometricOptions
 from mixsiam_jax.photometric import device_photometric_augment
 
@@ -130,7 +130,8 @@ def step_keys(rng: jax.Array, step: jax.Array) -> Tuple[jax.Array, jax.Array, ja
   return rng_photo, rng_mix, rng_target
 
 
-def make_view_fn(method: MethodOptions, photometric: Optional[PhotometricOptions] = None
+def make_view_fn(method: MethodOptions, photometric: Optional[PhotometricOptions] = None,
+                 crop_size: Optional[int] = None
                  ) -> Callable[[Batch, jax.Array, jax.Array], jax.Array]:
   """Builds the on-device view preparation shared by the train step and previews.
 
@@ -138,6 +139,9 @@ def make_view_fn(method: MethodOptions, photometric: Optional[PhotometricOptions
     method: the method options (lam, mixing).
     photometric: colour jitter, grayscale and blur to run on the device; None if
       the host did them.
+    crop_size: None: batch['views'] holds the host's views; else the side of the
+      views the device cuts from batch['canvas'] with batch['windows'] and
+      batch['flip'] (device_crops.py; batch_format.py's canvas form).
 
   Returns:
     ``views(batch, rng, step) -> [B, V, H, W, 3]`` normalised float32 views:
@@ -145,7 +149,11 @@ def make_view_fn(method: MethodOptions, photometric: Optional[PhotometricOptions
   """
   def views_fn(batch: Batch, rng: jax.Array, step: jax.Array) -> jax.Array:
     rng_photo, rng_mix, _ = step_keys(rng, step)
-    raw = batch["views"]
+    if crop_size is None:
+      raw = batch["views"]
+    else:
+      raw = device_crops.crop_resize_flip(batch["canvas"], batch["windows"], batch["flip"],
+                                          crop_size) / 255.0
     batch_size = raw.shape[0]
     flat = raw.reshape((batch_size * 2,) + raw.shape[2:])
     if photometric is not None:
@@ -170,7 +178,8 @@ def make_view_fn(method: MethodOptions, photometric: Optional[PhotometricOptions
 
 
 def make_train_step(schedule: optax.Schedule, method: MethodOptions,
-                    photometric: Optional[PhotometricOptions] = None
+                    photometric: Optional[PhotometricOptions] = None,
+                    crop_size: Optional[int] = None
                     ) -> Callable[[TrainState, Batch, jax.Array], Tuple[TrainState, Metrics]]:
   """Builds the pure MixSiam train step.
 
@@ -179,13 +188,14 @@ def make_train_step(schedule: optax.Schedule, method: MethodOptions,
     method: the method options (lam, aggregation, mixing).
     photometric: colour jitter, grayscale and blur to run on the device; None if
       the host did them.
+    crop_size: None, or the side of the views the step cuts from canvases (make_view_fn).
 
   Returns:
     ``step(state, batch, rng) -> (state, metrics)`` where batch['views'] is
-    [B, 2, H, W, 3] (uint8 in [0, 255] or float in [0, 1]) and rng is the run's
-    base key.
+    [B, 2, H, W, 3] (uint8 in [0, 255] or float in [0, 1]), or with crop_size
+    batch['canvas'], ['windows'] and ['flip'], and rng is the run's base key.
   """
-  views_fn = make_view_fn(method, photometric)
+  views_fn = make_view_fn(method, photometric, crop_size)
 
   def step(state: TrainState, batch: Batch, rng: jax.Array) -> Tuple[TrainState, Metrics]:
     views = views_fn(batch, rng, state.step)

@@ -78,7 +78,7 @@ def write_grid(config, out: str, num_images: int, scale: int) -> str:
   # pylint: enable=g-import-not-at-top
   opts = program_options.pretrain_options(config)
   tfds_prepare.ensure_prepared(opts.data.dataset)  # downloaded on first use, as main.py does
-  data = pretrain.train_data_options(opts, num_images)
+  data = pretrain.train_data_options(opts, num_images, host_views=True)
   bad_images = decode.BadImageLog()
   ds = pipeline.create_pretrain_dataset(data, process_index=0, process_count=1,
                                         bad_images=bad_images)

@@ -119,8 +119,9 @@ def test_folder_batches(cifar_jpeg_folder):
   assert not np.array_equal(b["views"][:, 0], b["views"][:, 1])
 
 
-@pytest.mark.parametrize("num_views,host", [(2, False), (1, False), (2, True)])
-def test_batches_are_exactly_in_the_batch_format(tmp_path, num_views, host):
+@pytest.mark.parametrize("num_views,host,canvas", [(2, False, 0), (1, False, 0), (2, True, 0),
+                                                   (2, False, 32), (1, False, 32)])
+def test_batches_are_exactly_in_the_batch_format(tmp_path, num_views, host, canvas):
   # A tiny folder of 2 classes x 3 JPEGs of assorted sizes: 4 rows per batch.
   rng = np.random.default_rng(0)
   for name in ("a", "b"):
@@ -129,8 +130,8 @@ def test_batches_are_exactly_in_the_batch_format(tmp_path, num_views, host):
       pixels = rng.integers(0, 256, (20 + 3 * i, 24 - 2 * i, 3), dtype=np.uint8)
       Image.fromarray(pixels).save(tmp_path / name / f"{i}.jpg")
   ds = _pretrain(f"folder:{tmp_path}", global_batch_size=4, image_size=8, num_views=num_views,
-                 host_photometric=_simsiam_photometric() if host else None)
-  want = batch_format.pretrain_batch_format(4, 8, num_views)
+                 host_photometric=_simsiam_photometric() if host else None, canvas_size=canvas)
+  want = batch_format.pretrain_batch_format(4, 8, num_views, canvas)
   # Static shapes and dtypes of the stream, and those of a batch it yields.
   assert {k: (tuple(spec.shape.as_list()), np.dtype(spec.dtype.as_numpy_dtype))
           for k, spec in ds.element_spec.items()} == want
@@ -138,14 +139,15 @@ def test_batches_are_exactly_in_the_batch_format(tmp_path, num_views, host):
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == want
 
 
-def test_determinism_and_resume(cifar_jpeg_folder):
+@pytest.mark.parametrize("canvas", [0, 32])
+def test_determinism_and_resume(cifar_jpeg_folder, canvas):
   name = f"folder:{cifar_jpeg_folder}"
-  run1 = _take(_pretrain(name, seed=3), 25)  # 25 * 16 > 200: crosses epochs.
-  run2 = _take(_pretrain(name, seed=3), 25)
+  run1 = _take(_pretrain(name, seed=3, canvas_size=canvas), 25)  # 25 * 16 > 200: crosses epochs.
+  run2 = _take(_pretrain(name, seed=3, canvas_size=canvas), 25)
   for a, b in zip(run1, run2):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
-  resumed = _take(_pretrain(name, seed=3, start_step=17), 8)
+  resumed = _take(_pretrain(name, seed=3, start_step=17, canvas_size=canvas), 8)
   for a, b in zip(run1[17:], resumed):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
@@ -267,12 +269,14 @@ def messy_folder(tmp_path, cifar_jpeg_folder):
   return root
 
 
-def test_bad_files_skipped_and_reported(messy_folder):
+@pytest.mark.parametrize("canvas", [0, 24])
+def test_bad_files_skipped_and_reported(messy_folder, canvas):
   name = f"folder:{messy_folder}"
   source = sources.open_source(name, "train")
   assert source.info.num_classes == 2 and source.info.num_examples == 8 * 2 + 5 + 3
   log = decode.BadImageLog()
-  batches = _take(_pretrain(name, global_batch_size=8, bad_images=log), 6)  # Reads every file.
+  batches = _take(_pretrain(name, global_batch_size=8, bad_images=log, canvas_size=canvas),
+                  6)  # Reads every file.
   bad = log.snapshot()
   for f in ("truncated.jpg", "empty.jpg", "notes.jpg", "README.txt"):
     assert any(k.endswith(f) for k in bad), f
@@ -282,7 +286,7 @@ def test_bad_files_skipped_and_reported(messy_folder):
              if p.endswith(("truncated.jpg", "empty.jpg", "notes.jpg"))}
   for b in batches:  # Bad rows were replaced by readable ones.
     assert not bad_ids & set(b["index"].tolist())
-    assert b["views"].reshape(8, -1).max(axis=1).min() > 0
+    assert b["canvas" if canvas else "views"].reshape(8, -1).max(axis=1).min() > 0
 
 
 def test_bad_files_raise_when_not_skipping(messy_folder):
@@ -309,17 +313,18 @@ def test_batch_and_process_validation(cifar_jpeg_folder):
     _pretrain(f"folder:{cifar_jpeg_folder}", global_batch_size=512)
 
 
-@pytest.mark.parametrize("random_access", [True, False])
-def test_tfds_mock_data(random_access):
+@pytest.mark.parametrize("random_access,canvas", [(True, 0), (False, 0), (True, 32)])
+def test_tfds_mock_data(random_access, canvas):
   tfds_options = sources.TfdsOptions(random_access=random_access)
   with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
-    kw = dict(global_batch_size=8, seed=1, tfds_options=tfds_options)
+    kw = dict(global_batch_size=8, seed=1, tfds_options=tfds_options, canvas_size=canvas)
     run = _take(_pretrain("tfds:cifar10", **kw), 7)
     again = _take(_pretrain("tfds:cifar10", start_step=4, **kw), 3)
-    assert run[0]["views"].shape == (8, 2, 16, 16, 3)
+    images = "canvas" if canvas else "views"
+    assert run[0][images].shape == ((8, 32, 32, 3) if canvas else (8, 2, 16, 16, 3))
     for a, b in zip(run[4:], again):
-      np.testing.assert_array_equal(a["views"], b["views"])
-      np.testing.assert_array_equal(a["index"], b["index"])
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
     epoch = np.concatenate([b["index"] for b in run[:5]])
     assert sorted(epoch.tolist()) == list(range(40))
     ev = list(_eval("tfds:cifar10", "test", batch=16,

@@ -46,7 +46,7 @@ def test_pretraining_options_hold_the_configs_values():
   assert opts.method.lam == config.method.lam and opts.model.depth == 18
   assert opts.data == run_options.TrainData(
       dataset="tfds:cifar10", split="train", crop_scale=(0.2, 1.0), skip_bad_images=True,
-      device_prefetch=2)
+      device_prefetch=2, resize_on_device=config.data.resize_on_device, canvas_size=32)
   assert opts.evaluation.image_size == config.image_size and opts.knn == KnnOptions(200, 0.1)
   assert opts.cadence == Cadence(log_every_steps=50, checkpoint_every_steps=1000,
                                  eval_every_steps=5000)
@@ -85,6 +85,10 @@ def test_option_fields_have_no_defaults_of_their_own():
     (cifar10.get_config, "async_checkpointing", "yes", "async_checkpointing='yes'"),
     (cifar10.get_config, "data.device_prefetch", 0, "data.device_prefetch=0"),
     (cifar10.get_config, "data.crop_scale", (0.5, 0.2), "data.crop_scale=(0.5, 0.2)"),
+    (cifar10.get_config, "data.canvas_size", 0, "data.canvas_size=0 must be a positive integer"),
+    (cifar10.get_config, "data.resize_on_device", "yes", "data.resize_on_device='yes'"),
+    (imagenet.get_config, "data.photometric_on_device", False,
+     "data.resize_on_device=True needs data.photometric_on_device=True"),
     (cifar10.get_config, "online_probe", 1, "online_probe=1 must be true or false"),
     (cifar10.get_config, "profile_steps", -1, "profile_steps=-1"),
     (cifar10.get_config, "optim.name", "lars", "pretraining uses 'sgd'"),

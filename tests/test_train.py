@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixsiam_jax import optim, sharding, train
+from mixsiam_jax import device_crops, optim, sharding, train
 from tests.helpers import method, network, photometric
 
 IMAGE = 8
@@ -195,3 +195,28 @@ def test_step_is_traced_in_its_mesh_context():
   jitted.lower(jnp.zeros(()), jnp.zeros((len(mesh.devices),)), jax.random.key(0))
   assert len(seen) == 1 and seen[0].axis_names == (sharding.DATA_AXIS,)
   assert seen[0].shape[sharding.DATA_AXIS] == len(mesh.devices)
+
+
+def test_a_canvas_batch_trains_on_the_views_the_device_cuts_from_it():
+  """crop_size: the step (8 devices) cuts the views from the canvases; the same step fed those
+  views (cut on one device beforehand) gives the same metrics, to float32 round-off."""
+  rs = np.random.RandomState(3)
+  canvas = rs.randint(0, 256, (BATCH, 12, 12, 3)).astype(np.uint8)
+  sizes = rs.uniform(3, 11, (BATCH, 2, 2)).astype(np.float32)
+  corners = rs.uniform(0, 1, (BATCH, 2, 2)).astype(np.float32) * (11.5 - sizes)
+  windows = np.concatenate([corners, sizes], axis=-1)  # fractional, inside the 12 x 12 canvas
+  flip = rs.rand(BATCH, 2) < 0.5
+  views = np.asarray(device_crops.crop_resize_flip(canvas, windows, flip, IMAGE)) / 255.0
+  mesh = sharding.create_mesh()
+  metrics = {}
+  for name, batch, crop_size in (
+      ("device", {"canvas": canvas, "windows": windows, "flip": flip}, IMAGE),
+      ("given", {"views": views.astype(np.float32)}, None)):
+    state, _ = make(mesh)
+    step = train.jit_train_step(train.make_train_step(
+        optim.cosine_schedule(0.05, 10), method(lam=0.5), PHOTOMETRIC, crop_size), mesh)
+    _, m = step(state, sharding.global_batch(batch, mesh), jax.random.key(7))
+    metrics[name] = jax.device_get(m)
+  for key in ("loss", "loss_siam", "loss_mix", "grad_norm", "z_std"):
+    np.testing.assert_allclose(metrics["device"][key], metrics["given"][key], rtol=1e-4,
+                               atol=1e-6, err_msg=key)

@@ -34,6 +34,16 @@ def test_a_run_recorded_with_a_former_field_resumes():
   assert sorted(d[0] for d in differences) == ["data.device_prefetch", "data.prefetch"]
 
 
+def test_a_run_recorded_before_resize_on_device_resumes_only_on_the_host_path():
+  """Its config.json lacks data.resize_on_device and data.canvas_size: it resized on the host."""
+  old = config_dict()
+  del old["data"]["resize_on_device"], old["data"]["canvas_size"]
+  assert workdir_lib.check_resume_config(old, config_dict(**{"data.canvas_size": 64})) == []
+  with pytest.raises(workdir_lib.WorkdirError, match="data.resize_on_device: False in the "
+                     "workdir, True now"):
+    workdir_lib.check_resume_config(old, config_dict(**{"data.resize_on_device": True}))
+
+
 def test_workdir_errors_are_user_errors():
   assert issubclass(workdir_lib.WorkdirError, errors.UserError)
 

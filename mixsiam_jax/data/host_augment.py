@@ -68,6 +68,28 @@ def random_resized_crop_window(seed: tf.Tensor, height: tf.Tensor, width: tf.Ten
                  tf.int32)
 
 
+def crop_draws(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor, crop_scale=(0.2, 1.0),
+               num_views: int = 2):
+  """The crop windows and flips of ``num_views`` views of one image (crop_flip_views's draws).
+
+  The host-resize path (crop_flip_views) and the device-resize path (the pipeline
+  sends these with the image) draw them here, so both crop the same windows.
+
+  Args:
+    seed: int [2] stateless seed.
+    height, width: the image's size (int32 scalars).
+    crop_scale: (min, max) crop area fraction.
+    num_views: independent views drawn from ``seed``.
+
+  Returns:
+    (int32 [num_views, 4] windows (top, left, height, width), bool [num_views] flips).
+  """
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  windows = random_resized_crop_window(seeds[0], height, width, crop_scale, num=num_views)
+  flips = tf.random.stateless_uniform([num_views], seeds[1]) < 0.5
+  return windows, flips
+
+
 def crop_flip_views(seed: tf.Tensor, image: tf.Tensor, image_size: int, crop_scale=(0.2, 1.0),
                     num_views: int = 2, keep: Optional[int] = None) -> tf.Tensor:
   """RandomResizedCrop (bilinear; antialiased like PIL when shrinking) + flip p=0.5.
@@ -85,10 +107,8 @@ def crop_flip_views(seed: tf.Tensor, image: tf.Tensor, image_size: int, crop_sca
     uint8 [keep or num_views, image_size, image_size, 3].
   """
   image = tf.convert_to_tensor(image)
-  seeds = tf.random.experimental.stateless_split(seed, 2)
   shape = tf.shape(image)
-  windows = random_resized_crop_window(seeds[0], shape[0], shape[1], crop_scale, num=num_views)
-  flips = tf.random.stateless_uniform([num_views], seeds[1]) < 0.5
+  windows, flips = crop_draws(seed, shape[0], shape[1], crop_scale, num_views)
   views = []
   for v in range(num_views if keep is None else keep):
     top, left, ch, cw = tf.unstack(windows[v])

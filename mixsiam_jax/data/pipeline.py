@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from mixsiam_jax.data import DataChangedError, DatasetError
 from mixsiam_jax.data import batch_format
+from mixsiam_jax.data import canvas as canvas_lib
 from mixsiam_jax.data import decode
 from mixsiam_jax.data import host_augment
 from mixsiam_jax.data import names
@@ -81,6 +82,9 @@ class TrainDataOptions:
       linear probe: the first of the same two draws, so only one is cropped).
     host_photometric: colour jitter, grayscale and blur to apply on the host;
       None when the train step applies them on the device.
+    canvas_size: 0: the host crops, resizes and flips the views; C > 0: it sends each
+      decoded image in a C x C canvas with the same draws of windows and flips, and the
+      train step cuts the views (device_crops.py).
     skip_bad_images: skip (and report) unreadable images instead of raising.
     shuffle_buffer: shuffle buffer of the TFRecord fallback only.
     host_prefetch_batches: batches tf.data prepares ahead on the host
@@ -96,6 +100,7 @@ class TrainDataOptions:
   crop_scale: Tuple[float, float]
   num_views: int = 2
   host_photometric: Optional[PhotometricOptions] = None
+  canvas_size: int = 0
   skip_bad_images: bool
   shuffle_buffer: int = 16384
   host_prefetch_batches: int = tf.data.AUTOTUNE
@@ -109,6 +114,9 @@ class TrainDataOptions:
     object.__setattr__(self, "crop_scale", check_crop_scale(self.crop_scale))
     if self.num_views not in (1, 2):
       raise OptionsError(f"num_views={self.num_views!r} must be 1 or 2.")
+    if self.canvas_size and (self.canvas_size < 0 or self.host_photometric is not None):
+      raise OptionsError(f"canvas_size={self.canvas_size!r} must be 0 or positive, and 0 with "
+                         "host_photometric (whose colour ops need the host's views).")
     prefetch = self.host_prefetch_batches
     if not (prefetch > 0 or prefetch == tf.data.AUTOTUNE):
       raise OptionsError(f"host_prefetch_batches={prefetch!r} must be positive or "
@@ -164,7 +172,9 @@ def _replace_bad_rows(batch):
       num_good, message="Every image of a batch was unreadable; see the warnings above.")]):
     rows = tf.range(size)
     src = tf.where(ok, rows, tf.gather(good, rows % tf.maximum(num_good, 1)))
-  return {k: tf.gather(v, src) for k, v in batch.items()}
+  # The usual batch has no bad image: no copy (100 MB of 512 px canvases at batch 128).
+  return tf.cond(tf.reduce_all(ok), lambda: batch,
+                 lambda: {k: tf.gather(v, src) for k, v in batch.items()})
 
 
 def _in_format(batch, spec: batch_format.BatchFormat):
@@ -175,8 +185,10 @@ def _in_format(batch, spec: batch_format.BatchFormat):
   return {k: tf.ensure_shape(v, spec[k][0]) for k, v in batch.items()}
 
 
-def _views_fn(options: TrainDataOptions, log: decode.BadImageLog, checked: bool):
-  """Element {'bytes', 'name', 'epoch', 'index', 'label'} -> augmented uint8 views."""
+def _views_fn(options: TrainDataOptions, log: decode.BadImageLog, checked: bool,
+              overflows: Optional[canvas_lib.OverflowLog]):
+  """Element {'bytes', 'name', 'epoch', 'index', 'label'} -> augmented uint8 views, or the
+  canvas, windows and flips the device makes them from (options.canvas_size)."""
   photometric = (host_augment.host_photometric_fn(options.host_photometric)
                  if options.host_photometric is not None else None)
 
@@ -185,13 +197,21 @@ def _views_fn(options: TrainDataOptions, log: decode.BadImageLog, checked: bool)
                                     checked=checked)
     seeds = tf.random.experimental.stateless_split(
         _example_seed(options.seed, el["epoch"], el["index"]), 3)
+    out = {"label": el["label"], "index": el["index"], "ok": ok}
+    if options.canvas_size:
+      shape = tf.shape(image)
+      windows, flips = host_augment.crop_draws(seeds[0], shape[0], shape[1], options.crop_scale,
+                                               num_views=2)
+      image, windows = canvas_lib.fit_in_canvas(image, windows[:options.num_views], el["name"],
+                                                options.canvas_size, overflows)
+      return dict(out, canvas=image, windows=windows, flip=flips[:options.num_views])
     views = host_augment.crop_flip_views(seeds[0], image, options.image_size, options.crop_scale,
                                          num_views=2, keep=options.num_views)
     if photometric is not None:
       views = host_augment.to_uint8(tf.stack([
           255.0 * photometric(seeds[1 + v], tf.cast(views[v], tf.float32) / 255.0)
           for v in range(options.num_views)]))
-    return {"views": views, "label": el["label"], "index": el["index"], "ok": ok}
+    return dict(out, views=views)
 
   return views_fn
 
@@ -201,7 +221,9 @@ def create_pretrain_dataset(options: TrainDataOptions, *, start_step: int = 0,
                             process_count: Optional[int] = None,
                             bad_images: Optional[decode.BadImageLog] = None,
                             checked_decoding: bool = False,
-                            expect: Optional[sources.DatasetInfo] = None) -> tf.data.Dataset:
+                            expect: Optional[sources.DatasetInfo] = None,
+                            canvas_overflows: Optional[canvas_lib.OverflowLog] = None
+                            ) -> tf.data.Dataset:
   """Infinite per-process stream of augmented training batches (see the module docstring).
 
   Args:
@@ -212,11 +234,14 @@ def create_pretrain_dataset(options: TrainDataOptions, *, start_step: int = 0,
     checked_decoding: decode every image in Python (decode.decode_image's
       ``checked``): slower, for rebuilding a batch whose decoding failed.
     expect: the size and classes the data set must still have (None: any).
+    canvas_overflows: where images larger than options.canvas_size are reported
+      (default: a new log).
 
   Returns:
     tf.data.Dataset of batches in batch_format.pretrain_batch_format(B_local,
-    image_size, num_views): {'views': uint8 [B_local, num_views, S, S, 3],
-    'label': int32 [B_local], 'index': int64 [B_local]}.
+    image_size, num_views, canvas_size): {'views': uint8 [B_local, num_views, S,
+    S, 3], 'label': int32 [B_local], 'index': int64 [B_local]}, or 'canvas',
+    'windows' and 'flip' in place of 'views' when options.canvas_size > 0.
   """
   if start_step < 0:
     raise ValueError(f"start_step={start_step} must be >= 0.")
@@ -245,11 +270,17 @@ def create_pretrain_dataset(options: TrainDataOptions, *, start_step: int = 0,
     ds = positions.sequential_stream(
         source, seed=options.seed, start=start, process_index=process_index,
         process_count=process_count, shuffle_buffer=options.shuffle_buffer)
-  ds = ds.map(_views_fn(options, log, checked_decoding), num_parallel_calls=tf.data.AUTOTUNE,
-              deterministic=True)
-  spec = batch_format.pretrain_batch_format(local_batch, options.image_size, options.num_views)
-  ds = ds.batch(local_batch, drop_remainder=True).map(
-      lambda batch: _in_format(_replace_bad_rows(batch), spec))
+  overflows = canvas_overflows or canvas_lib.OverflowLog(options.canvas_size)
+  ds = ds.map(_views_fn(options, log, checked_decoding, overflows),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  spec = batch_format.pretrain_batch_format(local_batch, options.image_size, options.num_views,
+                                            options.canvas_size)
+  if options.canvas_size:  # Each image is padded to the canvas as it is copied into its batch.
+    ds = ds.padded_batch(local_batch, drop_remainder=True, padded_shapes={
+        "ok": [], **{k: shape[1:] for k, (shape, _) in spec.items()}})
+  else:
+    ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.map(lambda batch: _in_format(_replace_bad_rows(batch), spec))
   tf_options = tf.data.Options()
   tf_options.deterministic = True
   tf_options.threading.max_intra_op_parallelism = 1  # Parallelism comes from the maps.

@@ -28,3 +28,25 @@ def test_extract_features_normalises_and_drops_padding():
     features.extract_features(embed, iter([]))
 
 
+
+
+def test_an_evaluator_called_again_meets_a_rotten_file_once(tmp_path, cifar_jpeg_folder):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.data import decode  # pylint: disable=g-import-not-at-top
+  root = shutil.copytree(cifar_jpeg_folder, tmp_path / "rotten")
+  # Valid JPEG markers around garbage: passes the cheap check, fails every decoder.
+  (root / "cat" / "0005.jpg").write_bytes(b"\xff\xd8\xff" + bytes(range(256)) * 2 + b"\xff\xd9")
+  mesh = sharding.create_mesh()
+  embed = jax.jit(lambda x: x.mean(axis=(1, 2)))
+  log = decode.BadImageLog()
+  runs, learned = [], []
+  for _ in range(2):
+    runs.append(features.dataset_features(embed, mesh, f"folder:{root}", "[:10]", image_size=16,
+                                          batch_size=16, transform="resize_center_crop",
+                                          bad_images=log))
+    learned.append(log.remembered())
+  assert learned[0] > 0 and learned[1] == learned[0]  # learned in the first pass only
+  assert list(log.snapshot()) == [str(root / "cat" / "0005.jpg")]
+  for first, second in zip(*runs):
+    np.testing.assert_array_equal(first, second)
+  assert len(runs[0][0]) == 99  # 100 images, the rotten one masked out

@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mixsiam_jax import sharding
+from mixsiam_jax.data import decode
 from mixsiam_jax.evaluation import encoder, features, knn
 from mixsiam_jax.run_options import EvalData, KnnOptions
 
@@ -47,12 +48,16 @@ class KnnMonitor:
     sharding.check_global_batch(data.batch_size, mesh)
     self.num_classes = features.check_classes(data, user).num_classes
     self._embed_fn, self._mesh, self._data, self._vote = embed_fn, mesh, data, vote
+    # One for all calls: a bad file is named and decoded with checks once per run.
+    self._bad_images = decode.BadImageLog()
 
   def __call__(self, variables: Any) -> Metrics:
     """{'knn_top1', 'knn_top5'} in percent for the encoder's ``variables``."""
     embed = functools.partial(self._embed_fn, variables)
-    bank, bank_labels = features.split_features(embed, self._mesh, self._data, "train")
-    queries, query_labels = features.split_features(embed, self._mesh, self._data, "eval")
+    bank, bank_labels = features.split_features(embed, self._mesh, self._data, "train",
+                                                self._bad_images)
+    queries, query_labels = features.split_features(embed, self._mesh, self._data, "eval",
+                                                    self._bad_images)
     feats, labels, mask = knn.shard_bank(bank, bank_labels, self._mesh)
     acc = knn.knn_accuracy(feats, labels, queries, query_labels, num_classes=self.num_classes,
                            k=min(self._vote.k, len(bank)), temperature=self._vote.temperature,
@@ -105,8 +110,10 @@ def probe_evaluator(head: nn.Module, frozen: encoder.FrozenEncoder,
     ``evaluate(state) -> {'probe_top1', 'probe_top5'}`` (percent).
   """
 
+  bad_images = decode.BadImageLog()  # one for all calls, as in KnnMonitor
+
   def evaluate(state):
-    feats, labels = features.split_features(embed, mesh, data, "eval")
+    feats, labels = features.split_features(embed, mesh, data, "eval", bad_images)
     results = probe_accuracy(head, jax.device_get(state.params), feats, labels)
     frozen.check_unchanged()
     return results

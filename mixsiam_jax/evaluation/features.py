@@ -5,7 +5,7 @@ training side: the kNN bank or the probe's training set; an evaluation side: the
 queries or the probe's test set) with its deterministic transform.
 """
 import time
-from typing import Any, Callable, Dict, Iterable, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -93,7 +93,8 @@ def extract_features(embed_fn: Callable[[jax.Array], jax.Array],
 
 def dataset_features(embed_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, dataset: str,
                      split: str, *, image_size: int, batch_size: int, transform: str,
-                     skip_bad_images: bool = True, field: str = "dataset"
+                     skip_bad_images: bool = True, field: str = "dataset",
+                     bad_images: Optional[decode.BadImageLog] = None
                      ) -> Tuple[np.ndarray, np.ndarray]:
   """Features and labels of a whole split with the evaluation transform.
 
@@ -105,11 +106,14 @@ def dataset_features(embed_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, dat
       (a multiple of the mesh size).
     skip_bad_images: mask (and report) unreadable images instead of failing.
     field: the config field that names ``dataset``, for error messages.
+    bad_images: where unreadable images are reported and remembered; an
+      evaluator called again and again passes the same one, so each bad file is
+      named and decoded with checks once (default: a new log).
 
   Returns:
     (features [N, F], labels [N]) on the host.
   """
-  bad_images = decode.BadImageLog()
+  bad_images = bad_images if bad_images is not None else decode.BadImageLog()
 
   def make(start_batch, checked):
     return pipeline.create_eval_dataset(
@@ -127,8 +131,9 @@ def dataset_features(embed_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, dat
 
 
 def split_features(embed_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, data: EvalData,
-                   side: str) -> Tuple[np.ndarray, np.ndarray]:
-  """dataset_features of the 'train' or 'eval' side of ``data``."""
+                   side: str, bad_images: Optional[decode.BadImageLog] = None
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+  """dataset_features of the 'train' or 'eval' side of ``data`` (``bad_images`` as there)."""
   dataset, split, field = ((data.dataset, data.train_split, "dataset") if side == "train"
                            else (data.eval_dataset, data.eval_split, "eval_dataset"))
   # A pass over a large split takes minutes: say what it is and what it took.
@@ -139,7 +144,8 @@ def split_features(embed_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, data:
   start = time.monotonic()
   feats, labels = dataset_features(embed_fn, mesh, dataset, split, image_size=data.image_size,
                                    batch_size=data.batch_size, transform=data.transform,
-                                   skip_bad_images=data.skip_bad_images, field=field)
+                                   skip_bad_images=data.skip_bad_images, field=field,
+                                   bad_images=bad_images)
   if verbose:
     seconds = time.monotonic() - start
     logging.info("Computed %d features of %s split %r in %.1f s (%.0f images/s).", len(feats),

@@ -73,6 +73,7 @@ def test_tiny_run_on_mock_tfds_and_device_counts_agree(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds_prepare, "prepare_for_run", lambda datasets: None)
   config = tiny_config("tfds:cifar10")
   config.num_train_steps = 4
+  config.data.resize_on_device = True  # the device path here, the host path on folders above
   with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
     pretrain.train_and_evaluate(from_config(config), str(tmp_path / "eight"))
     pretrain.train_and_evaluate(from_config(config), str(tmp_path / "one"),

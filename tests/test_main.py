@@ -1,4 +1,5 @@
 """main.py as users run it: mistakes end in one line, one run per workdir, resuming on purpose."""
+import contextlib
 import json
 import os
 import pathlib
@@ -304,23 +305,25 @@ def test_a_link_from_the_data_folder_to_itself_adds_no_class_and_no_image(cifar_
   assert result.stderr.count("loop_top") == 1, result.stderr[-3000:]  # named once
 
 
-def small_disk(path, megabytes, size=None):
-  """A tmpfs of ``megabytes`` (or ``size``, e.g. '8k') at ``path`` (root only); False where it
-  cannot be mounted."""
+@contextlib.contextmanager
+def small_disk(path, size):
+  """A tmpfs of ``size`` (e.g. '3m', '8k') mounted at ``path`` for the block; root only (the
+  test is skipped where it cannot be mounted)."""
   path.mkdir()
-  if os.geteuid() != 0 or not shutil.which("mount"):
-    return False
-  return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size or f'{megabytes}m'}",
-                         "tmpfs", str(path)], capture_output=True).returncode == 0
+  if os.geteuid() != 0 or not shutil.which("mount") or subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+      capture_output=True).returncode:
+    pytest.skip("needs root to mount a small tmpfs")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.mark.slow
 def test_a_full_disk_ends_in_one_line_and_the_run_resumes_once_there_is_space(
     cifar_jpeg_folder, tmp_path):
-  disk = tmp_path / "disk"
-  if not small_disk(disk, 3):
-    pytest.skip("needs root to mount a small tmpfs")
-  try:
+  with small_disk(tmp_path / "disk", "3m") as disk:
     workdir = disk / "run"
     # About 1.4 MiB per checkpoint of the tiny model: the third does not fit in 3 MiB.
     args = ("--config.num_train_steps=8", "--config.checkpoint_every_steps=2")
@@ -340,8 +343,6 @@ def test_a_full_disk_ends_in_one_line_and_the_run_resumes_once_there_is_space(
     if intact:
       assert f"at step {intact[-1]}." in result.stderr  # "Resumed from ... at step N."
     assert checkpoint_steps(workdir)[-1] == 8
-  finally:
-    subprocess.run(["umount", "-l", str(disk)])
 
 
 def resumes(workdir, data):
@@ -360,10 +361,7 @@ def resumes(workdir, data):
 @pytest.mark.slow
 def test_a_disk_filled_by_another_program_mid_run_ends_in_one_line_with_status_4(
     cifar_jpeg_folder, tmp_path):
-  disk = tmp_path / "disk"
-  if not small_disk(disk, 16):
-    pytest.skip("needs root to mount a small tmpfs")
-  try:
+  with small_disk(tmp_path / "disk", "16m") as disk:
     workdir = disk / "run"
     proc = start_main(workdir, cifar_jpeg_folder, *LONG)
     wait_for_step(workdir, 4, proc)
@@ -375,8 +373,6 @@ def test_a_disk_filled_by_another_program_mid_run_ends_in_one_line_with_status_4
                     r"[\d.]+ \w+ free; the newest intact checkpoint is step \d+", lines[0]), lines
     os.remove(disk / "filler")
     assert resumes(workdir, cifar_jpeg_folder)
-  finally:
-    subprocess.run(["umount", "-l", str(disk)])
 
 
 @pytest.mark.slow

@@ -86,3 +86,14 @@ def test_summary_says_whether_it_fits_from_memory_or_from_the_compiler():
   assert text.splitlines()[-1] == "DOES NOT FIT: RESOURCE_EXHAUSTED: x"
   assert "FITS: 70.00 GiB" in compile_report.summary(
       _plan(memory={**_plan()["memory"], "fits": True}))
+
+
+def test_the_device_crops_cost_is_that_of_two_products_per_view():
+  """Analytic count: per view [S, C] x [C, C * 3] and [S, C] x [C, S * 3] products, 2 FLOPs per
+  multiply-add; XLA adds the weights' element-wise ops (a few per cent at these sizes)."""
+  batch, size, side = 2, 16, 64
+  cost = compile_report.device_crops_cost(batch, size, side)
+  products = 2 * batch * 2 * (size * side * side * 3 + size * size * side * 3)
+  assert products <= cost["flops"] < 1.1 * products
+  # At least the uint8 canvases read and the float32 views written.
+  assert cost["bytes_accessed"] >= batch * side * side * 3 + batch * 2 * size * size * 3 * 4

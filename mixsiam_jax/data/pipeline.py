@@ -256,23 +256,24 @@ def create_pretrain_dataset(options: TrainDataOptions, *, start_step: int = 0,
                        f"small for a batch of {local_batch} per process on {process_count} "
                        "process(es); lower --config.batch_size.")
   start = start_step * local_batch
+  views = _views_fn(options, log, checked_decoding,
+                    canvas_overflows or canvas_lib.OverflowLog(options.canvas_size))
   if source.fetch is not None:
-    ds = positions.random_access_positions(
-        n, seed=options.seed, start=start, process_index=process_index,
-        process_count=process_count, local_batch=local_batch)
+    locate = positions.random_access_locator(n, seed=options.seed, process_index=process_index,
+                                             process_count=process_count, local_batch=local_batch)
 
-    def read(el):
+    def example(position):  # one map: each tf.data stage costs every example microseconds
+      el = locate(position)
       data, label, name = source.fetch(el["index"])
-      return dict(el, bytes=data, label=label, name=name)
+      return views(dict(el, bytes=data, label=label, name=name))
 
-    ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = tf.data.Dataset.counter(start, dtype=tf.int64).map(
+        example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   else:
     ds = positions.sequential_stream(
         source, seed=options.seed, start=start, process_index=process_index,
-        process_count=process_count, shuffle_buffer=options.shuffle_buffer)
-  overflows = canvas_overflows or canvas_lib.OverflowLog(options.canvas_size)
-  ds = ds.map(_views_fn(options, log, checked_decoding, overflows),
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        process_count=process_count, shuffle_buffer=options.shuffle_buffer).map(
+            views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   spec = batch_format.pretrain_batch_format(local_batch, options.image_size, options.num_views,
                                             options.canvas_size)
   if options.canvas_size:  # Each image is padded to the canvas as it is copied into its batch.

@@ -12,19 +12,18 @@ import tensorflow as tf
 from mixsiam_jax.data import sources
 
 
-def random_access_positions(n: int, *, seed: int, start: int, process_index: int,
-                            process_count: int, local_batch: int) -> tf.data.Dataset:
-  """Infinite stream of {'index', 'epoch'} (int64) for this process from local position ``start``.
+def random_access_locator(n: int, *, seed: int, process_index: int, process_count: int,
+                          local_batch: int):
+  """``locate(position) -> {'index', 'epoch'}`` (int64) of this process's local ``position``.
 
   Args:
     n: the number of examples.
     seed: the data seed.
-    start: this process's first position (start step x ``local_batch``).
     process_index, process_count: this process's shard.
     local_batch: rows per step on this process.
 
   Returns:
-    The stream of example ids and their epochs.
+    The function, for a map over this process's local positions (int64 scalars).
   """
   def locate(position):
     # Local position -> global position: this process's rows of the global batch.
@@ -36,7 +35,7 @@ def random_access_positions(n: int, *, seed: int, start: int, process_index: int
         slot, seed=tf.stack([tf.constant(seed, tf.int64), epoch]), max_index=n - 1)
     return {"index": tf.cast(index, tf.int64), "epoch": epoch}
 
-  return tf.data.Dataset.counter(start, dtype=tf.int64).map(locate)
+  return locate
 
 
 def sequential_stream(source: sources.Source, *, seed: int, start: int, process_index: int,

@@ -1,10 +1,10 @@
 r"""The compiled pretraining step with parts of the model swapped: memory and module counts.
 
   JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 python benchmarks/step_module_variants.py \
-      --topology=h100x1 --variant=ours [--depth=50 --batch=128 --image=224]
+      --topology=h100x1 --variant=ours [--recipe=cifar10] [--depth=D --batch=B --image=S]
 
-Compiles the real bf16 pretraining step (configs/imagenet.py, compile_plan's
-plan_and_compile) for a topology, deviceless (a GPU topology needs
+Compiles the real bf16 pretraining step (configs/imagenet.py, or --recipe's;
+compile_plan's plan_and_compile) for a topology, deviceless (a GPU topology needs
 requirements-gpu.txt), and prints the plan's memory and counts read from the
 compiled module: the convolution custom calls by result and operand dtypes,
 float32 values of at least 2^20 elements in the entry computation, kernels
@@ -15,11 +15,17 @@ docs/performance.md, section 7. Variants, swapped in this process only:
   ours       the model as it is;
   old        the convolution weight gradient as a float32-output convolution
              (models/conv.py before its bf16 partials);
-  onepassbn  ViewBatchNorm's variance as E[x^2] - E[x]^2 (one pass);
+  twopassbn  ViewBatchNorm's statistics in two passes (the mean, then the mean
+             squared deviation from it), its VJP unchanged;
+  onepassbn  ViewBatchNorm's variance as E[x^2] - E[x]^2, its VJP unchanged;
+  autodiffbn ViewBatchNorm in two passes with the VJP left to autodiff;
+  jaxrelu    jax.nn.relu instead of models/activation.py's relu;
   stockbn    ViewBatchNorm replaced by flax's nn.BatchNorm (statistics over
              all views together: not MixSiam);
   plain      the flax_plain network of benchmarks/train_step_bench.py
              (benchmarks/train_step_jax_rows.py's plain_network).
+--recipe=cifar10 compiles the CIFAR recipe's step (configs/cifar10.py: ResNet-18,
+CIFAR stem, 32 px, batch 512) instead of ImageNet's ResNet-50.
 """
 import argparse
 import collections
@@ -34,24 +40,59 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from configs import imagenet  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import cifar10, imagenet  # noqa: E402  pylint: disable=g-import-not-at-top
 from mixsiam_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top
 
-VARIANTS = ("ours", "old", "onepassbn", "stockbn", "plain")
+VARIANTS = ("ours", "old", "twopassbn", "onepassbn", "autodiffbn", "jaxrelu", "stockbn", "plain")
+RECIPES = {"imagenet": imagenet, "cifar10": cifar10}
 _BYTES = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "u8": 1, "pred": 1, "s8": 1}
 _KERNEL_OPS = ("fusion", "custom-call", "copy", "transpose", "reduce", "convolution", "dot",
                "all-reduce", "all-reduce-start")
 
 
-def swap_in(variant: str, depth: int, image_size: int) -> None:
+def two_pass_moments(x, axes):
+  """The mean, then the mean squared deviation from it: two reads of ``x``."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  mean = x.mean(axes, keepdims=True)
+  return mean, jnp.square(x - mean).mean(axes, keepdims=True)
+
+
+def one_pass_moments(x, axes):
+  """E[x] and E[x^2] - E[x]^2 (clipped at 0), as flax's nn.BatchNorm by default."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  mean = x.mean(axes, keepdims=True)
+  return mean, jnp.maximum(jnp.square(x).mean(axes, keepdims=True) - jnp.square(mean), 0.0)
+
+
+def _autodiff_view_batch_norm(x, scale, bias, num_views, epsilon, out_dtype, moments):
+  """norm.view_batch_norm's forward in two passes, differentiated by autodiff."""
+  del moments
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  grouped = x.astype(jnp.float32).reshape((-1, num_views) + x.shape[1:])
+  mean, var = two_pass_moments(grouped, (0,) + tuple(range(2, grouped.ndim - 1)))
+  y = (grouped - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+  return y.reshape(x.shape).astype(out_dtype), mean, var
+
+
+def swap_in(variant: str, shape: types.SimpleNamespace) -> None:
   """Replaces parts of the model modules for ``variant`` (this process only)."""
   # Deferred: main() imports JAX first, after JAX_SKIP_CUDA_CONSTRAINTS_CHECK is set.
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import recipe  # pylint: disable=g-import-not-at-top
   from mixsiam_jax.models import conv, heads, norm, resnet  # pylint: disable=g-import-not-at-top
   if variant == "old":
     conv._WEIGHT_GRADS["xla"] = conv._xla_weight_grad  # pylint: disable=protected-access
+  elif variant in ("twopassbn", "onepassbn"):
+    class SwappedMoments(norm.ViewBatchNorm):
+      moments: norm.Moments = two_pass_moments if variant == "twopassbn" else one_pass_moments
+
+    resnet.ViewBatchNorm = heads.ViewBatchNorm = SwappedMoments
+  elif variant == "autodiffbn":
+    norm.view_batch_norm = _autodiff_view_batch_norm
+  elif variant == "jaxrelu":
+    resnet.relu = heads.relu = jax.nn.relu
   elif variant == "stockbn":
     class StockBatchNorm(norm.ViewBatchNorm):
       """flax's BatchNorm behind ViewBatchNorm's interface (its attributes)."""
@@ -65,20 +106,9 @@ def swap_in(variant: str, depth: int, image_size: int) -> None:
                             dtype=self.dtype)(x)
 
     resnet.ViewBatchNorm = heads.ViewBatchNorm = StockBatchNorm
-  elif variant == "onepassbn":
-    class OnePassBatchNorm(norm.ViewBatchNorm):
-      """ViewBatchNorm with the variance as E[x^2] - E[x]^2."""
-
-      def variance(self, grouped, mean, axes):
-        return jnp.maximum(jnp.square(grouped).mean(axes, keepdims=True) - jnp.square(mean), 0.0)
-
-    resnet.ViewBatchNorm = heads.ViewBatchNorm = OnePassBatchNorm
   elif variant == "plain":
     # Only the 'plain' variant needs the sibling module (train_step_bench's JAX rows).
     import train_step_jax_rows  # pylint: disable=g-import-not-at-top
-    shape = types.SimpleNamespace(dtype="bfloat16", depth=depth, width=64, stem="imagenet",
-                                  image_size=image_size, projector_layers=3,
-                                  projector_dim=2048, predictor_hidden_dim=512)
     recipe.models.MixSiamNetwork = lambda model, platform: train_step_jax_rows.plain_network(shape)
 
 
@@ -141,9 +171,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--topology", default="h100x1")
   parser.add_argument("--variant", default="ours", choices=VARIANTS)
-  parser.add_argument("--depth", type=int, default=50)
-  parser.add_argument("--batch", type=int, default=128, help="global batch")
-  parser.add_argument("--image", type=int, default=224)
+  parser.add_argument("--recipe", default="imagenet", choices=sorted(RECIPES))
+  parser.add_argument("--depth", type=int, help="ResNet depth (default: the recipe's)")
+  parser.add_argument("--batch", type=int, help="global batch (default: the recipe's)")
+  parser.add_argument("--image", type=int, help="image size (default: the recipe's)")
   parser.add_argument("--remat", action="store_true")
   args = parser.parse_args()
   os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
@@ -152,15 +183,21 @@ def main():
   jax.config.update("jax_platforms", "cpu")
   cli.start_jax()
   from mixsiam_jax import compile_plan, program_options, topologies  # pylint: disable=g-import-not-at-top
-  swap_in(args.variant, args.depth, args.image)
-  config = imagenet.get_config()
-  config.model.depth, config.batch_size, config.image_size = args.depth, args.batch, args.image
+  config = RECIPES[args.recipe].get_config()
+  config.model.depth = args.depth or config.model.depth
+  config.batch_size = args.batch or config.batch_size
+  config.image_size = args.image or config.image_size
   config.half_precision, config.model.remat = True, args.remat
+  m = config.model
+  swap_in(args.variant, types.SimpleNamespace(
+      dtype="bfloat16", depth=m.depth, width=m.width, stem=m.stem, image_size=config.image_size,
+      projector_layers=m.projector_layers, projector_dim=m.projector_dim,
+      predictor_hidden_dim=m.predictor_hidden_dim))
   started = time.time()
   opts = program_options.pretrain_options(config)
   plan, _, compiled = compile_plan.plan_and_compile(opts, topologies.devices_for(args.topology))
-  print(f"variant {args.variant}, depth {args.depth}, batch {args.batch}, {args.image} px, "
-        f"{args.topology}: compiled in {time.time() - started:.0f} s")
+  print(f"variant {args.variant}, {args.recipe} recipe, depth {m.depth}, batch {config.batch_size}, "
+        f"{config.image_size} px, {args.topology}: compiled in {time.time() - started:.0f} s")
   print("memory GiB: " + ", ".join(f"{k} {v / 2**30:.3f}" for k, v in plan["memory"].items()
                                    if isinstance(v, (int, float)) and not isinstance(v, bool)))
   if compiled is not None:

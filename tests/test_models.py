@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from mixsiam_jax import models
-from mixsiam_jax.models import ResNet, ViewBatchNorm, precision, resnet
+from mixsiam_jax.models import ResNet, precision, resnet
 from tests.helpers import model_options, network
 
 
@@ -77,29 +77,6 @@ def test_heads_shapes_and_affine_free_last_bn():
   pv = pred.init(jax.random.key(0), jnp.zeros((4, 24)), train=True)["params"]
   assert pv["fc1"]["kernel"].shape == (24, 6) and "bias" not in pv["fc1"]
   assert pv["fc2"]["kernel"].shape == (6, 24) and pv["fc2"]["bias"].shape == (24,)
-
-
-def test_view_batchnorm_matches_numpy_per_view():
-  rs = np.random.RandomState(0)
-  batch, views, feats = 5, 3, 4
-  x = rs.randn(batch, views, feats) * np.arange(1, views + 1)[None, :, None] + np.arange(views)[None, :, None]
-  bn = ViewBatchNorm()
-  variables = bn.init(jax.random.key(0), jnp.zeros((views, feats)), train=True, num_views=views)
-  y, new = bn.apply(variables, jnp.asarray(x.reshape(-1, feats), jnp.float32), train=True,
-                    num_views=views, mutable=["batch_stats"])
-  y = np.asarray(y).reshape(batch, views, feats)
-  mean, var = x.mean(0), x.var(0)
-  np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), atol=1e-5)
-  # torch semantics: unbiased variance; views update the running stats in order.
-  rm, rv = np.zeros(feats), np.ones(feats)
-  for v in range(views):
-    rm = 0.9 * rm + 0.1 * mean[v]
-    rv = 0.9 * rv + 0.1 * x[:, v].var(0, ddof=1)
-  np.testing.assert_allclose(new["batch_stats"]["mean"], rm, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(new["batch_stats"]["var"], rv, rtol=1e-5, atol=1e-6)
-  # Inference uses the running statistics.
-  out = bn.apply({**variables, "batch_stats": new["batch_stats"]}, jnp.asarray(x[:, 0], jnp.float32), train=False)
-  np.testing.assert_allclose(out, (x[:, 0] - rm) / np.sqrt(rv + 1e-5), atol=1e-5)
 
 
 def test_one_pass_over_views_equals_one_encoder_call_per_view():

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from mixsiam_jax.models import precision
+from mixsiam_jax.models.activation import relu
 from mixsiam_jax.models.init import dense_bias_init, dense_kernel_init
 from mixsiam_jax.models.norm import ViewBatchNorm
 
@@ -52,7 +53,7 @@ class Projector(nn.Module):
     for i in range(self.num_layers - 1):
       x = dense_layer(self.hidden_dim, self.dtype, use_bias=False,
                       kernel_init=dense_kernel_init, name=f"fc{i + 1}")(x)
-      x = nn.relu(ViewBatchNorm(dtype=self.dtype, name=f"bn{i + 1}")(x, train, num_views))
+      x = relu(ViewBatchNorm(dtype=self.dtype, name=f"bn{i + 1}")(x, train, num_views))
     x = dense_layer(self.out_dim, self.dtype, use_bias=False, kernel_init=dense_kernel_init,
                     name=f"fc{self.num_layers}")(x)
     x = ViewBatchNorm(use_scale=False, use_bias=False, dtype=jnp.float32,
@@ -77,7 +78,7 @@ class Predictor(nn.Module):
     """Maps projections z [N, D] to predictions p [N, out_dim] (float32)."""
     x = dense_layer(self.hidden_dim, self.dtype, use_bias=False,
                     kernel_init=dense_kernel_init, name="fc1")(z)
-    x = nn.relu(ViewBatchNorm(dtype=self.dtype, name="bn1")(x, train, num_views))
+    x = relu(ViewBatchNorm(dtype=self.dtype, name="bn1")(x, train, num_views))
     x = dense_layer(self.out_dim, self.dtype, use_bias=True, kernel_init=dense_kernel_init,
                     bias_init=dense_bias_init(self.hidden_dim), name="fc2")(x)
     return x.astype(jnp.float32)

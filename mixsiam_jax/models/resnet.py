@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from mixsiam_jax import options
 from mixsiam_jax.models import precision
+from mixsiam_jax.models.activation import relu
 from mixsiam_jax.models.conv import conv_function
 from mixsiam_jax.models.init import conv_kernel_init
 from mixsiam_jax.models.norm import ViewBatchNorm
@@ -83,8 +84,8 @@ class ResidualBlock(nn.Module):
       y = ViewBatchNorm(dtype=self.dtype, name=f"bn{i}",
                         scale_init=nn.initializers.zeros if last else nn.initializers.ones
                         )(y, train, num_views)
-      y = y if last else nn.relu(y)
-    return nn.relu(y + _shortcut(self, x, convs[-1][0], train, num_views))
+      y = y if last else relu(y)
+    return relu(y + _shortcut(self, x, convs[-1][0], train, num_views))
 
 
 def _shortcut(block: nn.Module, x, out_features: int, train: bool, num_views: int):
@@ -153,7 +154,7 @@ class ResNet(nn.Module):
       x = conv_layer(self.width, 7, 2, self.dtype, self.conv_impl, name="conv1")(x)
     else:
       x = conv_layer(self.width, 3, 1, self.dtype, self.conv_impl, name="conv1")(x)
-    x = nn.relu(ViewBatchNorm(dtype=self.dtype, name="bn1")(x, train, num_views))
+    x = relu(ViewBatchNorm(dtype=self.dtype, name="bn1")(x, train, num_views))
     if self.stem == "imagenet":
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(stages):

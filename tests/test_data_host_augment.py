@@ -33,6 +33,24 @@ def test_crop_fallback_is_center_crop_for_extreme_aspect():
   assert (ch, cw) == (10, 13) and top == 0 and left == (1000 - 13) // 2
 
 
+def test_windows_computed_per_batch_equal_those_drawn_per_image():
+  """The canvas path finishes the windows once per batch: exactly crop_draws's windows,
+  fallbacks (extreme aspect ratios, 1-pixel sides) included."""
+  rng = np.random.default_rng(1)
+  heights, widths = rng.integers(1, 600, 300), rng.integers(1, 600, 300)
+  heights[:20], widths[20:40] = 1, 3  # fallback-heavy shapes
+  per_image, uniforms, aspects = [], [], []
+  for k, (h, w) in enumerate(zip(heights, widths)):
+    seed = tf.constant([k, 11], tf.int64)
+    per_image.append(ha.crop_draws(seed, h, w, (0.08, 1.0))[0].numpy())
+    u, aspect = ha.crop_uniforms(ha.flip_draws(seed)[0], num=2)
+    uniforms.append(u)
+    aspects.append(aspect)
+  batched = ha.windows_from_uniforms(tf.stack(uniforms), tf.stack(aspects), heights, widths,
+                                     (0.08, 1.0))
+  np.testing.assert_array_equal(batched.numpy(), np.stack(per_image))
+
+
 def test_flip_rate_and_same_eagerly_and_in_tf_data():
   image = np.tile(np.arange(16, dtype=np.uint8)[None, :, None], (16, 1, 3)) * 10
   seeds = [tf.constant([i, 5], tf.int64) for i in range(600)]

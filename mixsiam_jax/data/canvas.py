@@ -9,10 +9,12 @@ counted and reported once (OverflowLog). The canvas size is a config field
 (data.canvas_size) chosen per recipe so that this stays rare.
 """
 import threading
-from typing import Set, Tuple
+from typing import Dict, Set, Tuple
 
 from absl import logging
 import tensorflow as tf
+
+from mixsiam_jax.data import host_augment
 
 
 class OverflowLog:
@@ -48,10 +50,9 @@ class OverflowLog:
       return len(self._names)
 
 
-def fit_in_canvas(image: tf.Tensor, windows: tf.Tensor, name: tf.Tensor, canvas_size: int,
+def fit_in_canvas(image: tf.Tensor, name: tf.Tensor, canvas_size: int,
                   log: OverflowLog) -> Tuple[tf.Tensor, tf.Tensor]:
-  """``image`` as it goes into a canvas_size x canvas_size canvas, shrunk if it is larger,
-  and its crop windows in canvas pixels.
+  """``image`` as it goes into a canvas_size x canvas_size canvas: shrunk if it is larger.
 
   The pipeline pads it to the canvas while batching (tf.data's padded_batch: one
   copy of each image instead of a pad and a batch: 1.6x the examples/s on
@@ -59,18 +60,17 @@ def fit_in_canvas(image: tf.Tensor, windows: tf.Tensor, name: tf.Tensor, canvas_
 
   Args:
     image: uint8 [h, w, 3].
-    windows: int32 [V, 4] (top, left, height, width) in image pixels.
     name: scalar tf.string naming the file in the report of a shrunk image.
     canvas_size: the canvas side C.
     log: where shrunk images are reported.
 
   Returns:
-    (uint8 [h', w', 3] with h', w' <= C: the image itself when it fits; float32
-    [V, 4] windows: the same, or scaled by the shrink factor of each axis).
+    (uint8 [h', w', 3] with h', w' <= C: the image itself when it fits; float32 [2]
+    scale (y, x) from image to canvas pixels: 1 when it fits, else the shrink
+    factor of each axis).
   """
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
-  windows = tf.cast(windows, tf.float32)
 
   def shrink():
     longer = tf.cast(tf.maximum(height, width), tf.float32)
@@ -83,10 +83,62 @@ def fit_in_canvas(image: tf.Tensor, windows: tf.Tensor, name: tf.Tensor, canvas_
     with tf.control_dependencies([noted]):
       resized = tf.image.resize(image, new_size, antialias=True)
     shrunk = tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-    return shrunk, windows * tf.tile(tf.cast(new_size, tf.float32) / size, [2])
+    return shrunk, tf.cast(new_size, tf.float32) / size
 
   # Only the comparison and the cond run for an image that fits (the usual case): each op
   # of this per-image function costs the host microseconds.
-  placed, windows = tf.cond((height <= canvas_size) & (width <= canvas_size),
-                            lambda: (image, windows), shrink)
-  return tf.ensure_shape(placed, [None, None, 3]), windows
+  placed, scale = tf.cond((height <= canvas_size) & (width <= canvas_size),
+                          lambda: (image, tf.ones([2], tf.float32)), shrink)
+  return tf.ensure_shape(placed, [None, None, 3]), tf.ensure_shape(scale, [2])
+
+
+def example_fields(image: tf.Tensor, name: tf.Tensor, seed: tf.Tensor, canvas_size: int,
+                   log: OverflowLog, num_views: int) -> Dict[str, tf.Tensor]:
+  """One example's image for its canvas and its draws (host_augment.crop_draws's numbers).
+
+  Only the random numbers are drawn per image; ``batch`` turns them into windows
+  once per batch (host_augment.windows_from_uniforms: the same windows).
+
+  Args:
+    image: uint8 [h, w, 3], decoded.
+    name: its file, named if it is shrunk.
+    seed: the example's int [2] crop seed (crop_draws's).
+    canvas_size: the canvas side C.
+    log: where shrunk images are reported.
+    num_views: views kept (the draws are those of two).
+
+  Returns:
+    {'canvas', 'flip'} and the transient {'u', 'aspect', 'size', 'scale'} for ``batch``.
+  """
+  window_seed, flips = host_augment.flip_draws(seed, num_views=2)
+  u, aspect = host_augment.crop_uniforms(window_seed, num=2)
+  size = tf.shape(image)[:2]
+  image, scale = fit_in_canvas(image, name, canvas_size, log)
+  return {"canvas": image, "u": u, "aspect": aspect, "size": size, "scale": scale,
+          "flip": flips[:num_views]}
+
+
+def batch(ds: tf.data.Dataset, batch_size: int, canvas_size: int, crop_scale, num_views: int
+          ) -> tf.data.Dataset:
+  """Batches example_fields's elements: canvases padded to C x C, windows in canvas pixels.
+
+  Args:
+    ds: elements of example_fields plus 'label', 'index' and 'ok'.
+    batch_size: rows per batch (the remainder is dropped).
+    canvas_size: the canvas side C.
+    crop_scale: (min, max) crop area fraction.
+    num_views: views kept.
+
+  Returns:
+    Batches {'canvas', 'windows' (float32 [B, V, 4]), 'flip', 'label', 'index', 'ok'}.
+  """
+  def windows(rows):
+    u, aspect, size, scale = (rows.pop(k) for k in ("u", "aspect", "size", "scale"))
+    found = host_augment.windows_from_uniforms(u, aspect, size[:, 0], size[:, 1], crop_scale)
+    found = tf.cast(found[:, :num_views], tf.float32) * tf.tile(scale, [1, 2])[:, None]
+    return dict(rows, windows=found)
+
+  # The canvas padding happens as each image is copied into its batch: one copy.
+  shapes = {"canvas": [canvas_size, canvas_size, 3], "u": [4, 2, None], "aspect": [2, None],
+            "size": [2], "scale": [2], "flip": [num_views], "label": [], "index": [], "ok": []}
+  return ds.padded_batch(batch_size, padded_shapes=shapes, drop_remainder=True).map(windows)

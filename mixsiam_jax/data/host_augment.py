@@ -26,19 +26,71 @@ def to_uint8(x: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
 
 
-def random_resized_crop_window(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
-                               scale=(0.2, 1.0), ratio=CROP_RATIO, num: int = 1) -> tf.Tensor:
-  """torchvision RandomResizedCrop.get_params, vectorised and stateless.
-
-  Ten candidate boxes with area ~ U[scale] x image area and log-uniform aspect
-  ratio; the first that fits wins; otherwise a centre crop with the ratio
-  clamped to ``ratio`` (torchvision's fallback). ``num`` independent windows
-  are drawn at once (one per view: fewer, larger TF ops per example).
+def crop_uniforms(seed: tf.Tensor, num: int = 1, ratio=CROP_RATIO):
+  """The random numbers of ``num`` RandomResizedCrop windows of one image.
 
   Args:
     seed: int [2] stateless seed.
-    height: image height (int32 scalar).
-    width: image width.
+    num: number of windows.
+    ratio: (min, max) aspect ratio w/h.
+
+  Returns:
+    (u: float32 [4, num, CROP_ATTEMPTS] uniforms (area, aspect, top, left), aspect:
+    float32 [num, CROP_ATTEMPTS] candidate aspect ratios) for windows_from_uniforms.
+  """
+  u = tf.random.stateless_uniform([4, num, CROP_ATTEMPTS], seed)
+  # exp stays per image: its vectorised and scalar kernels may differ in the last bit, so a
+  # batched exp could move a window by a pixel; the rest is exactly rounded arithmetic.
+  aspect = tf.exp(np.log(ratio[0]) + (np.log(ratio[1]) - np.log(ratio[0])) * u[1])
+  return u, aspect
+
+
+def windows_from_uniforms(u: tf.Tensor, aspect: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+                          scale=(0.2, 1.0), ratio=CROP_RATIO) -> tf.Tensor:
+  """torchvision RandomResizedCrop.get_params from crop_uniforms's numbers, for any leading dims.
+
+  Ten candidate boxes with area ~ U[scale] x image area and log-uniform aspect
+  ratio; the first that fits wins; otherwise a centre crop with the ratio
+  clamped to ``ratio`` (torchvision's fallback). The same element-wise
+  arithmetic per image or over a batch of images (the pipeline's canvas path
+  runs it once per batch: about 40 small ops, 0.4-0.5 ms per image on a 2-core CPU).
+
+  Args:
+    u: float32 [..., 4, num, CROP_ATTEMPTS]; aspect: float32 [..., num, CROP_ATTEMPTS].
+    height, width: int32 [...]: the images' sizes.
+    scale: (min, max) fraction of the image area.
+    ratio: (min, max) aspect ratio w/h.
+
+  Returns:
+    int32 [..., num, 4]: (top, left, crop_height, crop_width) per window.
+  """
+  h = tf.cast(height, tf.float32)[..., None, None]
+  w = tf.cast(width, tf.float32)[..., None, None]
+  area = h * w * (scale[0] + (scale[1] - scale[0]) * u[..., 0, :, :])
+  cw = tf.round(tf.sqrt(area * aspect))
+  ch = tf.round(tf.sqrt(area / aspect))
+  fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+  first = tf.argmax(tf.cast(fits, tf.int32), axis=-1, output_type=tf.int32)  # [..., num]
+  pick = lambda x: tf.gather(x, first, axis=-1, batch_dims=len(first.shape))  # pylint: disable=g-long-lambda
+  ch, cw = pick(ch), pick(cw)
+  h, w = h[..., 0], w[..., 0]
+  top = tf.floor(pick(u[..., 2, :, :]) * (h - ch + 1))
+  left = tf.floor(pick(u[..., 3, :, :]) * (w - cw + 1))
+  in_ratio = w / h
+  fb_w = tf.where(in_ratio > ratio[1], tf.round(h * ratio[1]), w)
+  fb_h = tf.where(in_ratio < ratio[0], tf.round(w / ratio[0]), h)
+  fallback = tf.stack([tf.floor((h - fb_h) / 2), tf.floor((w - fb_w) / 2), fb_h, fb_w], axis=-1)
+  chosen = tf.stack([top, left, ch, cw], axis=-1)  # [..., num, 4]
+  return tf.cast(tf.where(tf.reduce_any(fits, axis=-1)[..., None], chosen, fallback), tf.int32)
+
+
+def random_resized_crop_window(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+                               scale=(0.2, 1.0), ratio=CROP_RATIO, num: int = 1) -> tf.Tensor:
+  """torchvision RandomResizedCrop.get_params of one image, stateless (``num`` windows).
+
+  Args:
+    seed: int [2] stateless seed.
+    height, width: the image's size (int32 scalars).
     scale: (min, max) fraction of the image area.
     ratio: (min, max) aspect ratio w/h.
     num: number of windows.
@@ -46,34 +98,23 @@ def random_resized_crop_window(seed: tf.Tensor, height: tf.Tensor, width: tf.Ten
   Returns:
     int32 [num, 4]: (top, left, crop_height, crop_width) per window.
   """
-  h = tf.cast(height, tf.float32)
-  w = tf.cast(width, tf.float32)
-  u = tf.random.stateless_uniform([4, num, CROP_ATTEMPTS], seed)
-  area = h * w * (scale[0] + (scale[1] - scale[0]) * u[0])
-  aspect = tf.exp(np.log(ratio[0]) + (np.log(ratio[1]) - np.log(ratio[0])) * u[1])
-  cw = tf.round(tf.sqrt(area * aspect))
-  ch = tf.round(tf.sqrt(area / aspect))
-  fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
-  first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)  # [num]
-  pick = lambda x: tf.gather(x, first, axis=1, batch_dims=1)  # pylint: disable=g-long-lambda
-  ch, cw = pick(ch), pick(cw)
-  top = tf.floor(pick(u[2]) * (h - ch + 1))
-  left = tf.floor(pick(u[3]) * (w - cw + 1))
-  in_ratio = w / h
-  fb_w = tf.where(in_ratio > ratio[1], tf.round(h * ratio[1]), w)
-  fb_h = tf.where(in_ratio < ratio[0], tf.round(w / ratio[0]), h)
-  fallback = tf.stack([tf.floor((h - fb_h) / 2), tf.floor((w - fb_w) / 2), fb_h, fb_w])
-  chosen = tf.stack([top, left, ch, cw], axis=1)  # [num, 4]
-  return tf.cast(tf.where(tf.reduce_any(fits, axis=1, keepdims=True), chosen, fallback),
-                 tf.int32)
+  u, aspect = crop_uniforms(seed, num, ratio)
+  return windows_from_uniforms(u, aspect, height, width, scale, ratio)
+
+
+def flip_draws(seed: tf.Tensor, num_views: int = 2):
+  """The seeds of the windows and the flips of ``num_views`` views: (int [2] seed, bool [V])."""
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  return seeds[0], tf.random.stateless_uniform([num_views], seeds[1]) < 0.5
 
 
 def crop_draws(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor, crop_scale=(0.2, 1.0),
                num_views: int = 2):
   """The crop windows and flips of ``num_views`` views of one image (crop_flip_views's draws).
 
-  The host-resize path (crop_flip_views) and the device-resize path (the pipeline
-  sends these with the image) draw them here, so both crop the same windows.
+  The host-resize path (crop_flip_views) draws them here; the device-resize path
+  draws the same numbers (flip_draws, crop_uniforms) and finishes the windows per
+  batch (windows_from_uniforms), so both crop the same windows.
 
   Args:
     seed: int [2] stateless seed.
@@ -84,10 +125,9 @@ def crop_draws(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor, crop_scale=
   Returns:
     (int32 [num_views, 4] windows (top, left, height, width), bool [num_views] flips).
   """
-  seeds = tf.random.experimental.stateless_split(seed, 2)
-  windows = random_resized_crop_window(seeds[0], height, width, crop_scale, num=num_views)
-  flips = tf.random.stateless_uniform([num_views], seeds[1]) < 0.5
-  return windows, flips
+  window_seed, flips = flip_draws(seed, num_views)
+  return random_resized_crop_window(window_seed, height, width, crop_scale,
+                                    num=num_views), flips
 
 
 def crop_flip_views(seed: tf.Tensor, image: tf.Tensor, image_size: int, crop_scale=(0.2, 1.0),

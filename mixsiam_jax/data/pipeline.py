@@ -199,12 +199,9 @@ def _views_fn(options: TrainDataOptions, log: decode.BadImageLog, checked: bool,
         _example_seed(options.seed, el["epoch"], el["index"]), 3)
     out = {"label": el["label"], "index": el["index"], "ok": ok}
     if options.canvas_size:
-      shape = tf.shape(image)
-      windows, flips = host_augment.crop_draws(seeds[0], shape[0], shape[1], options.crop_scale,
-                                               num_views=2)
-      image, windows = canvas_lib.fit_in_canvas(image, windows[:options.num_views], el["name"],
-                                                options.canvas_size, overflows)
-      return dict(out, canvas=image, windows=windows, flip=flips[:options.num_views])
+      return dict(out, **canvas_lib.example_fields(image, el["name"], seeds[0],
+                                                   options.canvas_size, overflows,
+                                                   options.num_views))
     views = host_augment.crop_flip_views(seeds[0], image, options.image_size, options.crop_scale,
                                          num_views=2, keep=options.num_views)
     if photometric is not None:
@@ -276,9 +273,9 @@ def create_pretrain_dataset(options: TrainDataOptions, *, start_step: int = 0,
             views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   spec = batch_format.pretrain_batch_format(local_batch, options.image_size, options.num_views,
                                             options.canvas_size)
-  if options.canvas_size:  # Each image is padded to the canvas as it is copied into its batch.
-    ds = ds.padded_batch(local_batch, drop_remainder=True, padded_shapes={
-        "ok": [], **{k: shape[1:] for k, (shape, _) in spec.items()}})
+  if options.canvas_size:
+    ds = canvas_lib.batch(ds, local_batch, options.canvas_size, options.crop_scale,
+                          options.num_views)
   else:
     ds = ds.batch(local_batch, drop_remainder=True)
   ds = ds.map(lambda batch: _in_format(_replace_bad_rows(batch), spec))

@@ -47,13 +47,15 @@ def _merge(a, b):
 def shifted_moments(x: jax.Array, axes: Sequence[int]) -> Tuple[jax.Array, jax.Array]:
   """Mean and biased variance of ``x`` over ``axes`` in one reduction.
 
-  Every partial result of the reduction is taken around a shift, the first
-  value it met: its count, the shift, and the sums of (x - shift) and
-  (x - shift)^2. Any value of ``x`` is within the data's range of every
-  other, so the sums are of the order of the spread, not of the mean, and
-  E[(x - k)^2] - E[x - k]^2 keeps the precision of the two-pass variance where
-  E[x^2] - E[x]^2 cancels (docs/performance.md, section 7). Counts are in
-  ``x``'s dtype: exact up to 2^24 per view and channel in float32.
+  Every partial result of the reduction is taken around a shift, one of its
+  own values (the first it met): its count, the shift, and the sums of
+  (x - shift) and (x - shift)^2. Shifts are values of the data, so these sums
+  and the differences between shifts are of the order of the data's spread,
+  not of its mean, and E[(x - k)^2] - E[x - k]^2 keeps the precision of the
+  two-pass variance where E[x^2] - E[x]^2 cancels (docs/performance.md,
+  section 7). No state is involved: the result depends on the batch alone.
+  Counts are in ``x``'s dtype: exact up to 2^24 per view and channel in
+  float32.
 
   Args:
     x: a floating array.

@@ -71,7 +71,8 @@ def windows_from_uniforms(u: tf.Tensor, aspect: tf.Tensor, height: tf.Tensor, wi
   ch = tf.round(tf.sqrt(area / aspect))
   fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
   first = tf.argmax(tf.cast(fits, tf.int32), axis=-1, output_type=tf.int32)  # [..., num]
-  pick = lambda x: tf.gather(x, first, axis=-1, batch_dims=len(first.shape))  # pylint: disable=g-long-lambda
+  def pick(x):  # the first fitting candidate of each window
+    return tf.gather(x, first, axis=-1, batch_dims=len(first.shape))
   ch, cw = pick(ch), pick(cw)
   h, w = h[..., 0], w[..., 0]
   top = tf.floor(pick(u[..., 2, :, :]) * (h - ch + 1))

@@ -93,8 +93,12 @@ def measure(name: str, smoke: bool, per_device_batch: int, steps: int, warmup: i
                                    image_size=opts.image_size, mesh=mesh)
   rng = np.random.default_rng(0)
   # Random pixels (not zeros: a product of zeros can run faster than real data).
-  batch = {k: rng.integers(0, 256 if k == "views" else 10, size=v.shape).astype(v.dtype)
-           for k, v in batch_shapes.items()}
+  batch = {k: rng.integers(0, 256 if k in ("views", "canvas") else 10, size=v.shape).astype(
+      v.dtype) for k, v in batch_shapes.items()}
+  if "windows" in batch:  # data.resize_on_device: windows inside the canvas (30-100% sides)
+    side = batch_shapes["canvas"].shape[1]
+    sides = rng.uniform(0.3, 1.0, batch_shapes["windows"].shape[:-1] + (1,)) * side
+    batch["windows"] = np.concatenate([0 * sides, 0 * sides, sides, sides], -1).astype(np.float32)
   batch = sharding.global_batch(batch, mesh)
   memory["after_init"] = _peak_bytes(topology.devices[0])
   start = time.perf_counter()

@@ -53,8 +53,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data.photometric_on_device = True
   # Where the crops are resized and flipped: True = the host decodes and draws the crop windows,
   # the jitted step resizes (antialiased, as tf.image.resize) and flips; False = the host does
-  # it all. Chosen per recipe from docs/input_pipeline.md's measurements (the same windows).
-  config.data.resize_on_device = False
+  # it all. Chosen per recipe from docs/input_pipeline.md's measurements (the same windows):
+  # the host delivers 1.5x the examples per core this way at 32 px too.
+  config.data.resize_on_device = True
   # Side of the uint8 canvas that carries each decoded image to the device (resize_on_device);
   # a larger image is shrunk on the host to fit, counted and reported. CIFAR images are 32 px.
   config.data.canvas_size = 32

@@ -32,9 +32,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.eval_split = "validation"
   config.image_size = 224
   config.data.blur_prob = 0.5
-  # The host only decodes; the accelerator resizes the crops (docs/input_pipeline.md). Most
-  # ImageNet training images have a longer side of at most 500 px.
-  config.data.resize_on_device = True
+  # The host only decodes; the accelerator resizes the crops (docs/input_pipeline.md), from
+  # 512 px canvases: most ImageNet training images have a longer side of at most 500 px.
   config.data.canvas_size = 512
   config.data.eval_transform = "resize_center_crop"
   config.model.depth = 50

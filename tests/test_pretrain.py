@@ -40,6 +40,7 @@ def curves(workdir):
 @pytest.mark.usefixtures("one_block_per_stage")  # the runs compile the step twice each
 def test_tiny_run_on_folder_writes_everything_and_resumes_exactly(cifar_jpeg_folder, tmp_path):
   config = tiny_config(f"folder:{cifar_jpeg_folder}")
+  config.data.resize_on_device = False  # the host path here; the default (device) elsewhere
   config.log_every_steps = 1  # logged values are then single steps, not window means
   workdir = tmp_path / "run"
   pretrain.train_and_evaluate(from_config(config), str(workdir))
@@ -73,7 +74,6 @@ def test_tiny_run_on_mock_tfds_and_device_counts_agree(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds_prepare, "prepare_for_run", lambda datasets: None)
   config = tiny_config("tfds:cifar10")
   config.num_train_steps = 4
-  config.data.resize_on_device = True  # the device path here, the host path on folders above
   with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
     pretrain.train_and_evaluate(from_config(config), str(tmp_path / "eight"))
     pretrain.train_and_evaluate(from_config(config), str(tmp_path / "one"),

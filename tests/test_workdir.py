@@ -38,10 +38,11 @@ def test_a_run_recorded_before_resize_on_device_resumes_only_on_the_host_path():
   """Its config.json lacks data.resize_on_device and data.canvas_size: it resized on the host."""
   old = config_dict()
   del old["data"]["resize_on_device"], old["data"]["canvas_size"]
-  assert workdir_lib.check_resume_config(old, config_dict(**{"data.canvas_size": 64})) == []
+  host = {"data.resize_on_device": False, "data.canvas_size": 64}
+  assert workdir_lib.check_resume_config(old, config_dict(**host)) == []
   with pytest.raises(workdir_lib.WorkdirError, match="data.resize_on_device: False in the "
                      "workdir, True now"):
-    workdir_lib.check_resume_config(old, config_dict(**{"data.resize_on_device": True}))
+    workdir_lib.check_resume_config(old, config_dict())  # the recipe's default now
 
 
 def test_workdir_errors_are_user_errors():

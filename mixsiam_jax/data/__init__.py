@@ -9,6 +9,8 @@ Data flows one way through the modules of this package:
                    BadImageLog that the caller owns.
   host_augment.py  host-side image ops: RandomResizedCrop + flip, the TensorFlow
                    twin of the device colour ops, the evaluation transform.
+  canvas.py        decoded images in fixed canvases (the device resizes the crops);
+                   larger images shrunk on the host and counted.
   positions.py     which example each row of each batch reads, per process.
   pipeline.py      the training stream (options in TrainDataOptions) and the
                    evaluation stream.

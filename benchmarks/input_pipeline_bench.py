@@ -46,18 +46,14 @@ up. Same files, same cores. Not a test.
 import argparse
 import dataclasses
 import gc
-import json
-import multiprocessing
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 import jax
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -68,41 +64,8 @@ from configs import cifar10, imagenet  # noqa: E402
 from mixsiam_jax import device_crops, models, optim, program_options, sharding, train  # noqa: E402
 from mixsiam_jax.data import decode, pipeline, sources  # noqa: E402
 from mixsiam_jax.photometric import device_photometric_augment  # noqa: E402
+from pipeline_bench_files import bench_torch, find_sample_dir, write_imagenet_like  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
-
-TORCH_SCRIPT = r'''
-import json, os, sys, time, random
-import torch, torchvision.transforms as T, torchvision.datasets as D
-from PIL import ImageFilter
-folder, size, n, blur, workers, batch = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
-                                         float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
-torch.set_num_threads(1)
-class GaussianBlur:  # moco.loader.GaussianBlur, as in the official SimSiam code.
-    def __init__(self, sigma=(0.1, 2.0)): self.sigma = sigma
-    def __call__(self, x): return x.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
-class TwoCrops:
-    def __init__(self, t): self.t = t
-    def __call__(self, x): return [self.t(x), self.t(x)]
-aug = [T.RandomResizedCrop(size, scale=(0.2, 1.)),
-       T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2)]
-if blur > 0: aug.append(T.RandomApply([GaussianBlur([.1, 2.])], p=blur))
-aug += [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
-ds = D.ImageFolder(folder, TwoCrops(T.Compose(aug)))
-loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=True)
-it = iter(loader); next(it)
-t = time.time(); seen = 0
-while seen < n:
-    try: b = next(it)
-    except StopIteration: it = iter(loader); continue
-    seen += b[0][0].shape[0]
-print(json.dumps({"images_per_s": seen / (time.time() - t)}))
-'''
-
-# Colour photographs among scikit-image's bundled sample files (skimage/data).
-SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
-                 "motorcycle_left.png", "motorcycle_right.png", "hubble_deep_field.jpg",
-                 "retina.jpg", "ihc.png")
-
 
 def paper_options() -> program_options.PretrainOptions:
   """The CIFAR recipe's options: SimSiam's colour jitter and grayscale, MixSiam's method."""
@@ -112,56 +75,6 @@ def paper_options() -> program_options.PretrainOptions:
 def photometric_options(blur: float):
   """SimSiam's photometric augmentation with Gaussian blur of probability ``blur``."""
   return dataclasses.replace(paper_options().photometric, blur_prob=blur)
-
-
-def find_sample_dir(pythons):
-  """scikit-image's data folder, from the first interpreter that has scikit-image."""
-  for python in pythons:
-    if not python or not os.path.exists(python):
-      continue
-    res = subprocess.run(
-        [python, "-c", "import os, skimage; print(os.path.join(os.path.dirname("
-         "skimage.__file__), 'data'))"], capture_output=True, text=True, check=False)
-    if res.returncode == 0:
-      return res.stdout.strip().splitlines()[-1]
-  return None
-
-
-def _write_one(args):
-  """Writes one JPEG: a random crop (60-100% area), flip and rescale of a sample photo."""
-  k, source, path, seed = args
-  rng = np.random.default_rng([seed, k])
-  with Image.open(source) as im:
-    im = im.convert("RGB")
-    w, h = im.size
-    area = rng.uniform(0.6, 1.0) * w * h
-    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))) * w / h
-    cw = int(min(w, round(np.sqrt(area * aspect))))
-    ch = int(min(h, round(np.sqrt(area / aspect))))
-    left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    im = im.crop((left, top, left + cw, top + ch))
-    if rng.random() < 0.5:
-      im = im.transpose(Image.FLIP_LEFT_RIGHT)
-    scale = rng.uniform(400, 500) / max(cw, ch)
-    im = im.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.BICUBIC)
-    im.save(path, "JPEG", quality=90)
-  return os.path.getsize(path)
-
-
-def write_imagenet_like(sample_dir, out_dir, num_files, num_classes, seed=0):
-  """Writes num_files JPEGs (longer side 400-500 px) into out_dir/class_XX/."""
-  sources = [os.path.join(sample_dir, f) for f in SAMPLE_PHOTOS
-             if os.path.exists(os.path.join(sample_dir, f))]
-  if not sources:
-    raise SystemExit(f"none of {SAMPLE_PHOTOS} found in {sample_dir}")
-  for c in range(num_classes):
-    os.makedirs(os.path.join(out_dir, f"class_{c:02d}"), exist_ok=True)
-  jobs = [(k, sources[k % len(sources)],
-           os.path.join(out_dir, f"class_{k % num_classes:02d}", f"{k:05d}.jpg"), seed)
-          for k in range(num_files)]
-  with multiprocessing.Pool(os.cpu_count()) as pool:
-    sizes = pool.map(_write_one, jobs, chunksize=32)
-  return len(sources), sum(sizes)
 
 
 def _decode_only(folder, batch_size):
@@ -250,17 +163,6 @@ def bench_device_crops(batch_size, size, canvas_size, reps=5):
   return float(np.median(times))
 
 
-def bench_torch(python, folder, size, n, blur, batch_size):
-  if not python or not os.path.exists(python):
-    return None, f"skipped: no interpreter at {python!r} (see the module docstring)"
-  cmd = [python, "-c", TORCH_SCRIPT, folder, str(size), str(n), str(blur), str(os.cpu_count()),
-         str(batch_size)]
-  res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  if res.returncode:
-    return None, f"failed: {res.stderr.strip().splitlines()[-1:]}"
-  return json.loads(res.stdout.strip().splitlines()[-1])["images_per_s"], ""
-
-
 def bench_train_step(depth, width, batch_size, image_size, reps, blur):
   """Examples/s the jitted MixSiam train step consumes on this machine (median of reps)."""
   paper = paper_options()
@@ -296,8 +198,36 @@ def bench_train_step(depth, width, batch_size, image_size, reps, blur):
   return batch_size / float(np.median(times)), float(np.median(times)), compile_s
 
 
-def main():
-  """Times the input pipelines (ours and torchvision's) and, with --step, the train step."""
+def _time_our_rows(args, folder, size, num, blur, batch, canvas_size, torch_ips):
+  """Times --rows over --repeats rounds and prints them; returns (examples/s, per CPU-second)."""
+  names = {"decode_only": "decode_only: read + decode (the host's floor)",
+           "ours": f"ours: decode + windows + {canvas_size} px canvas",
+           "ours_host_resize": "ours_host_resize: crop + resize + flip on host",
+           "device": "ours_host_resize + photometric jitted on this CPU",
+           "host_all": "all on host (photometric in tf.data too)"}
+  modes = [m for m in args.rows.split(",") if m]
+  for mode in modes:
+    if mode not in names:
+      raise SystemExit(f"--rows: unknown row {mode!r}; choose from {', '.join(names)}")
+  # Rows alternate over --repeats rounds and each keeps its best round. The ratios compare
+  # examples per CPU-second (all threads of this process: examples/s per core when the
+  # pipeline keeps the cores busy, as these do): on a shared machine other processes'
+  # load moves examples/s from one second to the next, far less the CPU time per example.
+  rates, per_cpu = {}, {}
+  for _ in range(args.repeats):
+    for mode in modes:
+      rate, cpu_rate = bench_ours(folder, size, num, mode, blur, batch, canvas_size)
+      rates[mode] = max(rates.get(mode, 0.0), rate)
+      per_cpu[mode] = max(per_cpu.get(mode, 0.0), cpu_rate)
+  print(f"  {'(examples/s, examples per CPU-second)':58s}")
+  for mode in modes:
+    ratio = f"   ratio {rates[mode] / torch_ips:5.2f}x" if torch_ips else ""
+    print(f"  {names[mode]:58s}{rates[mode]:8.0f}{per_cpu[mode]:8.0f}{ratio}")
+  return rates, per_cpu
+
+
+def _parse_args():
+  """The command line (see the module docstring)."""
   parser = argparse.ArgumentParser()
   parser.add_argument("--folder", help="PATH/<class>/<image> (CIFAR-sized run).")
   parser.add_argument("--imagenet", action="store_true",
@@ -327,7 +257,12 @@ def main():
   parser.add_argument("--step_batch", type=int, default=128)
   parser.add_argument("--step_image", type=int, default=32)
   parser.add_argument("--step_reps", type=int, default=5)
-  args = parser.parse_args()
+  return parser.parse_args()
+
+
+def main():
+  """Times the input pipelines (ours and torchvision's) and, with --step, the train step."""
+  args = _parse_args()
   size = args.image_size or (224 if args.imagenet else 32)
   num = args.num or (1536 if args.imagenet else 10000)
   batch = args.batch_size or (128 if args.imagenet else 256)
@@ -359,29 +294,8 @@ def main():
           f"{num} examples timed (examples/s; each example = two views)")
     print(f"  {'torchvision (official SimSiam, %d workers)' % cores:58s}"
           + (f"{torch_ips:8.0f}" if torch_ips else msg))
-    names = {"decode_only": "decode_only: read + decode (the host's floor)",
-             "ours": f"ours: decode + windows + {canvas_size} px canvas",
-             "ours_host_resize": "ours_host_resize: crop + resize + flip on host",
-             "device": "ours_host_resize + photometric jitted on this CPU",
-             "host_all": "all on host (photometric in tf.data too)"}
-    modes = [m for m in args.rows.split(",") if m]
-    for mode in modes:
-      if mode not in names:
-        raise SystemExit(f"--rows: unknown row {mode!r}; choose from {', '.join(names)}")
-    # Rows alternate over --repeats rounds and each keeps its best round. The ratios compare
-    # examples per CPU-second (all threads of this process: examples/s per core when the
-    # pipeline keeps the cores busy, as these do): on a shared machine other processes'
-    # load moves examples/s from one second to the next, far less the CPU time per example.
-    rates, per_cpu = {}, {}
-    for _ in range(args.repeats):
-      for mode in modes:
-        rate, cpu_rate = bench_ours(folder, size, num, mode, blur, batch, canvas_size)
-        rates[mode] = max(rates.get(mode, 0.0), rate)
-        per_cpu[mode] = max(per_cpu.get(mode, 0.0), cpu_rate)
-    print(f"  {'(examples/s, examples per CPU-second)':58s}")
-    for mode in modes:
-      ratio = f"   ratio {rates[mode] / torch_ips:5.2f}x" if torch_ips else ""
-      print(f"  {names[mode]:58s}{rates[mode]:8.0f}{per_cpu[mode]:8.0f}{ratio}")
+    rates, per_cpu = _time_our_rows(args, folder, size, num, blur, batch, canvas_size,
+                                    torch_ips)
   finally:
     if tmp:
       shutil.rmtree(tmp, ignore_errors=True)

@@ -89,6 +89,8 @@ def main() -> None:
   for name in ("intact", "rotten"):
     copy = shutil.copytree(args.folder, os.path.join(args.scratch, name))
     rotted = make_rotten(copy, args.fraction) if name == "rotten" else 0
+    print(f"training {args.steps} steps on the {name} copy ({rotted} rotten files) ...",
+          flush=True)
     results[name] = dict(train(copy, os.path.join(args.scratch, f"workdir_{name}"), args.steps,
                                args.log_every), copy=name, rotten_files=rotted)
     print(json.dumps(results[name]), flush=True)

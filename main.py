@@ -16,8 +16,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 # Light modules only: flags parse (and --help answers) before TensorFlow and JAX load.
-from mixsiam_jax import accelerators, cli, program_options, stderr_filter, stopping
-from mixsiam_jax import workdir_lock, workdir_paths
+from mixsiam_jax.options import programs
+from mixsiam_jax.planning import accelerators
+from mixsiam_jax.run import cli, stderr_filter, stopping
+from mixsiam_jax.workdir import locking, paths
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
@@ -51,8 +53,8 @@ def _program(name):
 
 def _newest_checkpoint() -> int:
   """The newest intact checkpoint step of --workdir (0: none), for the one-line errors."""
-  from mixsiam_jax import checkpoint  # pylint: disable=g-import-not-at-top  (loads JAX; see _program)
-  return checkpoint.latest_step(checkpoint.checkpoint_dir(FLAGS.workdir))
+  from mixsiam_jax.checkpoints import storage  # pylint: disable=g-import-not-at-top  (loads JAX; see _program)
+  return storage.latest_step(storage.checkpoint_dir(FLAGS.workdir))
 
 
 def main(argv):
@@ -95,13 +97,13 @@ def main(argv):
 
     def run():
       accelerators.check_backend(backend, allow_cpu=FLAGS.allow_cpu, environ=os.environ)
-      options = program_options.from_config(FLAGS.config)
+      options = programs.from_config(FLAGS.config)
       # One run per workdir. Only process 0 locks it: the other processes of this
       # run share its workdir, and a second run is stopped by its own process 0.
-      lock = (workdir_lock.lock_workdir(FLAGS.workdir) if jax.process_index() == 0
+      lock = (locking.lock_workdir(FLAGS.workdir) if jax.process_index() == 0
               else contextlib.nullcontext())
-      with workdir_paths.write_failures_end_the_run(FLAGS.workdir, _newest_checkpoint), lock:
-        _program(program_options.program_name(options))(options, FLAGS.workdir)
+      with paths.write_failures_end_the_run(FLAGS.workdir, _newest_checkpoint), lock:
+        _program(programs.program_name(options))(options, FLAGS.workdir)
 
     # libjpeg's own warnings about corrupt files (data/decode.py names each bad file once).
     with stderr_filter.dropped() as restore:
@@ -125,7 +127,7 @@ def _exit_without_teardown(status: int, finished: bool) -> None:
   and the final garbage collection.
 
   Args:
-    status: the exit status (mixsiam_jax/cli.py).
+    status: the exit status (mixsiam_jax/run/cli.py).
     finished: the program ended normally or stopped on a signal; several
       processes then meet at JAX's shutdown barrier, which a failed process
       must not wait at (its peers stop when its heartbeats do).

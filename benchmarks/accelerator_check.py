@@ -3,7 +3,7 @@ r"""Measure the pretraining step on this machine's accelerators next to its comp
   python benchmarks/accelerator_check.py --out=accelerator_check.json   # via accelerator_check.sh
 
 For each recipe: the compile plan of the real step for these devices
-(mixsiam_jax.compile_plan, topology 'local'), then the step itself on synthetic
+(mixsiam_jax.planning.planner, topology 'local'), then the step itself on synthetic
 uint8 views already on the devices (so the input pipeline is not measured):
 images/s, model FLOP/s as a fraction of the chip's bf16 peak, and the allocator's
 peak memory against the plan's prediction. Each recipe runs in a process of its
@@ -28,7 +28,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from configs import cifar10, imagenet  # noqa: E402  pylint: disable=g-import-not-at-top
-from mixsiam_jax import cli, program_options  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax.options import programs
+from mixsiam_jax.run import cli  # noqa: E402  pylint: disable=g-import-not-at-top
 
 CIFAR10_TRAIN = 50000
 # name -> (config module, per-device batch as a multiple of --per_device_batch (None: the
@@ -64,7 +65,8 @@ def measure(name: str, smoke: bool, per_device_batch: int, steps: int, warmup: i
   # In a recipe's child process only: the parent never starts a JAX backend.
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import compile_plan, sharding, topologies, train  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.planning import planner, topologies
   module, multiple, remat, _ = RECIPES[name]
   cli.start_jax()
   topology = topologies.devices_for("local")
@@ -76,8 +78,8 @@ def measure(name: str, smoke: bool, per_device_batch: int, steps: int, warmup: i
     config.batch_size = multiple * per_device_batch * len(topology.devices)
   config.half_precision = True
   config.model.remat = remat
-  opts = program_options.pretrain_options(config)
-  plan, built, compiled = compile_plan.plan_and_compile(opts, topology)
+  opts = programs.pretrain_options(config)
+  plan, built, compiled = planner.plan_and_compile(opts, topology)
   machine = {"devices": len(topology.devices), "device_kind": topology.devices[0].device_kind,
              "platform": topology.platform, "jax": jax.__version__}
   # The process's peak after each stage: compiling (autotuning), initialising, stepping.

@@ -23,9 +23,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from mixsiam_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top  (light)
-from mixsiam_jax import stderr_filter  # noqa: E402  pylint: disable=g-import-not-at-top
 from mixsiam_jax.errors import UserError  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax.run import cli, stderr_filter  # noqa: E402  pylint: disable=g-import-not-at-top  (light)
 
 
 def make_rotten(root: str, fraction: float, seed: int = 0) -> int:

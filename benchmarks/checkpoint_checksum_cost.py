@@ -6,10 +6,10 @@ r"""What the checkpoint checksums cost: milliseconds added per save and per rest
 For each config, builds the pretraining state's tree (recipe.build_training and
 train.abstract_train_state: the real shapes, with random values, nothing
 compiled), then times, interleaved over ``reps`` repetitions (medians):
-  * checkpoint_checksums.record on it (what checkpoint.save adds), with the
+  * checksums.record on it (what storage.save adds), with the
     module's threads and with one;
-  * checkpoint_checksums.verify on the restored tree (what a restore adds);
-  * a whole synchronous checkpoint.save and checkpoint.restore, for scale.
+  * checksums.verify on the restored tree (what a restore adds);
+  * a whole synchronous storage.save and storage.restore, for scale.
 Prints one JSON line per config.
 """
 import argparse
@@ -21,7 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mixsiam_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top  (light)
+from mixsiam_jax.run import cli  # noqa: E402  pylint: disable=g-import-not-at-top  (light)
 
 
 def _timed(fn):
@@ -52,33 +52,34 @@ def measure(config_path: str, num_classes: int, reps: int) -> dict:
   # pylint: disable=g-import-not-at-top,protected-access
   import jax
   from ml_collections import config_flags
-  from mixsiam_jax import checkpoint, checkpoint_checksums, program_options
+  from mixsiam_jax.checkpoints import storage, checksums
+  from mixsiam_jax.options import programs
   from mixsiam_jax import recipe, sharding, train
 
   path, _, variant = config_path.partition(":")
   module = config_flags.config_flags._LoadConfigModule("bench_config", path)
-  opts = program_options.pretrain_options(module.get_config(variant))
+  opts = programs.pretrain_options(module.get_config(variant))
   mesh = sharding.create_mesh()
   training = recipe.build_training(opts, mesh, num_examples=100 * opts.batch_size,
                                    num_classes=num_classes)
   abstract = train.abstract_train_state(training.network, training.tx,
                                         image_size=opts.image_size, mesh=mesh)
-  tree = checkpoint.state_tree(_random_state(abstract, 0), jax.random.key(0))
+  tree = storage.state_tree(_random_state(abstract, 0), jax.random.key(0))
   leaves = jax.tree.leaves(tree)
   times = {k: [] for k in ("record", "record_1_thread", "verify", "save", "restore")}
-  threads = checkpoint_checksums._THREADS
+  threads = checksums._THREADS
   with tempfile.TemporaryDirectory() as directory:
-    manager = checkpoint.create_manager(directory, async_save=False, keep=1)
+    manager = storage.create_manager(directory, async_save=False, keep=1)
     for rep in range(reps):
-      seconds, recorded = _timed(lambda: checkpoint_checksums.record(tree))
+      seconds, recorded = _timed(lambda: checksums.record(tree))
       times["record"].append(seconds)
-      checkpoint_checksums._THREADS = 1
-      times["record_1_thread"].append(_timed(lambda: checkpoint_checksums.record(tree))[0])
-      checkpoint_checksums._THREADS = threads
-      times["save"].append(_timed(lambda: checkpoint.save(manager, rep + 1, tree, {}))[0])
-      seconds, (restored, _) = _timed(lambda: checkpoint.restore(manager, rep + 1, tree))
+      checksums._THREADS = 1
+      times["record_1_thread"].append(_timed(lambda: checksums.record(tree))[0])
+      checksums._THREADS = threads
+      times["save"].append(_timed(lambda: storage.save(manager, rep + 1, tree, {}))[0])
+      seconds, (restored, _) = _timed(lambda: storage.restore(manager, rep + 1, tree))
       times["restore"].append(seconds)
-      seconds, verified = _timed(lambda: checkpoint_checksums.verify(restored, recorded))
+      seconds, verified = _timed(lambda: checksums.verify(restored, recorded))
       assert verified == len(leaves), (verified, len(leaves))
       times["verify"].append(seconds)
     manager.close()

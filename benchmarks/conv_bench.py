@@ -148,7 +148,7 @@ def main(argv=None):
 
   # Never in the torch worker, whose interpreter (--torch_python) may lack JAX.
   import jax  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import cli  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.run import cli  # pylint: disable=g-import-not-at-top
   cli.start_jax()
   print(f"backend={jax.default_backend()} cores={os.cpu_count()} "
         f"affinity={len(os.sched_getaffinity(0))} jax={jax.__version__} batch={args.batch_size} "
@@ -176,5 +176,5 @@ if __name__ == "__main__":
     main()
   else:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from mixsiam_jax import cli  # pylint: disable=g-import-not-at-top
+    from mixsiam_jax.run import cli  # pylint: disable=g-import-not-at-top
     cli.run_tool(main)

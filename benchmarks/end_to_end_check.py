@@ -41,8 +41,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from configs import cifar10  # noqa: E402  pylint: disable=g-import-not-at-top
-from mixsiam_jax import cli, program_options  # noqa: E402  pylint: disable=g-import-not-at-top
-from mixsiam_jax import workdir as workdir_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax.options import programs
+from mixsiam_jax.run import cli  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax.workdir import run_files  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def _train_split(args) -> str:
@@ -85,7 +86,7 @@ def bare(args, out: pathlib.Path) -> dict:
       "device": json.loads(report.read_text()).get("device_kind")}
 
 
-def input_pipeline(args, opts: program_options.PretrainOptions) -> dict:
+def input_pipeline(args, opts: programs.PretrainOptions) -> dict:
   """Images/s of the training stream alone (host cores only; no JAX step)."""
   os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
   # In the --part=input child only, once CUDA_VISIBLE_DEVICES hides the GPU from it.
@@ -154,7 +155,7 @@ def program(args, out: pathlib.Path, steps_per_epoch: int) -> dict:
     rows = []
     while time.monotonic() - started < args.part_seconds:
       peaks.poll()
-      rows = workdir_lib.read_metrics(str(workdir)) if workdir.exists() else []
+      rows = run_files.read_metrics(str(workdir)) if workdir.exists() else []
       if any(r["step"] >= stop_at and "knn_top1" in r for r in rows) or proc.poll() is not None:
         break
       time.sleep(1.0)
@@ -184,16 +185,17 @@ def save(args, out: pathlib.Path) -> dict:
   """Seconds to write (and wait for) one checkpoint of the program's newest state."""
   # In the --part=save child only: the parent never starts a JAX backend.
   import jax  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import checkpoint, sharding  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import sharding  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.checkpoints import storage
   cli.start_jax()
   items = ("step", "params", "batch_stats", "opt_state", "rng")
-  tree, meta, step = checkpoint.restore_replicated(
+  tree, meta, step = storage.restore_replicated(
       str(out / "run"), sharding.create_mesh(jax.devices()[:1]), items=items)
   with tempfile.TemporaryDirectory(dir=out) as target:
-    manager = checkpoint.create_manager(target, async_save=True)
+    manager = storage.create_manager(target, async_save=True)
     start = time.perf_counter()
-    checkpoint.save(manager, step, tree, meta)
-    checkpoint.wait_until_saved(manager, step)
+    storage.save(manager, step, tree, meta)
+    storage.wait_until_saved(manager, step)
     seconds = time.perf_counter() - start
     manager.close()
   size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
@@ -240,7 +242,7 @@ def main():
     args.epochs, args.input_batches, args.input_warmup = 1, 5, 2
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  opts = program_options.pretrain_options(cifar10.get_config("tiny" if args.smoke else ""))
+  opts = programs.pretrain_options(cifar10.get_config("tiny" if args.smoke else ""))
   if args.part == "input":
     print(json.dumps(input_pipeline(args, opts)))
     return

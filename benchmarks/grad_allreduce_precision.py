@@ -36,8 +36,9 @@ from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import cifar10  # noqa: E402  pylint: disable=g-import-not-at-top
-from mixsiam_jax import cli, losses, models  # noqa: E402  pylint: disable=g-import-not-at-top
-from mixsiam_jax import program_options  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax import losses, models  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax.options import programs  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax.run import cli
 
 
 def _images(count: int, size: int, folder: str) -> tuple:
@@ -96,7 +97,7 @@ def _worst_leaf(tree, reference) -> float:
 def measure(replicas: int, per_replica: int, width: int, size: int, folder: str) -> dict:
   """Errors of the four reductions for ``replicas`` partial gradients."""
   # The CIFAR recipe's model (ResNet-18, CIFAR stem, 2-layer projector) at ``width``.
-  paper = program_options.pretrain_options(cifar10.get_config())
+  paper = programs.pretrain_options(cifar10.get_config())
   model = dataclasses.replace(paper.model, depth=18, width=width, stem="cifar", projector_layers=2,
                               projector_hidden_dim=4 * width, projector_dim=4 * width,
                               predictor_hidden_dim=width, conv_impl="xla")

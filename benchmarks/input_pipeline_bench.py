@@ -57,19 +57,20 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from mixsiam_jax import cli  # noqa: E402
+from mixsiam_jax.run import cli  # noqa: E402
 # Before mixsiam_jax.data imports TensorFlow: its start-up notices dropped, the GPUs hidden.
 cli.import_tensorflow()
 from configs import cifar10, imagenet  # noqa: E402
-from mixsiam_jax import device_crops, models, optim, program_options, sharding, train  # noqa: E402
+from mixsiam_jax import device_crops, models, optim, sharding, train  # noqa: E402
 from mixsiam_jax.data import decode, pipeline, sources  # noqa: E402
+from mixsiam_jax.options import programs
 from mixsiam_jax.photometric import device_photometric_augment  # noqa: E402
 from pipeline_bench_files import bench_torch, find_sample_dir, write_imagenet_like  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-def paper_options() -> program_options.PretrainOptions:
+def paper_options() -> programs.PretrainOptions:
   """The CIFAR recipe's options: SimSiam's colour jitter and grayscale, MixSiam's method."""
-  return program_options.pretrain_options(cifar10.get_config())
+  return programs.pretrain_options(cifar10.get_config())
 
 
 def photometric_options(blur: float):

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mixsiam_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top  (light)
+from mixsiam_jax.run import cli  # noqa: E402  pylint: disable=g-import-not-at-top  (light)
 
 
 def main() -> None:
@@ -36,13 +36,15 @@ def main() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import checkpointing, loop, program_options, run_options  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.checkpoints import run_checkpoints  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.run import loop
+  from mixsiam_jax.options import programs, shared
   from mixsiam_jax import recipe, sharding, train  # pylint: disable=g-import-not-at-top
   cli.start_jax()
 
   path, _, variant = args.config.partition(":")
   module = config_flags.config_flags._LoadConfigModule("bench_config", path)  # pylint: disable=protected-access
-  opts = dataclasses.replace(program_options.pretrain_options(module.get_config(variant)),
+  opts = dataclasses.replace(programs.pretrain_options(module.get_config(variant)),
                              batch_size=args.batch_size, num_train_steps=args.steps)
   mesh = sharding.create_mesh()
   training = recipe.build_training(opts, mesh, num_examples=args.steps * args.batch_size,
@@ -72,14 +74,14 @@ def main() -> None:
       state = train.create_train_state(jax.random.key(0), training.network, training.tx,
                                        image_size=size, mesh=mesh)
       with tempfile.TemporaryDirectory() as tmp:
-        checkpoints = checkpointing.Checkpoints(
-            tmp, run_options.CheckpointOptions(keep=3, keep_every_steps=0, async_save=False),
+        checkpoints = run_checkpoints.Checkpoints(
+            tmp, shared.CheckpointOptions(keep=3, keep_every_steps=0, async_save=False),
             to_tree=lambda s: {"step": s.step}, from_tree=lambda s, tree: s, meta={})
         writer = Writer()
         start = time.perf_counter()
         loop.run(lambda s, b: training.step(s, b, key), state, iter([batch] * args.steps),
                  start_step=0, num_steps=args.steps,
-                 cadence=run_options.Cadence(log_every_steps=args.steps,
+                 cadence=shared.Cadence(log_every_steps=args.steps,
                                                  checkpoint_every_steps=10 * args.steps,
                                                  eval_every_steps=0),
                  checkpoints=checkpoints, writer=writer, steps_in_flight=k)

@@ -18,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mixsiam_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top  (light)
+from mixsiam_jax.run import cli  # noqa: E402  pylint: disable=g-import-not-at-top  (light)
 
 
 def main(argv=None):
@@ -35,11 +35,12 @@ def main(argv=None):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import cifar10  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import photometric, program_options  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import photometric  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.options import programs
   cli.start_jax()
 
   # SimSiam's colour jitter and grayscale (the CIFAR recipe's), with --blur_prob.
-  paper = program_options.pretrain_options(cifar10.get_config())
+  paper = programs.pretrain_options(cifar10.get_config())
   options = dataclasses.replace(paper.photometric, blur_prob=args.blur_prob)
   images = jax.device_put(np.random.RandomState(0).randint(
       0, 256, (args.batch_size, args.image_size, args.image_size, 3)).astype(np.uint8))

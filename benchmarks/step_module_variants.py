@@ -4,7 +4,7 @@ r"""The compiled pretraining step with parts of the model swapped: memory and mo
       --topology=h100x1 --variant=ours [--recipe=cifar10] [--depth=D --batch=B --image=S]
 
 Compiles the real bf16 pretraining step (configs/imagenet.py, or --recipe's;
-compile_plan's plan_and_compile) for a topology, deviceless (a GPU topology needs
+planning.planner.plan_and_compile) for a topology, deviceless (a GPU topology needs
 requirements-gpu.txt), and prints the plan's memory and counts read from the
 compiled module: the convolution custom calls by result and operand dtypes,
 float32 values of at least 2^20 elements in the entry computation, kernels
@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from configs import cifar10, imagenet  # noqa: E402  pylint: disable=g-import-not-at-top
-from mixsiam_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax.run import cli  # noqa: E402  pylint: disable=g-import-not-at-top
 
 VARIANTS = ("ours", "old", "twopassbn", "onepassbn", "autodiffbn", "jaxrelu", "stockbn", "plain")
 RECIPES = {"imagenet": imagenet, "cifar10": cifar10}
@@ -182,7 +182,8 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu")
   cli.start_jax()
-  from mixsiam_jax import compile_plan, program_options, topologies  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.planning import planner, topologies  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.options import programs
   config = RECIPES[args.recipe].get_config()
   config.model.depth = args.depth or config.model.depth
   config.batch_size = args.batch or config.batch_size
@@ -194,8 +195,8 @@ def main():
       projector_layers=m.projector_layers, projector_dim=m.projector_dim,
       predictor_hidden_dim=m.predictor_hidden_dim))
   started = time.time()
-  opts = program_options.pretrain_options(config)
-  plan, _, compiled = compile_plan.plan_and_compile(opts, topologies.devices_for(args.topology))
+  opts = programs.pretrain_options(config)
+  plan, _, compiled = planner.plan_and_compile(opts, topologies.devices_for(args.topology))
   print(f"variant {args.variant}, {args.recipe} recipe, depth {m.depth}, batch {config.batch_size}, "
         f"{config.image_size} px, {args.topology}: compiled in {time.time() - started:.0f} s")
   print("memory GiB: " + ", ".join(f"{k} {v / 2**30:.3f}" for k, v in plan["memory"].items()

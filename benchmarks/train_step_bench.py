@@ -219,7 +219,7 @@ def main(argv=None):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
   # After XLA_FLAGS is set; never in the torch worker, whose interpreter may lack JAX.
   import jax  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import cli  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.run import cli  # pylint: disable=g-import-not-at-top
 
   backend = cli.start_jax()
   if args.torch_device == "auto":
@@ -248,5 +248,5 @@ if __name__ == "__main__":
     main()
   else:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from mixsiam_jax import cli  # pylint: disable=g-import-not-at-top
+    from mixsiam_jax.run import cli  # pylint: disable=g-import-not-at-top
     cli.run_tool(main)

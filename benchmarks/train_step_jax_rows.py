@@ -28,11 +28,12 @@ def build_jax(args):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from configs import cifar10  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import models, optim, program_options  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import models, optim  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.options import programs
   from mixsiam_jax import sharding, train  # pylint: disable=g-import-not-at-top
 
   # The CIFAR recipe's method and photometric augmentation; its model at the flags' shape.
-  paper = program_options.pretrain_options(cifar10.get_config())
+  paper = programs.pretrain_options(cifar10.get_config())
   mesh = sharding.create_mesh(jax.devices()[:1])
   model = dataclasses.replace(
       paper.model, depth=args.depth, width=args.width, stem=torch_reference.stem(args),

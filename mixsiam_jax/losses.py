@@ -8,7 +8,7 @@ from typing import Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from mixsiam_jax.options import AGGREGATIONS
+from mixsiam_jax.options.training import AGGREGATIONS
 
 _EPS = 1e-8  # torch.nn.functional.normalize / cosine_similarity guard
 

@@ -15,7 +15,7 @@ import jax
 import optax
 
 from mixsiam_jax.errors import UserError
-from mixsiam_jax.options import OptimOptions
+from mixsiam_jax.options.training import OptimOptions
 
 
 def steps(name: str, *, steps: int, epochs: float, num_examples: int,  # pylint: disable=redefined-outer-name

@@ -11,7 +11,7 @@ from typing import Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from mixsiam_jax.options import PhotometricOptions
+from mixsiam_jax.options.training import PhotometricOptions
 
 # ---------------------------------------------------------------------------
 # Photometric augmentations (SimSiam/MoCo v2 recipe), pure JAX, per sample.

@@ -20,11 +20,11 @@ import matplotlib
 matplotlib.use("Agg")  # No display on servers; must precede pyplot.
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mixsiam_jax import cli  # noqa: E402
-from mixsiam_jax import workdir as workdir_lib  # noqa: E402
 from mixsiam_jax.errors import UserError  # noqa: E402
+from mixsiam_jax.run import cli  # noqa: E402
+from mixsiam_jax.workdir import run_files  # noqa: E402
 
-METRICS_FILE = workdir_lib.METRICS_FILE
+METRICS_FILE = run_files.METRICS_FILE
 CONFIG_FILE = "config.json"
 LOSS_TERMS = ("loss", "loss_siam", "loss_mix")
 DPI = 100
@@ -58,7 +58,7 @@ def read_metrics(workdir: str) -> List[Dict[str, Any]]:
   if not os.path.isfile(path):
     raise RunFileNotFoundError(f"{path} does not exist: is {workdir!r} a training workdir "
                             "that has logged at least one step?")
-  rows = workdir_lib.read_metrics(workdir)
+  rows = run_files.read_metrics(workdir)
   if not rows:
     raise PlotError(f"{path} is empty: the run has not logged any step yet.")
   return rows

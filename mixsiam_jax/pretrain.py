@@ -3,7 +3,7 @@
 ``train_and_evaluate`` takes the run's PretrainOptions (program_options.py),
 checks the data and the workdir before writing anything, builds the network,
 optimiser and jitted step (recipe.py) and the kNN monitor (evaluators.py), and
-hands them to runner.train.
+hands them to skeleton.train.
 """
 import dataclasses
 import functools
@@ -18,15 +18,17 @@ from absl import logging
 from clu import periodic_actions
 from jax.sharding import Mesh
 
-from mixsiam_jax import augment, checkpoint, loop, progress, runner, sharding, train
-from mixsiam_jax import workdir as workdir_lib
-from mixsiam_jax.checkpointing import Checkpoints
-from mixsiam_jax.data import DatasetError, canvas, decode, identity, iterate, pipeline, sources
-from mixsiam_jax.data import tfds_prepare
+from mixsiam_jax import augment, sharding, train
+from mixsiam_jax.checkpoints import storage
+from mixsiam_jax.checkpoints.run_checkpoints import Checkpoints
+from mixsiam_jax.data import (DatasetError, canvas, decode, identity, iterate, pipeline, sources,
+                              tfds_prepare)
 from mixsiam_jax.evaluation import evaluators
 from mixsiam_jax.models import metadata
-from mixsiam_jax.program_options import PretrainOptions
+from mixsiam_jax.options.programs import PretrainOptions
 from mixsiam_jax.recipe import Training, build_training
+from mixsiam_jax.run import loop, progress, skeleton
+from mixsiam_jax.workdir import run_files
 
 # Re-exported: tests and callers catch it from the program they ran.
 TrainingError = loop.TrainingError
@@ -87,7 +89,7 @@ class StateFunctions:
     step_rng: the run's base key (replicated); every step's augmentations fold
       the step into it.
     init: builds the initial TrainState on the mesh.
-    to_tree: state -> checkpoint tree (checkpoint.state_tree).
+    to_tree: state -> checkpoint tree (storage.state_tree).
     from_tree: (initial state, restored tree) -> the resumed state.
   """
   step_rng: jax.Array
@@ -115,7 +117,7 @@ def state_functions(opts: PretrainOptions, training: Training, mesh: Mesh) -> St
       step_rng=step_rng,
       init=functools.partial(train.create_train_state, init_rng, training.network, training.tx,
                              image_size=opts.image_size, mesh=mesh),
-      to_tree=lambda state: checkpoint.state_tree(state, step_rng),
+      to_tree=lambda state: storage.state_tree(state, step_rng),
       from_tree=lambda state, tree: state.replace(
           step=tree["step"], params=tree["params"], batch_stats=tree["batch_stats"],
           opt_state=tree["opt_state"]))
@@ -145,10 +147,10 @@ def _read_data_file(path: str) -> Dict[str, Any]:
     with open(path) as f:
       recorded = json.load(f)
   except (OSError, ValueError) as e:
-    raise workdir_lib.WorkdirError(f"{path} is unreadable ({e}); restore it or use a "
+    raise run_files.WorkdirError(f"{path} is unreadable ({e}); restore it or use a "
                                    "fresh --workdir.") from None
   if not isinstance(recorded, dict):
-    raise workdir_lib.WorkdirError(f"{path} is unreadable (a JSON {type(recorded).__name__}, "
+    raise run_files.WorkdirError(f"{path} is unreadable (a JSON {type(recorded).__name__}, "
                                    "not an object); restore it or use a fresh --workdir.")
   return recorded
 
@@ -183,16 +185,16 @@ def check_same_data(workdir: str, described: Dict[str, Dict[str, Any]]) -> None:
   then rewrites it with them.
 
   Args:
-    workdir: the run's directory (from runner.open_run).
+    workdir: the run's directory (from skeleton.open_run).
     described: from _describe_data.
 
   Raises:
     WorkdirError: the workdir holds checkpoints but no data.json, or an unreadable one.
     DatasetError: one line naming the data set, what changed and the fixes.
   """
-  if not workdir_lib.checkpoint_steps(workdir):
+  if not run_files.checkpoint_steps(workdir):
     return  # a new run, or one stopped before its first checkpoint: it records its data anew
-  workdir_lib.check_record_kept(workdir, DATA_FILE, "the data sets they were trained on")
+  run_files.check_record_kept(workdir, DATA_FILE, "the data sets they were trained on")
   path = os.path.join(workdir, DATA_FILE)
   recorded = _read_data_file(path)
   unfingerprinted = []
@@ -273,7 +275,7 @@ def train_and_evaluate(opts: PretrainOptions, workdir: str,
   tfds_prepare.prepare_for_run(_data_sets(opts))
   info = sources.get_dataset_info(opts.data.dataset, opts.data.split)
   training = build_training(opts, mesh, info.num_examples, info.num_classes)
-  run = runner.open_run(workdir, opts.record)
+  run = skeleton.open_run(workdir, opts.record)
   if run.start_step >= training.num_steps:
     logging.info("This run already finished (step %d of %d); nothing to do.", run.start_step,
                  training.num_steps)
@@ -291,9 +293,9 @@ def train_and_evaluate(opts: PretrainOptions, workdir: str,
                                    seed=opts.seed)
 
   def on_start(writer):
-    workdir_lib.atomic_write_text(run.file(DATA_FILE), json.dumps(described, indent=2) + "\n")
+    run_files.atomic_write_text(run.file(DATA_FILE), json.dumps(described, indent=2) + "\n")
     if run.start_step == 0:
-      writer.write_hparams({k: v for k, v in workdir_lib.flatten_config(opts.record).items()
+      writer.write_hparams({k: v for k, v in run_files.flatten_config(opts.record).items()
                             if isinstance(v, (int, float, str, bool))})
 
   def make_batches(state, writer):
@@ -305,7 +307,7 @@ def train_and_evaluate(opts: PretrainOptions, workdir: str,
                training.num_steps, run.start_step, mesh.devices.size, jax.process_count(),
                opts.batch_size)
   try:
-    result = runner.train(
+    result = skeleton.train(
         run, Checkpoints(run.checkpoint_dir, opts.checkpoints, functions.to_tree,
                          functions.from_tree, meta),
         init=functions.init,

@@ -15,8 +15,8 @@ import optax
 from jax.sharding import Mesh
 
 from mixsiam_jax import models, optim, sharding, train
-from mixsiam_jax.options import ModelOptions
-from mixsiam_jax.program_options import PretrainOptions
+from mixsiam_jax.options.programs import PretrainOptions
+from mixsiam_jax.options.training import ModelOptions
 
 
 @dataclasses.dataclass(frozen=True)

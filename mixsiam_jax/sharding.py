@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mixsiam_jax.options import OptionsError
+from mixsiam_jax.options.checks import OptionsError
 
 DATA_AXIS = "data"
 

@@ -16,7 +16,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from mixsiam_jax import augment, device_crops, losses, sharding
-from mixsiam_jax.options import MethodOptions, PhotometricOptions
+from mixsiam_jax.options.training import MethodOptions, PhotometricOptions
 from mixsiam_jax.photometric import device_photometric_augment
 
 Batch = Dict[str, jax.Array]

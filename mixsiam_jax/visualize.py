@@ -20,8 +20,8 @@ from PIL import Image
 
 # Light modules only: flags parse (and --help answers) before TensorFlow and JAX load,
 # and cli.run_tool loads them with their start-up notices dropped.
-from mixsiam_jax import cli
 from mixsiam_jax.errors import UserError
+from mixsiam_jax.run import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _OUT = flags.DEFINE_string("out", "grid.png", "PNG file to write.")
@@ -73,10 +73,11 @@ def write_grid(config, out: str, num_images: int, scale: int) -> str:
   # Loaded here, after cli.run_tool has imported TensorFlow and started JAX quietly.
   # pylint: disable=g-import-not-at-top
   import jax
-  from mixsiam_jax import augment, photometric, pretrain, program_options
+  from mixsiam_jax import augment, photometric, pretrain
+  from mixsiam_jax.options import programs
   from mixsiam_jax.data import decode, pipeline, sources, tfds_prepare
   # pylint: enable=g-import-not-at-top
-  opts = program_options.pretrain_options(config)
+  opts = programs.pretrain_options(config)
   tfds_prepare.ensure_prepared(opts.data.dataset)  # downloaded on first use, as main.py does
   data = pretrain.train_data_options(opts, num_images, host_views=True)
   bad_images = decode.BadImageLog()

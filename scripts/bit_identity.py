@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The sibling module (this script's folder is on sys.path; it puts the repository there).
 import compare_checkpoints  # noqa: E402  pylint: disable=g-import-not-at-top
-from mixsiam_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top
 from mixsiam_jax.errors import UserError  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax.run import cli  # noqa: E402  pylint: disable=g-import-not-at-top
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROBE = ("--config.batch_size=40", "--config.eval_batch_size=40", "--config.num_train_steps=6",

@@ -41,8 +41,9 @@ sys.path.insert(0, REPO)
 # The sibling module (this script's folder is on sys.path): --dataset's image folder.
 from cifar10_study_data import StudyError, data_folder  # noqa: E402
 from configs import cifar10_study  # noqa: E402
-from mixsiam_jax import cli, program_options  # noqa: E402
-from mixsiam_jax import workdir as workdir_lib  # noqa: E402
+from mixsiam_jax.options import programs
+from mixsiam_jax.run import cli  # noqa: E402
+from mixsiam_jax.workdir import run_files  # noqa: E402
 # pylint: enable=g-import-not-at-top
 
 MAIN_ROWS = ("simsiam", "max")
@@ -195,13 +196,13 @@ def random_init_knn(folder: str, seed: int, overrides: Sequence[str]) -> Dict[st
   return monitor(state)
 
 
-def study_options(overrides: Sequence[str], **fields: Any) -> program_options.PretrainOptions:
+def study_options(overrides: Sequence[str], **fields: Any) -> programs.PretrainOptions:
   """The options of the study config's row max with top-level ``fields``, then ``overrides``."""
   config = cifar10_study.get_config("max")
   for key, value in fields.items():
     config[key] = value
   _apply_overrides(config, overrides)
-  return program_options.pretrain_options(config)
+  return programs.pretrain_options(config)
 
 
 def _apply_overrides(config, overrides: Sequence[str]) -> None:
@@ -230,7 +231,7 @@ def summarise_run(workdir: str) -> Dict[str, Any]:
   Raises:
     StudyError: if the run has no kNN result yet (not finished).
   """
-  rows = workdir_lib.read_metrics(workdir)
+  rows = run_files.read_metrics(workdir)
   knn = [r for r in rows if "knn_top1" in r]
   train_rows = [r for r in rows if "loss" in r]
   if not knn or not train_rows:

@@ -10,8 +10,8 @@ from typing import Optional
 
 from PIL import Image
 
-from mixsiam_jax import cli
 from mixsiam_jax.errors import UserError
+from mixsiam_jax.run import cli
 
 
 class StudyError(UserError):

@@ -19,8 +19,8 @@ import orbax.checkpoint as ocp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top  (after the repository is on sys.path)
-from mixsiam_jax import cli  # noqa: E402
 from mixsiam_jax.errors import UserError  # noqa: E402
+from mixsiam_jax.run import cli  # noqa: E402
 # pylint: enable=g-import-not-at-top
 
 

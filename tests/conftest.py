@@ -51,12 +51,13 @@ def cifar_jpeg_folder(tmp_path_factory):
 def tiny_pretrained(cifar_jpeg_folder, tmp_path_factory):
   """A finished 6-step pretraining run of configs/cifar10.py:tiny on the JPEG folder."""
   from configs import cifar10  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax import pretrain, program_options  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import pretrain  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.options import programs
   config = cifar10.get_config("tiny")
   config.dataset = config.eval_dataset = f"folder:{cifar_jpeg_folder}"
   config.async_checkpointing = False
   workdir = tmp_path_factory.mktemp("tiny_pretrained")
-  pretrain.train_and_evaluate(program_options.from_config(config), str(workdir))
+  pretrain.train_and_evaluate(programs.from_config(config), str(workdir))
   return workdir
 
 

@@ -4,7 +4,7 @@ import pathlib
 import subprocess
 import sys
 
-from mixsiam_jax import cli
+from mixsiam_jax.run import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # What TensorFlow and libtpu print while a process starts; an entry point shows none of it.

@@ -4,7 +4,8 @@ import pathlib
 import sys
 
 from configs import cifar10
-from mixsiam_jax import models, program_options
+from mixsiam_jax import models
+from mixsiam_jax.options import programs
 
 
 def override(config, overrides):
@@ -30,7 +31,7 @@ def pretrain_options(variant="", **overrides):
   """
   config = cifar10.get_config(variant)
   override(config, {key.replace("__", "."): value for key, value in overrides.items()})
-  return program_options.pretrain_options(config)
+  return programs.pretrain_options(config)
 
 
 def method(**fields):

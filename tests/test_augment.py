@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from mixsiam_jax import augment, photometric
 from mixsiam_jax.data import pipeline
-from mixsiam_jax.options import PhotometricOptions
+from mixsiam_jax.options.training import PhotometricOptions
 
 
 def _images(n=256, size=8, seed=0):

@@ -8,8 +8,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from mixsiam_jax.data import DatasetError
-from mixsiam_jax.data import decode
+from mixsiam_jax.data import DatasetError, decode
 
 
 def _encode(arr, fmt, mode=None):

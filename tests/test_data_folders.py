@@ -6,8 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from mixsiam_jax.data import DatasetError
-from mixsiam_jax.data import folders
+from mixsiam_jax.data import DatasetError, folders
 
 
 def _image_folder(root, sizes, ext="png"):

@@ -3,9 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mixsiam_jax.data import host_augment as ha
-from mixsiam_jax.data import pipeline
-from mixsiam_jax.options import PhotometricOptions
+from mixsiam_jax.data import host_augment as ha, pipeline
+from mixsiam_jax.options.training import PhotometricOptions
 
 
 def test_crop_window_area_ratio_and_bounds():

@@ -5,8 +5,7 @@ import shutil
 import pytest
 import tensorflow_datasets as tfds
 
-from mixsiam_jax.data import DatasetError
-from mixsiam_jax.data import identity
+from mixsiam_jax.data import DatasetError, identity
 
 
 def _folder(root, files):

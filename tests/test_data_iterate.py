@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from absl import logging
 
-from mixsiam_jax import stopping
 from mixsiam_jax.data import DatasetError, iterate
+from mixsiam_jax.run import stopping
 
 
 class SlowToRelease:

@@ -13,15 +13,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mixsiam_jax import sharding
-from mixsiam_jax.data import DatasetError
-from mixsiam_jax.data import batch_format
-from mixsiam_jax.data import decode
-from mixsiam_jax.data import folders
-from mixsiam_jax.data import iterate
-from mixsiam_jax.data import pipeline
-from mixsiam_jax.data import sources
+from mixsiam_jax.data import DatasetError, batch_format, decode, folders, iterate, pipeline, sources
 from mixsiam_jax.evaluation import features
-from mixsiam_jax.options import OptionsError, PhotometricOptions
+from mixsiam_jax.options.checks import OptionsError
+from mixsiam_jax.options.training import PhotometricOptions
 
 PER_CLASS = 20  # conftest's cifar_jpeg_folder: 200 real JPEGs in 10 classes.
 

@@ -6,8 +6,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mixsiam_jax.data import DatasetError
-from mixsiam_jax.data import names, sources
+from mixsiam_jax.data import DatasetError, names, sources
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mixsiam_jax import cli
+from mixsiam_jax.run import cli
 from tests import entry_points
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -8,13 +8,14 @@ import pytest
 
 from configs import knn as knn_config
 from configs import linear_probe as probe_config
-from mixsiam_jax import checkpoint, sharding, weights
+from mixsiam_jax import sharding, weights
+from mixsiam_jax.checkpoints import storage
 from mixsiam_jax.evaluation import encoder, knn_program, linear_probe
 from mixsiam_jax.models import MixSiamNetwork, ResNet
-from mixsiam_jax.program_options import from_config
-from mixsiam_jax.run_options import FileArchitecture
+from mixsiam_jax.options.programs import from_config
+from mixsiam_jax.options.shared import FileArchitecture
 from tests.helpers import model_options, snapshot
-from tests.test_checkpoint import (flip_a_byte_in_the_largest_array_file,
+from tests.test_checkpoints_storage import (flip_a_byte_in_the_largest_array_file,
                                    restores_silently_with_other_values)
 
 
@@ -46,14 +47,14 @@ def test_bad_pretrained_paths_are_named(tmp_path):
   mesh = sharding.create_mesh()
   with pytest.raises(encoder.EncoderError, match="pretrained is empty"):
     encoder.restore_encoder("", mesh)
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(storage.CheckpointError,
                      match=f"pretrained={tmp_path}/missing does not exist"):
     encoder.restore_encoder(str(tmp_path / "missing"), mesh)
   (tmp_path / "empty").mkdir()
-  with pytest.raises(checkpoint.CheckpointError, match="holds no checkpoints/ directory"):
+  with pytest.raises(storage.CheckpointError, match="holds no checkpoints/ directory"):
     encoder.restore_encoder(str(tmp_path / "empty"), mesh)
   (tmp_path / "nockpt" / "checkpoints").mkdir(parents=True)
-  with pytest.raises(checkpoint.CheckpointError, match="holds no complete checkpoint"):
+  with pytest.raises(storage.CheckpointError, match="holds no complete checkpoint"):
     encoder.restore_encoder(str(tmp_path / "nockpt"), mesh)
   with pytest.raises(weights.WeightsError, match="nothere.npz"):
     encoder.restore_encoder(str(tmp_path / "nothere.npz"), mesh, file_architecture=RESNET50)
@@ -89,7 +90,7 @@ def test_truncated_checkpoint_is_reported_with_its_path(tiny_pretrained, tmp_pat
   for path in (broken / "checkpoints" / "6" / "state").rglob("*"):
     if path.is_file() and path.stat().st_size > 100:
       path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoint .*checkpoints/6"):
+  with pytest.raises(storage.CheckpointError, match=r"checkpoint .*checkpoints/6"):
     encoder.restore_encoder(str(broken), sharding.create_mesh())
 
 
@@ -107,7 +108,7 @@ def test_an_encoder_whose_arrays_differ_from_their_checksums_is_refused(
   refusal = (rf"^checkpoint {broken}/checkpoints/6 is corrupt \(array (params|batch_stats)/backbone/"
              r".* does not match the checksum recorded when it was saved: .*\); step 3 is intact: "
              rf"move the broken step away \(mv {broken}/checkpoints/6 ")
-  with pytest.raises(checkpoint.CheckpointError, match=refusal):
+  with pytest.raises(storage.CheckpointError, match=refusal):
     encoder.restore_encoder(str(broken), mesh)
   before = snapshot(broken)
   # The kNN program and the linear probe refuse it before they write anything.
@@ -117,7 +118,7 @@ def test_an_encoder_whose_arrays_differ_from_their_checksums_is_refused(
     config.pretrained = str(broken)
     config.dataset = config.eval_dataset = f"folder:{cifar_jpeg_folder}"
     workdir = tmp_path / config.program
-    with pytest.raises(checkpoint.CheckpointError, match=refusal):
+    with pytest.raises(storage.CheckpointError, match=refusal):
       run(from_config(config), str(workdir))
     assert not (workdir / "config.json").exists() and not (workdir / "checkpoints").exists()
   assert snapshot(broken) == before

@@ -9,11 +9,12 @@ import optax
 import pytest
 
 from configs import linear_probe as probe_config
-from mixsiam_jax import checkpoint, sharding
-from mixsiam_jax import workdir as workdir_lib
+from mixsiam_jax import sharding
+from mixsiam_jax.checkpoints import storage
 from mixsiam_jax.evaluation import linear_probe, program
-from mixsiam_jax.options import OptionsError
-from mixsiam_jax.program_options import from_config
+from mixsiam_jax.options.checks import OptionsError
+from mixsiam_jax.options.programs import from_config
+from mixsiam_jax.workdir import run_files
 from tests.helpers import snapshot
 
 
@@ -67,7 +68,7 @@ def test_augmented_probe_trains_on_one_view_resumes_and_leaves_the_run_untouched
   assert probe["pretrained_step"] == 6 and probe["image_size"] == 16
   assert json.loads((probe_dir / "results.json").read_text()) == probe
   assert sorted(p.name for p in (probe_dir / "checkpoints").iterdir()) == ["3", "6"]
-  rows = workdir_lib.read_metrics(str(probe_dir))
+  rows = run_files.read_metrics(str(probe_dir))
   assert [r["step"] for r in rows] == [3, 6] and rows[-1]["probe_top1"] == probe["probe_top1"]
   # Metrics are metrics: what was probed goes to results.json only.
   assert not {"pretrained_step", "image_size", "probe_steps"} & set(rows[-1])
@@ -114,14 +115,14 @@ def _replace_with_another_run(pretrained):
   """Rewrites the checkpoints of a pretraining workdir with other parameters of the same
   shapes: the workdir of another run of the same config, at the same path and steps."""
   mesh = sharding.create_mesh(jax.devices()[:1])
-  directory = checkpoint.checkpoint_dir(str(pretrained))
+  directory = storage.checkpoint_dir(str(pretrained))
   for step in sorted(int(n) for n in os.listdir(directory) if n.isdigit()):
-    tree, meta, _ = checkpoint.restore_replicated(
+    tree, meta, _ = storage.restore_replicated(
         str(pretrained), mesh, step, items=("step", "params", "batch_stats"))
     tree["params"] = jax.tree.map(lambda x: x * 1.01, tree["params"])
     shutil.rmtree(os.path.join(directory, str(step)))
-    manager = checkpoint.create_manager(directory, async_save=False)
-    checkpoint.save(manager, step, tree, meta)
+    manager = storage.create_manager(directory, async_save=False)
+    storage.save(manager, step, tree, meta)
     manager.close()
 
 
@@ -133,8 +134,8 @@ def test_a_probe_refuses_to_resume_on_a_replaced_pretraining_run(
   config = _probe_config(cifar_jpeg_folder, pretrained, "fast", num_train_steps=3)
   probe_dir = tmp_path / "probe"
   linear_probe.run_linear_probe(from_config(config), str(probe_dir))
-  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(str(probe_dir)), read_only=True)
-  meta = checkpoint.read_meta(manager, 3)
+  manager = storage.create_manager(storage.checkpoint_dir(str(probe_dir)), read_only=True)
+  meta = storage.read_meta(manager, 3)
   manager.close()
   recorded = meta["pretrained_fingerprint"]
   assert meta["pretrained_step"] == 6 and meta["pretrained"] == str(pretrained)

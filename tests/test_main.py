@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from mixsiam_jax import workdir as workdir_lib, workdir_lock
-from mixsiam_jax.program_options import from_config
+from mixsiam_jax.options.programs import from_config
+from mixsiam_jax.workdir import locking, run_files
 from tests.helpers import snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -56,8 +56,8 @@ def test_config_mistakes_end_in_one_line(tmp_path, override, needles):
 def test_a_busy_workdir_is_refused_in_one_line(tmp_path):
   workdir = tmp_path / "run"
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time\nfrom mixsiam_jax import workdir_lock\n"
-       "with workdir_lock.lock_workdir(sys.argv[1]):\n  print('locked', flush=True)\n"
+      [sys.executable, "-c", "import sys, time\nfrom mixsiam_jax.workdir import locking\n"
+       "with locking.lock_workdir(sys.argv[1]):\n  print('locked', flush=True)\n"
        "  time.sleep(300)\n", str(workdir)], cwd=REPO, stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "locked"
@@ -65,7 +65,7 @@ def test_a_busy_workdir_is_refused_in_one_line(tmp_path):
     result = run_main(*TINY, f"--workdir={workdir}", "--config.dataset=folder:/nonexistent")
     assert result.returncode != 0
     assert time.time() - start < 120  # imports only: nothing is read or built
-    owner = json.loads((workdir / workdir_lock.LOCK_FILE).read_text())
+    owner = json.loads((workdir / locking.LOCK_FILE).read_text())
     assert errors_of(result) == [
         f"error: this workdir is in use by another run (pid {holder.pid} on host "
         f"{owner['host']}, started {owner['started']}; lock file {workdir / '.lock'}): wait for "
@@ -109,23 +109,24 @@ def test_a_finished_run_is_extended_on_purpose_and_a_broken_newest_step_is_named
     pretrain.train_and_evaluate(from_config(config), str(run))
   config.allow_length_change = True
   pretrain.train_and_evaluate(from_config(config), str(run))
-  rows = [r["step"] for r in workdir_lib.read_metrics(str(run)) if "loss" in r]
+  rows = [r["step"] for r in run_files.read_metrics(str(run)) if "loss" in r]
   assert rows[-2:] == [8, 9]
   assert "9" in os.listdir(run / "checkpoints")
-  assert workdir_lib.read_config(str(run))["num_train_steps"] == 9
+  assert run_files.read_config(str(run))["num_train_steps"] == 9
 
 
 @pytest.mark.slow
 def test_a_flipped_byte_in_an_array_of_the_newest_checkpoint_is_refused_in_one_line(
     tiny_pretrained, cifar_jpeg_folder, tmp_path):
-  from mixsiam_jax import checkpoint, sharding  # pylint: disable=g-import-not-at-top
-  from tests.test_checkpoint import (  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax import sharding  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.checkpoints import storage
+  from tests.test_checkpoints_storage import (  # pylint: disable=g-import-not-at-top
       flip_a_byte_in_the_largest_array_file, restores_silently_with_other_values)
   broken = tmp_path / "broken"
   shutil.copytree(tiny_pretrained, broken)
   mesh = sharding.create_mesh()
   items = ("step", "params", "batch_stats", "opt_state", "rng")
-  read = lambda workdir: checkpoint.restore_replicated(str(workdir), mesh, items=items)[0]
+  read = lambda workdir: storage.restore_replicated(str(workdir), mesh, items=items)[0]
   intact = read(tiny_pretrained)
   # A byte of array data: without the checksums, the run would train on from other values.
   flip_a_byte_in_the_largest_array_file(
@@ -166,7 +167,7 @@ def wait_for_step(workdir, step, proc, timeout=240):
   """Waits until metrics.jsonl has logged ``step`` (log_every_steps=1)."""
   deadline = time.time() + timeout
   while time.time() < deadline:
-    rows = [r for r in workdir_lib.read_metrics(str(workdir)) if "loss" in r]
+    rows = [r for r in run_files.read_metrics(str(workdir)) if "loss" in r]
     if rows and rows[-1]["step"] >= step:
       return
     assert proc.poll() is None, proc.communicate()[1][-3000:]

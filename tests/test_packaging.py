@@ -127,7 +127,7 @@ def test_pip_install_target_gives_an_importable_package_with_its_data(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(target))
   probe = textwrap.dedent("""
       import mixsiam_jax, mixsiam_jax.train
-      from mixsiam_jax import topologies
+      from mixsiam_jax.planning import topologies
       print(mixsiam_jax.__file__)
       print(len((topologies.GPU_SPECS / "h100_sxm.txtpb").read_text()))
   """)
@@ -136,4 +136,4 @@ def test_pip_install_target_gives_an_importable_package_with_its_data(tmp_path):
   assert result.returncode == 0, result.stderr
   package_file, spec_chars = result.stdout.split()
   assert pathlib.Path(package_file).parent == target / "mixsiam_jax"
-  assert int(spec_chars) == len((PACKAGE / "gpu_specs" / "h100_sxm.txtpb").read_text())
+  assert int(spec_chars) == len((PACKAGE / "planning" / "gpu_specs" / "h100_sxm.txtpb").read_text())

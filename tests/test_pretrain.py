@@ -14,9 +14,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import cifar10
-from mixsiam_jax import pretrain, workdir as workdir_lib
+from mixsiam_jax import pretrain
 from mixsiam_jax.data import tfds_prepare
-from mixsiam_jax.program_options import from_config
+from mixsiam_jax.options.programs import from_config
+from mixsiam_jax.workdir import run_files
 from tests.helpers import snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def tiny_config(dataset):
 
 def curves(workdir):
   return {row["step"]: {k: row[k] for k in LOSS_KEYS}
-          for row in workdir_lib.read_metrics(str(workdir)) if "loss" in row}
+          for row in run_files.read_metrics(str(workdir)) if "loss" in row}
 
 
 @pytest.mark.slow
@@ -179,7 +180,7 @@ def test_a_tiny_run_says_what_it_does_and_logs_the_lr_of_each_logged_step(cifar_
   assert f"newest checkpoint: {tmp_path / 'w' / 'checkpoints' / '6'}." in summary
   # The tiny recipe: lr 0.03 x 16 / 256, cosine over 6 steps, no warm-up; step s uses the
   # rate at s - 1 steps done.
-  rows = [r for r in workdir_lib.read_metrics(str(tmp_path / "w")) if "lr" in r]
+  rows = [r for r in run_files.read_metrics(str(tmp_path / "w")) if "lr" in r]
   assert [r["step"] for r in rows] == [2, 4, 6]
   for r in rows:
     expected = 0.03 * 16 / 256 * 0.5 * (1 + np.cos(np.pi * (r["step"] - 1) / 6))
@@ -248,7 +249,7 @@ def test_a_resume_whose_data_json_is_gone_is_refused_naming_it(tiny_pretrained, 
   run = _resumable_run(tiny_pretrained, tmp_path)
   (run / pretrain.DATA_FILE).unlink()
   before = snapshot(run)
-  with pytest.raises(workdir_lib.WorkdirError) as err:
+  with pytest.raises(run_files.WorkdirError) as err:
     pretrain.train_and_evaluate(from_config(_fixture_config(cifar_jpeg_folder)), str(run))
   assert str(err.value) == (
       f"--workdir={run} holds checkpoints (steps [3] in {run}/checkpoints) but no data.json, so "
@@ -309,5 +310,5 @@ def test_check_same_data_leaves_a_changed_evaluation_set_and_names_a_tfds_versio
 def test_check_same_data_refuses_an_unreadable_data_json(tmp_path):
   (tmp_path / "checkpoints" / "3").mkdir(parents=True)
   (tmp_path / pretrain.DATA_FILE).write_text("[1, 2]")
-  with pytest.raises(workdir_lib.WorkdirError, match=r"data.json is unreadable \(a JSON list, "):
+  with pytest.raises(run_files.WorkdirError, match=r"data.json is unreadable \(a JSON list, "):
     pretrain.check_same_data(str(tmp_path), {"train": _described()})

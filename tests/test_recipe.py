@@ -6,8 +6,9 @@ import jax
 import pytest
 
 from configs import imagenet
-from mixsiam_jax import models, optim, program_options, recipe, sharding
+from mixsiam_jax import models, optim, recipe, sharding
 from mixsiam_jax.models.mixsiam import DTYPES
+from mixsiam_jax.options import programs
 from tests.helpers import pretrain_options
 
 
@@ -25,7 +26,7 @@ def test_half_precision_switch_picks_the_compute_dtype(half_precision, cpu, tpu)
                                                   ("b4096", 4096, 10)])
 def test_imagenet_variants_are_valid_recipes(variant, batch, warmup):
   """Batch and warm-up of each variant; lr by the linear rule (0.05 x batch / 256)."""
-  opts = program_options.pretrain_options(imagenet.get_config(variant))
+  opts = programs.pretrain_options(imagenet.get_config(variant))
   assert (opts.batch_size, opts.optim.warmup_epochs) == (batch, warmup)
   assert (opts.model.depth, opts.model.stem, opts.image_size) == (50, "imagenet", 224)
   assert opts.optim.base_lr == 0.05
@@ -49,7 +50,7 @@ def test_training_length_and_schedule_follow_epochs_and_batch():
 def test_the_recipe_and_the_compile_planner_import_no_tensorflow():
   """The planner and the accelerator check run where only JAX is installed (an
   accelerator image without TensorFlow): neither may pull in the data pipeline."""
-  code = ("import sys; import mixsiam_jax.compile_plan, mixsiam_jax.recipe; "
+  code = ("import sys; import mixsiam_jax.planning.planner, mixsiam_jax.recipe; "
           "print(sorted({m.split('.')[0] for m in sys.modules} & "
           "{'tensorflow', 'tensorflow_datasets', 'clu', 'orbax'}))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

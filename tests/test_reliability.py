@@ -28,8 +28,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import cifar10
-from mixsiam_jax import checkpoint, cli, optim, pretrain, sharding, workdir as workdir_lib
-from mixsiam_jax.program_options import from_config
+from mixsiam_jax import optim, pretrain, sharding
+from mixsiam_jax.checkpoints import storage
+from mixsiam_jax.options.programs import from_config
+from mixsiam_jax.run import cli
+from mixsiam_jax.workdir import run_files
 from tests.helpers import snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -106,7 +109,7 @@ def run_to_end(workdir, data, *extra, **kw):
 
 def steps_on_disk(workdir):
   """Step directories as Orbax reports them (what a resume would pick)."""
-  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(str(workdir)), read_only=True,
+  manager = storage.create_manager(storage.checkpoint_dir(str(workdir)), read_only=True,
                                       async_save=False)
   try:
     return sorted(manager.all_steps()), manager.latest_step()
@@ -116,7 +119,7 @@ def steps_on_disk(workdir):
 
 def restore_all(workdir, devices, step=None):
   """The whole state tree of a checkpoint, as host arrays, replicated on ``devices``."""
-  tree, _, step = checkpoint.restore_replicated(str(workdir), sharding.create_mesh(devices),
+  tree, _, step = storage.restore_replicated(str(workdir), sharding.create_mesh(devices),
                                                 step=step, items=STATE_ITEMS)
   return jax.device_get(tree), step
 
@@ -138,7 +141,7 @@ def assert_trees_equal(a, b, what):
 
 def curves(workdir, keys=LOSS_KEYS):
   return {row["step"]: {k: row[k] for k in keys if k in row}
-          for row in workdir_lib.read_metrics(str(workdir)) if "loss" in row}
+          for row in run_files.read_metrics(str(workdir)) if "loss" in row}
 
 
 def read_ids(path):
@@ -237,7 +240,7 @@ def interrupted(straight, cifar_jpeg_folder, tmp_path_factory):
   facts["partial"] = partial.name
   facts["b_steps"] = steps_on_disk(workdir)
   try:
-    facts["b_restore_step"] = checkpoint.restore_replicated(
+    facts["b_restore_step"] = storage.restore_replicated(
         str(workdir), sharding.create_mesh(jax.devices()[:1]), items=("step",))[2]
   except Exception as e:  # pylint: disable=broad-except
     facts["b_restore_step"] = repr(e)
@@ -317,10 +320,10 @@ def test_resume_after_sigterm_sigkill_and_crash_is_bit_exact(interrupted, straig
 def test_keys_are_stored_as_uint32_key_data(straight):
   """Promise 8: the rng leaf is raw uint32 key data, on disk and restored."""
   workdir, _ = straight
-  manager = checkpoint.create_manager(checkpoint.checkpoint_dir(str(workdir)), read_only=True,
+  manager = storage.create_manager(storage.checkpoint_dir(str(workdir)), read_only=True,
                                       async_save=False)
   try:
-    saved = manager.item_metadata(STEPS)[checkpoint.STATE]["rng"]
+    saved = manager.item_metadata(STEPS)[storage.STATE]["rng"]
   finally:
     manager.close()
   assert np.dtype(saved.dtype) == np.uint32, saved
@@ -357,7 +360,7 @@ def test_checkpoints_move_between_8_and_1_devices(straight, cifar_jpeg_folder, t
   written_on_1, _ = restore_all(one, jax.devices(), step=9)
   written_on_1_again, _ = restore_all(one, jax.devices()[:1], step=9)
   assert_trees_equal(written_on_1, written_on_1_again, "1-device checkpoint on 8 vs 1 devices")
-  tree, _, _ = checkpoint.restore_replicated(str(one), sharding.create_mesh(jax.devices()),
+  tree, _, _ = storage.restore_replicated(str(one), sharding.create_mesh(jax.devices()),
                                              step=9)
   assert all(len(x.sharding.device_set) == 8 for x in jax.tree.leaves(tree))
   for key in ("params", "batch_stats"):

@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import Mesh
 
 from mixsiam_jax import sharding
-from mixsiam_jax.options import OptionsError
+from mixsiam_jax.options.checks import OptionsError
 
 
 def test_mesh_spans_all_devices():

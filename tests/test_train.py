@@ -175,7 +175,7 @@ def test_init_compiler_options_follow_the_mesh_not_the_host():
   assert train.init_compiler_options(sharding.create_mesh()) == {
       "xla_backend_optimization_level": 0}
   pytest.importorskip("libtpu", reason="libtpu is not installed (requirements-tpu.txt)")
-  from mixsiam_jax import topologies  # pylint: disable=g-import-not-at-top
+  from mixsiam_jax.planning import topologies  # pylint: disable=g-import-not-at-top
   tpu_mesh = sharding.create_mesh(topologies.devices_for("v5e:2x2").devices)
   assert train.init_compiler_options(tpu_mesh) is None
 

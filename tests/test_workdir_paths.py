@@ -1,11 +1,11 @@
-"""Tests of mixsiam_jax/workdir_paths.py: a workdir that stops accepting writes ends in one line."""
+"""Tests of mixsiam_jax/workdir/paths.py: a workdir that stops accepting writes ends in one line."""
 import errno
 import os
 
 import pytest
 import tensorflow as tf
 
-from mixsiam_jax import workdir_paths
+from mixsiam_jax.workdir import paths
 from tests.test_main import TINY, errors_of, run_main, small_disk
 
 
@@ -15,11 +15,11 @@ def _newest(step):
 
 def test_a_full_disk_names_the_file_the_free_space_and_the_newest_checkpoint(tmp_path):
   error = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.jsonl"))
-  message = workdir_paths.write_failure_message(error, str(tmp_path), _newest(7))
+  message = paths.write_failure_message(error, str(tmp_path), _newest(7))
   assert message.startswith(f"cannot write {tmp_path / 'metrics.jsonl'}: No space left on "
                             "device, ")
   assert " free; the newest intact checkpoint is step 7. " in message and "\n" not in message
-  nothing = workdir_paths.write_failure_message(
+  nothing = paths.write_failure_message(
       OSError(errno.EROFS, "Read-only file system"), str(tmp_path), _newest(0))
   assert nothing.startswith(f"cannot write into the workdir {tmp_path}: Read-only file system")
   assert "no checkpoint was written yet" in nothing
@@ -28,7 +28,7 @@ def test_a_full_disk_names_the_file_the_free_space_and_the_newest_checkpoint(tmp
 def test_tensorboards_write_failure_is_named(tmp_path):
   error = tf.errors.ResourceExhaustedError(None, None, "FlushSummaryWriter: ... No space left "
                                                        "on device")
-  message = workdir_paths.write_failure_message(error, str(tmp_path), _newest(3))
+  message = paths.write_failure_message(error, str(tmp_path), _newest(3))
   assert message.startswith(f"cannot write the TensorBoard event file in {tmp_path}: No space "
                             "left on device")
 
@@ -40,17 +40,17 @@ def test_tensorboards_write_failure_is_named(tmp_path):
     ValueError("No space left on device"),  # not an OS error
 ])
 def test_other_errors_pass_through(tmp_path, error):
-  assert workdir_paths.write_failure_message(error, str(tmp_path), _newest(1)) is None
+  assert paths.write_failure_message(error, str(tmp_path), _newest(1)) is None
   with pytest.raises(type(error)):
-    with workdir_paths.write_failures_end_the_run(str(tmp_path), _newest(1)):
+    with paths.write_failures_end_the_run(str(tmp_path), _newest(1)):
       raise error
 
 
 def test_the_context_raises_one_error_with_status_4(tmp_path):
   def broken():
     raise RuntimeError("checkpoints unreadable")
-  with pytest.raises(workdir_paths.WorkdirWriteError) as raised:
-    with workdir_paths.write_failures_end_the_run(str(tmp_path), broken):
+  with pytest.raises(paths.WorkdirWriteError) as raised:
+    with paths.write_failures_end_the_run(str(tmp_path), broken):
       raise OSError(errno.EDQUOT, "Disk quota exceeded", str(tmp_path / "config.json"))
   assert raised.value.exit_status == 4
   assert "the newest checkpoint could not be read (checkpoints unreadable)" in str(raised.value)

@@ -8,7 +8,7 @@ accelerators. main.py does the same on first use (data/tfds_prepare.py).
 import argparse
 from typing import Optional, Sequence
 
-from mixsiam_jax import cli
+from mixsiam_jax.run import cli
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -1,6 +1,6 @@
 """The pretraining batch format: the one definition of what the training stream yields per step.
 
-pipeline.create_pretrain_dataset builds its batches to it, and compile_plan
+pipeline.create_pretrain_dataset builds its batches to it, and the compile planner
 compiles the train step for it. Plain NumPy, so the planner imports no TensorFlow.
 Two forms: views resized on the host ('views'), or decoded images in canvases
 with the crop windows and flips that the device applies (device_crops.py).

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from mixsiam_jax import photometric
-from mixsiam_jax.options import PhotometricOptions
+from mixsiam_jax.options.training import PhotometricOptions
 
 # torchvision RandomResizedCrop defaults.
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)

@@ -26,8 +26,7 @@ import hashlib
 import os
 from typing import Dict, List, Optional, Sequence
 
-from mixsiam_jax.data import DatasetError
-from mixsiam_jax.data import folders, names, sources
+from mixsiam_jax.data import DatasetError, folders, names, sources
 
 # Hex digits kept of the SHA-256: 64 bits, ample for telling two versions of one data set apart.
 FINGERPRINT_DIGITS = 16

@@ -1,6 +1,6 @@
 """The names a config gives data by, checked without TensorFlow: data sets and eval transforms.
 
-The options (mixsiam_jax/program_options.py) check them when they are built, so
+The options (mixsiam_jax/options/programs.py) check them when they are built, so
 that a misspelt data set is refused before anything is opened; sources.py and
 the pipelines read the data they name.
 """

@@ -43,16 +43,11 @@ from typing import Optional, Tuple
 import jax
 import tensorflow as tf
 
-from mixsiam_jax.data import DataChangedError, DatasetError
-from mixsiam_jax.data import batch_format
-from mixsiam_jax.data import canvas as canvas_lib
-from mixsiam_jax.data import decode
-from mixsiam_jax.data import host_augment
-from mixsiam_jax.data import names
-from mixsiam_jax.data import positions
-from mixsiam_jax.data import sources
-from mixsiam_jax.options import OptionsError, PhotometricOptions, one_of, positive_int
-from mixsiam_jax.run_options import check_crop_scale
+from mixsiam_jax.data import (DataChangedError, DatasetError, batch_format, canvas as canvas_lib,
+                              decode, host_augment, names, positions, sources)
+from mixsiam_jax.options.checks import OptionsError, one_of, positive_int
+from mixsiam_jax.options.shared import check_crop_scale
+from mixsiam_jax.options.training import PhotometricOptions
 
 
 def hide_accelerators_from_tensorflow() -> None:

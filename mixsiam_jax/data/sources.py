@@ -22,8 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mixsiam_jax.data import DatasetError
-from mixsiam_jax.data import folders, names
+from mixsiam_jax.data import DatasetError, folders, names
 
 
 @dataclasses.dataclass(frozen=True)

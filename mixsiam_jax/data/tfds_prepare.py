@@ -28,8 +28,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mixsiam_jax import workdir_paths
 from mixsiam_jax.data import DatasetError, names, sources
+from mixsiam_jax.workdir import paths
 
 # Seconds to wait for a TCP connection to a download host before calling the machine offline.
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -93,7 +93,7 @@ def _download_and_prepare(builder, name: str, field: str, flag: str) -> None:
       raise DatasetError(f"the download of {name} failed: cannot connect to {unreachable}. "
                          + _advice(name, flag))
   size = sum(int(info.size) for info in (builder.url_infos or {}).values())
-  what = (f"downloading {workdir_paths.format_bytes(size)} from {urllib.parse.urlparse(urls[0]).hostname}"
+  what = (f"downloading {paths.format_bytes(size)} from {urllib.parse.urlparse(urls[0]).hostname}"
           if urls and not builder.MANUAL_DOWNLOAD_INSTRUCTIONS else
           f"reading the archives in {manual_dir}" if builder.MANUAL_DOWNLOAD_INSTRUCTIONS else
           "generating its examples")

@@ -18,11 +18,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from mixsiam_jax import checkpoint, sharding, weights
-from mixsiam_jax import workdir as workdir_lib
+from mixsiam_jax import sharding, weights
+from mixsiam_jax.checkpoints import storage
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.models import ResNet, metadata
-from mixsiam_jax.run_options import FileArchitecture
+from mixsiam_jax.options.shared import FileArchitecture
+from mixsiam_jax.workdir import run_files
 
 WEIGHT_FILE_SUFFIXES = (".pth", ".pth.tar", ".pt", ".npz")
 # Workdirs of the evaluation programs, which hold no encoder of their own.
@@ -109,7 +110,7 @@ def backbone_of(network: nn.Module) -> ResNet:
 
 def _refuse_evaluation_workdir(pretrained: str) -> None:
   """A workdir of the kNN or probe program passed as ``pretrained`` gets a message saying so."""
-  config = workdir_lib.read_config(pretrained) or {}
+  config = run_files.read_config(pretrained) or {}
   kind = _EVALUATION_PROGRAMS.get(config.get("program"))
   if kind is not None:
     raise EncoderError(
@@ -121,7 +122,7 @@ def _refuse_evaluation_workdir(pretrained: str) -> None:
 def _restore_workdir(pretrained: str, mesh: Mesh, step: Optional[int]):
   """(ResNet, backbone variables, step, image size) of a pretraining checkpoint."""
   _refuse_evaluation_workdir(pretrained)
-  tree, meta, step = checkpoint.restore_replicated(pretrained, mesh, step)
+  tree, meta, step = storage.restore_replicated(pretrained, mesh, step)
   described = metadata.backbone_from_meta(meta, sharding.mesh_platform(mesh))
   if described is None:
     raise EncoderError(

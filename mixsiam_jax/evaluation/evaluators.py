@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 from mixsiam_jax import sharding
 from mixsiam_jax.data import decode
 from mixsiam_jax.evaluation import encoder, features, knn
-from mixsiam_jax.run_options import EvalData, KnnOptions
+from mixsiam_jax.options.shared import EvalData, KnnOptions
 
 Metrics = Dict[str, float]
 

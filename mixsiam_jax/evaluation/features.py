@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 
 from mixsiam_jax import augment, sharding
 from mixsiam_jax.data import DatasetError, decode, iterate, pipeline, sources
-from mixsiam_jax.run_options import EvalData
+from mixsiam_jax.options.shared import EvalData
 
 
 def check_classes(data: EvalData, user: str) -> sources.DatasetInfo:

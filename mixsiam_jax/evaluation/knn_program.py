@@ -7,10 +7,10 @@ import jax
 from absl import logging
 
 from mixsiam_jax import sharding
-from mixsiam_jax import workdir as workdir_lib
 from mixsiam_jax.data import tfds_prepare
 from mixsiam_jax.evaluation import encoder, evaluators, program
-from mixsiam_jax.program_options import KnnProgramOptions
+from mixsiam_jax.options.programs import KnnProgramOptions
+from mixsiam_jax.workdir import run_files
 
 
 def run_knn(opts: KnnProgramOptions, workdir: str) -> Dict[str, Any]:
@@ -30,7 +30,7 @@ def run_knn(opts: KnnProgramOptions, workdir: str) -> Dict[str, Any]:
     knn_top5, pretrained, pretrained_step, image_size, pretrained_image_size,
     k, temperature.
   """
-  workdir_lib.check_resume(workdir_lib.check_workdir(workdir), opts.record)
+  run_files.check_resume(run_files.check_workdir(workdir), opts.record)
   mesh = sharding.create_mesh()
   tfds_prepare.prepare_for_run(opts.data.data_sets())
   frozen = program.restore(opts.encoder, mesh)
@@ -38,7 +38,7 @@ def run_knn(opts: KnnProgramOptions, workdir: str) -> Dict[str, Any]:
   monitor = evaluators.KnnMonitor(encoder.make_embed_fn(frozen.resnet, mesh), mesh,
                                   dataclasses.replace(opts.data, image_size=image_size),
                                   opts.knn, user="the kNN program")
-  workdir = workdir_lib.start_run(workdir, opts.record, 0)
+  workdir = run_files.start_run(workdir, opts.record, 0)
   results = monitor(frozen.variables)
   frozen.check_unchanged()
   results.update(pretrained=frozen.source, pretrained_step=frozen.step, image_size=image_size,

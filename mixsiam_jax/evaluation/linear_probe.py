@@ -21,13 +21,15 @@ from absl import logging
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from mixsiam_jax import checkpoint, optim, runner, sharding
-from mixsiam_jax.checkpointing import Checkpoints
+from mixsiam_jax import optim, sharding
+from mixsiam_jax.checkpoints import storage
+from mixsiam_jax.checkpoints.run_checkpoints import Checkpoints
 from mixsiam_jax.data import decode, iterate, pipeline, tfds_prepare
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.evaluation import encoder, evaluators, features, program
-from mixsiam_jax.program_options import ProbeOptions
-from mixsiam_jax.run_options import EncoderSource, EvalData
+from mixsiam_jax.options.programs import ProbeOptions
+from mixsiam_jax.options.shared import EncoderSource, EvalData
+from mixsiam_jax.run import skeleton
 
 
 class ProbeError(UserError):
@@ -96,13 +98,13 @@ def feature_batches(feats: np.ndarray, labels: np.ndarray, *, batch_size: int, s
 
 
 # ----------------------------------------------------------------- the program
-def _recorded_meta(run: runner.RunDir) -> Dict[str, Any]:
+def _recorded_meta(run: skeleton.RunDir) -> Dict[str, Any]:
   """The metadata of a probe workdir's newest checkpoint ({} for a new probe)."""
   if not run.start_step:
     return {}
-  manager = checkpoint.create_manager(run.checkpoint_dir, read_only=True, async_save=False)
+  manager = storage.create_manager(run.checkpoint_dir, read_only=True, async_save=False)
   try:
-    return checkpoint.read_meta(manager, run.start_step)
+    return storage.read_meta(manager, run.start_step)
   finally:
     manager.close()
 
@@ -134,9 +136,9 @@ def _restore_recorded(source: EncoderSource, mesh: Mesh, workdir: str,
   if step is None or source.pretrained.endswith(encoder.WEIGHT_FILE_SUFFIXES):
     frozen = program.restore(source, mesh)
   else:
-    directory = checkpoint.checkpoint_dir(source.pretrained)
+    directory = storage.checkpoint_dir(source.pretrained)
     if os.path.isdir(directory):
-      manager = checkpoint.create_manager(directory, read_only=True, async_save=False)
+      manager = storage.create_manager(directory, read_only=True, async_save=False)
       try:
         steps = sorted(manager.all_steps())
       finally:
@@ -225,7 +227,7 @@ def run_linear_probe(opts: ProbeOptions, workdir: str) -> Dict[str, Any]:
   """
   mesh = sharding.create_mesh()
   sharding.check_global_batch(opts.batch_size, mesh)
-  run = runner.open_run(workdir, opts.record)
+  run = skeleton.open_run(workdir, opts.record)
   tfds_prepare.prepare_for_run(opts.data.data_sets())
   frozen = _restore_recorded(opts.encoder, mesh, run.path, _recorded_meta(run))
   data = dataclasses.replace(
@@ -247,7 +249,7 @@ def run_linear_probe(opts: ProbeOptions, workdir: str) -> Dict[str, Any]:
   meta = {"pretrained": frozen.source, "pretrained_step": frozen.step,
           "pretrained_fingerprint": frozen.fingerprint, "image_size": data.image_size}
   step_fn = make_probe_step(embed if opts.augment else None, mesh, optimization.schedule)
-  result = runner.train(
+  result = skeleton.train(
       run, Checkpoints(run.checkpoint_dir, opts.checkpoints, to_tree, from_tree, meta),
       init=init, step_fn=lambda s, b: step_fn(s, frozen.variables, b),
       make_batches=lambda state, writer: sharding.prefetch_to_mesh(batches, mesh, 2),

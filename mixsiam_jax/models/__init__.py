@@ -2,7 +2,7 @@
 from mixsiam_jax.models.heads import Predictor, Projector
 from mixsiam_jax.models.mixsiam import MixSiamNetwork
 from mixsiam_jax.models.norm import ViewBatchNorm
-from mixsiam_jax.models.resnet import ResNet, RESNET_STAGES
+from mixsiam_jax.models.resnet import RESNET_STAGES, ResNet
 
 __all__ = ["Predictor", "Projector", "MixSiamNetwork", "ViewBatchNorm",
            "ResNet", "RESNET_STAGES"]

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from mixsiam_jax.models.mixsiam import DTYPES
 from mixsiam_jax.models.resnet import ResNet
-from mixsiam_jax.options import ModelOptions, compute_dtype
+from mixsiam_jax.options.training import ModelOptions, compute_dtype
 
 # ModelOptions.half_precision -> the name stored (and back).
 _DTYPE_NAMES = {None: "auto", True: "bfloat16", False: "float32"}

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from mixsiam_jax.models.heads import Predictor, Projector
 from mixsiam_jax.models.resnet import ResNet
-from mixsiam_jax.options import ModelOptions
+from mixsiam_jax.options.training import ModelOptions
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

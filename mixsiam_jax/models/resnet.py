@@ -12,12 +12,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mixsiam_jax import options
 from mixsiam_jax.models import precision
 from mixsiam_jax.models.activation import relu
 from mixsiam_jax.models.conv import conv_function
 from mixsiam_jax.models.init import conv_kernel_init
 from mixsiam_jax.models.norm import ViewBatchNorm
+from mixsiam_jax.options.training import check_backbone
 
 # depth -> (block kind, blocks per stage)
 RESNET_STAGES = {
@@ -97,11 +97,6 @@ def _shortcut(block: nn.Module, x, out_features: int, train: bool, num_views: in
   return ViewBatchNorm(dtype=block.dtype, name="downsample_bn", parent=block)(y, train, num_views)
 
 
-def check_resnet_options(depth: int, width: int, stem: str) -> None:
-  """Raises OptionsError (a ValueError) naming the bad value if the ResNet options are invalid."""
-  options.check_backbone(depth, width, stem, "model")
-
-
 class ResNet(nn.Module):
   """ResNet backbone returning globally average-pooled features.
 
@@ -143,7 +138,7 @@ class ResNet(nn.Module):
     Returns:
       Features [N, feature_dim] in float32.
     """
-    check_resnet_options(self.depth, self.width, self.stem)
+    check_backbone(self.depth, self.width, self.stem, "model")
     kind, stages = RESNET_STAGES[self.depth]
     block_cls = ResidualBlock
     if self.remat:

@@ -8,7 +8,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from mixsiam_jax.errors import UserError
-from mixsiam_jax.models.resnet import RESNET_STAGES, ResNet, check_resnet_options
+from mixsiam_jax.models.resnet import RESNET_STAGES, ResNet
+from mixsiam_jax.options.training import check_backbone
 from mixsiam_jax.weights import keymap
 
 NUM_BATCHES = "num_batches_tracked"
@@ -169,7 +170,7 @@ def import_torch_state_dict(state_dict: Mapping[str, Any], *, depth: int, width:
     WeightsError: listing every missing or unexpected key and every wrong shape
       (expected vs found), or naming the option that does not fit.
   """
-  check_resnet_options(depth, width, stem)
+  check_backbone(depth, width, stem, "model")
   sd = {k: to_numpy(v) for k, v in _select_prefix(state_dict, prefix).items()}
   layout = _detect_layout(list(sd))
   bprefix = {"simsiam": "encoder.", "moco": "encoder_q.", "torchvision": ""}[layout]

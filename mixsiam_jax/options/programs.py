@@ -1,0 +1,253 @@
+"""Each program's options, built once from its config: the one place that reads a config.
+
+``from_config`` turns a config (configs/*.py) into the options of the program it
+names: PretrainOptions, ProbeOptions or KnnProgramOptions. Every value is
+checked when the object is built, and every error names the config field and
+the fix. Below main.py (and the planner, scripts and benchmarks, which build
+their options here too) nothing reads a config: the programs take these
+objects, and the modules below them take plain values. Fields have no defaults:
+the configs are the one place defaults live. Nothing here imports TensorFlow or
+reads data, so the compile planner can build a pretraining step from a config
+alone.
+"""
+import dataclasses
+import json
+from typing import Any, Dict, Optional, Tuple, Union
+
+import ml_collections
+
+from mixsiam_jax.options.checks import (OptionsError, boolean, check_duration, non_negative_int,
+                                        positive_int)
+from mixsiam_jax.options.training import (MethodOptions, ModelOptions, OptimOptions,
+                                          PhotometricOptions)
+from mixsiam_jax.options.shared import (Cadence, CheckpointOptions, EncoderSource, EvalData,
+                                     FileArchitecture, KnnOptions, TrainData, check_crop_scale)
+
+@dataclasses.dataclass(frozen=True)
+class PretrainOptions:
+  """Everything a pretraining run needs (configs/cifar10.py documents each field).
+
+  Attributes:
+    method, model, photometric, optim: what is trained (mixsiam_jax.options);
+      model.num_classes is 0 here: the program sets it from the training data
+      when online_probe is on.
+    photometric_on_device: colour jitter, grayscale and blur inside the jitted
+      step (True) or on the host (False).
+    batch_size: global batch over all devices and processes.
+    image_size: side of the square training crops.
+    seed: seed of initialisation, data order and augmentations.
+    num_train_steps: training length in steps (-1: from num_epochs).
+    num_epochs: training length in epochs, when num_train_steps is -1.
+    online_probe: train a linear classifier on stop-gradient features (labelled data).
+    data: the training stream.
+    evaluation: the kNN monitor's data (None: no monitor).
+    knn: the kNN monitor's vote.
+    cadence: when to log, checkpoint and evaluate.
+    checkpoints: which checkpoints to keep and how to write them.
+    profile_steps: steps traced by the profiler (0: none).
+    record: the resolved config, as written to config.json and compared on resume.
+  """
+  method: MethodOptions
+  model: ModelOptions
+  photometric: PhotometricOptions
+  optim: OptimOptions
+  photometric_on_device: bool
+  batch_size: int
+  image_size: int
+  seed: int
+  num_train_steps: int
+  num_epochs: float
+  online_probe: bool
+  data: TrainData
+  evaluation: Optional[EvalData]
+  knn: KnnOptions
+  cadence: Cadence
+  checkpoints: CheckpointOptions
+  profile_steps: int
+  record: Dict[str, Any] = dataclasses.field(compare=False, repr=False)
+
+  def __post_init__(self):
+    positive_int("batch_size", self.batch_size)
+    positive_int("image_size", self.image_size)
+    check_duration(self.num_train_steps, self.num_epochs)
+    boolean("online_probe", self.online_probe)
+    boolean("data.photometric_on_device", self.photometric_on_device)
+    if self.data.resize_on_device and not self.photometric_on_device:
+      raise OptionsError("data.resize_on_device=True needs data.photometric_on_device=True (the "
+                         "colour ops run on the views, which the device makes); set "
+                         "data.resize_on_device=False to do both on the host.")
+    non_negative_int("profile_steps", self.profile_steps, "off")
+    if self.optim.name != "sgd":
+      raise OptionsError(f"optim.name={self.optim.name!r}: pretraining uses 'sgd' (LARS is "
+                         "for the linear probe).")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeOptions:
+  """Everything a linear probe needs (configs/linear_probe.py documents each field).
+
+  Attributes:
+    encoder: the encoder probed.
+    data: the probe's training and evaluation splits (image_size -1: the encoder's).
+    augment: crop + flip every step (official) or features of the plain images.
+    crop_scale: RandomResizedCrop area range of the augmented variant.
+    seed: classifier initialisation and data order.
+    batch_size: global batch of the classifier.
+    num_train_steps: training length in steps (-1: from num_epochs).
+    num_epochs: training length in epochs of the training split, when num_train_steps is -1.
+    optim: 'lars' or 'sgd' with its learning rate, momentum and weight decay.
+    cadence: when to log and checkpoint (the evaluation runs at the end).
+    checkpoints: which checkpoints to keep (written synchronously).
+    record: the resolved config, as written to config.json and compared on resume.
+  """
+  encoder: EncoderSource
+  data: EvalData
+  augment: bool
+  crop_scale: Tuple[float, float]
+  seed: int
+  batch_size: int
+  num_train_steps: int
+  num_epochs: float
+  optim: OptimOptions
+  cadence: Cadence
+  checkpoints: CheckpointOptions
+  record: Dict[str, Any] = dataclasses.field(compare=False, repr=False)
+
+  def __post_init__(self):
+    object.__setattr__(self, "crop_scale", check_crop_scale(self.crop_scale))
+    boolean("probe.augment", self.augment)
+    positive_int("batch_size", self.batch_size)
+    check_duration(self.num_train_steps, self.num_epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnProgramOptions:
+  """Everything the kNN program needs (configs/knn.py documents each field).
+
+  Attributes:
+    encoder: the encoder evaluated.
+    data: bank (training side) and queries (evaluation side); image_size -1: the encoder's.
+    knn: the vote.
+    record: the resolved config, as written to config.json.
+  """
+  encoder: EncoderSource
+  data: EvalData
+  knn: KnnOptions
+  record: Dict[str, Any] = dataclasses.field(compare=False, repr=False)
+
+
+ProgramOptions = Union[PretrainOptions, ProbeOptions, KnnProgramOptions]
+
+
+def from_config(config: ml_collections.ConfigDict) -> ProgramOptions:
+  """The options of the program ``config.program`` names, checked.
+
+  Args:
+    config: a config of configs/*.py, with command-line overrides applied.
+
+  Returns:
+    PretrainOptions, ProbeOptions or KnnProgramOptions.
+
+  Raises:
+    OptionsError (and DatasetError for a malformed data set name): naming the
+    first invalid field and the fix.
+  """
+  program = config.get("program", "pretrain")
+  if program not in _PROGRAMS:
+    raise OptionsError(f"config.program={program!r} must be one of {tuple(_PROGRAMS)}.")
+  return _PROGRAMS[program][0](config)
+
+
+def program_name(options: ProgramOptions) -> str:
+  """'pretrain', 'linear_probe' or 'knn': the program that runs ``options``."""
+  return next(name for name, (_, kind) in _PROGRAMS.items() if isinstance(options, kind))
+
+
+def _record(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  return json.loads(config.to_json_best_effort())
+
+
+def _optim(o: ml_collections.ConfigDict, fix_predictor_lr: bool) -> OptimOptions:
+  return OptimOptions(name=o.name, base_lr=o.base_lr, momentum=o.momentum,
+                      weight_decay=o.weight_decay, warmup_epochs=o.warmup_epochs,
+                      fix_predictor_lr=fix_predictor_lr)
+
+
+def _eval_data(config: ml_collections.ConfigDict) -> EvalData:
+  return EvalData(dataset=config.dataset, train_split=config.train_split,
+                  eval_dataset=config.eval_dataset, eval_split=config.eval_split,
+                  image_size=config.image_size, batch_size=config.eval_batch_size,
+                  transform=config.data.eval_transform,
+                  skip_bad_images=config.data.skip_bad_images)
+
+
+def _knn(config: ml_collections.ConfigDict) -> KnnOptions:
+  return KnnOptions(k=config.knn.k, temperature=config.knn.temperature)
+
+
+def pretrain_options(config: ml_collections.ConfigDict) -> PretrainOptions:
+  """PretrainOptions from a pretraining config (configs/cifar10.py and the configs built on it)."""
+  if config.get("pretrained"):
+    raise OptionsError(f"pretrained={config.pretrained!r} is not used by pretraining (it names "
+                       "the run that configs/knn.py and configs/linear_probe.py evaluate); "
+                       "remove --config.pretrained.")
+  m, d = config.model, config.data
+  model = ModelOptions(
+      depth=m.depth, width=m.width, stem=m.stem, projector_layers=m.projector_layers,
+      projector_hidden_dim=m.projector_hidden_dim, projector_dim=m.projector_dim,
+      predictor_hidden_dim=m.predictor_hidden_dim, half_precision=config.half_precision,
+      remat=m.remat, conv_impl=m.conv_impl)
+  return PretrainOptions(
+      method=MethodOptions(**config.method.to_dict()),
+      model=model,
+      photometric=PhotometricOptions(
+          color_jitter=tuple(d.color_jitter), color_jitter_prob=d.color_jitter_prob,
+          grayscale_prob=d.grayscale_prob, blur_prob=d.blur_prob, blur_sigma=tuple(d.blur_sigma)),
+      optim=_optim(config.optim, config.optim.fix_predictor_lr),
+      photometric_on_device=d.photometric_on_device, batch_size=config.batch_size,
+      image_size=config.image_size, seed=config.seed, num_train_steps=config.num_train_steps,
+      num_epochs=config.num_epochs, online_probe=config.online_probe,
+      data=TrainData(dataset=config.dataset, split=config.train_split,
+                     crop_scale=d.crop_scale, skip_bad_images=d.skip_bad_images,
+                     device_prefetch=d.device_prefetch, resize_on_device=d.resize_on_device,
+                     canvas_size=d.canvas_size),
+      evaluation=_eval_data(config) if config.eval_dataset else None,
+      knn=_knn(config),
+      cadence=Cadence(log_every_steps=config.log_every_steps,
+                      checkpoint_every_steps=config.checkpoint_every_steps,
+                      eval_every_steps=config.eval_every_steps),
+      checkpoints=CheckpointOptions(keep=config.keep_checkpoints,
+                                    keep_every_steps=config.keep_checkpoints_every_steps,
+                                    async_save=config.async_checkpointing),
+      profile_steps=config.profile_steps, record=_record(config))
+
+
+def _encoder(config: ml_collections.ConfigDict) -> EncoderSource:
+  return EncoderSource(pretrained=config.pretrained,
+                       file_architecture=FileArchitecture(**config.pretrained_model.to_dict()))
+
+
+def probe_options(config: ml_collections.ConfigDict) -> ProbeOptions:
+  """ProbeOptions from a linear-probe config (configs/linear_probe.py)."""
+  return ProbeOptions(
+      encoder=_encoder(config), data=_eval_data(config), augment=config.probe.augment,
+      crop_scale=config.data.crop_scale, batch_size=config.batch_size,
+      num_train_steps=config.num_train_steps, num_epochs=config.num_epochs,
+      optim=_optim(config.optim, fix_predictor_lr=False), seed=config.seed,
+      cadence=Cadence(log_every_steps=config.log_every_steps,
+                      checkpoint_every_steps=config.checkpoint_every_steps, eval_every_steps=0),
+      checkpoints=CheckpointOptions(keep=config.keep_checkpoints, keep_every_steps=0,
+                                    async_save=False),
+      record=_record(config))
+
+
+def knn_program_options(config: ml_collections.ConfigDict) -> KnnProgramOptions:
+  """KnnProgramOptions from a kNN config (configs/knn.py)."""
+  return KnnProgramOptions(encoder=_encoder(config), data=_eval_data(config), knn=_knn(config),
+                           record=_record(config))
+
+
+# config.program -> (options builder, options type).
+_PROGRAMS = {"pretrain": (pretrain_options, PretrainOptions),
+             "linear_probe": (probe_options, ProbeOptions),
+             "knn": (knn_program_options, KnnProgramOptions)}

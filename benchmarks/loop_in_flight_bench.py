@@ -4,10 +4,10 @@ r"""Throughput of the shared loop against the number of steps it lets run ahead.
       [--in_flight=1,2,1000] [--steps=40] [--reps=3] [--batch_size=64]
 
 Runs the real pretraining step (recipe.build_training on the config) through
-loop.run on synthetic uint8 batches already on the devices, for each value of
+loop.train_loop on synthetic uint8 batches already on the devices, for each value of
 ``steps_in_flight`` (1000 stands for "unbounded"), interleaved over ``reps``
 repetitions, and prints steps/s per value (median) as one JSON line: wall time
-of the whole loop.run call, after one untimed run that compiles the step.
+of the whole loop.train_loop call, after one untimed run that compiles the step.
 """
 import argparse
 import dataclasses
@@ -79,7 +79,7 @@ def main() -> None:
             to_tree=lambda s: {"step": s.step}, from_tree=lambda s, tree: s, meta={})
         writer = Writer()
         start = time.perf_counter()
-        loop.run(lambda s, b: training.step(s, b, key), state, iter([batch] * args.steps),
+        loop.train_loop(lambda s, b: training.step(s, b, key), state, iter([batch] * args.steps),
                  start_step=0, num_steps=args.steps,
                  cadence=shared.Cadence(log_every_steps=args.steps,
                                                  checkpoint_every_steps=10 * args.steps,

@@ -1,6 +1,6 @@
 """The pretraining program: options -> data, model, optimiser, step -> the shared skeleton.
 
-``train_and_evaluate`` takes the run's PretrainOptions (program_options.py),
+``train_and_evaluate`` takes the run's PretrainOptions (options/programs.py),
 checks the data and the workdir before writing anything, builds the network,
 optimiser and jitted step (recipe.py) and the kNN monitor (evaluators.py), and
 hands them to skeleton.train.
@@ -185,7 +185,7 @@ def check_same_data(workdir: str, described: Dict[str, Dict[str, Any]]) -> None:
   then rewrites it with them.
 
   Args:
-    workdir: the run's directory (from skeleton.open_run).
+    workdir: the run's directory (from skeleton.open_workdir).
     described: from _describe_data.
 
   Raises:
@@ -262,7 +262,7 @@ def train_and_evaluate(opts: PretrainOptions, workdir: str,
   written into the workdir, so a refused or corrected run leaves no trace.
 
   Args:
-    opts: from program_options.pretrain_options.
+    opts: from options.programs.pretrain_options.
     workdir: directory for checkpoints, logs, metrics.jsonl, config.json and data.json.
     devices: devices of the data mesh (default: all devices of all processes).
 
@@ -275,14 +275,14 @@ def train_and_evaluate(opts: PretrainOptions, workdir: str,
   tfds_prepare.prepare_for_run(_data_sets(opts))
   info = sources.get_dataset_info(opts.data.dataset, opts.data.split)
   training = build_training(opts, mesh, info.num_examples, info.num_classes)
-  run = skeleton.open_run(workdir, opts.record)
-  if run.start_step >= training.num_steps:
-    logging.info("This run already finished (step %d of %d); nothing to do.", run.start_step,
+  workdir = skeleton.open_workdir(workdir, opts.record)
+  if workdir.start_step >= training.num_steps:
+    logging.info("This run already finished (step %d of %d); nothing to do.", workdir.start_step,
                  training.num_steps)
     return {}
   described = _describe_data(opts, info)
-  check_same_data(run.path, described)
-  stream = _training_stream(opts, info, run.start_step)
+  check_same_data(workdir.path, described)
+  stream = _training_stream(opts, info, workdir.start_step)
   evaluate = None
   if opts.evaluation is not None:
     evaluate = evaluators.pretraining_knn_monitor(training.network, mesh, opts.evaluation,
@@ -293,33 +293,33 @@ def train_and_evaluate(opts: PretrainOptions, workdir: str,
                                    seed=opts.seed)
 
   def on_start(writer):
-    run_files.atomic_write_text(run.file(DATA_FILE), json.dumps(described, indent=2) + "\n")
-    if run.start_step == 0:
+    run_files.atomic_write_text(workdir.file(DATA_FILE), json.dumps(described, indent=2) + "\n")
+    if workdir.start_step == 0:
       writer.write_hparams({k: v for k, v in run_files.flatten_config(opts.record).items()
                             if isinstance(v, (int, float, str, bool))})
 
   def make_batches(state, writer):
     batches = sharding.prefetch_to_mesh(stream, mesh, opts.data.device_prefetch)
     return _with_preview(writer, batches, training, functions.step_rng, state.step,
-                         run.start_step)
+                         workdir.start_step)
 
   logging.info("Training %d steps from step %d: %d devices, %d processes, global batch %d.",
-               training.num_steps, run.start_step, mesh.devices.size, jax.process_count(),
+               training.num_steps, workdir.start_step, mesh.devices.size, jax.process_count(),
                opts.batch_size)
   try:
     result = skeleton.train(
-        run, Checkpoints(run.checkpoint_dir, opts.checkpoints, functions.to_tree,
+        workdir, Checkpoints(workdir.checkpoint_dir, opts.checkpoints, functions.to_tree,
                          functions.from_tree, meta),
         init=functions.init,
         step_fn=lambda state, batch: training.step(state, batch, functions.step_rng),
         make_batches=make_batches, num_steps=training.num_steps, cadence=opts.cadence,
-        evaluate=evaluate, hooks=_profiler(opts, run.path, run.start_step), on_start=on_start,
+        evaluate=evaluate, hooks=_profiler(opts, workdir.path, workdir.start_step), on_start=on_start,
         examples_per_step=opts.batch_size)
   finally:
     stream.close()  # Closed by the loop once it runs; here for an error before it.
   if jax.process_index() == 0:
-    logging.info("%s", summary_line(result, run.start_step, time.monotonic() - started,
-                                    os.path.join(run.checkpoint_dir, str(result.step))))
+    logging.info("%s", summary_line(result, workdir.start_step, time.monotonic() - started,
+                                    os.path.join(workdir.checkpoint_dir, str(result.step))))
   return result.metrics
 
 

@@ -1,6 +1,6 @@
 """The pretraining recipe: the network, optimiser and jitted step of PretrainOptions on a mesh.
 
-``build_training`` turns the options (program_options.pretrain_options) and a
+``build_training`` turns the options (options.programs.pretrain_options) and a
 mesh into the network (dtype and convolutions for the mesh's platform), the
 optimiser, the schedule and the jitted step. The pretraining program, the
 compile planner and the benchmarks build their step here. Nothing here reads

@@ -75,8 +75,8 @@ def fake_checkpoints(tmp_path):
 
 def run_loop(checkpoints, program, batches, *, num_steps, log_every, checkpoint_every,
              eval_every=0, writer=None, **kwargs):
-  """loop.run of ``program`` from step 0 of the fake state."""
-  return loop.run(program.step, {"step": 0, "w": np.zeros(3, np.float32)}, batches,
+  """loop.train_loop of ``program`` from step 0 of the fake state."""
+  return loop.train_loop(program.step, {"step": 0, "w": np.zeros(3, np.float32)}, batches,
                   start_step=0, num_steps=num_steps,
                   cadence=Cadence(log_every_steps=log_every,
                                   checkpoint_every_steps=checkpoint_every,

@@ -3,7 +3,7 @@
 Pretraining and the linear probe each describe how their state goes into a
 checkpoint tree and back (``to_tree`` / ``from_tree``) and what metadata every
 step carries; ``Checkpoints`` does the rest: resume or init, save, wait for the
-pending save, close. loop.run takes it.
+pending save, close. loop.train_loop takes it.
 """
 from typing import Any, Callable, Dict, Tuple
 

@@ -1,6 +1,6 @@
 """Features of whole data sets: evaluation batches through an embed function, back on the host.
 
-An evaluation reads the two labelled splits of a run_options.EvalData (a
+An evaluation reads the two labelled splits of a options.shared.EvalData (a
 training side: the kNN bank or the probe's training set; an evaluation side: the
 queries or the probe's test set) with its deterministic transform.
 """

@@ -21,7 +21,7 @@ def run_knn(opts: KnnProgramOptions, workdir: str) -> Dict[str, Any]:
   checked before anything is written to ``workdir``.
 
   Args:
-    opts: from program_options.knn_program_options.
+    opts: from options.programs.knn_program_options.
     workdir: where results.json, metrics.jsonl and config.json go (the
       pretraining workdir is only read).
 

@@ -98,13 +98,13 @@ def feature_batches(feats: np.ndarray, labels: np.ndarray, *, batch_size: int, s
 
 
 # ----------------------------------------------------------------- the program
-def _recorded_meta(run: skeleton.RunDir) -> Dict[str, Any]:
+def _recorded_meta(workdir: skeleton.Workdir) -> Dict[str, Any]:
   """The metadata of a probe workdir's newest checkpoint ({} for a new probe)."""
-  if not run.start_step:
+  if not workdir.start_step:
     return {}
-  manager = storage.create_manager(run.checkpoint_dir, read_only=True, async_save=False)
+  manager = storage.create_manager(workdir.checkpoint_dir, read_only=True, async_save=False)
   try:
-    return storage.read_meta(manager, run.start_step)
+    return storage.read_meta(manager, workdir.start_step)
   finally:
     manager.close()
 
@@ -214,7 +214,7 @@ def run_linear_probe(opts: ProbeOptions, workdir: str) -> Dict[str, Any]:
   Everything (workdir, encoder, data) is checked before the workdir is written.
 
   Args:
-    opts: from program_options.probe_options.
+    opts: from options.programs.probe_options.
     workdir: the probe's own directory (the pretraining workdir is only read).
 
   Returns:
@@ -227,9 +227,9 @@ def run_linear_probe(opts: ProbeOptions, workdir: str) -> Dict[str, Any]:
   """
   mesh = sharding.create_mesh()
   sharding.check_global_batch(opts.batch_size, mesh)
-  run = skeleton.open_run(workdir, opts.record)
+  workdir = skeleton.open_workdir(workdir, opts.record)
   tfds_prepare.prepare_for_run(opts.data.data_sets())
-  frozen = _restore_recorded(opts.encoder, mesh, run.path, _recorded_meta(run))
+  frozen = _restore_recorded(opts.encoder, mesh, workdir.path, _recorded_meta(workdir))
   data = dataclasses.replace(
       opts.data, image_size=program.resolve_image_size(opts.data.image_size, frozen))
   sharding.check_global_batch(data.batch_size, mesh)
@@ -242,15 +242,15 @@ def run_linear_probe(opts: ProbeOptions, workdir: str) -> Dict[str, Any]:
   bound_embed = functools.partial(embed, frozen.variables)
   # Built now, before the workdir is written, so that they check the data; a probe that
   # had finished only evaluates (the fast variant's training features are not needed).
-  finished = run.start_step >= optimization.num_steps
-  batches = None if finished else _train_batches(opts, data, mesh, bound_embed, run.start_step)
+  finished = workdir.start_step >= optimization.num_steps
+  batches = None if finished else _train_batches(opts, data, mesh, bound_embed, workdir.start_step)
   init, to_tree, from_tree = _probe_state_functions(head, optimization.tx, frozen.feature_dim,
                                                     opts.seed, mesh)
   meta = {"pretrained": frozen.source, "pretrained_step": frozen.step,
           "pretrained_fingerprint": frozen.fingerprint, "image_size": data.image_size}
   step_fn = make_probe_step(embed if opts.augment else None, mesh, optimization.schedule)
   result = skeleton.train(
-      run, Checkpoints(run.checkpoint_dir, opts.checkpoints, to_tree, from_tree, meta),
+      workdir, Checkpoints(workdir.checkpoint_dir, opts.checkpoints, to_tree, from_tree, meta),
       init=init, step_fn=lambda s, b: step_fn(s, frozen.variables, b),
       make_batches=lambda state, writer: sharding.prefetch_to_mesh(batches, mesh, 2),
       num_steps=optimization.num_steps, cadence=opts.cadence,
@@ -258,7 +258,7 @@ def run_linear_probe(opts: ProbeOptions, workdir: str) -> Dict[str, Any]:
       examples_per_step=opts.batch_size)
   results = {**result.evaluation, "pretrained": frozen.source, "pretrained_step": frozen.step,
              "probe_steps": optimization.num_steps, "image_size": data.image_size}
-  program.write_results_file(run.path, results)
+  program.write_results_file(workdir.path, results)
   if jax.process_index() == 0:
     logging.info("Linear probe of %s (step %d, %d px): top-1 %.2f%%, top-5 %.2f%%.",
                  frozen.source, frozen.step, data.image_size, results["probe_top1"],

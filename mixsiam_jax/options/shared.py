@@ -1,6 +1,6 @@
 """The parts of a run's options that several programs share: data, evaluation, encoder, cadence.
 
-program_options.py builds them from configs (as parts of each program's
+options/programs.py builds them from configs (as parts of each program's
 options); every value is checked when built, naming its config field. Nothing
 here imports TensorFlow or reads data.
 """

@@ -1,8 +1,8 @@
 """The training loop that every program shares: resume or init, step, log, checkpoint, stop.
 
 A program is a pure step function ``step(state, batch) -> (state, metrics)``, an
-iterator of sharded batches, and its checkpoints (checkpointing.Checkpoints, which
-also resumes or initialises the state); ``run`` does the rest:
+iterator of sharded batches, and its checkpoints (run_checkpoints.Checkpoints, which
+also resumes or initialises the state); ``train_loop`` does the rest:
 - at most ``steps_in_flight`` steps are dispatched ahead of the newest finished
   one, so a stop request (SIGTERM) is acted on within that many steps plus one
   checkpoint write, and progress is timed on finished steps, not dispatches;
@@ -79,7 +79,7 @@ def check_finite(metrics: Dict[str, float], step: int) -> None:
         "(a resumed run must keep its optimiser settings).")
 
 
-class Progress:
+class StepTimer:
   """Steps per second and ETA between points where every dispatched step has finished.
 
   Dispatch can run ahead of (or, on small CPU programs, in step with) the devices,
@@ -122,15 +122,15 @@ class LoopResult:
   evaluation: Dict[str, Any]
 
 
-class _Run:
-  """The state of one call of ``run``: what is in flight, what is saved, what was logged."""
+class _LoopState:
+  """The state of one call of ``train_loop``: what is in flight, what is saved, what was logged."""
 
   def __init__(self, checkpoints: Checkpoints, writer: Any, num_steps: int, start_step: int,
                console: ConsoleProgress):
     self.checkpoints, self.writer, self.console = checkpoints, writer, console
     self.in_flight = collections.deque()
     self.history, self.last, self.evaluation = [], {}, {}
-    self.progress = Progress(num_steps)
+    self.timer = StepTimer(num_steps)
     self.saved = start_step  # the newest step whose checkpoint exists or is being written
     self.start_step = start_step
 
@@ -168,8 +168,8 @@ class _Run:
     self.history = []
     check_finite(self.last, step)
     self.wait_for_steps(0)
-    self.progress.mark(step)
-    self.writer.write_scalars(step, {**self.last, **self.progress.report()})
+    self.timer.mark(step)
+    self.writer.write_scalars(step, {**self.last, **self.timer.report()})
     self.console.log_step(step, _loss(self.last))
 
   def evaluate(self, step: int, state: State, evaluate: Callable[[State], Dict[str, Any]],
@@ -203,7 +203,7 @@ class _Run:
           self.writer.close()
 
 
-def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: int,
+def train_loop(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: int,
         num_steps: int, cadence: Cadence, checkpoints: Checkpoints, writer: Any,
         num_processes: int = 1, evaluate: Optional[Callable[[State], Dict[str, Any]]] = None,
         hooks: Sequence[Callable[[int], None]] = (), steps_in_flight: int = 2,
@@ -246,7 +246,7 @@ def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: in
   console = ConsoleProgress(start_step=start_step, num_steps=num_steps,
                             examples_per_step=examples_per_step,
                             enabled=jax.process_index() == 0)
-  loop = _Run(checkpoints, writer, num_steps, start_step, console)
+  loop = _LoopState(checkpoints, writer, num_steps, start_step, console)
   try:
     with StopRequest(num_processes) as stop, console:
       try:
@@ -268,7 +268,7 @@ def run(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: in
           loop.in_flight.append((step, metrics))
           if step == start_step + 1:  # Start the clock once the compiled first step is done.
             loop.wait_for_steps(0)
-            loop.progress.mark(step)
+            loop.timer.mark(step)
             stopping.first_step_finished()  # From here on a signal saves, then stops.
           loop.history.append(metrics)
           for hook in hooks:

@@ -1,6 +1,6 @@
 """The skeleton of the training programs (pretraining, the linear probe): check, start, loop.
 
-Both programs first check everything without writing (``open_run``: the workdir,
+Both programs first check everything without writing (``open_workdir``: the workdir,
 a resume's config, the step to start from; then their own data and model),
 then ``train`` restores or initialises the state, records the run in the
 workdir (config.json, metrics from the start step on), opens the metric writer
@@ -23,7 +23,7 @@ State = Any
 
 
 @dataclasses.dataclass(frozen=True)
-class RunDir:
+class Workdir:
   """A workdir checked for a (re)start; nothing is written yet.
 
   Attributes:
@@ -45,7 +45,7 @@ class RunDir:
     return os.path.join(self.path, name)
 
 
-def open_run(workdir: str, record: Dict[str, Any]) -> RunDir:
+def open_workdir(workdir: str, record: Dict[str, Any]) -> Workdir:
   """Checks ``workdir`` for a run of ``record`` without writing anything.
 
   Args:
@@ -53,7 +53,7 @@ def open_run(workdir: str, record: Dict[str, Any]) -> RunDir:
     record: the resolved config of this run.
 
   Returns:
-    The RunDir, with the step to resume from.
+    The Workdir, with the step to resume from.
 
   Raises:
     WorkdirError: the workdir cannot be used, or holds a different experiment.
@@ -61,11 +61,11 @@ def open_run(workdir: str, record: Dict[str, Any]) -> RunDir:
   """
   path = run_files.check_workdir(workdir)
   run_files.check_resume(path, record)
-  return RunDir(path=path, record=record,
+  return Workdir(path=path, record=record,
                 start_step=storage.latest_step(storage.checkpoint_dir(path)))
 
 
-def train(run: RunDir, checkpoints: Checkpoints, *, init: Callable[[], State],
+def train(workdir: Workdir, checkpoints: Checkpoints, *, init: Callable[[], State],
           step_fn: loop.StepFn, make_batches: Callable[[State, Any], Iterator[Any]],
           num_steps: int, cadence: Cadence,
           evaluate: Optional[Callable[[State], Dict[str, Any]]] = None,
@@ -75,11 +75,11 @@ def train(run: RunDir, checkpoints: Checkpoints, *, init: Callable[[], State],
   """Restores or initialises the state, records the run, then runs the loop.
 
   Args:
-    run: from open_run.
+    workdir: from open_workdir.
     checkpoints: the run's checkpoints (closed however this ends).
     init: builds the initial state.
     step_fn: ``(state, batch) -> (state, metrics)``.
-    make_batches: ``(state, writer) -> batches`` from step run.start_step + 1 on;
+    make_batches: ``(state, writer) -> batches`` from step workdir.start_step + 1 on;
       called once the run is recorded.
     num_steps: the run's last step.
     cadence: when to log, checkpoint and evaluate.
@@ -94,22 +94,22 @@ def train(run: RunDir, checkpoints: Checkpoints, *, init: Callable[[], State],
     The loop's LoopResult (for a finished run: the restored state and the evaluation).
   """
   with contextlib.ExitStack() as on_error:
-    on_error.callback(checkpoints.close)  # loop.run closes them from there on.
+    on_error.callback(checkpoints.close)  # loop.train_loop closes them from there on.
     state, restored_step = checkpoints.restore_or_init(init)
-    if restored_step != run.start_step:
-      raise RuntimeError(f"restored step {restored_step}, expected {run.start_step}: the "
+    if restored_step != workdir.start_step:
+      raise RuntimeError(f"restored step {restored_step}, expected {workdir.start_step}: the "
                          "checkpoints changed while the run started; this is a bug.")
-    run_files.start_run(run.path, run.record, run.start_step)
-    writer = metric_writer.create_writer(run.path, jax.process_index() == 0)
+    run_files.start_run(workdir.path, workdir.record, workdir.start_step)
+    writer = metric_writer.create_writer(workdir.path, jax.process_index() == 0)
     on_error.callback(writer.close)
     if on_start is not None:
       on_start(writer)
-    if run.start_step >= num_steps:
-      return loop.LoopResult(state=state, step=run.start_step, metrics={},
+    if workdir.start_step >= num_steps:
+      return loop.LoopResult(state=state, step=workdir.start_step, metrics={},
                              evaluation=evaluate(state) if evaluate is not None else {})
     batches = make_batches(state, writer)
     on_error.pop_all()
-  return loop.run(step_fn, state, batches, start_step=run.start_step, num_steps=num_steps,
+  return loop.train_loop(step_fn, state, batches, start_step=workdir.start_step, num_steps=num_steps,
                   cadence=cadence, checkpoints=checkpoints, writer=writer,
                   num_processes=jax.process_count(), evaluate=evaluate, hooks=hooks,
                   examples_per_step=examples_per_step)

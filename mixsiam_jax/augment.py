@@ -7,7 +7,6 @@ Pure JAX, run inside the jitted train step; images are NHWC float arrays. The
 photometric augmentations are in photometric.py. Options arrive validated
 (options.MethodOptions); nothing here checks them again.
 """
-from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -33,12 +32,12 @@ def normalize(images: jax.Array, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Ar
   return (images - mean) / std
 
 
-def _cutmix_masks(rng: jax.Array, keep_fraction: jax.Array, height: int,
-                  width: int) -> Tuple[jax.Array, jax.Array]:
+def _cutmix_mask(rng: jax.Array, keep_fraction: jax.Array, height: int,
+                 width: int) -> jax.Array:
   """Per-sample boxes covering about (1 - keep_fraction) of each image.
 
   Returns:
-    (mask [N, H, W, 1] with 1 where x1 is kept, exact kept fraction [N]).
+    The mask [N, H, W, 1], 1 where x1 is kept.
   """
   n = keep_fraction.shape[0]
   cut_ratio = jnp.sqrt(1.0 - keep_fraction)
@@ -57,14 +56,12 @@ def _cutmix_masks(rng: jax.Array, keep_fraction: jax.Array, height: int,
   in_y = (ys >= y0) & (ys < y1)  # [N, H]
   in_x = (xs >= x0) & (xs < x1)  # [N, W]
   in_box = in_y[:, :, None] & in_x[:, None, :]
-  keep = (~in_box).astype(jnp.float32)
-  kept_fraction = keep.mean(axis=(1, 2))
-  return keep[..., None], kept_fraction
+  return (~in_box).astype(jnp.float32)[..., None]
 
 
 def mix_views(rng: jax.Array, x1: jax.Array, x2: jax.Array, *, mode: str = "fixed",
               mix_lambda: float = 0.5, alpha: float = 1.0,
-              prob: float = 1.0) -> Tuple[jax.Array, jax.Array]:
+              prob: float = 1.0) -> jax.Array:
   """Builds MixSiam's mixed view x_m from two views (paper Eq. 4).
 
   Args:
@@ -80,7 +77,7 @@ def mix_views(rng: jax.Array, x1: jax.Array, x2: jax.Array, *, mode: str = "fixe
       x_m = x1 (weight 1).
 
   Returns:
-    (x_m with the shape and dtype of x1, weight of x1 per sample as float32 [N]).
+    x_m, with the shape and dtype of x1.
   """
   n, height, width = x1.shape[0], x1.shape[1], x1.shape[2]
   rng_lam, rng_box, rng_prob = jax.random.split(rng, 3)
@@ -92,11 +89,10 @@ def mix_views(rng: jax.Array, x1: jax.Array, x2: jax.Array, *, mode: str = "fixe
     mixed = jax.random.bernoulli(rng_prob, prob, (n,))
     weight = jnp.where(mixed, weight, 1.0)
   if mode == "cutmix":
-    keep, weight = _cutmix_masks(rng_box, weight, height, width)
-    keep = keep.astype(x1.dtype)
-    return keep * x1 + (1 - keep) * x2, weight
+    keep = _cutmix_mask(rng_box, weight, height, width).astype(x1.dtype)
+    return keep * x1 + (1 - keep) * x2
   w = weight.astype(x1.dtype)[:, None, None, None]
-  return w * x1 + (1 - w) * x2, weight
+  return w * x1 + (1 - w) * x2
 
 
 def choose_views(rng: jax.Array, x1: jax.Array, x2: jax.Array) -> jax.Array:

@@ -29,6 +29,9 @@ class Training:
     schedule: the encoder's learning-rate schedule.
     num_steps: training length.
     step: the jitted step ``(state, batch, rng) -> (state, metrics)``; donates the state.
+    step_function: the same step unjitted and outside the mesh's context; the
+      compile planner counts its FLOPs (inside the context, a shard_map body such
+      as each device's weight-gradient convolution counts for one device only).
     views: the jitted view preparation ``(batch, rng, step) -> views`` (previews).
   """
   network: nn.Module
@@ -36,6 +39,7 @@ class Training:
   schedule: optax.Schedule
   num_steps: int
   step: Callable
+  step_function: Callable
   views: Callable
 
 
@@ -59,13 +63,15 @@ def build_training(opts: PretrainOptions, mesh: Mesh, num_examples: int,
       num_examples=num_examples, batch_size=opts.batch_size, has_predictor=True)
   photometric = opts.photometric if opts.photometric_on_device else None
   crop_size = opts.image_size if opts.data.resize_on_device else None
-  step = train.jit_train_step(
-      train.make_train_step(optimization.schedule, opts.method, photometric, crop_size), mesh)
+  step_function = train.make_train_step(optimization.schedule, opts.method, photometric,
+                                        crop_size)
   rep = sharding.replicated(mesh)
   views = jax.jit(train.make_view_fn(opts.method, photometric, crop_size),
                   in_shardings=(sharding.batch_sharded(mesh), rep, rep), out_shardings=rep)
   return Training(network=network, tx=optimization.tx, schedule=optimization.schedule,
-                  num_steps=optimization.num_steps, step=step, views=views)
+                  num_steps=optimization.num_steps,
+                  step=train.jit_train_step(step_function, mesh), step_function=step_function,
+                  views=views)
 
 
 def model_options(opts: PretrainOptions, num_classes: int) -> ModelOptions:

@@ -167,9 +167,9 @@ def make_view_fn(method: MethodOptions, photometric: Optional[PhotometricOptions
       return views
     x1, x2 = views[:, 0], views[:, 1]
     if method.mixture:
-      x_m, _ = augment.mix_views(rng_mix, x1, x2, mode=method.mix_mode,
-                                 mix_lambda=method.mix_lambda, alpha=method.mix_alpha,
-                                 prob=method.mix_prob)
+      x_m = augment.mix_views(rng_mix, x1, x2, mode=method.mix_mode,
+                              mix_lambda=method.mix_lambda, alpha=method.mix_alpha,
+                              prob=method.mix_prob)
     else:
       x_m = augment.choose_views(rng_mix, x1, x2)
     return jnp.concatenate([views, x_m[:, None]], axis=1)
@@ -247,10 +247,5 @@ def jit_train_step(step: Callable, mesh: Mesh) -> Callable:
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
       return step(state, batch, rng)
 
-  jitted = jax.jit(step_in_mesh, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
-                   donate_argnums=(0,))
-  # ``__wrapped__`` is what compile_report lowers unpartitioned for one CPU to count
-  # FLOPs: the step itself, since inside the mesh's context a shard_map body (each
-  # device's weight-gradient convolution) would be counted for one device only.
-  jitted.__wrapped__ = step
-  return jitted
+  return jax.jit(step_in_mesh, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+                 donate_argnums=(0,))

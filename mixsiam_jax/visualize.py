@@ -88,12 +88,12 @@ def write_grid(config, out: str, num_images: int, scale: int) -> str:
   rng = jax.random.key(opts.seed)
   if opts.photometric_on_device:
     v = photometric.device_photometric_augment(rng, views.reshape((-1,) + views.shape[2:]),
-                                           opts.photometric)
+                                               opts.photometric)
     views = np.asarray(v).reshape(views.shape)
   m = opts.method
-  mixed, _ = augment.mix_views(jax.random.fold_in(rng, 1), views[:, 0], views[:, 1],
-                               mode=m.mix_mode, mix_lambda=m.mix_lambda, alpha=m.mix_alpha,
-                               prob=m.mix_prob)
+  mixed = augment.mix_views(jax.random.fold_in(rng, 1), views[:, 0], views[:, 1],
+                            mode=m.mix_mode, mix_lambda=m.mix_lambda, alpha=m.mix_alpha,
+                            prob=m.mix_prob)
   source = sources.open_source(opts.data.dataset, opts.data.split)
   originals = np.stack([_original(source, i, opts.image_size, bad_images)
                         for i in batch["index"]])

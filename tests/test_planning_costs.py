@@ -53,8 +53,10 @@ def test_memory_total_counts_donated_buffers_once():
 def test_gpu_flops_come_from_the_lowered_step_not_from_the_gpu_module():
   """XLA:GPU's count leaves out cuDNN's convolutions; the plan counts the step itself:
   2 x (6 x 6 outputs x 16 channels x 4 images) x (3 x 3 x 3 taps), for 2 devices."""
-  step = jax.jit(lambda x, w: lax.conv_general_dilated(
-      x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  def step(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), "VALID",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
   args = (jax.ShapeDtypeStruct((4, 8, 8, 3), jnp.float32),
           jax.ShapeDtypeStruct((3, 3, 3, 16), jnp.float32))
   gpu_module = types.SimpleNamespace(cost_analysis=lambda: {"flops": 10.0})

@@ -6,7 +6,7 @@ the text summary printed by ``python -m mixsiam_jax.planning``.
 """
 import collections
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 
@@ -93,7 +93,7 @@ def memory(compiled: Any, usable_bytes: Optional[int]) -> Dict[str, Any]:
   return out
 
 
-def flops(compiled: Any, step: Any, args: Any, num_devices: int, platform: str
+def flops(compiled: Any, step_function: Callable, args: Any, num_devices: int, platform: str
           ) -> Dict[str, Any]:
   """FLOPs of one step per device, from XLA's cost analysis.
 
@@ -107,7 +107,7 @@ def flops(compiled: Any, step: Any, args: Any, num_devices: int, platform: str
 
   Args:
     compiled: the compiled step.
-    step: the jitted step (its ``__wrapped__`` function is lowered for the CPU).
+    step_function: the step unjitted and outside any mesh context (lowered for the CPU).
     args: the abstract arguments it was compiled for.
     num_devices: devices of the mesh.
     platform: the devices' platform ('tpu', 'gpu' or 'cpu').
@@ -124,7 +124,7 @@ def flops(compiled: Any, step: Any, args: Any, num_devices: int, platform: str
   except RuntimeError:  # no CPU backend in this process (JAX_PLATFORMS without cpu)
     return {"per_device": None, "source": "not available"}
   host_args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), args)
-  cost = jax.jit(step.__wrapped__).lower(*host_args).cost_analysis()
+  cost = jax.jit(step_function).lower(*host_args).cost_analysis()
   if cost and cost.get("flops", 0) > 0:
     return {"per_device": float(cost["flops"]) / num_devices,
             "source": "unpartitioned HLO (CPU lowering) / devices"}

@@ -44,8 +44,13 @@ EXIT_DOES_NOT_FIT = 2
 
 @dataclasses.dataclass(frozen=True)
 class BuiltStep:
-  """The jitted step, abstract arguments to compile it with, and what initialises its state."""
+  """The jitted step, abstract arguments to compile it with, and what initialises its state.
+
+  ``step_function`` is the step unjitted (recipe.Training.step_function), whose FLOPs
+  the plan counts on GPUs.
+  """
   step: Any
+  step_function: Any
   args: Tuple[Any, Any, Any]
   num_params: int
   dtype: str
@@ -98,7 +103,7 @@ def build_step(opts: PretrainOptions, mesh: jax.sharding.Mesh) -> BuiltStep:
                          opts.data.canvas_size if opts.data.resize_on_device else 0)
   platform = sharding.mesh_platform(mesh)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  return BuiltStep(training.step, (state, batch, rng), num_params,
+  return BuiltStep(training.step, training.step_function, (state, batch, rng), num_params,
                    opts.model.compute_dtype(platform), opts.model.conv_implementation(platform),
                    training.network, training.tx)
 
@@ -167,7 +172,7 @@ def plan_and_compile(opts: PretrainOptions, topology: topologies.Topology, *,
   out["memory"] = costs.memory(compiled, topology.usable_memory_bytes)
   out["status"] = {True: "fits", False: "does_not_fit", None: "unknown"}[out["memory"]["fits"]]
   _log_compiled(out)
-  cost = costs.flops(compiled, built.step, built.args, num_devices,
+  cost = costs.flops(compiled, built.step_function, built.args, num_devices,
                               topology.platform)
   if cost["per_device"]:
     cost["per_image"] = cost["per_device"] * num_devices / opts.batch_size

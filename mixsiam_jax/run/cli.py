@@ -96,7 +96,7 @@ def run_program(program: Callable[[], object], resumable: bool = True) -> int:
     return e.exit_status
   except KeyboardInterrupt:
     print_line("interrupted (Ctrl-C) before training started; nothing to save." if resumable
-          else "interrupted (Ctrl-C).")
+               else "interrupted (Ctrl-C).")
     return EXIT_INTERRUPTED
   except SystemExit as e:
     if isinstance(e.code, str):
@@ -105,15 +105,15 @@ def run_program(program: Callable[[], object], resumable: bool = True) -> int:
   except BaseException as e:  # pylint: disable=broad-except  (a bug: its traceback, then the exit)
     if _lost_peer(e):
       logging.debug("Traceback of the error below:", exc_info=True)
-      print_line(f"error: lost contact with another process of this run ({_first_line(e)}); its "
-            "own log says why. Restart every process with the same command to resume from the "
-            "newest checkpoint.")
+      print_line(f"error: lost contact with another process of this run ({_first_line(e)}); "
+                 "its own log says why. Restart every process with the same command to resume "
+                 "from the newest checkpoint.")
       return EXIT_LOST_PEER
     logging.flush()
     traceback.print_exc()
     print_line(f"error: unexpected {sys.exc_info()[0].__name__} (a bug; the traceback is above)."
-          + (" The newest checkpoint is intact: rerun the same command to resume." if resumable
-             else ""))
+               + (" The newest checkpoint is intact: rerun the same command to resume."
+                  if resumable else ""))
     return EXIT_BUG
 
 
@@ -200,7 +200,8 @@ def run_tool(program: Callable[[], object], *, tensorflow: bool = False,
   sys.exit(status)
 
 
-# What a collective or the coordination service reports when a peer process is gone.
+# What a collective or the coordination service reports when a peer process is gone. Matched
+# in the text because JAX raises one JaxRuntimeError type for every runtime failure.
 _PEER_FAILURES = ("Gloo", "Connection reset by peer", "Connection refused", "heartbeat",
                   "coordination service", "NCCL", "DEADLINE_EXCEEDED", "UNAVAILABLE")
 
@@ -248,6 +249,8 @@ def start_notices_dropped(notices: Sequence[str],
     drop: decides on exit whether to drop them (e.g. only when no TPU was found).
   """
   sys.stderr.flush()
+  # Held at the file descriptor, not sys.stderr: the notices come from C++ code
+  # (TensorFlow, libtpu), which writes to descriptor 2 directly.
   saved = os.dup(2)
   held = tempfile.TemporaryFile()
   os.dup2(held.fileno(), 2)

@@ -63,6 +63,23 @@ def test_probe_options_hold_the_configs_values():
   assert opts.encoder.file_architecture == FileArchitecture(50, 64, "imagenet", 32)
 
 
+@pytest.mark.parametrize("get_config,field", [
+    (cifar10.get_config, "data.canvas_size"), (cifar10.get_config, "model.remat"),
+    (cifar10.get_config, "method.mix_alpha"), (cifar10.get_config, "seed"),
+    (cifar10.get_config, "knn.temperature"), (probe_config.get_config, "num_epochs"),
+    (knn_config.get_config, "pretrained_model.stem"), (knn_config.get_config, "eval_split"),
+])
+def test_a_missing_field_is_refused_naming_it(get_config, field):
+  config = get_config()
+  *parents, name = field.split(".")
+  node = config
+  for parent in parents:
+    node = node[parent]
+  delattr(node, name)
+  with pytest.raises(OptionsError, match=re.escape(f"config.{field} is missing")):
+    programs.from_config(config)
+
+
 def test_option_fields_have_no_defaults_of_their_own():
   """The configs are the one place defaults live (num_classes is not a config field)."""
   classes = [c for module in (programs, shared) for c in vars(module).values()

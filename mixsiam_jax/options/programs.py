@@ -18,10 +18,11 @@ import ml_collections
 
 from mixsiam_jax.options.checks import (OptionsError, boolean, check_duration, non_negative_int,
                                         positive_int)
+from mixsiam_jax.options.shared import (Cadence, CheckpointOptions, EncoderSource, EvalData,
+                                        FileArchitecture, KnnOptions, TrainData, check_crop_scale)
 from mixsiam_jax.options.training import (MethodOptions, ModelOptions, OptimOptions,
                                           PhotometricOptions)
-from mixsiam_jax.options.shared import (Cadence, CheckpointOptions, EncoderSource, EvalData,
-                                     FileArchitecture, KnnOptions, TrainData, check_crop_scale)
+
 
 @dataclasses.dataclass(frozen=True)
 class PretrainOptions:
@@ -167,22 +168,45 @@ def _record(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-def _optim(o: ml_collections.ConfigDict, fix_predictor_lr: bool) -> OptimOptions:
-  return OptimOptions(name=o.name, base_lr=o.base_lr, momentum=o.momentum,
-                      weight_decay=o.weight_decay, warmup_epochs=o.warmup_epochs,
-                      fix_predictor_lr=fix_predictor_lr)
+def _from_config(cls: type, group: ml_collections.ConfigDict, where: str, **given: Any) -> Any:
+  """An options object whose fields come from the config group's fields of the same names.
+
+  Args:
+    cls: the options dataclass (its own __post_init__ checks the values).
+    group: the config (or one of its groups, e.g. config.data) holding the fields.
+    where: the group's path in the config, for errors ('config', 'config.data').
+    **given: the fields not read from ``group`` (named differently in the config,
+      or set by the program).
+
+  Returns:
+    ``cls(**fields)``; config lists become tuples.
+
+  Raises:
+    OptionsError: a field without a default is missing from the config.
+  """
+  values = dict(given)
+  for field in dataclasses.fields(cls):
+    if field.name in given or not field.init:
+      continue
+    if field.name not in group:
+      if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+        raise OptionsError(f"{where}.{field.name} is missing: the config must set it (see the "
+                           "config files in configs/ for its meaning and default).")
+      continue
+    value = group[field.name]
+    values[field.name] = tuple(value) if isinstance(value, list) else value
+  return cls(**values)
 
 
 def _eval_data(config: ml_collections.ConfigDict) -> EvalData:
-  return EvalData(dataset=config.dataset, train_split=config.train_split,
-                  eval_dataset=config.eval_dataset, eval_split=config.eval_split,
-                  image_size=config.image_size, batch_size=config.eval_batch_size,
-                  transform=config.data.eval_transform,
-                  skip_bad_images=config.data.skip_bad_images)
+  # The data group's eval_transform and skip_bad_images, the root's data sets and sizes.
+  return _from_config(EvalData, config, "config", batch_size=config.eval_batch_size,
+                      transform=config.data.eval_transform,
+                      skip_bad_images=config.data.skip_bad_images)
 
 
-def _knn(config: ml_collections.ConfigDict) -> KnnOptions:
-  return KnnOptions(k=config.knn.k, temperature=config.knn.temperature)
+def _cadence(config: ml_collections.ConfigDict, **given: Any) -> Cadence:
+  return _from_config(Cadence, config, "config", **given)
 
 
 def pretrain_options(config: ml_collections.ConfigDict) -> PretrainOptions:
@@ -191,51 +215,38 @@ def pretrain_options(config: ml_collections.ConfigDict) -> PretrainOptions:
     raise OptionsError(f"pretrained={config.pretrained!r} is not used by pretraining (it names "
                        "the run that configs/knn.py and configs/linear_probe.py evaluate); "
                        "remove --config.pretrained.")
-  m, d = config.model, config.data
-  model = ModelOptions(
-      depth=m.depth, width=m.width, stem=m.stem, projector_layers=m.projector_layers,
-      projector_hidden_dim=m.projector_hidden_dim, projector_dim=m.projector_dim,
-      predictor_hidden_dim=m.predictor_hidden_dim, half_precision=config.half_precision,
-      remat=m.remat, conv_impl=m.conv_impl)
-  return PretrainOptions(
-      method=MethodOptions(**config.method.to_dict()),
-      model=model,
-      photometric=PhotometricOptions(
-          color_jitter=tuple(d.color_jitter), color_jitter_prob=d.color_jitter_prob,
-          grayscale_prob=d.grayscale_prob, blur_prob=d.blur_prob, blur_sigma=tuple(d.blur_sigma)),
-      optim=_optim(config.optim, config.optim.fix_predictor_lr),
-      photometric_on_device=d.photometric_on_device, batch_size=config.batch_size,
-      image_size=config.image_size, seed=config.seed, num_train_steps=config.num_train_steps,
-      num_epochs=config.num_epochs, online_probe=config.online_probe,
-      data=TrainData(dataset=config.dataset, split=config.train_split,
-                     crop_scale=d.crop_scale, skip_bad_images=d.skip_bad_images,
-                     device_prefetch=d.device_prefetch, resize_on_device=d.resize_on_device,
-                     canvas_size=d.canvas_size),
+  return _from_config(
+      PretrainOptions, config, "config",
+      method=_from_config(MethodOptions, config.method, "config.method"),
+      model=_from_config(ModelOptions, config.model, "config.model",
+                         half_precision=config.half_precision),
+      photometric=_from_config(PhotometricOptions, config.data, "config.data"),
+      optim=_from_config(OptimOptions, config.optim, "config.optim"),
+      photometric_on_device=config.data.photometric_on_device,
+      data=_from_config(TrainData, config.data, "config.data", dataset=config.dataset,
+                        split=config.train_split),
       evaluation=_eval_data(config) if config.eval_dataset else None,
-      knn=_knn(config),
-      cadence=Cadence(log_every_steps=config.log_every_steps,
-                      checkpoint_every_steps=config.checkpoint_every_steps,
-                      eval_every_steps=config.eval_every_steps),
+      knn=_from_config(KnnOptions, config.knn, "config.knn"),
+      cadence=_cadence(config),
       checkpoints=CheckpointOptions(keep=config.keep_checkpoints,
                                     keep_every_steps=config.keep_checkpoints_every_steps,
                                     async_save=config.async_checkpointing),
-      profile_steps=config.profile_steps, record=_record(config))
+      record=_record(config))
 
 
 def _encoder(config: ml_collections.ConfigDict) -> EncoderSource:
   return EncoderSource(pretrained=config.pretrained,
-                       file_architecture=FileArchitecture(**config.pretrained_model.to_dict()))
+                       file_architecture=_from_config(FileArchitecture, config.pretrained_model,
+                                                      "config.pretrained_model"))
 
 
 def probe_options(config: ml_collections.ConfigDict) -> ProbeOptions:
   """ProbeOptions from a linear-probe config (configs/linear_probe.py)."""
-  return ProbeOptions(
-      encoder=_encoder(config), data=_eval_data(config), augment=config.probe.augment,
-      crop_scale=config.data.crop_scale, batch_size=config.batch_size,
-      num_train_steps=config.num_train_steps, num_epochs=config.num_epochs,
-      optim=_optim(config.optim, fix_predictor_lr=False), seed=config.seed,
-      cadence=Cadence(log_every_steps=config.log_every_steps,
-                      checkpoint_every_steps=config.checkpoint_every_steps, eval_every_steps=0),
+  return _from_config(
+      ProbeOptions, config, "config", encoder=_encoder(config), data=_eval_data(config),
+      augment=config.probe.augment, crop_scale=config.data.crop_scale,
+      optim=_from_config(OptimOptions, config.optim, "config.optim", fix_predictor_lr=False),
+      cadence=_cadence(config, eval_every_steps=0),
       checkpoints=CheckpointOptions(keep=config.keep_checkpoints, keep_every_steps=0,
                                     async_save=False),
       record=_record(config))
@@ -243,7 +254,8 @@ def probe_options(config: ml_collections.ConfigDict) -> ProbeOptions:
 
 def knn_program_options(config: ml_collections.ConfigDict) -> KnnProgramOptions:
   """KnnProgramOptions from a kNN config (configs/knn.py)."""
-  return KnnProgramOptions(encoder=_encoder(config), data=_eval_data(config), knn=_knn(config),
+  return KnnProgramOptions(encoder=_encoder(config), data=_eval_data(config),
+                           knn=_from_config(KnnOptions, config.knn, "config.knn"),
                            record=_record(config))
 
 

@@ -14,3 +14,11 @@ class UserError(ValueError):
       divergence and failed saves have their own; README, "Exit status").
   """
   exit_status = 1
+
+
+class DatasetError(UserError):
+  """A data set cannot be used; the message names it and says how to fix it."""
+
+
+class DataChangedError(DatasetError):
+  """A data set lists differently from when the run started (files or classes gone or added)."""

@@ -135,11 +135,3 @@ def test_split_percent_rounding(tmp_path):
     a = folders.folder_split_indices(labels, f"[:{p}]")
     b = folders.folder_split_indices(labels, f"[{p}:]")
     assert not set(a) & set(b) and sorted(set(a) | set(b)) == list(range(16))
-
-
-def test_parse_folder_split():
-  assert folders.parse_folder_split("train") == (None, None, False)
-  assert folders.parse_folder_split("train[:90%]") == (None, 90.0, True)
-  assert folders.parse_folder_split("[-500:]") == (-500, None, False)
-  with pytest.raises(DatasetError, match=r"'\[:4.5\]'.*integers"):
-    folders.parse_folder_split("[:4.5]")

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mixsiam_jax.data import DatasetError, names, sources
+from mixsiam_jax.data import DatasetError, sources
+from mixsiam_jax.options import data_names
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
@@ -48,7 +49,7 @@ def test_errors_are_clear_and_fast(tmp_path):
   with pytest.raises(DatasetError, match="^dataset='cifar10' must be 'tfds:NAME'"):
     sources.get_dataset_info("cifar10", "train")
   with pytest.raises(DatasetError, match="^eval_dataset='x:y' must be"):
-    names.parse_dataset("x:y", "eval_dataset")
+    data_names.parse_dataset("x:y", "eval_dataset")
   assert time.time() - start < 5
 
 

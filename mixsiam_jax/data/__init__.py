@@ -19,12 +19,7 @@ Data flows one way through the modules of this package:
 Importing any of them leaves TensorFlow's device visibility alone; programs call
 pipeline.hide_accelerators_from_tensorflow() once at start-up.
 """
-from mixsiam_jax.errors import UserError
+# The data package's errors, defined in errors.py so that the options can raise them too.
+from mixsiam_jax.errors import DataChangedError, DatasetError
 
-
-class DatasetError(UserError):
-  """A data set cannot be used; the message names it and says how to fix it."""
-
-
-class DataChangedError(DatasetError):
-  """A data set lists differently from when the run started (files or classes gone or added)."""
+__all__ = ["DataChangedError", "DatasetError"]

@@ -1,4 +1,4 @@
-"""Image folders: the listing of PATH/<class>/<image> and the folder split grammar.
+"""Image folders: the listing of PATH/<class>/<image> and the slices a folder split selects.
 
 Listing. Labels are the index of each class in the sorted names of the
 non-hidden sub-folders of PATH; files are found recursively below each class
@@ -16,36 +16,20 @@ loop such as ``cat/loop -> .``), or into the data set or any class folder, would
 list the same images again (under a second path, or without end). Such links
 are skipped with one warning that names them and the number of images listed.
 
-Splits. The split string selects a slice of each class's file list, so a
-held-out part keeps the class balance of the folder:
-  * ``''``, ``train``, ``all`` (any bare name; the name is ignored, there is
-    only one folder): every file.
-  * ``[A:B]`` or ``NAME[A:B]`` (NAME ignored), Python slice semantics within
-    each class: ``[:4500]`` the first 4500 files of every class, ``[4500:]``
-    the rest, ``[-500:]`` the last 500, ``[10:20]``; a class with fewer files
-    gets what the slice leaves of it.
-  * Percentages ``[:90%]``, ``[90%:]``, ``[10%:20%]`` (decimals allowed, both
-    bounds in %): a bound of p% of a class of n files is ``round(p * n / 100)``
-    (Python's round, halves to even), exactly TFDS's default 'closest' rounding,
-    so ``[:p%]`` and ``[p%:]`` are complementary, disjoint and cover each class.
+Splits: the folder split grammar is options/data_names.py's (parse_folder_split).
 """
 import dataclasses
 import os
-import re
-from typing import List, Optional, Sequence, Set, Tuple
+from typing import List, Sequence, Set, Tuple
 
 from absl import logging
 import numpy as np
 
 from mixsiam_jax.data import DatasetError
+from mixsiam_jax.options.data_names import FOLDER_SPLIT_SYNTAX, parse_folder_split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-FOLDER_SPLIT_SYNTAX = (
-    "'' / 'train' / 'all' (the whole folder) or a per-class slice '[A:B]' or 'NAME[A:B]' "
-    "(NAME ignored) with A, B integers or percentages, e.g. '[:4500]', '[4500:]', '[-500:]', "
-    "'[:90%]', '[90%:]', '[10:20]', 'train[:90%]'")
-_SPLIT_RE = re.compile(r"^(?P<name>[\w-]*)\s*(?:\[(?P<from>[^\[\]:]*):(?P<to>[^\[\]:]*)\])?$")
-_BOUND_RE = re.compile(r"^(?P<val>[+-]?\d+(?:\.\d*)?)(?P<pct>%?)$")
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,54 +214,6 @@ def list_split(path: str, split: str, field: str = "dataset") -> FolderListing:
     return listing
   return dataclasses.replace(listing, paths=tuple(listing.paths[i] for i in keep),
                              labels=tuple(listing.labels[i] for i in keep))
-
-
-def parse_folder_split(split: str, field: str = "train_split"
-                       ) -> Tuple[Optional[float], Optional[float], bool]:
-  """Parses a folder split string (see "Splits" in the module docstring).
-
-  Args:
-    split: e.g. '', 'train', '[:4500]', 'train[90%:]'.
-    field: the config field that gave ``split``, named in the error.
-
-  Returns:
-    (start, stop, percent): slice bounds (None = open), in percent if
-    ``percent`` else in files.
-
-  Raises:
-    DatasetError: naming ``split`` and the accepted syntax.
-  """
-  def bad(why):
-    return DatasetError(f"{field}={split!r} is not a valid split of a folder ({why}). "
-                        f"Accepted: {FOLDER_SPLIT_SYNTAX}.")
-
-  match = _SPLIT_RE.match((split or "").strip())
-  if not match:
-    raise bad("not NAME or [A:B]")
-  if match.group("from") is None:
-    return None, None, False
-  bounds, units = [], set()
-  for text in (match.group("from").strip(), match.group("to").strip()):
-    if not text:
-      bounds.append(None)
-      continue
-    b = _BOUND_RE.match(text)
-    if not b:
-      raise bad(f"bound {text!r} is not an integer or a percentage")
-    percent = bool(b.group("pct"))
-    units.add(percent)
-    if percent:
-      value = float(b.group("val"))
-      if abs(value) > 100:
-        raise bad(f"bound {text!r} is outside [-100%, 100%]")
-    elif "." in b.group("val"):
-      raise bad(f"bound {text!r}: file counts must be integers")
-    else:
-      value = int(b.group("val"))
-    bounds.append(value)
-  if len(units) > 1:
-    raise bad("both bounds must be counts or both percentages")
-  return bounds[0], bounds[1], units == {True}
 
 
 def folder_split_indices(labels: Sequence[int], split: str) -> np.ndarray:

@@ -26,7 +26,8 @@ import hashlib
 import os
 from typing import Dict, List, Optional, Sequence
 
-from mixsiam_jax.data import DatasetError, folders, names, sources
+from mixsiam_jax.data import DatasetError, folders, sources
+from mixsiam_jax.options import data_names
 
 # Hex digits kept of the SHA-256: 64 bits, ample for telling two versions of one data set apart.
 FINGERPRINT_DIGITS = 16
@@ -140,7 +141,7 @@ def identify(dataset: str, split: str, *, field: str = "dataset",
   Raises:
     DatasetError: as sources.open_source, or a file that cannot be stat'ed.
   """
-  kind, rest = names.parse_dataset(dataset, field)
+  kind, rest = data_names.parse_dataset(dataset, field)
   if kind == "folder":
     root = os.path.abspath(os.path.expanduser(rest))
     listing = folders.list_split(root, split, field)

@@ -44,7 +44,8 @@ import jax
 import tensorflow as tf
 
 from mixsiam_jax.data import (DataChangedError, DatasetError, batch_format, canvas as canvas_lib,
-                              decode, host_augment, names, positions, sources)
+                              decode, host_augment, positions, sources)
+from mixsiam_jax.options import data_names
 from mixsiam_jax.options.checks import OptionsError, one_of, positive_int
 from mixsiam_jax.options.shared import check_crop_scale
 from mixsiam_jax.options.training import PhotometricOptions
@@ -103,7 +104,7 @@ class TrainDataOptions:
   tfds_options: sources.TfdsOptions = sources.TfdsOptions()
 
   def __post_init__(self):
-    names.check_split(self.dataset, self.split, self.field, "train_split")
+    data_names.check_split(self.dataset, self.split, self.field, "train_split")
     for name in ("global_batch_size", "image_size", "shuffle_buffer"):
       positive_int(name, getattr(self, name))
     object.__setattr__(self, "crop_scale", check_crop_scale(self.crop_scale))
@@ -300,7 +301,7 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
     dataset, split: the data set and split (as in sources.open_source).
     global_batch_size: batch over all processes.
     image_size: output side.
-    transform: one of names.EVAL_TRANSFORMS.
+    transform: one of data_names.EVAL_TRANSFORMS.
     process_index, process_count: this process's shard; default from jax.
     skip_bad_images: mask (and report) unreadable images instead of raising.
     field: the config field that gave ``dataset``, named in errors.
@@ -313,7 +314,7 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
     tf.data.Dataset of {'image': uint8 [B_local, S, S, 3], 'label': int32
     [B_local], 'mask': bool [B_local]}.
   """
-  one_of("data.eval_transform", transform, names.EVAL_TRANSFORMS)
+  one_of("data.eval_transform", transform, data_names.EVAL_TRANSFORMS)
   process_index, process_count, local_batch = _process_slice(global_batch_size, process_index,
                                                              process_count)
   log = bad_images if bad_images is not None else decode.BadImageLog()

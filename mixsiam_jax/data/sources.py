@@ -22,7 +22,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mixsiam_jax.data import DatasetError, folders, names
+from mixsiam_jax.data import DatasetError, folders
+from mixsiam_jax.options import data_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +225,7 @@ def open_source(dataset: str, split: str, *, field: str = "dataset",
     DatasetError: bad name or split, unknown TFDS name, missing or empty folder,
       data set not prepared.
   """
-  kind, rest = names.parse_dataset(dataset, field)
+  kind, rest = data_names.parse_dataset(dataset, field)
   if kind == "folder":
     return _folder_source(rest, split, field)
   return _tfds_source(rest, split, tfds_options, field)

@@ -28,7 +28,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mixsiam_jax.data import DatasetError, names, sources
+from mixsiam_jax.data import DatasetError, sources
+from mixsiam_jax.options import data_names
 from mixsiam_jax.workdir import paths
 
 # Seconds to wait for a TCP connection to a download host before calling the machine offline.
@@ -126,7 +127,7 @@ def ensure_prepared(dataset: str, field: str = "dataset", data_dir: Optional[str
       reached and the two ways out); a manual download missing; prepared as
       TFRecords only (with the command that converts it).
   """
-  kind, name = names.parse_dataset(dataset, field)
+  kind, name = data_names.parse_dataset(dataset, field)
   if kind != "tfds":
     return
   builder = sources.tfds_builder(name, data_dir, field)

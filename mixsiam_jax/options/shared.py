@@ -7,7 +7,7 @@ here imports TensorFlow or reads data.
 import dataclasses
 from typing import Any, Tuple
 
-from mixsiam_jax.data import names
+from mixsiam_jax.options import data_names
 from mixsiam_jax.options.checks import (OptionsError, boolean, non_negative_int, one_of,
                                         positive_int, positive_number)
 from mixsiam_jax.options.training import check_backbone
@@ -89,7 +89,7 @@ class TrainData:
   canvas_size: int
 
   def __post_init__(self):
-    names.check_split(self.dataset, self.split, "dataset", "train_split")
+    data_names.check_split(self.dataset, self.split, "dataset", "train_split")
     object.__setattr__(self, "crop_scale", check_crop_scale(self.crop_scale))
     boolean("data.skip_bad_images", self.skip_bad_images)
     positive_int("data.device_prefetch", self.device_prefetch)
@@ -108,7 +108,7 @@ class EvalData:
     image_size: side of the images fed to the encoder; FROM_ENCODER (-1, the
       evaluation programs) until the encoder's own size is known.
     batch_size: global batch of feature extraction (a multiple of the devices).
-    transform: one of data.names.EVAL_TRANSFORMS.
+    transform: one of data_names.EVAL_TRANSFORMS.
     skip_bad_images: mask (and report) unreadable images instead of failing.
   """
   dataset: str
@@ -121,12 +121,12 @@ class EvalData:
   skip_bad_images: bool
 
   def __post_init__(self):
-    names.check_split(self.dataset, self.train_split, "dataset", "train_split")
-    names.check_split(self.eval_dataset, self.eval_split, "eval_dataset", "eval_split")
+    data_names.check_split(self.dataset, self.train_split, "dataset", "train_split")
+    data_names.check_split(self.eval_dataset, self.eval_split, "eval_dataset", "eval_split")
     if self.image_size != FROM_ENCODER:
       positive_int("image_size", self.image_size, "-1 for the size the encoder was trained at")
     positive_int("eval_batch_size", self.batch_size)
-    one_of("data.eval_transform", self.transform, names.EVAL_TRANSFORMS)
+    one_of("data.eval_transform", self.transform, data_names.EVAL_TRANSFORMS)
     boolean("data.skip_bad_images", self.skip_bad_images)
 
   def data_sets(self) -> Tuple[Tuple[str, str], ...]:

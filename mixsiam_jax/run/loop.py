@@ -144,6 +144,25 @@ class _LoopState:
       first = step == self.start_step + 1 and self.console.enabled
       self.console.finished(step, _loss(metrics) if first else None)
 
+  def dispatch(self, step: int, step_fn: StepFn, state: State, batch: Any
+               ) -> Tuple[State, Metrics]:
+    """Dispatches ``step``; the first one is shown as the compile and waited for."""
+    first = step == self.start_step + 1
+    if first:
+      # jit traces and compiles before it dispatches: the call's time is the compile's.
+      with self.console.compiling():
+        state, metrics = step_fn(state, batch)
+      self.console.training()
+    else:
+      state, metrics = step_fn(state, batch)
+    self.in_flight.append((step, metrics))
+    if first:  # Start the clock once the compiled first step is done.
+      self.wait_for_steps(0)
+      self.timer.mark(step)
+      stopping.first_step_finished()  # From here on a signal saves, then stops.
+    self.history.append(metrics)
+    return state, metrics
+
   def save(self, step: int, state: State) -> None:
     # A run killed once this checkpoint exists resumes after it: its metrics
     # must be on disk first (the JSONL writer holds a step's row until the next
@@ -204,10 +223,11 @@ class _LoopState:
 
 
 def train_loop(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_step: int,
-        num_steps: int, cadence: Cadence, checkpoints: Checkpoints, writer: Any,
-        num_processes: int = 1, evaluate: Optional[Callable[[State], Dict[str, Any]]] = None,
-        hooks: Sequence[Callable[[int], None]] = (), steps_in_flight: int = 2,
-        examples_per_step: Optional[int] = None) -> LoopResult:
+               num_steps: int, cadence: Cadence, checkpoints: Checkpoints, writer: Any,
+               num_processes: int = 1,
+               evaluate: Optional[Callable[[State], Dict[str, Any]]] = None,
+               hooks: Sequence[Callable[[int], None]] = (), steps_in_flight: int = 2,
+               examples_per_step: Optional[int] = None) -> LoopResult:
   """Runs steps start_step + 1 .. num_steps, then waits for the last checkpoint.
 
   At most ``steps_in_flight`` steps are dispatched ahead of the newest finished
@@ -239,7 +259,7 @@ def train_loop(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_s
     TrainingError: a non-finite loss or norm (nothing non-finite is saved).
     Stopped: SIGTERM or SIGINT arrived; the checkpoint of the step named in it
       is complete.
-    checkpoint.CheckpointSaveError: a checkpoint could not be written (one
+    storage.CheckpointSaveError: a checkpoint could not be written (one
       line: the directory, the OS error, the newest intact step).
   """
   positive_int("steps_in_flight", steps_in_flight)
@@ -258,19 +278,7 @@ def train_loop(step_fn: StepFn, state: State, batches: Iterator[Any], *, start_s
               batch = next(batches)
           except Interrupted as e:
             raise loop.stop_before(step, state, e.signum) from None
-          if step == start_step + 1:
-            # jit traces and compiles before it dispatches: the call's time is the compile's.
-            with console.compiling():
-              state, metrics = step_fn(state, batch)
-            console.training()
-          else:
-            state, metrics = step_fn(state, batch)
-          loop.in_flight.append((step, metrics))
-          if step == start_step + 1:  # Start the clock once the compiled first step is done.
-            loop.wait_for_steps(0)
-            loop.timer.mark(step)
-            stopping.first_step_finished()  # From here on a signal saves, then stops.
-          loop.history.append(metrics)
+          state, metrics = loop.dispatch(step, step_fn, state, batch)
           for hook in hooks:
             hook(step)
           last_step = step == num_steps

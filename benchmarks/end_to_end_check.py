@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from configs import cifar10  # noqa: E402  pylint: disable=g-import-not-at-top
 from mixsiam_jax.options import programs
 from mixsiam_jax.run import cli  # noqa: E402  pylint: disable=g-import-not-at-top
-from mixsiam_jax.workdir import run_files  # noqa: E402  pylint: disable=g-import-not-at-top
+from mixsiam_jax.workdir import metrics_file  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def _train_split(args) -> str:
@@ -155,7 +155,7 @@ def program(args, out: pathlib.Path, steps_per_epoch: int) -> dict:
     rows = []
     while time.monotonic() - started < args.part_seconds:
       peaks.poll()
-      rows = run_files.read_metrics(str(workdir)) if workdir.exists() else []
+      rows = metrics_file.read_metrics(str(workdir)) if workdir.exists() else []
       if any(r["step"] >= stop_at and "knn_top1" in r for r in rows) or proc.poll() is not None:
         break
       time.sleep(1.0)
@@ -186,10 +186,10 @@ def save(args, out: pathlib.Path) -> dict:
   # In the --part=save child only: the parent never starts a JAX backend.
   import jax  # pylint: disable=g-import-not-at-top
   from mixsiam_jax import sharding  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax.checkpoints import storage
+  from mixsiam_jax.checkpoints import reader, storage
   cli.start_jax()
   items = ("step", "params", "batch_stats", "opt_state", "rng")
-  tree, meta, step = storage.restore_replicated(
+  tree, meta, step = reader.restore_replicated(
       str(out / "run"), sharding.create_mesh(jax.devices()[:1]), items=items)
   with tempfile.TemporaryDirectory(dir=out) as target:
     manager = storage.create_manager(target, async_save=True)

@@ -1,4 +1,4 @@
-"""The project's one base class for errors that a user can fix by changing an input.
+"""The errors a user can fix by changing an input: UserError and those several packages raise.
 
 Programs raise subclasses of UserError at their boundaries (config values, files,
 workdirs, checkpoints, data sets); main.py prints those as one line. Any other
@@ -22,3 +22,7 @@ class DatasetError(UserError):
 
 class DataChangedError(DatasetError):
   """A data set lists differently from when the run started (files or classes gone or added)."""
+
+
+class WorkdirError(UserError):
+  """A workdir that cannot be used as asked."""

@@ -22,9 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from mixsiam_jax.errors import UserError  # noqa: E402
 from mixsiam_jax.run import cli  # noqa: E402
-from mixsiam_jax.workdir import run_files  # noqa: E402
+from mixsiam_jax.workdir import metrics_file  # noqa: E402
 
-METRICS_FILE = run_files.METRICS_FILE
+METRICS_FILE = metrics_file.METRICS_FILE
 CONFIG_FILE = "config.json"
 LOSS_TERMS = ("loss", "loss_siam", "loss_mix")
 DPI = 100
@@ -58,7 +58,7 @@ def read_metrics(workdir: str) -> List[Dict[str, Any]]:
   if not os.path.isfile(path):
     raise RunFileNotFoundError(f"{path} does not exist: is {workdir!r} a training workdir "
                             "that has logged at least one step?")
-  rows = run_files.read_metrics(workdir)
+  rows = metrics_file.read_metrics(workdir)
   if not rows:
     raise PlotError(f"{path} is empty: the run has not logged any step yet.")
   return rows

@@ -28,12 +28,11 @@ from mixsiam_jax.models import metadata
 from mixsiam_jax.options.programs import PretrainOptions
 from mixsiam_jax.recipe import Training, build_training
 from mixsiam_jax.run import loop, progress, skeleton
-from mixsiam_jax.workdir import run_files
+from mixsiam_jax.workdir import paths, run_files
 
 # Re-exported: tests and callers catch it from the program they ran.
 TrainingError = loop.TrainingError
-# The data sets of the run: dataset, split, number of examples and classes, and the
-# fingerprint of their content (data/identity.py).
+# The run's data sets: dataset, split, examples, classes, content fingerprint (data/identity.py).
 DATA_FILE = "data.json"
 _NAMED = ("dataset", "split")
 _COUNTS = ("num_examples", "num_classes")
@@ -293,7 +292,7 @@ def train_and_evaluate(opts: PretrainOptions, workdir: str,
                                    seed=opts.seed)
 
   def on_start(writer):
-    run_files.atomic_write_text(workdir.file(DATA_FILE), json.dumps(described, indent=2) + "\n")
+    paths.atomic_write_text(workdir.file(DATA_FILE), json.dumps(described, indent=2) + "\n")
     if workdir.start_step == 0:
       writer.write_hparams({k: v for k, v in run_files.flatten_config(opts.record).items()
                             if isinstance(v, (int, float, str, bool))})
@@ -309,12 +308,12 @@ def train_and_evaluate(opts: PretrainOptions, workdir: str,
   try:
     result = skeleton.train(
         workdir, Checkpoints(workdir.checkpoint_dir, opts.checkpoints, functions.to_tree,
-                         functions.from_tree, meta),
+                             functions.from_tree, meta),
         init=functions.init,
         step_fn=lambda state, batch: training.step(state, batch, functions.step_rng),
         make_batches=make_batches, num_steps=training.num_steps, cadence=opts.cadence,
-        evaluate=evaluate, hooks=_profiler(opts, workdir.path, workdir.start_step), on_start=on_start,
-        examples_per_step=opts.batch_size)
+        evaluate=evaluate, hooks=_profiler(opts, workdir.path, workdir.start_step),
+        on_start=on_start, examples_per_step=opts.batch_size)
   finally:
     stream.close()  # Closed by the loop once it runs; here for an error before it.
   if jax.process_index() == 0:

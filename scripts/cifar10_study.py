@@ -43,7 +43,7 @@ from cifar10_study_data import StudyError, data_folder  # noqa: E402
 from configs import cifar10_study  # noqa: E402
 from mixsiam_jax.options import programs
 from mixsiam_jax.run import cli  # noqa: E402
-from mixsiam_jax.workdir import run_files  # noqa: E402
+from mixsiam_jax.workdir import metrics_file  # noqa: E402
 # pylint: enable=g-import-not-at-top
 
 MAIN_ROWS = ("simsiam", "max")
@@ -231,7 +231,7 @@ def summarise_run(workdir: str) -> Dict[str, Any]:
   Raises:
     StudyError: if the run has no kNN result yet (not finished).
   """
-  rows = run_files.read_metrics(workdir)
+  rows = metrics_file.read_metrics(workdir)
   knn = [r for r in rows if "knn_top1" in r]
   train_rows = [r for r in rows if "loss" in r]
   if not knn or not train_rows:

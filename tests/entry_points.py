@@ -4,11 +4,11 @@ import pathlib
 import subprocess
 import sys
 
-from mixsiam_jax.run import cli
+from mixsiam_jax.run import cli, library_noise
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # What TensorFlow and libtpu print while a process starts; an entry point shows none of it.
-START_NOTICES = cli.TENSORFLOW_START_NOTICES + cli.TPU_SEARCH_NOTICES
+START_NOTICES = library_noise.TENSORFLOW_START_NOTICES + library_noise.TPU_SEARCH_NOTICES
 
 
 def run(*args, timeout=120, **env):

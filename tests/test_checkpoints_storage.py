@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mixsiam_jax import errors, sharding
-from mixsiam_jax.checkpoints import checksums, faults, storage
+from mixsiam_jax.checkpoints import checksums, faults, reader, storage
 from mixsiam_jax.options.programs import from_config
 from tests.helpers import snapshot
 
@@ -120,19 +120,6 @@ def test_the_only_checkpoint_broken_says_so(tmp_path):
   truncate(directory / "3")
   with pytest.raises(storage.CheckpointError, match="it is the only checkpoint: move it away"):
     restore_newest(directory)
-
-
-def test_restore_replicated_names_the_intact_step(tmp_path):
-  directory = saved_run(tmp_path, (3, 6))
-  truncate(directory / "6")
-  mesh = sharding.create_mesh(jax.devices()[:1])
-  with pytest.raises(storage.CheckpointError,
-                     match=r"checkpoints/6 is unreadable .*step 3 is intact"):
-    storage.restore_replicated(str(tmp_path), mesh)
-  # An explicit older step is still restored.
-  restored, meta, step = storage.restore_replicated(str(tmp_path), mesh, step=3)
-  assert step == 3 and np.all(np.asarray(restored["params"]["w"]) == 3)
-  assert meta == {"image_size": 16}
 
 
 def test_latest_step_reads_without_creating(tmp_path):
@@ -270,7 +257,7 @@ def test_a_flipped_byte_in_an_array_of_the_newest_step_is_named_with_the_intact_
       r"rerun the same command to use step 3\.", message), message
   mesh = sharding.create_mesh(jax.devices()[:1])
   with pytest.raises(storage.CheckpointError, match=r"checkpoints/6 is corrupt .*step 3 is "):
-    storage.restore_replicated(str(tmp_path), mesh)
+    reader.restore_replicated(str(tmp_path), mesh)
   subprocess.run(shlex.split(re.search(r"\((mv [^)]*)\)", message).group(1)), check=True)
   step, w, meta = restore_newest(directory)
   assert step == 3 and meta == {"image_size": 16}
@@ -296,7 +283,7 @@ def test_every_array_is_verified_and_the_checksums_stay_out_of_the_metadata(tmp_
   assert checksums.verify(restored, recorded) == 5
   manager.close()
   # The probes' restore builds its target from Orbax's metadata: the same names.
-  everything, meta, _ = storage.restore_replicated(
+  everything, meta, _ = reader.restore_replicated(
       str(tmp_path), sharding.create_mesh(), items=tuple(state))
   assert meta == {"image_size": 16}
   assert checksums.verify(everything, recorded) == 5
@@ -311,7 +298,7 @@ def test_a_checkpoint_saved_without_checksums_restores_with_a_one_line_warning(t
   manager.close()
   with caplog.at_level(logging.WARNING):
     step, w, meta = restore_newest(directory)
-    restored, replicated_meta, _ = storage.restore_replicated(
+    restored, replicated_meta, _ = reader.restore_replicated(
         str(tmp_path), sharding.create_mesh(jax.devices()[:1]))
   assert step == 3 and np.all(w == 3) and meta == replicated_meta == {"image_size": 16}
   assert np.all(np.asarray(restored["params"]["w"]) == 3)

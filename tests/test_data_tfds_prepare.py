@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from mixsiam_jax.data import DatasetError, sources, tfds_prepare
-from mixsiam_jax.workdir import run_files
+from mixsiam_jax.workdir import metrics_file
 from tests import entry_points, tfds_generated
 
 GENERATED = f"tfds:{tfds_generated.NAME}"
@@ -146,7 +146,7 @@ def test_main_prepares_an_unprepared_data_set_and_trains_on_it(tmp_path):
   assert f"TFDS data set {tfds_generated.NAME} is not prepared" in result.stderr
   assert "preparing it once in array_record" in result.stderr
   assert any(".array_record-" in f for f in _files(str(tmp_path / "tfds")))
-  rows = run_files.read_metrics(str(workdir))
+  rows = metrics_file.read_metrics(str(workdir))
   assert [r["step"] for r in rows if "loss" in r] == [2, 4]
   assert "knn_top1" in rows[-1]
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from mixsiam_jax.workdir import run_files
+from mixsiam_jax.workdir import metrics_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = ("--config=configs/cifar10.py:tiny", "--config.eval_dataset=",
@@ -40,7 +40,7 @@ LOSS_KEYS = ("loss", "loss_siam", "loss_mix", "z_std", "grad_norm", "param_norm"
 
 def _curves(workdir):
   return {row["step"]: {k: row[k] for k in LOSS_KEYS}
-          for row in run_files.read_metrics(str(workdir)) if "loss" in row}
+          for row in metrics_file.read_metrics(str(workdir)) if "loss" in row}
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from mixsiam_jax import sharding
 from mixsiam_jax.data import DatasetError
 from mixsiam_jax.evaluation import evaluators, linear_probe
 from mixsiam_jax.options.shared import EvalData, KnnOptions
-from mixsiam_jax.workdir import run_files
+from mixsiam_jax.workdir import metrics_file
 
 VOTE = KnnOptions(k=200, temperature=0.1)
 
@@ -44,7 +44,7 @@ def test_monitor_refuses_folders_with_different_class_names(tmp_path):
 
 @pytest.mark.slow
 def test_pretraining_logged_the_knn_monitor(tiny_pretrained):
-  rows = run_files.read_metrics(str(tiny_pretrained))
+  rows = metrics_file.read_metrics(str(tiny_pretrained))
   final = [r for r in rows if "knn_top1" in r]
   assert [r["step"] for r in final] == [6]  # eval_every_steps=0: only at the end
   assert 0.0 <= final[0]["knn_top1"] <= final[0]["knn_top5"] <= 100.0

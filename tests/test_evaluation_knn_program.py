@@ -13,7 +13,7 @@ from configs import knn as knn_config
 from mixsiam_jax.data import DatasetError
 from mixsiam_jax.evaluation import knn_program
 from mixsiam_jax.options.programs import from_config
-from mixsiam_jax.workdir import run_files
+from mixsiam_jax.workdir import metrics_file
 from tests.helpers import override, snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def test_knn_program_uses_the_checkpoint_image_size_and_leaves_the_run_untouched
   assert result["image_size"] == result["pretrained_image_size"] == 16
   assert result["pretrained_step"] == 6 and 0 <= result["knn_top1"] <= result["knn_top5"] <= 100
   assert json.loads((tmp_path / "knn" / "results.json").read_text()) == result
-  logged = [r for r in run_files.read_metrics(str(tiny_pretrained)) if "knn_top1" in r][-1]
+  logged = [r for r in metrics_file.read_metrics(str(tiny_pretrained)) if "knn_top1" in r][-1]
   assert result["knn_top1"] == pytest.approx(logged["knn_top1"])
   assert result["knn_top5"] == pytest.approx(logged["knn_top5"])
   assert snapshot(tiny_pretrained, mtimes=True) == before

@@ -10,11 +10,11 @@ import pytest
 
 from configs import linear_probe as probe_config
 from mixsiam_jax import sharding
-from mixsiam_jax.checkpoints import storage
+from mixsiam_jax.checkpoints import reader, storage
 from mixsiam_jax.evaluation import linear_probe, program
 from mixsiam_jax.options.checks import OptionsError
 from mixsiam_jax.options.programs import from_config
-from mixsiam_jax.workdir import run_files
+from mixsiam_jax.workdir import metrics_file
 from tests.helpers import snapshot
 
 
@@ -68,7 +68,7 @@ def test_augmented_probe_trains_on_one_view_resumes_and_leaves_the_run_untouched
   assert probe["pretrained_step"] == 6 and probe["image_size"] == 16
   assert json.loads((probe_dir / "results.json").read_text()) == probe
   assert sorted(p.name for p in (probe_dir / "checkpoints").iterdir()) == ["3", "6"]
-  rows = run_files.read_metrics(str(probe_dir))
+  rows = metrics_file.read_metrics(str(probe_dir))
   assert [r["step"] for r in rows] == [3, 6] and rows[-1]["probe_top1"] == probe["probe_top1"]
   # Metrics are metrics: what was probed goes to results.json only.
   assert not {"pretrained_step", "image_size", "probe_steps"} & set(rows[-1])
@@ -117,7 +117,7 @@ def _replace_with_another_run(pretrained):
   mesh = sharding.create_mesh(jax.devices()[:1])
   directory = storage.checkpoint_dir(str(pretrained))
   for step in sorted(int(n) for n in os.listdir(directory) if n.isdigit()):
-    tree, meta, _ = storage.restore_replicated(
+    tree, meta, _ = reader.restore_replicated(
         str(pretrained), mesh, step, items=("step", "params", "batch_stats"))
     tree["params"] = jax.tree.map(lambda x: x * 1.01, tree["params"])
     shutil.rmtree(os.path.join(directory, str(step)))

@@ -8,7 +8,7 @@ from configs import knn as knn_config
 from configs import linear_probe as probe_config
 from mixsiam_jax.evaluation import encoder, program
 from mixsiam_jax.models import ResNet
-from mixsiam_jax.workdir import run_files
+from mixsiam_jax.workdir import metrics_file
 
 
 def _frozen(image_size):
@@ -37,5 +37,5 @@ def test_write_results_logs_the_numbers_and_writes_everything(tmp_path):
   results = {"knn_top1": 41.5, "pretrained_step": 6, "pretrained": "/runs/a", "flag": True}
   program.write_results(str(tmp_path), 6, results)
   assert json.loads((tmp_path / program.RESULTS_FILE).read_text()) == results
-  rows = run_files.read_metrics(str(tmp_path))
+  rows = metrics_file.read_metrics(str(tmp_path))
   assert rows == [{"step": 6, "knn_top1": 41.5, "pretrained_step": 6}]

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from mixsiam_jax.options.programs import from_config
-from mixsiam_jax.workdir import locking, run_files
+from mixsiam_jax.workdir import locking, metrics_file, run_files
 from tests.helpers import snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def test_a_finished_run_is_extended_on_purpose_and_a_broken_newest_step_is_named
     pretrain.train_and_evaluate(from_config(config), str(run))
   config.allow_length_change = True
   pretrain.train_and_evaluate(from_config(config), str(run))
-  rows = [r["step"] for r in run_files.read_metrics(str(run)) if "loss" in r]
+  rows = [r["step"] for r in metrics_file.read_metrics(str(run)) if "loss" in r]
   assert rows[-2:] == [8, 9]
   assert "9" in os.listdir(run / "checkpoints")
   assert run_files.read_config(str(run))["num_train_steps"] == 9
@@ -119,14 +119,14 @@ def test_a_finished_run_is_extended_on_purpose_and_a_broken_newest_step_is_named
 def test_a_flipped_byte_in_an_array_of_the_newest_checkpoint_is_refused_in_one_line(
     tiny_pretrained, cifar_jpeg_folder, tmp_path):
   from mixsiam_jax import sharding  # pylint: disable=g-import-not-at-top
-  from mixsiam_jax.checkpoints import storage
+  from mixsiam_jax.checkpoints import reader  # pylint: disable=g-import-not-at-top
   from tests.test_checkpoints_storage import (  # pylint: disable=g-import-not-at-top
       flip_a_byte_in_the_largest_array_file, restores_silently_with_other_values)
   broken = tmp_path / "broken"
   shutil.copytree(tiny_pretrained, broken)
   mesh = sharding.create_mesh()
   items = ("step", "params", "batch_stats", "opt_state", "rng")
-  read = lambda workdir: storage.restore_replicated(str(workdir), mesh, items=items)[0]
+  read = lambda workdir: reader.restore_replicated(str(workdir), mesh, items=items)[0]
   intact = read(tiny_pretrained)
   # A byte of array data: without the checksums, the run would train on from other values.
   flip_a_byte_in_the_largest_array_file(
@@ -167,7 +167,7 @@ def wait_for_step(workdir, step, proc, timeout=240):
   """Waits until metrics.jsonl has logged ``step`` (log_every_steps=1)."""
   deadline = time.time() + timeout
   while time.time() < deadline:
-    rows = [r for r in run_files.read_metrics(str(workdir)) if "loss" in r]
+    rows = [r for r in metrics_file.read_metrics(str(workdir)) if "loss" in r]
     if rows and rows[-1]["step"] >= step:
       return
     assert proc.poll() is None, proc.communicate()[1][-3000:]

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from mixsiam_jax.planning import accelerators
-from mixsiam_jax.run import cli
+from mixsiam_jax.run import library_noise
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NO_PCI = "/nonexistent/pci"  # tests of device files must not see this host's PCI devices
@@ -99,5 +99,5 @@ def test_main_stops_in_one_line_on_a_gpu_host_without_gpu_jax(tmp_path):
                               f"CPU, but this host has NVIDIA GPUs ({dev}/nvidia0)."), lines
   # The start-up notices that main.py holds back (TensorFlow's oneDNN, libtpu's TPU search,
   # on the CPUs and installs that print them) do not stand before the error.
-  held_back = cli.TENSORFLOW_START_NOTICES + cli.TPU_SEARCH_NOTICES
+  held_back = library_noise.TENSORFLOW_START_NOTICES + library_noise.TPU_SEARCH_NOTICES
   assert not [line for line in lines if any(n in line for n in held_back)], lines

@@ -17,7 +17,7 @@ from configs import cifar10
 from mixsiam_jax import pretrain
 from mixsiam_jax.data import tfds_prepare
 from mixsiam_jax.options.programs import from_config
-from mixsiam_jax.workdir import run_files
+from mixsiam_jax.workdir import metrics_file, run_files
 from tests.helpers import snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def tiny_config(dataset):
 
 def curves(workdir):
   return {row["step"]: {k: row[k] for k in LOSS_KEYS}
-          for row in run_files.read_metrics(str(workdir)) if "loss" in row}
+          for row in metrics_file.read_metrics(str(workdir)) if "loss" in row}
 
 
 @pytest.mark.slow
@@ -180,7 +180,7 @@ def test_a_tiny_run_says_what_it_does_and_logs_the_lr_of_each_logged_step(cifar_
   assert f"newest checkpoint: {tmp_path / 'w' / 'checkpoints' / '6'}." in summary
   # The tiny recipe: lr 0.03 x 16 / 256, cosine over 6 steps, no warm-up; step s uses the
   # rate at s - 1 steps done.
-  rows = [r for r in run_files.read_metrics(str(tmp_path / "w")) if "lr" in r]
+  rows = [r for r in metrics_file.read_metrics(str(tmp_path / "w")) if "lr" in r]
   assert [r["step"] for r in rows] == [2, 4, 6]
   for r in rows:
     expected = 0.03 * 16 / 256 * 0.5 * (1 + np.cos(np.pi * (r["step"] - 1) / 6))

@@ -29,10 +29,10 @@ import pytest
 
 from configs import cifar10
 from mixsiam_jax import optim, pretrain, sharding
-from mixsiam_jax.checkpoints import storage
+from mixsiam_jax.checkpoints import reader, storage
 from mixsiam_jax.options.programs import from_config
 from mixsiam_jax.run import cli
-from mixsiam_jax.workdir import run_files
+from mixsiam_jax.workdir import metrics_file
 from tests.helpers import snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def steps_on_disk(workdir):
 
 def restore_all(workdir, devices, step=None):
   """The whole state tree of a checkpoint, as host arrays, replicated on ``devices``."""
-  tree, _, step = storage.restore_replicated(str(workdir), sharding.create_mesh(devices),
+  tree, _, step = reader.restore_replicated(str(workdir), sharding.create_mesh(devices),
                                                 step=step, items=STATE_ITEMS)
   return jax.device_get(tree), step
 
@@ -141,7 +141,7 @@ def assert_trees_equal(a, b, what):
 
 def curves(workdir, keys=LOSS_KEYS):
   return {row["step"]: {k: row[k] for k in keys if k in row}
-          for row in run_files.read_metrics(str(workdir)) if "loss" in row}
+          for row in metrics_file.read_metrics(str(workdir)) if "loss" in row}
 
 
 def read_ids(path):
@@ -240,7 +240,7 @@ def interrupted(straight, cifar_jpeg_folder, tmp_path_factory):
   facts["partial"] = partial.name
   facts["b_steps"] = steps_on_disk(workdir)
   try:
-    facts["b_restore_step"] = storage.restore_replicated(
+    facts["b_restore_step"] = reader.restore_replicated(
         str(workdir), sharding.create_mesh(jax.devices()[:1]), items=("step",))[2]
   except Exception as e:  # pylint: disable=broad-except
     facts["b_restore_step"] = repr(e)
@@ -360,7 +360,7 @@ def test_checkpoints_move_between_8_and_1_devices(straight, cifar_jpeg_folder, t
   written_on_1, _ = restore_all(one, jax.devices(), step=9)
   written_on_1_again, _ = restore_all(one, jax.devices()[:1], step=9)
   assert_trees_equal(written_on_1, written_on_1_again, "1-device checkpoint on 8 vs 1 devices")
-  tree, _, _ = storage.restore_replicated(str(one), sharding.create_mesh(jax.devices()),
+  tree, _, _ = reader.restore_replicated(str(one), sharding.create_mesh(jax.devices()),
                                              step=9)
   assert all(len(x.sharding.device_set) == 8 for x in jax.tree.leaves(tree))
   for key in ("params", "batch_stats"):

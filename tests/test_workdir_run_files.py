@@ -7,7 +7,7 @@ import pytest
 from configs import cifar10
 from mixsiam_jax import errors
 from mixsiam_jax.options.programs import from_config
-from mixsiam_jax.workdir import resume_rules, run_files
+from mixsiam_jax.workdir import metrics_file, resume_rules, run_files
 from tests.helpers import override, snapshot
 
 
@@ -127,7 +127,7 @@ def test_start_run_drops_metrics_the_resume_logs_again(tmp_path):
   (tmp_path / "metrics.jsonl").write_text(
       "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (2, 4, 6)))
   run_files.start_run(str(tmp_path), config_dict(), step=4)
-  assert [r["step"] for r in run_files.read_metrics(str(tmp_path))] == [2, 4]
+  assert [r["step"] for r in metrics_file.read_metrics(str(tmp_path))] == [2, 4]
 
 
 def test_checkpoints_without_config_json_are_refused_and_nothing_is_written(tmp_path):
@@ -175,7 +175,7 @@ def test_lost_checkpoints_are_refused_but_a_run_killed_before_its_first_is_not(
                              for s in range(1, last_kept + 1)))
   assert run_files.check_resume(str(tmp_path), config) == []
   run_files.start_run(str(tmp_path), config, step=0)  # restarts from step 0 ...
-  assert run_files.read_metrics(str(tmp_path)) == []  # ... and logs those steps again
+  assert metrics_file.read_metrics(str(tmp_path)) == []  # ... and logs those steps again
   metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n"
                              for s in range(1, first_refused + 1)))
   with pytest.raises(run_files.WorkdirError) as err:
@@ -187,7 +187,7 @@ def test_lost_checkpoints_are_refused_but_a_run_killed_before_its_first_is_not(
       "--workdir.")
   with pytest.raises(run_files.WorkdirError, match="checkpoints were deleted or moved"):
     run_files.start_run(str(tmp_path), config, step=0)
-  assert len(run_files.read_metrics(str(tmp_path))) == first_refused  # nothing dropped
+  assert len(metrics_file.read_metrics(str(tmp_path))) == first_refused  # nothing dropped
 
 
 def test_another_programs_workdir_is_named_first_and_alone(tmp_path):

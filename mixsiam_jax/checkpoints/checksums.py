@@ -130,3 +130,25 @@ def verify(tree: Any, recorded: Dict[str, Any]) -> int:
           f"array {name} does not match the checksum recorded when it was saved: CRC-32 "
           f"{compared[name].split(':')[1]}, saved {arrays[name].split(':')[1]}")
   return len(compared)
+
+
+def verify_restored(tree: Dict[str, Any], saved_meta: Optional[Dict[str, Any]]
+              ) -> Tuple[Dict[str, Any], Dict[str, Any], bool]:
+  """Checks a restored state ``tree`` against the checksums in the metadata saved with it.
+
+  Args:
+    tree: the restored state of a step (all of it or some entries).
+    saved_meta: the step's 'meta' item as saved.
+
+  Returns:
+    (tree, the metadata without the checksums, whether checksums were recorded:
+    a checkpoint written before they were has none).
+
+  Raises:
+    ChecksumMismatch: an array differs from the one saved (storage.py turns
+      it into a CheckpointError, see broken_step_error).
+  """
+  meta, recorded = split(saved_meta)
+  if recorded is not None:
+    verify(tree, recorded)
+  return tree, meta, recorded is not None

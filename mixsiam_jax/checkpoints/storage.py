@@ -1,4 +1,4 @@
-"""Orbax checkpoints: save, resume, and restore onto any device layout.
+"""Orbax checkpoints: save, resume, and restore onto the state's device layout.
 
 A checkpoint step holds two items:
   * 'state': {'step', 'params', 'batch_stats', 'opt_state', 'rng'} where rng is
@@ -6,23 +6,21 @@ A checkpoint step holds two items:
     version);
   * 'meta': JSON with the model options (so evaluation programs can rebuild
     the network without the config) and the data-pipeline position, plus the
-    checksum of every array of 'state' (checkpoint_checksums), which every
+    checksum of every array of 'state' (checksums.py), which every
     restore verifies: a step whose arrays differ is refused like an unreadable
     one. Callers never see the checksums in the metadata they get back.
 Orbax writes each step into a temporary directory and renames it when complete,
 so a crash mid-save leaves the previous step as the newest one.
 """
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
-from mixsiam_jax import sharding
 from mixsiam_jax.checkpoints import checksums, faults, type_handlers
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.workdir.run_files import CHECKPOINT_DIR
@@ -109,7 +107,7 @@ def latest_step(directory: str) -> int:
     try:
       read_step(manager, step)
     except Exception as e:  # Orbax raises several types for missing or unreadable files.
-      raise _broken(manager, step, e, lambda s: read_step(manager, s)) from e
+      raise broken_step_error(manager, step, e, lambda s: read_step(manager, s)) from e
     return step
   finally:
     manager.close()
@@ -131,7 +129,7 @@ def read_step(manager: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
   Raises:
     Exception: Orbax's own errors for a missing or unreadable item, or a
       ValueError for a saved step number other than ``step`` (callers turn
-      either into a CheckpointError, see _broken).
+      either into a CheckpointError, see broken_step_error).
   """
   if not os.listdir(faults.step_path(str(manager.directory), step)):
     raise ValueError("the directory is empty")
@@ -223,9 +221,19 @@ def save_failure(manager: ocp.CheckpointManager, step: int, error: BaseException
   return error if message is None else CheckpointSaveError(message)
 
 
-def _broken(manager: ocp.CheckpointManager, step: int, error: BaseException,
+def broken_step_error(manager: ocp.CheckpointManager, step: int, error: BaseException,
             read: Callable[[int], Any]) -> CheckpointError:
-  """The error for an unreadable ``step`` (see faults.broken_message)."""
+  """The CheckpointError of an unreadable ``step`` (see faults.broken_message).
+
+  Args:
+    manager: the checkpoints' manager.
+    step: the step that could not be read.
+    error: what reading it raised.
+    read: reads a step (to find the newest older step that restores intact).
+
+  Returns:
+    The error to raise.
+  """
   return CheckpointError(faults.broken_message(
       str(manager.directory), manager.all_steps(), step, error, read))
 
@@ -258,12 +266,12 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Dict[str, Any]
         **{STATE: ocp.args.PyTreeRestore(
             abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
            META: ocp.args.JsonRestore()}))
-    return _verified(restored[STATE], restored[META])
+    return checksums.verify_restored(restored[STATE], restored[META])
 
   try:
     saved = manager.item_metadata(step)[STATE]
   except Exception as e:  # Orbax raises several types for unreadable metadata.
-    raise _broken(manager, step, e, read) from e
+    raise broken_step_error(manager, step, e, read) from e
   mismatch = faults.incompatibility(
       saved, abstract, faults.step_path(str(manager.directory), step))
   if mismatch:
@@ -271,36 +279,14 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Dict[str, Any]
   try:
     tree, meta, verified = read(step)
   except Exception as e:  # Truncated files surface as many different errors.
-    raise _broken(manager, step, e, read) from e
+    raise broken_step_error(manager, step, e, read) from e
   if not verified:
-    _warn_unverified(manager, step)
+    warn_unverified(manager, step)
   return tree, meta
 
 
-def _verified(tree: Dict[str, Any], saved_meta: Optional[Dict[str, Any]]
-              ) -> Tuple[Dict[str, Any], Dict[str, Any], bool]:
-  """Checks a restored state ``tree`` against the checksums in the metadata saved with it.
-
-  Args:
-    tree: the restored state of a step (all of it or some entries).
-    saved_meta: the step's 'meta' item as saved.
-
-  Returns:
-    (tree, the metadata without the checksums, whether checksums were recorded:
-    a checkpoint written before they were has none).
-
-  Raises:
-    checksums.ChecksumMismatch: an array differs from the one saved
-      (callers turn it into a CheckpointError, see _broken).
-  """
-  meta, recorded = checksums.split(saved_meta)
-  if recorded is not None:
-    checksums.verify(tree, recorded)
-  return tree, meta, recorded is not None
-
-
-def _warn_unverified(manager: ocp.CheckpointManager, step: int) -> None:
-  """One line saying that ``step`` records no checksums, so it was restored unverified."""
+def warn_unverified(manager: ocp.CheckpointManager, step: int) -> None:
+  """Logs one line saying that ``step`` records no checksums, so it was restored unverified."""
   logging.warning("Checkpoint %s records no checksums of its arrays (written by an earlier "
                   "version): restored without verifying them.",
                   faults.step_path(str(manager.directory), step))
@@ -319,79 +305,3 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
     raise CheckpointError(f"checkpoint {where} is unreadable or incomplete "
                           f"({faults.reason(e)}).") from e
   return checksums.split(restored[META])[0]
-
-
-def restore_replicated(workdir: str, mesh: Mesh, step: Optional[int] = None,
-                       items: Tuple[str, ...] = ("params", "batch_stats"),
-                       field: str = "pretrained") -> Tuple[Dict[str, Any], Dict[str, Any], int]:
-  """Restores parts of a pretraining run's checkpoint, replicated on ``mesh``.
-
-  Works whatever device layout wrote the checkpoint; nothing in ``workdir`` is
-  modified.
-
-  Args:
-    workdir: a pretraining workdir (holding checkpoints/).
-    mesh: where the restored arrays are placed (replicated).
-    step: the step to restore (default: the newest).
-    items: top-level entries of the state tree to return.
-    field: the option that named ``workdir``, in messages ("pretrained" for
-      --config.pretrained, "--workdir" for a tool's flag).
-
-  Returns:
-    (dict of the requested entries, meta dict, step).
-
-  Raises:
-    CheckpointError: one line naming the path when there is nothing usable to
-      restore (for an unreadable newest step, or one whose restored entries
-      differ from their recorded checksums, as restore does).
-  """
-  if not workdir:
-    raise CheckpointError("--config.pretrained is empty: set it to a pretraining workdir.")
-  if not os.path.isdir(workdir):
-    raise CheckpointError(f"{field}={workdir} does not exist or is not a directory.")
-  directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    raise CheckpointError(f"{field}={workdir} holds no checkpoints/ directory; "
-                          "point it at the --workdir of a pretraining run.")
-  manager = create_manager(directory, read_only=True, async_save=False)
-  try:
-    steps = manager.all_steps()
-    if not steps:
-      raise CheckpointError(f"{field}={workdir}: {directory} holds no complete checkpoint.")
-    step = max(steps) if step is None else step
-    if step not in steps:
-      raise CheckpointError(f"{field}={workdir} has no checkpoint at step {step}; "
-                            f"available: {sorted(steps)}.")
-    read = lambda s: _read_replicated(manager, s, sharding.replicated(mesh), items)
-    try:
-      tree, meta, verified = read(step)
-    except CheckpointError:
-      raise
-    except Exception as e:  # Unreadable or truncated files, or arrays that differ from the saved.
-      raise _broken(manager, step, e, read) from e
-    if not verified:
-      _warn_unverified(manager, step)
-    return tree, meta, step
-  finally:
-    manager.close()
-
-
-def _read_replicated(manager: ocp.CheckpointManager, step: int, rep: Any, items: Tuple[str, ...]
-                     ) -> Tuple[Dict[str, Any], Dict[str, Any], bool]:
-  """(requested entries of the state, meta, whether verified) of ``step`` with sharding ``rep``.
-
-  Orbax's errors and checksums.ChecksumMismatch pass to the caller.
-  """
-  saved = manager.item_metadata(step)[STATE]
-  meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
-  abstract = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep),
-                              saved[k]) for k in items if k in saved}
-  missing = [k for k in items if k not in abstract]
-  if missing:
-    where = faults.step_path(str(manager.directory), step)
-    raise CheckpointError(f"checkpoint {where} has no {missing}; was it written by mixsiam_jax?")
-  restored = manager.restore(step, args=ocp.args.Composite(**{
-      STATE: ocp.args.PyTreeRestore(abstract, restore_args=jax.tree.map(
-          lambda a: ocp.ArrayRestoreArgs(sharding=rep, global_shape=a.shape, dtype=a.dtype),
-          abstract), partial_restore=True)}))
-  return _verified(dict(restored[STATE]), meta)

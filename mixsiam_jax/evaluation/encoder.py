@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mixsiam_jax import sharding, weights
-from mixsiam_jax.checkpoints import storage
+from mixsiam_jax.checkpoints import reader
 from mixsiam_jax.errors import UserError
 from mixsiam_jax.models import ResNet, metadata
 from mixsiam_jax.options.shared import FileArchitecture
@@ -122,7 +122,7 @@ def _refuse_evaluation_workdir(pretrained: str) -> None:
 def _restore_workdir(pretrained: str, mesh: Mesh, step: Optional[int]):
   """(ResNet, backbone variables, step, image size) of a pretraining checkpoint."""
   _refuse_evaluation_workdir(pretrained)
-  tree, meta, step = storage.restore_replicated(pretrained, mesh, step)
+  tree, meta, step = reader.restore_replicated(pretrained, mesh, step)
   described = metadata.backbone_from_meta(meta, sharding.mesh_platform(mesh))
   if described is None:
     raise EncoderError(

@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from mixsiam_jax.evaluation import encoder
 from mixsiam_jax.options.shared import EncoderSource, FROM_ENCODER
 from mixsiam_jax.run import metric_writer
-from mixsiam_jax.workdir import run_files
+from mixsiam_jax.workdir import paths
 
 RESULTS_FILE = "results.json"
 
@@ -70,5 +70,5 @@ def write_results(workdir: str, step: int, results: Dict[str, Any]) -> None:
 def write_results_file(workdir: str, results: Dict[str, Any]) -> None:
   """Writes ``results`` to workdir/results.json (process 0 only; atomically)."""
   if jax.process_index() == 0:
-    run_files.atomic_write_text(os.path.join(workdir, RESULTS_FILE),
+    paths.atomic_write_text(os.path.join(workdir, RESULTS_FILE),
                                   json.dumps(results, indent=2, sort_keys=True))

@@ -32,7 +32,7 @@ from mixsiam_jax.errors import UserError
 from mixsiam_jax.options import programs
 from mixsiam_jax.options.programs import PretrainOptions
 from mixsiam_jax.planning import costs, topologies
-from mixsiam_jax.run import cli
+from mixsiam_jax.run import cli, library_noise
 
 # (examples, classes) of the data sets the configs name; they set the schedule's
 # length and the online probe's width, not the step's memory or cost.
@@ -44,11 +44,7 @@ EXIT_DOES_NOT_FIT = 2
 
 @dataclasses.dataclass(frozen=True)
 class BuiltStep:
-  """The jitted step, abstract arguments to compile it with, and what initialises its state.
-
-  ``step_function`` is the step unjitted (recipe.Training.step_function), whose FLOPs
-  the plan counts on GPUs.
-  """
+  """The jitted step and its unjitted function (FLOPs), abstract arguments, what makes its state."""
   step: Any
   step_function: Any
   args: Tuple[Any, Any, Any]
@@ -321,7 +317,7 @@ def plan_command(argv) -> int:
     os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
   cli.start_jax()
   # libtpu, loaded for a TPU topology, first looks for a TPU on this host and says so.
-  with cli.start_notices_dropped(cli.TPU_SEARCH_NOTICES):
+  with library_noise.start_notices_dropped(library_noise.TPU_SEARCH_NOTICES):
     topology = topologies.devices_for(FLAGS.topology)
   if not 0 < FLAGS.utilization <= 1:
     raise UserError(f"--utilization={FLAGS.utilization} must lie in (0, 1].")

@@ -1,7 +1,7 @@
 """The run's metric writers: TensorBoard, the console, and metrics.jsonl.
 
-metrics.jsonl (workdir.METRICS_FILE) holds one JSON object per logged step;
-workdir.read_metrics reads it back. clu loads TensorFlow, so this module is
+metrics.jsonl (workdir/metrics_file.py) holds one JSON object per logged step;
+metrics_file.read_metrics reads it back. clu loads TensorFlow, so this module is
 kept apart from the light workdir checks.
 """
 import json
@@ -12,8 +12,8 @@ from typing import Any, Dict, Mapping, Optional
 from clu import metric_writers
 from clu.metric_writers import interface
 
-from mixsiam_jax.workdir import run_files
-from mixsiam_jax.workdir.run_files import METRICS_FILE
+from mixsiam_jax.workdir import paths
+from mixsiam_jax.workdir.metrics_file import METRICS_FILE
 
 
 def _jsonable(value: Any) -> Any:
@@ -55,7 +55,7 @@ class JsonlWriter(interface.MetricWriter):
       row = {**self._flushed, **self._row}
       with open(self._path) as f:
         lines = f.read().splitlines(keepends=True)
-      run_files.atomic_write_text(self._path, "".join(lines[:-1]) + json.dumps(row) + "\n")
+      paths.atomic_write_text(self._path, "".join(lines[:-1]) + json.dumps(row) + "\n")
     else:
       with open(self._path, "a") as f:
         f.write(json.dumps(row) + "\n")

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from mixsiam_jax import sharding
-from mixsiam_jax.checkpoints import storage
+from mixsiam_jax.checkpoints import reader
 from mixsiam_jax.run import cli
 from mixsiam_jax.weights import convert
 
@@ -163,7 +163,7 @@ def export_workdir(workdir: str, out: str, *, step: Optional[int] = None,
     raise convert.WeightsError(f"--workdir={workdir} does not exist; pass the --workdir of a "
                                "pretraining run.")
   mesh = sharding.create_mesh(jax.local_devices()[:1])
-  tree, _, _ = storage.restore_replicated(workdir, mesh, step, field="--workdir")
+  tree, _, _ = reader.restore_replicated(workdir, mesh, step, field="--workdir")
   params, batch_stats = jax.device_get(tree["params"]), jax.device_get(tree["batch_stats"])
   params = {k: v for k, v in params.items() if k != "online_probe"}
   state_dict = convert.export_torch_state_dict(params, batch_stats,

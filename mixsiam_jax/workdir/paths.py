@@ -1,13 +1,14 @@
 """The file-system side of a workdir's path: its length, creating its directories, removing
 them, and the one place where a workdir that stops accepting writes ends the run.
 
-Errors come back as OSErrors and one-line messages; workdir.py raises them as
+Errors come back as OSErrors and one-line messages; run_files.py raises them as
 WorkdirErrors naming the --workdir flag.
 """
 import contextlib
 import errno
 import os
 import shutil
+import tempfile
 from typing import Callable, Iterator, List, Optional
 
 from mixsiam_jax.errors import UserError
@@ -184,3 +185,18 @@ def format_bytes(size: float) -> str:
       break
     size /= 1024.0
   return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes ``text`` to ``path`` via a temporary file and a rename, never half-written."""
+  directory = os.path.dirname(path) or "."
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary result files
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise

@@ -1,8 +1,8 @@
-"""What a rerun in a used workdir may change and must find: the rules of workdir.check_resume.
+"""What a rerun in a used workdir may change and must find: the rules of run_files.check_resume.
 
 The rules work on flattened configs ({'dotted.name': value}, see
-workdir.flatten_config) and give a refusal as its one-line message, which
-workdir.py raises as a WorkdirError; this module reads and writes no files.
+run_files.flatten_config) and give a refusal as its one-line message, which
+run_files.py raises as a WorkdirError; this module reads and writes no files.
 """
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -185,5 +185,5 @@ def first_checkpoint(old: Mapping[str, Any], new: Mapping[str, Any]) -> Tuple[in
 
 
 def newest_step(rows: Iterable[Mapping[str, Any]]) -> int:
-  """The newest step that metric rows (workdir.read_metrics) log; 0 if none."""
+  """The newest step that metric rows (metrics_file.read_metrics) log; 0 if none."""
   return max((r["step"] for r in rows if _positive(r.get("step"))), default=0)

@@ -1,4 +1,4 @@
-"""The workdir: its checks, the resolved config, and metrics.jsonl.
+"""The workdir: its checks before a (re)start and the resolved config of its run.
 
 A workdir holds checkpoints/ (Orbax), TensorBoard event files, metrics.jsonl
 (one JSON object per logged step) and config.json (the resolved config of the
@@ -21,19 +21,14 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from absl import logging
 
-from mixsiam_jax.errors import UserError
-from mixsiam_jax.workdir import paths, resume_rules
+from mixsiam_jax.errors import WorkdirError
+from mixsiam_jax.workdir import metrics_file, paths, resume_rules
 
 CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
 # The checkpoints' folder in a workdir (checkpoint.py imports it: this module stays free
 # of Orbax and JAX, as main.py imports it before the flags are parsed).
 CHECKPOINT_DIR = "checkpoints"
-
-
-class WorkdirError(UserError):
-  """A workdir that cannot be used as asked."""
 
 
 def check_workdir(workdir: str) -> str:
@@ -112,21 +107,6 @@ def create_directories(path: str, workdir: str) -> List[str]:
     raise WorkdirError(paths.creation_message(workdir, path, e)) from None
 
 
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` via a temporary file and a rename, never half-written."""
-  directory = os.path.dirname(path) or "."
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary result files
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def read_config(workdir: str) -> Optional[Dict[str, Any]]:
   """Returns the config.json of ``workdir`` as a dict, or None if there is none."""
   path = os.path.join(workdir, CONFIG_FILE)
@@ -191,11 +171,11 @@ def _check_no_lost_checkpoints(workdir: str, old: Mapping[str, Any],
   every, written_by = resume_rules.first_checkpoint(old, new)
   if not every:
     return  # a program without checkpoints (kNN)
-  newest = resume_rules.newest_step(read_metrics(workdir))
+  newest = resume_rules.newest_step(metrics_file.read_metrics(workdir))
   if newest > written_by:
     directory = os.path.join(workdir, CHECKPOINT_DIR)
     raise WorkdirError(
-        f"--workdir={workdir} has metrics up to step {newest} ({METRICS_FILE}) but no "
+        f"--workdir={workdir} has metrics up to step {newest} ({metrics_file.METRICS_FILE}) but no "
         f"checkpoint in {directory}, though one was written at step {every}: the checkpoints "
         "were deleted or moved. Put them back to resume, or start over in a new --workdir.")
 
@@ -295,7 +275,7 @@ def save_config(workdir: str, config: Mapping[str, Any], step: int) -> None:
   path = os.path.join(workdir, CONFIG_FILE)
   old = read_config(workdir)
   if old is None:
-    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True))
+    paths.atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True))
     return
   changes = check_resume_config(old, config, workdir=workdir)
   if not changes:
@@ -304,7 +284,7 @@ def save_config(workdir: str, config: Mapping[str, Any], step: int) -> None:
     f.write(json.dumps(resume_rules.change_record(step, changes)) + "\n")
   lengths = resume_rules.length_changes(changes)
   if lengths:
-    atomic_write_text(path, json.dumps({**old, **{k: b for k, _, b in lengths}},
+    paths.atomic_write_text(path, json.dumps({**old, **{k: b for k, _, b in lengths}},
                                        indent=2, sort_keys=True))
     logging.warning(
         "Run length changed at step %d (%s), allowed by %s: the lr schedule is recomputed "
@@ -334,47 +314,5 @@ def start_run(workdir: str, config: Mapping[str, Any], step: int) -> str:
   check_resume(check_workdir(workdir), config)  # for callers that skipped it
   path = prepare_workdir(workdir)
   save_config(path, config, step)
-  truncate_metrics(path, step)
+  metrics_file.truncate_metrics(path, step)
   return path
-
-
-def read_metrics(workdir: str) -> List[Dict[str, Any]]:
-  """Reads metrics.jsonl of ``workdir`` (an empty list if absent).
-
-  A partial last line (the process was killed while writing it) is dropped;
-  any other malformed line is an error naming the file and line.
-
-  Args:
-    workdir: a run's directory.
-
-  Returns:
-    The rows in file order.
-  """
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    lines = [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
-  rows = []
-  for i, (number, line) in enumerate(lines):
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      if i == len(lines) - 1 and not line.endswith("\n"):
-        break  # interrupted write: the step is logged again when the run resumes
-      raise WorkdirError(f"{path}:{number} is not valid JSON ({e}); fix or delete that line.") from e
-    if not isinstance(row, dict):
-      raise WorkdirError(f"{path}:{number} is a {type(row).__name__}, not a JSON object.")
-    rows.append(row)
-  return rows
-
-
-def truncate_metrics(workdir: str, last_step: int) -> None:
-  """Drops metric lines after ``last_step``: a resumed run logs those steps again."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    return
-  rows = read_metrics(workdir)
-  kept = [r for r in rows if r.get("step", 0) <= last_step]
-  if len(kept) != len(rows):
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -3,9 +3,9 @@
 Orbax records nothing about what a saved array should contain: its zarr3 layout
 checksums (crc32c) only the index of each shard file, not the chunks, and the
 default layout (zarr2 chunks in OCDBT data files) nothing, so a flipped byte in
-an array file restores silently. checkpoint.save records the CRC-32 of every
+an array file restores silently. storage.save records the CRC-32 of every
 array's bytes, computed on the host from the values being saved, in the step's
-'meta' item; checkpoint.restore recomputes them from the restored values and
+'meta' item; storage.restore recomputes them from the restored values and
 treats a difference like an unreadable step.
 
 Every process computes the checksums of its own copy: the state is replicated,

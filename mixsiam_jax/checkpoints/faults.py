@@ -1,6 +1,6 @@
-"""Why a checkpoint step cannot be written, read or used: the one-line diagnoses of checkpoint.py.
+"""Why a checkpoint step cannot be written, read or used: the one-line diagnoses of storage.py.
 
-Each function returns the message (checkpoint.py raises it as its own error
+Each function returns the message (storage.py raises it as its own error
 types), names the step directory, and says what to do: the newest intact step
 to resume from, or the command that moves a broken step out of the way.
 """

@@ -1,4 +1,4 @@
-"""How checkpoint.py sets up its Orbax managers: the type handlers and a log filter."""
+"""How storage.py sets up its Orbax managers: the type handlers and a log filter."""
 import contextlib
 import logging as logging_lib
 from typing import Iterator

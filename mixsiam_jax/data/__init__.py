@@ -2,7 +2,7 @@
 
 Data flows one way through the modules of this package:
   folders.py       lists an image folder (PATH/<class>/<image>) and slices it
-                   with the folder split grammar; plain Python, no TensorFlow.
+                   with the folder split grammar (options/data_names.py); plain Python.
   sources.py       opens ``tfds:NAME`` or ``folder:PATH`` as a Source (size,
                    classes, a way to read each example's bytes); DatasetInfo.
   decode.py        bytes -> RGB uint8, with unreadable files reported to a

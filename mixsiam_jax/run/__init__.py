@@ -2,6 +2,8 @@
 
   cli.py            exit statuses, flag parsing; every entry point turns a user error
                     into one line, ``error: ...``.
+  library_noise.py  TensorFlow's and libtpu's start-up notices held back, Orbax's
+                    per-save lines and echoes kept to --v=1.
   stderr_filter.py  libjpeg's own warnings kept off the console.
   skeleton.py       the skeleton of both training programs: open the workdir without
                     writing, restore or init, record the run, then the loop.

@@ -79,12 +79,12 @@ class QuietLibraryInfo(logging_lib.Filter):
   """Drops Orbax's per-save INFO chatter (dozens of lines per checkpoint) and its error echoes.
 
   A failed save makes each of Orbax's threads log the same error with its
-  traceback (hundreds of lines for a full disk); checkpoint.py raises that
+  traceback (hundreds of lines for a full disk); storage.py raises that
   error once, as one line, so Orbax's own ERROR records are shown only with
   --v=1. Orbax's warnings are kept. A failed restore leaves the reads of the
   other arrays as asyncio tasks whose errors nobody retrieves; asyncio logs
   each one when it is garbage-collected (at a moment that depends on the
-  collector), after checkpoint.py has reported the restore's error once, so
+  collector), after storage.py has reported the restore's error once, so
   those records are also shown only with --v=1. This program starts no asyncio
   tasks of its own: Orbax's are the only ones.
   """

@@ -116,7 +116,7 @@ def write_failures_end_the_run(workdir: str, newest_step: Callable[[], int]) -> 
   TensorFlow's writers, an error carrying the OS message). One place, around
   the whole program, names the path, the OS error, the free space and the
   newest intact checkpoint (checkpoint writes have their own message,
-  checkpoint.CheckpointSaveError, with the same status).
+  storage.CheckpointSaveError, with the same status).
 
   Args:
     workdir: the --workdir value.

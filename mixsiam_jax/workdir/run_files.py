@@ -26,7 +26,7 @@ from mixsiam_jax.workdir import metrics_file, paths, resume_rules
 
 CONFIG_FILE = "config.json"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
-# The checkpoints' folder in a workdir (checkpoint.py imports it: this module stays free
+# The checkpoints' folder in a workdir (storage.py imports it: this module stays free
 # of Orbax and JAX, as main.py imports it before the flags are parsed).
 CHECKPOINT_DIR = "checkpoints"
 
@@ -156,7 +156,7 @@ def check_resume_config(old: Mapping[str, Any], new: Mapping[str, Any], *,
 
 
 def checkpoint_steps(workdir: str) -> List[int]:
-  """The step directories in ``workdir``/checkpoints, by name and unread (see checkpoint.py)."""
+  """The step directories in ``workdir``/checkpoints, by name and unread (see storage.py)."""
   directory = os.path.join(workdir, CHECKPOINT_DIR)
   try:
     names = os.listdir(directory)

@@ -80,11 +80,11 @@ def main() -> None:
         writer = Writer()
         start = time.perf_counter()
         loop.train_loop(lambda s, b: training.step(s, b, key), state, iter([batch] * args.steps),
-                 start_step=0, num_steps=args.steps,
-                 cadence=shared.Cadence(log_every_steps=args.steps,
-                                                 checkpoint_every_steps=10 * args.steps,
-                                                 eval_every_steps=0),
-                 checkpoints=checkpoints, writer=writer, steps_in_flight=k)
+                        start_step=0, num_steps=args.steps,
+                        cadence=shared.Cadence(log_every_steps=args.steps,
+                                               checkpoint_every_steps=10 * args.steps,
+                                               eval_every_steps=0),
+                        checkpoints=checkpoints, writer=writer, steps_in_flight=k)
       if rep:  # Repetition 0 compiles.
         results[k].append(args.steps / (time.perf_counter() - start))
   print(json.dumps({"config": args.config, "batch_size": args.batch_size, "steps": args.steps,

@@ -147,10 +147,10 @@ def _read_data_file(path: str) -> Dict[str, Any]:
       recorded = json.load(f)
   except (OSError, ValueError) as e:
     raise run_files.WorkdirError(f"{path} is unreadable ({e}); restore it or use a "
-                                   "fresh --workdir.") from None
+                                 "fresh --workdir.") from None
   if not isinstance(recorded, dict):
     raise run_files.WorkdirError(f"{path} is unreadable (a JSON {type(recorded).__name__}, "
-                                   "not an object); restore it or use a fresh --workdir.")
+                                 "not an object); restore it or use a fresh --workdir.")
   return recorded
 
 
@@ -341,7 +341,7 @@ def summary_line(result: loop.LoopResult, start_step: int, seconds: float,
            f"{progress.format_seconds(seconds)}"]
   if "loss" in m:
     terms = ", ".join(f"{name} {m[key]:.4f}" for name, key in (("siam", "loss_siam"),
-                                                            ("mix", "loss_mix")) if key in m)
+                                                               ("mix", "loss_mix")) if key in m)
     parts.append(f"loss {m['loss']:.4f}" + (f" ({terms})" if terms else "")
                  + (f", z_std {m['z_std']:.4f}" if "z_std" in m else ""))
   if "knn_top1" in result.evaluation:

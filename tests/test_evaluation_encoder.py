@@ -16,7 +16,7 @@ from mixsiam_jax.options.programs import from_config
 from mixsiam_jax.options.shared import FileArchitecture
 from tests.helpers import model_options, snapshot
 from tests.test_checkpoints_storage import (flip_a_byte_in_the_largest_array_file,
-                                   restores_silently_with_other_values)
+                                            restores_silently_with_other_values)
 
 
 RESNET50 = FileArchitecture(depth=50, width=64, stem="imagenet", image_size=224)
@@ -24,8 +24,8 @@ RESNET50 = FileArchitecture(depth=50, width=64, stem="imagenet", image_size=224)
 
 def test_embed_fn_is_the_networks_backbone_in_inference_mode():
   network = MixSiamNetwork(model_options(depth=18, width=4, stem="cifar", projector_layers=2,
-                                        projector_hidden_dim=8, projector_dim=8,
-                                        predictor_hidden_dim=4, conv_impl="xla"), "cpu")
+                                         projector_hidden_dim=8, projector_dim=8,
+                                         predictor_hidden_dim=4, conv_impl="xla"), "cpu")
   images = jax.random.normal(jax.random.key(1), (8, 8, 8, 3))
   variables = network.init(jax.random.key(0), images[:, None], train=True)
   # Non-trivial running statistics, so inference mode is visible.

@@ -50,7 +50,7 @@ def test_the_cpu_backend_on_a_gpu_host_stops_unless_asked_for(tmp_path):
   dev = fake_dev(tmp_path, "nvidia0", "nvidia1")
   with pytest.raises(accelerators.CpuFallbackError) as error:
     accelerators.check_backend("cpu", allow_cpu=False, environ={}, dev_root=dev,
-                             pci_root=NO_PCI)
+                               pci_root=NO_PCI)
   assert str(error.value) == (
       f"JAX found no usable accelerator and would train on the CPU, but this host has NVIDIA "
       f"GPUs ({dev}/nvidia0, {dev}/nvidia1). Install JAX for them on top of requirements.txt "

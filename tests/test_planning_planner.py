@@ -65,7 +65,7 @@ def test_the_abstract_batch_is_the_pipelines_format():
 
 
 @pytest.mark.parametrize("limit,start,expected", [(300, 512, 288), (300, 8, 288), (0, 4, 0),
-                                                     (1, 64, 1), (5000, 2, 4608)])
+                                                  (1, 64, 1), (5000, 2, 4608)])
 def test_max_batch_search(monkeypatch, limit, start, expected):
   tried = []
 
@@ -83,7 +83,7 @@ def test_max_batch_search(monkeypatch, limit, start, expected):
   # A batch already compiled (the plan's own) is not compiled again.
   first, tried[:] = list(tried), []
   planner.max_batch(None, None, remat=True, start=start,
-                         known={b: b <= limit for b in first[:1]})
+                    known={b: b <= limit for b in first[:1]})
   assert tried == first[1:]
   if expected:  # within 1/8 below the limit, multiples of 8 from 64 up
     assert limit - expected < max(1, expected // 8) and len(tried) <= 16

@@ -110,7 +110,7 @@ def run_to_end(workdir, data, *extra, **kw):
 def steps_on_disk(workdir):
   """Step directories as Orbax reports them (what a resume would pick)."""
   manager = storage.create_manager(storage.checkpoint_dir(str(workdir)), read_only=True,
-                                      async_save=False)
+                                   async_save=False)
   try:
     return sorted(manager.all_steps()), manager.latest_step()
   finally:
@@ -120,7 +120,7 @@ def steps_on_disk(workdir):
 def restore_all(workdir, devices, step=None):
   """The whole state tree of a checkpoint, as host arrays, replicated on ``devices``."""
   tree, _, step = reader.restore_replicated(str(workdir), sharding.create_mesh(devices),
-                                                step=step, items=STATE_ITEMS)
+                                            step=step, items=STATE_ITEMS)
   return jax.device_get(tree), step
 
 
@@ -321,7 +321,7 @@ def test_keys_are_stored_as_uint32_key_data(straight):
   """Promise 8: the rng leaf is raw uint32 key data, on disk and restored."""
   workdir, _ = straight
   manager = storage.create_manager(storage.checkpoint_dir(str(workdir)), read_only=True,
-                                      async_save=False)
+                                   async_save=False)
   try:
     saved = manager.item_metadata(STEPS)[storage.STATE]["rng"]
   finally:
@@ -361,7 +361,7 @@ def test_checkpoints_move_between_8_and_1_devices(straight, cifar_jpeg_folder, t
   written_on_1_again, _ = restore_all(one, jax.devices()[:1], step=9)
   assert_trees_equal(written_on_1, written_on_1_again, "1-device checkpoint on 8 vs 1 devices")
   tree, _, _ = reader.restore_replicated(str(one), sharding.create_mesh(jax.devices()),
-                                             step=9)
+                                         step=9)
   assert all(len(x.sharding.device_set) == 8 for x in jax.tree.leaves(tree))
   for key in ("params", "batch_stats"):
     for a, b in zip(jax.tree.leaves(written_on_8[key]), jax.tree.leaves(written_on_1[key])):

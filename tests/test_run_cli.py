@@ -77,7 +77,7 @@ def _raise(error):
      "intact: rerun the same command to resume."),
 ])
 def test_every_way_out_of_a_program_has_its_exit_status_and_one_line(capsys, program, status,
-                                                                    last_line):
+                                                                     last_line):
   assert cli.run_program(program) == status
   err = capsys.readouterr().err
   if last_line is None:

@@ -77,11 +77,11 @@ def run_loop(checkpoints, program, batches, *, num_steps, log_every, checkpoint_
              eval_every=0, writer=None, **kwargs):
   """loop.train_loop of ``program`` from step 0 of the fake state."""
   return loop.train_loop(program.step, {"step": 0, "w": np.zeros(3, np.float32)}, batches,
-                  start_step=0, num_steps=num_steps,
-                  cadence=Cadence(log_every_steps=log_every,
-                                  checkpoint_every_steps=checkpoint_every,
-                                  eval_every_steps=eval_every),
-                  checkpoints=checkpoints, writer=writer or ListWriter(), **kwargs)
+                         start_step=0, num_steps=num_steps,
+                         cadence=Cadence(log_every_steps=log_every,
+                                         checkpoint_every_steps=checkpoint_every,
+                                         eval_every_steps=eval_every),
+                         checkpoints=checkpoints, writer=writer or ListWriter(), **kwargs)
 
 
 def run_fake(tmp_path, program, num_steps=10, log_every=5, checkpoint_every=100, in_flight=2,
@@ -348,7 +348,7 @@ def test_console_says_compiling_and_step_1_and_progress_at_log_steps(tmp_path, c
 
 
 def test_a_long_step_gets_a_progress_line_without_waiting_for_a_log_step(tmp_path, console_lines,
-                                                                        monkeypatch):
+                                                                         monkeypatch):
   monkeypatch.setattr(progress, "INTERVAL_SECONDS", 0.3)
   run_loop(fake_checkpoints(tmp_path), FakeProgram(seconds_at={4: 1.2}),
            iter(np.ones(5, np.float32)), num_steps=5, log_every=100, checkpoint_every=100)

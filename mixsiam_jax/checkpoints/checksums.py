@@ -133,7 +133,7 @@ def verify(tree: Any, recorded: Dict[str, Any]) -> int:
 
 
 def verify_restored(tree: Dict[str, Any], saved_meta: Optional[Dict[str, Any]]
-              ) -> Tuple[Dict[str, Any], Dict[str, Any], bool]:
+                    ) -> Tuple[Dict[str, Any], Dict[str, Any], bool]:
   """Checks a restored state ``tree`` against the checksums in the metadata saved with it.
 
   Args:

@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 
 from mixsiam_jax import sharding
 from mixsiam_jax.checkpoints import checksums, faults, storage
+from mixsiam_jax.checkpoints.storage import CheckpointError
 
 
 def restore_replicated(workdir: str, mesh: Mesh, step: Optional[int] = None,
@@ -36,31 +37,31 @@ def restore_replicated(workdir: str, mesh: Mesh, step: Optional[int] = None,
     (dict of the requested entries, meta dict, step).
 
   Raises:
-    storage.CheckpointError: one line naming the path when there is nothing usable to
+    CheckpointError: one line naming the path when there is nothing usable to
       restore (for an unreadable newest step, or one whose restored entries
       differ from their recorded checksums, as restore does).
   """
   if not workdir:
-    raise storage.CheckpointError("--config.pretrained is empty: set it to a pretraining workdir.")
+    raise CheckpointError("--config.pretrained is empty: set it to a pretraining workdir.")
   if not os.path.isdir(workdir):
-    raise storage.CheckpointError(f"{field}={workdir} does not exist or is not a directory.")
+    raise CheckpointError(f"{field}={workdir} does not exist or is not a directory.")
   directory = storage.checkpoint_dir(workdir)
   if not os.path.isdir(directory):
-    raise storage.CheckpointError(f"{field}={workdir} holds no checkpoints/ directory; "
+    raise CheckpointError(f"{field}={workdir} holds no checkpoints/ directory; "
                           "point it at the --workdir of a pretraining run.")
   manager = storage.create_manager(directory, read_only=True, async_save=False)
   try:
     steps = manager.all_steps()
     if not steps:
-      raise storage.CheckpointError(f"{field}={workdir}: {directory} holds no complete checkpoint.")
+      raise CheckpointError(f"{field}={workdir}: {directory} holds no complete checkpoint.")
     step = max(steps) if step is None else step
     if step not in steps:
-      raise storage.CheckpointError(f"{field}={workdir} has no checkpoint at step {step}; "
+      raise CheckpointError(f"{field}={workdir} has no checkpoint at step {step}; "
                             f"available: {sorted(steps)}.")
     read = lambda s: _read_replicated(manager, s, sharding.replicated(mesh), items)
     try:
       tree, meta, verified = read(step)
-    except storage.CheckpointError:
+    except CheckpointError:
       raise
     except Exception as e:  # Unreadable or truncated files, or arrays that differ from the saved.
       raise storage.broken_step_error(manager, step, e, read) from e
@@ -85,7 +86,8 @@ def _read_replicated(manager: ocp.CheckpointManager, step: int, rep: Any, items:
   missing = [k for k in items if k not in abstract]
   if missing:
     where = faults.step_path(str(manager.directory), step)
-    raise storage.CheckpointError(f"checkpoint {where} has no {missing}; was it written by mixsiam_jax?")
+    raise CheckpointError(f"checkpoint {where} has no {missing}; was it written by "
+                          "mixsiam_jax?")
   restored = manager.restore(step, args=ocp.args.Composite(**{
       storage.STATE: ocp.args.PyTreeRestore(abstract, restore_args=jax.tree.map(
           lambda a: ocp.ArrayRestoreArgs(sharding=rep, global_shape=a.shape, dtype=a.dtype),

@@ -222,7 +222,7 @@ def save_failure(manager: ocp.CheckpointManager, step: int, error: BaseException
 
 
 def broken_step_error(manager: ocp.CheckpointManager, step: int, error: BaseException,
-            read: Callable[[int], Any]) -> CheckpointError:
+                      read: Callable[[int], Any]) -> CheckpointError:
   """The CheckpointError of an unreadable ``step`` (see faults.broken_message).
 
   Args:

@@ -71,4 +71,4 @@ def write_results_file(workdir: str, results: Dict[str, Any]) -> None:
   """Writes ``results`` to workdir/results.json (process 0 only; atomically)."""
   if jax.process_index() == 0:
     paths.atomic_write_text(os.path.join(workdir, RESULTS_FILE),
-                                  json.dumps(results, indent=2, sort_keys=True))
+                            json.dumps(results, indent=2, sort_keys=True))

@@ -205,10 +205,6 @@ def _eval_data(config: ml_collections.ConfigDict) -> EvalData:
                       skip_bad_images=config.data.skip_bad_images)
 
 
-def _cadence(config: ml_collections.ConfigDict, **given: Any) -> Cadence:
-  return _from_config(Cadence, config, "config", **given)
-
-
 def pretrain_options(config: ml_collections.ConfigDict) -> PretrainOptions:
   """PretrainOptions from a pretraining config (configs/cifar10.py and the configs built on it)."""
   if config.get("pretrained"):
@@ -227,7 +223,7 @@ def pretrain_options(config: ml_collections.ConfigDict) -> PretrainOptions:
                         split=config.train_split),
       evaluation=_eval_data(config) if config.eval_dataset else None,
       knn=_from_config(KnnOptions, config.knn, "config.knn"),
-      cadence=_cadence(config),
+      cadence=_from_config(Cadence, config, "config"),
       checkpoints=CheckpointOptions(keep=config.keep_checkpoints,
                                     keep_every_steps=config.keep_checkpoints_every_steps,
                                     async_save=config.async_checkpointing),
@@ -246,7 +242,7 @@ def probe_options(config: ml_collections.ConfigDict) -> ProbeOptions:
       ProbeOptions, config, "config", encoder=_encoder(config), data=_eval_data(config),
       augment=config.probe.augment, crop_scale=config.data.crop_scale,
       optim=_from_config(OptimOptions, config.optim, "config.optim", fix_predictor_lr=False),
-      cadence=_cadence(config, eval_every_steps=0),
+      cadence=_from_config(Cadence, config, "config", eval_every_steps=0),
       checkpoints=CheckpointOptions(keep=config.keep_checkpoints, keep_every_steps=0,
                                     async_save=False),
       record=_record(config))

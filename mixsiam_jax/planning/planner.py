@@ -169,7 +169,7 @@ def plan_and_compile(opts: PretrainOptions, topology: topologies.Topology, *,
   out["status"] = {True: "fits", False: "does_not_fit", None: "unknown"}[out["memory"]["fits"]]
   _log_compiled(out)
   cost = costs.flops(compiled, built.step_function, built.args, num_devices,
-                              topology.platform)
+                     topology.platform)
   if cost["per_device"]:
     cost["per_image"] = cost["per_device"] * num_devices / opts.batch_size
   out["flops"] = cost

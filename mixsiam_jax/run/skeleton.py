@@ -62,7 +62,7 @@ def open_workdir(workdir: str, record: Dict[str, Any]) -> Workdir:
   path = run_files.check_workdir(workdir)
   run_files.check_resume(path, record)
   return Workdir(path=path, record=record,
-                start_step=storage.latest_step(storage.checkpoint_dir(path)))
+                 start_step=storage.latest_step(storage.checkpoint_dir(path)))
 
 
 def train(workdir: Workdir, checkpoints: Checkpoints, *, init: Callable[[], State],
@@ -109,7 +109,7 @@ def train(workdir: Workdir, checkpoints: Checkpoints, *, init: Callable[[], Stat
                              evaluation=evaluate(state) if evaluate is not None else {})
     batches = make_batches(state, writer)
     on_error.pop_all()
-  return loop.train_loop(step_fn, state, batches, start_step=workdir.start_step, num_steps=num_steps,
-                  cadence=cadence, checkpoints=checkpoints, writer=writer,
-                  num_processes=jax.process_count(), evaluate=evaluate, hooks=hooks,
-                  examples_per_step=examples_per_step)
+  return loop.train_loop(step_fn, state, batches, start_step=workdir.start_step,
+                         num_steps=num_steps, cadence=cadence, checkpoints=checkpoints,
+                         writer=writer, num_processes=jax.process_count(), evaluate=evaluate,
+                         hooks=hooks, examples_per_step=examples_per_step)

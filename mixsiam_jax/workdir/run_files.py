@@ -285,7 +285,7 @@ def save_config(workdir: str, config: Mapping[str, Any], step: int) -> None:
   lengths = resume_rules.length_changes(changes)
   if lengths:
     paths.atomic_write_text(path, json.dumps({**old, **{k: b for k, _, b in lengths}},
-                                       indent=2, sort_keys=True))
+                                             indent=2, sort_keys=True))
     logging.warning(
         "Run length changed at step %d (%s), allowed by %s: the lr schedule is recomputed "
         "for the new length, so the steps from here on differ from a run started with it.",
